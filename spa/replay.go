@@ -1,0 +1,130 @@
+package spa
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// ErrReplay is returned by Timestamps.Advance for a timestamp that is not
+// later than the last one accepted from the same client.
+var ErrReplay = errors.New("timestamp not later than the last accepted one")
+
+// Timestamps is the replay state: for each client, the timestamp of its last
+// accepted knock (WireGuard's rule: a client's timestamps strictly increase).
+// It guarantees that once Advance has returned nil for (client, t), no later
+// Advance for that client with a timestamp ≤ t succeeds, also after a restart
+// or crash: the file is replaced atomically and synced before Advance returns.
+// State is O(clients); no nonce cache is needed. Safe for concurrent use.
+type Timestamps struct {
+	path string // empty: memory only (tests)
+	mu   sync.Mutex
+	last map[ClientPublicKey]int64
+}
+
+// LoadTimestamps opens the replay state in path, which need not exist yet.
+// An empty path keeps state in memory only.
+func LoadTimestamps(path string) (*Timestamps, error) {
+	t := &Timestamps{path: path, last: make(map[ClientPublicKey]int64)}
+	if path == "" {
+		return t, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		key, ts, ok := strings.Cut(sc.Text(), " ")
+		c, err := ParseClientPublicKey(key)
+		v, err2 := strconv.ParseInt(ts, 10, 64)
+		if !ok || err != nil || err2 != nil {
+			// A corrupt replay file must stop the daemon: ignoring it
+			// would reopen every past knock inside the freshness window.
+			return nil, fmt.Errorf("%s:%d: corrupt replay state line", path, n)
+		}
+		t.last[c] = v
+	}
+	return t, sc.Err()
+}
+
+// Advance records ts as client's latest timestamp, or returns ErrReplay.
+func (t *Timestamps) Advance(client ClientPublicKey, ts int64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev, seen := t.last[client]
+	if seen && ts <= prev {
+		return ErrReplay
+	}
+	t.last[client] = ts
+	if err := t.save(); err != nil {
+		// Keep memory and disk in agreement with what was promised: the
+		// knock is refused, and the in-memory value stays advanced, which
+		// only makes later checks stricter.
+		return err
+	}
+	return nil
+}
+
+// Last returns the last accepted timestamp of client.
+func (t *Timestamps) Last(client ClientPublicKey) (int64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.last[client]
+	return v, ok
+}
+
+func (t *Timestamps) save() error {
+	if t.path == "" {
+		return nil
+	}
+	var b strings.Builder
+	for c, ts := range t.last {
+		fmt.Fprintf(&b, "%s %d\n", c, ts)
+	}
+	return WriteFileAtomic(t.path, []byte(b.String()), 0o600)
+}
+
+// WriteFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content: write a temporary file, sync it, rename it over
+// path, sync the directory.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

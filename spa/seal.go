@@ -1,0 +1,75 @@
+package spa
+
+import (
+	"crypto/ed25519"
+	"crypto/hpke"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Seal builds the packet for k, signed by c and encrypted to server. k.Client
+// is filled in from c.
+func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
+	switch {
+	case len(k.Ports) == 0:
+		return nil, errors.New("a knock must ask for at least one port")
+	case len(k.Ports) > MaxPorts:
+		return nil, fmt.Errorf("a knock can ask for at most %d ports", MaxPorts)
+	case len(k.Action) > MaxActionLen || !validAction([]byte(k.Action)):
+		return nil, fmt.Errorf("action name must be at most %d characters of a-z, 0-9, - and _", MaxActionLen)
+	case k.Duration < 0 || k.Duration > (1<<32-1)*time.Second:
+		return nil, errors.New("duration out of range")
+	case k.Duration%time.Second != 0:
+		return nil, errors.New("duration must be whole seconds")
+	case !k.UseSource && !grantable(k.Allow):
+		return nil, fmt.Errorf("cannot grant address %v", k.Allow)
+	case k.Time.IsZero():
+		return nil, errors.New("knock has no timestamp")
+	}
+	for _, p := range k.Ports {
+		if p.Num == 0 {
+			return nil, errors.New("port 0 cannot be opened")
+		}
+	}
+	k.Client = c.Public()
+
+	pk, err := hpke.DHKEM(ecdhX25519).NewPublicKey(server[:])
+	if err != nil {
+		return nil, err
+	}
+	enc, sender, err := hpke.NewSender(pk, suiteKDF, suiteAEAD, hpkeInfo)
+	if err != nil {
+		return nil, err
+	}
+	pkt := make([]byte, PacketSize)
+	putHeader(pkt)
+	copy(pkt[offEnc:], enc)
+
+	pt := make([]byte, plaintextSize)
+	encodePlaintext(pt, &k)
+	copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(pkt, pt)))
+
+	ct, err := sender.Seal(pkt[:headerSize], pt)
+	if err != nil {
+		return nil, err
+	}
+	copy(pkt[offCiphertext:], ct)
+	newMAC1(server).put(pkt[offMAC1:], pkt[:offMAC1])
+	return pkt, nil
+}
+
+func putHeader(pkt []byte) {
+	pkt[0], pkt[1], pkt[2], pkt[3] = Version, SuiteX25519, 0, 0
+}
+
+// signedMessage is what the client's signature covers: a context label, the
+// header, the HPKE encapsulation and the plaintext before the signature. The
+// encapsulation binds the signature to this one encryption, so a signed body
+// cannot be lifted into a packet sealed by someone else.
+func signedMessage(pkt, pt []byte) []byte {
+	m := make([]byte, 0, len(sigContext)+offCiphertext+signedLen)
+	m = append(m, sigContext...)
+	m = append(m, pkt[:offCiphertext]...)
+	return append(m, pt[:signedLen]...)
+}

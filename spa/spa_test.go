@@ -1,0 +1,315 @@
+package spa
+
+import (
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"postern/port"
+)
+
+type fixture struct {
+	server  ServerPrivateKey
+	client  ClientPrivateKey
+	ts      *Timestamps
+	v       *Verifier
+	now     time.Time
+	src     netip.Addr
+	dst     netip.Addr
+	limiter *RateLimiter
+}
+
+func newFixture(t testing.TB, statePath string) *fixture {
+	t.Helper()
+	f := &fixture{
+		now: time.Unix(1_800_000_000, 0),
+		src: netip.MustParseAddr("198.18.0.2"),
+		dst: netip.MustParseAddr("198.18.0.1"),
+	}
+	var err error
+	if f.server, err = GenerateServerKey(); err != nil {
+		t.Fatal(err)
+	}
+	if f.client, err = GenerateClientKey(); err != nil {
+		t.Fatal(err)
+	}
+	f.reload(t, statePath)
+	return f
+}
+
+// reload builds a fresh Verifier over the same state file, as a restart does.
+func (f *fixture) reload(t testing.TB, statePath string) {
+	t.Helper()
+	ts, err := LoadTimestamps(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ts = ts
+	f.limiter = NewRateLimiter(1000, 1000, 1000)
+	f.v, err = NewVerifier(VerifierConfig{
+		Key:          f.server,
+		Clients:      map[ClientPublicKey]string{f.client.Public(): "alice"},
+		MaxSkew:      30 * time.Second,
+		Destinations: []netip.Addr{netip.MustParseAddr("2001:db8::99")},
+		Replay:       ts,
+		Limiter:      f.limiter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) knock() Knock {
+	return Knock{
+		Time:     f.now,
+		Allow:    f.src,
+		Ports:    []port.Spec{{Proto: port.TCP, Num: 22}, {Proto: port.UDP, Num: 53}},
+		Duration: 30 * time.Second,
+	}
+}
+
+func (f *fixture) seal(t testing.TB, k Knock) []byte {
+	t.Helper()
+	pkt, err := Seal(f.client, f.server.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pkt
+}
+
+func (f *fixture) verify(pkt []byte) (Knock, Reason) {
+	var k Knock
+	r := f.v.Verify(f.src, f.dst, pkt, f.now, &k)
+	return k, r
+}
+
+func TestRoundTrip(t *testing.T) {
+	f := newFixture(t, "")
+	want := f.knock()
+	want.Action = "wake-nas"
+	pkt := f.seal(t, want)
+	if len(pkt) != PacketSize {
+		t.Fatalf("packet is %d bytes, want %d", len(pkt), PacketSize)
+	}
+	got, r := f.verify(pkt)
+	if r != Accepted {
+		t.Fatalf("Verify = %v", r)
+	}
+	if got.Client != f.client.Public() || !got.Time.Equal(want.Time) || got.Allow != want.Allow ||
+		!slices.Equal(got.Ports, want.Ports) || got.Duration != want.Duration || got.Action != "wake-nas" ||
+		got.UseSource || got.Dest.IsValid() {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+	if f.v.ClientName(got.Client) != "alice" {
+		t.Fatal("client name not found")
+	}
+}
+
+func TestOptions(t *testing.T) {
+	f := newFixture(t, "")
+	k := f.knock()
+	k.UseSource = true
+	k.Allow = netip.Addr{}
+	k.Dest = f.dst
+	got, r := f.verify(f.seal(t, k))
+	if r != Accepted || !got.UseSource || got.Allow.IsValid() || got.Dest != f.dst {
+		t.Fatalf("use source + dest: %v %+v", r, got)
+	}
+	k.Time = k.Time.Add(time.Millisecond)
+	k.UseSource = false
+	k.Allow = netip.MustParseAddr("2001:db8::2")
+	k.Dest = netip.MustParseAddr("2001:db8::99") // a configured extra destination
+	got, r = f.verify(f.seal(t, k))
+	if r != Accepted || got.Allow != k.Allow || got.Dest != k.Dest {
+		t.Fatalf("IPv6 allow + configured dest: %v %+v", r, got)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	other, _ := GenerateServerKey()
+	stranger, _ := GenerateClientKey()
+	tests := []struct {
+		name  string
+		build func(f *fixture) []byte
+		want  Reason
+	}{
+		{"bad short", func(f *fixture) []byte { return f.seal(t, f.knock())[:100] }, BadLength},
+		{"bad long", func(f *fixture) []byte { return append(f.seal(t, f.knock()), 0) }, BadLength},
+		{"bad empty", func(f *fixture) []byte { return nil }, BadLength},
+		{"bad version", func(f *fixture) []byte { p := f.seal(t, f.knock()); p[0] = 2; return p }, BadHeader},
+		{"bad mac1", func(f *fixture) []byte { p := f.seal(t, f.knock()); p[len(p)-1] ^= 1; return p }, BadMAC1},
+		{"bad wrong server key", func(f *fixture) []byte {
+			p, _ := Seal(f.client, other.Public(), f.knock())
+			return p
+		}, BadMAC1},
+		{"bad unknown client", func(f *fixture) []byte {
+			p, _ := Seal(stranger, f.server.Public(), f.knock())
+			return p
+		}, UnknownClient},
+		{"bad ciphertext with fixed mac1", func(f *fixture) []byte {
+			p := f.seal(t, f.knock())
+			p[offCiphertext+5] ^= 0x80
+			newMAC1(f.server.Public()).put(p[offMAC1:], p[:offMAC1])
+			return p
+		}, DecryptFailed},
+		{"bad stale", func(f *fixture) []byte { k := f.knock(); k.Time = f.now.Add(-2 * time.Minute); return f.seal(t, k) }, StaleTimestamp},
+		{"bad future", func(f *fixture) []byte { k := f.knock(); k.Time = f.now.Add(2 * time.Minute); return f.seal(t, k) }, FutureTimestamp},
+		{"bad destination", func(f *fixture) []byte {
+			k := f.knock()
+			k.Dest = netip.MustParseAddr("198.18.7.7")
+			return f.seal(t, k)
+		}, WrongDestination},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, "")
+			if _, r := f.verify(tt.build(f)); r != tt.want {
+				t.Fatalf("Verify = %v, want %v", r, tt.want)
+			}
+		})
+	}
+}
+
+// A client signature over a body cannot be moved into another packet: a
+// man in the middle who knows the server public key decrypts nothing, but one
+// who could re-seal (say, a malicious server sharing a key) must not be able
+// to reuse the signature with another encapsulation.
+func TestSignatureBindsEncapsulation(t *testing.T) {
+	f := newFixture(t, "")
+	pkt := f.seal(t, f.knock())
+	// Decrypt as the server would, then re-seal the same plaintext with a
+	// fresh encapsulation: the signature must no longer verify.
+	pt := openForTest(t, f, pkt)
+	forged := resealForTest(t, f, pt)
+	if _, r := f.verify(forged); r != BadSignature {
+		t.Fatalf("re-sealed body: Verify = %v, want %v", r, BadSignature)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "timestamps")
+	f := newFixture(t, state)
+	pkt := f.seal(t, f.knock())
+	if _, r := f.verify(pkt); r != Accepted {
+		t.Fatalf("first: %v", r)
+	}
+	if _, r := f.verify(pkt); r != Replayed {
+		t.Fatalf("resent: %v, want replay", r)
+	}
+	f.src = netip.MustParseAddr("198.18.0.77")
+	if _, r := f.verify(pkt); r != Replayed {
+		t.Fatalf("resent from another address: %v, want replay", r)
+	}
+	older := f.knock()
+	older.Time = f.now.Add(-time.Second)
+	if _, r := f.verify(f.seal(t, older)); r != Replayed {
+		t.Fatalf("older timestamp: %v, want replay", r)
+	}
+	f.reload(t, state)
+	if _, r := f.verify(pkt); r != Replayed {
+		t.Fatalf("after restart: %v, want replay", r)
+	}
+	newer := f.knock()
+	newer.Time = f.now.Add(time.Nanosecond)
+	if _, r := f.verify(f.seal(t, newer)); r != Accepted {
+		t.Fatalf("newer after restart: %v", r)
+	}
+}
+
+func TestCorruptReplayStateRefusesToLoad(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "timestamps")
+	if err := WriteFileAtomic(state, []byte("garbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadTimestamps(state); err == nil {
+		t.Fatal("corrupt state accepted")
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	f := newFixture(t, "")
+	f.limiter = NewRateLimiter(1, 2, 10)
+	f.v.cfg.Limiter = f.limiter
+	k := f.knock()
+	for i := range 2 {
+		k.Time = f.now.Add(time.Duration(i))
+		if _, r := f.verify(f.seal(t, k)); r != Accepted {
+			t.Fatalf("knock %d: %v", i, r)
+		}
+	}
+	k.Time = f.now.Add(10)
+	if _, r := f.verify(f.seal(t, k)); r != RateLimited {
+		t.Fatalf("third knock in burst: %v, want rate limited", r)
+	}
+	f.now = f.now.Add(time.Second)
+	if _, r := f.verify(f.seal(t, k)); r != Accepted {
+		t.Fatalf("after refill: %v", r)
+	}
+}
+
+func TestRateLimiterBounded(t *testing.T) {
+	l := NewRateLimiter(10, 5, 100)
+	now := time.Unix(0, 0)
+	for i := range 100 {
+		if !l.Allow(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), now) {
+			t.Fatalf("source %d refused while table had room", i)
+		}
+	}
+	if l.Allow(netip.MustParseAddr("198.18.2.1"), now) {
+		t.Fatal("new source admitted into a full table of busy sources")
+	}
+	if !l.Allow(netip.MustParseAddr("198.18.2.1"), now.Add(time.Second)) {
+		t.Fatal("idle sources were not swept")
+	}
+	if len(l.buckets) > 100 {
+		t.Fatalf("table grew to %d", len(l.buckets))
+	}
+}
+
+func TestSealRefusesBadRequests(t *testing.T) {
+	f := newFixture(t, "")
+	bad := map[string]func(k *Knock){
+		"bad no ports":       func(k *Knock) { k.Ports = nil },
+		"bad too many ports": func(k *Knock) { k.Ports = make([]port.Spec, MaxPorts+1) },
+		"bad port zero":      func(k *Knock) { k.Ports = []port.Spec{{Proto: port.TCP}} },
+		"bad action":         func(k *Knock) { k.Action = "rm -rf /" },
+		"bad allow":          func(k *Knock) { k.Allow = netip.IPv4Unspecified() },
+		"bad fraction":       func(k *Knock) { k.Duration = 1500 * time.Millisecond },
+		"bad no time":        func(k *Knock) { k.Time = time.Time{} },
+	}
+	for name, mod := range bad {
+		k := f.knock()
+		mod(&k)
+		if _, err := Seal(f.client, f.server.Public(), k); err == nil {
+			t.Errorf("%s: Seal accepted %+v", name, k)
+		}
+	}
+}
+
+func TestKeys(t *testing.T) {
+	s, _ := GenerateServerKey()
+	c, _ := GenerateClientKey()
+	if got, err := ParseServerPrivateKey(s.String()); err != nil || got.Public() != s.Public() {
+		t.Fatalf("server private round trip: %v", err)
+	}
+	if got, err := ParseClientPrivateKey(c.String() + "\n"); err != nil || got.Public() != c.Public() {
+		t.Fatalf("client private round trip: %v", err)
+	}
+	if pub, err := PublicKeyOf(s.String()); err != nil || pub != s.Public().String() {
+		t.Fatalf("PublicKeyOf(server) = %q, %v", pub, err)
+	}
+	if pub, err := PublicKeyOf(c.String()); err != nil || pub != c.Public().String() {
+		t.Fatalf("PublicKeyOf(client) = %q, %v", pub, err)
+	}
+	if _, err := ParseServerPublicKey(c.Public().String()); err == nil {
+		t.Fatal("client public key accepted as server public key")
+	}
+	if _, err := ParseClientPublicKey("not base64!"); err == nil {
+		t.Fatal("garbage accepted")
+	}
+	if _, err := PublicKeyOf(s.Public().String()); err == nil {
+		t.Fatal("PublicKeyOf accepted a public key")
+	}
+}

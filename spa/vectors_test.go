@@ -1,0 +1,162 @@
+package spa
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"postern/port"
+)
+
+var update = flag.Bool("update", false, "rewrite ../testdata/spa-v1.json from fresh keys")
+
+const vectorFile = "../testdata/spa-v1.json"
+
+// vector is one entry of testdata/spa-v1.json: keys, a packet, the time and
+// addresses it is checked at, and what the check must give.
+type vector struct {
+	Comment      string `json:"comment"`
+	ServerKey    string `json:"server_private_key"`
+	ServerPublic string `json:"server_public_key"`
+	ClientKey    string `json:"client_private_key"`
+	ClientPublic string `json:"client_public_key"`
+	Packet       string `json:"packet_hex"`
+	Now          int64  `json:"now_unix_ns"`
+	Src          string `json:"src"`
+	Dst          string `json:"dst"`
+	Want         string `json:"want_reason"`
+	// Decoded fields, for accepted packets.
+	Time      int64    `json:"time_unix_ns,omitempty"`
+	UseSource bool     `json:"use_source,omitempty"`
+	Allow     string   `json:"allow,omitempty"`
+	Dest      string   `json:"dest,omitempty"`
+	Ports     []string `json:"ports,omitempty"`
+	Duration  int      `json:"duration_s,omitempty"`
+	Action    string   `json:"action,omitempty"`
+}
+
+func TestVectors(t *testing.T) {
+	if *update {
+		writeVectors(t)
+	}
+	b, err := os.ReadFile(vectorFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []vector
+	if err := json.Unmarshal(b, &vs); err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) < 3 {
+		t.Fatalf("only %d vectors", len(vs))
+	}
+	for _, v := range vs {
+		t.Run(v.Comment, func(t *testing.T) {
+			server, err := ParseServerPrivateKey(v.ServerKey)
+			if err != nil || server.Public().String() != v.ServerPublic {
+				t.Fatalf("server key: %v", err)
+			}
+			client, err := ParseClientPublicKey(v.ClientPublic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts, _ := LoadTimestamps("")
+			ver, err := NewVerifier(VerifierConfig{Key: server, Clients: map[ClientPublicKey]string{client: "vector"},
+				MaxSkew: 30 * time.Second, Replay: ts})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pkt, err := hex.DecodeString(v.Packet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var k Knock
+			r := ver.Verify(netip.MustParseAddr(v.Src), netip.MustParseAddr(v.Dst), pkt, time.Unix(0, v.Now), &k)
+			if r.String() != v.Want {
+				t.Fatalf("Verify = %q, want %q", r, v.Want)
+			}
+			if r != Accepted {
+				return
+			}
+			var allow, dest string
+			if k.Allow.IsValid() {
+				allow = k.Allow.String()
+			}
+			if k.Dest.IsValid() {
+				dest = k.Dest.String()
+			}
+			if k.Client != client || k.Time.UnixNano() != v.Time || k.UseSource != v.UseSource ||
+				allow != v.Allow || dest != v.Dest || port.Join(k.Ports) != port.Join(mustPorts(t, v.Ports)) ||
+				k.Duration != time.Duration(v.Duration)*time.Second || k.Action != v.Action {
+				t.Fatalf("decoded %+v, vector says %+v", k, v)
+			}
+		})
+	}
+}
+
+func mustPorts(t *testing.T, ss []string) []port.Spec {
+	var out []port.Spec
+	for _, s := range ss {
+		p, err := port.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func writeVectors(t *testing.T) {
+	server, _ := GenerateServerKey()
+	client, _ := GenerateClientKey()
+	now := time.Unix(1_795_000_000, 123_456_789)
+	base := vector{
+		ServerKey: server.String(), ServerPublic: server.Public().String(),
+		ClientKey: client.String(), ClientPublic: client.Public().String(),
+		Now: now.UnixNano(), Src: "198.18.0.2", Dst: "198.18.0.1",
+	}
+	var vs []vector
+	add := func(comment string, k Knock, want Reason, mutate func([]byte)) {
+		pkt, err := Seal(client, server.Public(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mutate != nil {
+			mutate(pkt)
+		}
+		v := base
+		v.Comment, v.Packet, v.Want = comment, hex.EncodeToString(pkt), want.String()
+		if want == Accepted {
+			v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
+			if k.Allow.IsValid() {
+				v.Allow = k.Allow.String()
+			}
+			if k.Dest.IsValid() {
+				v.Dest = k.Dest.String()
+			}
+			for _, p := range k.Ports {
+				v.Ports = append(v.Ports, p.String())
+			}
+		}
+		vs = append(vs, v)
+	}
+	ssh := []port.Spec{{Proto: port.TCP, Num: 22}}
+	add("tcp/22 for 198.18.0.2, 30 s", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh, Duration: 30 * time.Second}, Accepted, nil)
+	add("use source, bound to 198.18.0.1, two ports, action, server default duration",
+		Knock{Time: now.Add(-time.Second), UseSource: true, Dest: netip.MustParseAddr("198.18.0.1"),
+			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, nil)
+	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: ssh, Duration: 300 * time.Second}, Accepted, nil)
+	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, StaleTimestamp, nil)
+	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
+	b, err := json.MarshalIndent(vs, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vectorFile, append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,180 @@
+package spa
+
+import (
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/hpke"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+var ecdhX25519 = ecdh.X25519()
+
+// Reason says why a packet was refused. The zero value, Accepted, means the
+// packet is a valid, fresh knock.
+type Reason uint8
+
+// Reasons, in the order the Verifier checks them (docs/PROTOCOL.md §4).
+const (
+	Accepted Reason = iota
+	BadLength
+	BadHeader
+	BadMAC1
+	RateLimited
+	DecryptFailed
+	UnknownClient
+	BadSignature
+	MalformedBody
+	StaleTimestamp
+	FutureTimestamp
+	WrongDestination
+	Replayed
+	StateError
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	Accepted:         "accepted",
+	BadLength:        "bad length",
+	BadHeader:        "bad header",
+	BadMAC1:          "bad mac1",
+	RateLimited:      "rate limited",
+	DecryptFailed:    "decrypt failed",
+	UnknownClient:    "unknown client",
+	BadSignature:     "bad signature",
+	MalformedBody:    "malformed body",
+	StaleTimestamp:   "stale timestamp",
+	FutureTimestamp:  "future timestamp",
+	WrongDestination: "wrong destination",
+	Replayed:         "replay",
+	StateError:       "state error",
+}
+
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return "unknown reason"
+}
+
+// AllReasons lists every Reason, for metrics that want a zero for each.
+func AllReasons() []Reason {
+	rs := make([]Reason, numReasons)
+	for i := range rs {
+		rs[i] = Reason(i)
+	}
+	return rs
+}
+
+// VerifierConfig is what a Verifier needs.
+type VerifierConfig struct {
+	Key     ServerPrivateKey
+	Clients map[ClientPublicKey]string // authorised clients and their names
+	MaxSkew time.Duration              // freshness window, either side of now
+	// Destinations are server addresses a knock may be bound to besides the
+	// address the packet arrived at (a server behind NAT knows its public
+	// address only from configuration).
+	Destinations []netip.Addr
+	Replay       *Timestamps
+	Limiter      *RateLimiter // nil: no per-source limit
+}
+
+// Verifier checks knocks. It is not safe for concurrent use: the server runs
+// one per decode loop.
+type Verifier struct {
+	cfg VerifierConfig
+	key hpke.PrivateKey
+	mac *mac1
+	sig []byte // scratch for the signed message
+}
+
+// NewVerifier prepares a Verifier.
+func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
+	if cfg.Key.k == nil {
+		return nil, errors.New("spa: verifier needs the server private key")
+	}
+	if cfg.Replay == nil {
+		return nil, errors.New("spa: verifier needs replay state")
+	}
+	if cfg.MaxSkew <= 0 {
+		return nil, errors.New("spa: max skew must be positive")
+	}
+	key, err := hpke.NewDHKEMPrivateKey(cfg.Key.k)
+	if err != nil {
+		return nil, err
+	}
+	return &Verifier{
+		cfg: cfg,
+		key: key,
+		mac: newMAC1(cfg.Key.Public()),
+		sig: make([]byte, 0, len(sigContext)+offCiphertext+signedLen),
+	}, nil
+}
+
+// ClientName returns the configured name of an authorised client.
+func (v *Verifier) ClientName(c ClientPublicKey) string { return v.cfg.Clients[c] }
+
+// Verify checks pkt, which arrived from src for dst at now, and fills k when it
+// returns Accepted. Cheap checks come first: junk costs a length test, a header
+// test and one keyed hash, allocates nothing and never reaches public-key
+// code. An accepted knock has advanced its client's replay timestamp, durably.
+func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
+	if len(pkt) != PacketSize {
+		return BadLength
+	}
+	if pkt[0] != Version || pkt[1] != SuiteX25519 || pkt[2] != 0 || pkt[3] != 0 {
+		return BadHeader
+	}
+	if !v.mac.ok(pkt[:offMAC1], pkt[offMAC1:]) {
+		return BadMAC1
+	}
+	if v.cfg.Limiter != nil && !v.cfg.Limiter.Allow(src, now) {
+		return RateLimited
+	}
+	r, err := hpke.NewRecipient(pkt[offEnc:offCiphertext], v.key, suiteKDF, suiteAEAD, hpkeInfo)
+	if err != nil {
+		return DecryptFailed
+	}
+	pt, err := r.Open(pkt[:headerSize], pkt[offCiphertext:offMAC1])
+	if err != nil {
+		return DecryptFailed
+	}
+	var client ClientPublicKey
+	copy(client[:], pt[ptClient:])
+	if _, ok := v.cfg.Clients[client]; !ok {
+		return UnknownClient
+	}
+	v.sig = append(append(append(v.sig[:0], sigContext...), pkt[:offCiphertext]...), pt[:signedLen]...)
+	if !ed25519.Verify(client[:], v.sig, pt[ptSig:]) {
+		return BadSignature
+	}
+	if !decodePlaintext(pt, k) {
+		return MalformedBody
+	}
+	switch age := now.Sub(k.Time); {
+	case age > v.cfg.MaxSkew:
+		return StaleTimestamp
+	case age < -v.cfg.MaxSkew:
+		return FutureTimestamp
+	}
+	if k.Dest.IsValid() && k.Dest != dst.Unmap() && !v.boundHere(k.Dest) {
+		return WrongDestination
+	}
+	switch err := v.cfg.Replay.Advance(client, k.Time.UnixNano()); {
+	case errors.Is(err, ErrReplay):
+		return Replayed
+	case err != nil:
+		return StateError
+	}
+	return Accepted
+}
+
+func (v *Verifier) boundHere(a netip.Addr) bool {
+	for _, d := range v.cfg.Destinations {
+		if d == a {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,193 @@
+package spa
+
+import (
+	"crypto/hpke"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"postern/port"
+)
+
+// Packet layout, v1 suite 1 (docs/PROTOCOL.md §2). Every knock has exactly
+// PacketSize bytes, so all knocks look alike on the wire.
+const (
+	Version     = 1
+	SuiteX25519 = 1 // DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305
+
+	headerSize    = 4
+	encSize       = 32
+	plaintextSize = 256
+	aeadTagSize   = 16
+	mac1Size      = 16
+
+	offEnc        = headerSize
+	offCiphertext = offEnc + encSize
+	offMAC1       = offCiphertext + plaintextSize + aeadTagSize
+
+	// PacketSize is the length of every v1 knock.
+	PacketSize = offMAC1 + mac1Size
+)
+
+// Plaintext layout (docs/PROTOCOL.md §3).
+const (
+	ptClient   = 0   // 32: client Ed25519 public key
+	ptTime     = 32  // 8: Unix nanoseconds, big-endian
+	ptFlags    = 40  // 1
+	ptAllow    = 41  // 16: address to grant, IPv6 or IPv4-mapped
+	ptDest     = 57  // 16: destination the client addressed
+	ptDuration = 73  // 4: seconds, 0 = server default
+	ptNPorts   = 77  // 1: 1..MaxPorts
+	ptPorts    = 78  // MaxPorts × 3: protocol, port (big-endian)
+	ptActLen   = 126 // 1: 0..MaxActionLen
+	ptAction   = 127 // MaxActionLen
+	ptPad      = 159 // zeros up to the signature
+	ptSig      = 192 // 64: Ed25519 signature
+	signedLen  = ptSig
+
+	flagUseSource = 0x01
+	flagDest      = 0x02
+	knownFlags    = flagUseSource | flagDest
+
+	// MaxPorts is how many ports one knock can ask for.
+	MaxPorts = 16
+	// MaxActionLen bounds the name of a server-side action.
+	MaxActionLen = 32
+)
+
+// Domain-separation labels: each use of a key gets its own.
+var (
+	hpkeInfo   = []byte("postern spa v1")
+	sigContext = []byte("postern spa v1 signature\x00")
+	mac1Label  = []byte("postern spa v1 mac1\x00")
+)
+
+var (
+	suiteKDF  = hpke.HKDFSHA256()
+	suiteAEAD = hpke.ChaCha20Poly1305()
+)
+
+// Knock is what a valid packet asks for.
+type Knock struct {
+	Client    ClientPublicKey
+	Time      time.Time
+	UseSource bool       // grant the packet's source address instead of Allow
+	Allow     netip.Addr // the address to grant (unset when UseSource)
+	Dest      netip.Addr // the server address the client bound the knock to, if any
+	Ports     []port.Spec
+	Duration  time.Duration // 0: the server's default for this client
+	Action    string
+}
+
+func putAddr(b []byte, a netip.Addr) {
+	if a.IsValid() {
+		a16 := a.As16()
+		copy(b, a16[:])
+	}
+}
+
+func getAddr(b []byte) netip.Addr {
+	return netip.AddrFrom16([16]byte(b[:16])).Unmap()
+}
+
+// encodePlaintext writes everything but the signature.
+func encodePlaintext(pt []byte, k *Knock) {
+	copy(pt[ptClient:], k.Client[:])
+	binary.BigEndian.PutUint64(pt[ptTime:], uint64(k.Time.UnixNano()))
+	var flags byte
+	if k.UseSource {
+		flags |= flagUseSource
+	} else {
+		putAddr(pt[ptAllow:], k.Allow)
+	}
+	if k.Dest.IsValid() {
+		flags |= flagDest
+		putAddr(pt[ptDest:], k.Dest)
+	}
+	pt[ptFlags] = flags
+	binary.BigEndian.PutUint32(pt[ptDuration:], uint32(k.Duration/time.Second))
+	pt[ptNPorts] = byte(len(k.Ports))
+	for i, p := range k.Ports {
+		pt[ptPorts+3*i] = byte(p.Proto)
+		binary.BigEndian.PutUint16(pt[ptPorts+3*i+1:], p.Num)
+	}
+	pt[ptActLen] = byte(len(k.Action))
+	copy(pt[ptAction:], k.Action)
+}
+
+func allZero(b []byte) bool {
+	var acc byte
+	for _, c := range b {
+		acc |= c
+	}
+	return acc == 0
+}
+
+func validAction(s []byte) bool {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// decodePlaintext parses a signed plaintext strictly: every unused byte must
+// be zero and every field in range, so that one knock has one encoding.
+func decodePlaintext(pt []byte, k *Knock) bool {
+	flags := pt[ptFlags]
+	if flags&^knownFlags != 0 {
+		return false
+	}
+	copy(k.Client[:], pt[ptClient:])
+	k.Time = time.Unix(0, int64(binary.BigEndian.Uint64(pt[ptTime:])))
+	k.UseSource = flags&flagUseSource != 0
+	if k.UseSource {
+		if !allZero(pt[ptAllow : ptAllow+16]) {
+			return false
+		}
+		k.Allow = netip.Addr{}
+	} else {
+		k.Allow = getAddr(pt[ptAllow:])
+		if !grantable(k.Allow) {
+			return false
+		}
+	}
+	if flags&flagDest != 0 {
+		k.Dest = getAddr(pt[ptDest:])
+		if k.Dest.IsUnspecified() {
+			return false
+		}
+	} else {
+		k.Dest = netip.Addr{}
+		if !allZero(pt[ptDest : ptDest+16]) {
+			return false
+		}
+	}
+	k.Duration = time.Duration(binary.BigEndian.Uint32(pt[ptDuration:])) * time.Second
+	n := int(pt[ptNPorts])
+	if n == 0 || n > MaxPorts || !allZero(pt[ptPorts+3*n:ptActLen]) {
+		return false
+	}
+	k.Ports = k.Ports[:0]
+	for i := range n {
+		p := port.Spec{Proto: port.Protocol(pt[ptPorts+3*i]), Num: binary.BigEndian.Uint16(pt[ptPorts+3*i+1:])}
+		if p.Num == 0 || (p.Proto != port.TCP && p.Proto != port.UDP && p.Proto != port.SCTP) {
+			return false
+		}
+		k.Ports = append(k.Ports, p)
+	}
+	al := int(pt[ptActLen])
+	if al > MaxActionLen || !validAction(pt[ptAction:ptAction+al]) || !allZero(pt[ptAction+al:ptSig]) {
+		return false
+	}
+	k.Action = string(pt[ptAction : ptAction+al])
+	return true
+}
+
+// grantable reports whether an address may be the target of a grant: a real
+// unicast address, never "any", multicast or broadcast.
+func grantable(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() &&
+		!(a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}))
+}

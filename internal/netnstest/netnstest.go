@@ -1,0 +1,253 @@
+// Package netnstest puts tests inside fresh network namespaces that the test
+// itself creates and removes: a "server" and a "client" joined by a veth
+// pair, with test addresses from the benchmarking range 198.18.0.0/15 and
+// the documentation prefix 2001:db8::/32, so traffic never leaves them.
+//
+// Tests that need root or a tool call Require. Outside CI a missing
+// prerequisite skips the test with a message naming it; with CI=true it fails
+// the test, so CI can never pass by skipping.
+package netnstest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Require checks that the test runs as root and that every named program is
+// installed.
+func Require(t testing.TB, programs ...string) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, p := range append([]string{"ip"}, programs...) {
+		if _, err := exec.LookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "needs " + strings.Join(missing, ", ")
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: a missing prerequisite is a failure)", msg)
+	}
+	t.Skip(msg)
+}
+
+// NS is a network namespace made for one test.
+type NS struct {
+	Name string
+}
+
+// New creates a namespace with loopback up and removes it when the test ends.
+func New(t testing.TB, role string) *NS {
+	t.Helper()
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := &NS{Name: "pst-" + role + "-" + hex.EncodeToString(b)}
+	run(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.Name).Run() })
+	ns.IP(t, "link", "set", "lo", "up")
+	return ns
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// IP runs `ip ARGS` inside the namespace.
+func (ns *NS) IP(t testing.TB, args ...string) string {
+	t.Helper()
+	return run(t, "ip", append([]string{"-n", ns.Name}, args...)...)
+}
+
+// Exec runs a command inside the namespace and returns its combined output.
+func (ns *NS) Exec(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	return run(t, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// Command prepares a command that runs inside the namespace.
+func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+// Path is the namespace's bind mount, for setns(2) and netlink options.
+func (ns *NS) Path() string { return "/run/netns/" + ns.Name }
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets created
+// by fn belong to the namespace for their whole life, wherever they are used
+// afterwards.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is never returned to the scheduler's pool: it is
+		// left locked so Go discards it when this goroutine exits, and no
+		// other goroutine ever runs in the wrong namespace.
+		runtime.LockOSThread()
+		f, err := os.Open(ns.Path())
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns.Name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Dial connects from inside the namespace, from local if it is valid.
+func (ns *NS) Dial(network string, local netip.Addr, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if local.IsValid() {
+			if network == "udp" {
+				d.LocalAddr = &net.UDPAddr{IP: local.AsSlice()}
+			} else {
+				d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+			}
+		}
+		var err error
+		c, err = d.Dial(network, to.String())
+		return err
+	})
+	return c, err
+}
+
+// Listen opens a TCP listener inside the namespace.
+func (ns *NS) Listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// Pair is a server and a client namespace joined by a veth pair named veth0
+// on both sides.
+type Pair struct {
+	Server, Client *NS
+	// Addresses. The client has a second address of each family, for
+	// checking that a grant opens a port for one address only.
+	Server4, Client4, Client4b netip.Addr
+	Server6, Client6, Client6b netip.Addr
+}
+
+// Interface is the name of the veth end in each namespace.
+const Interface = "veth0"
+
+// NewPair builds the two namespaces and their link.
+func NewPair(t testing.TB) *Pair {
+	t.Helper()
+	p := &Pair{
+		Server: New(t, "srv"), Client: New(t, "cli"),
+		Server4: netip.MustParseAddr("198.18.0.1"), Client4: netip.MustParseAddr("198.18.0.2"),
+		Client4b: netip.MustParseAddr("198.18.0.3"),
+		Server6:  netip.MustParseAddr("2001:db8::1"), Client6: netip.MustParseAddr("2001:db8::2"),
+		Client6b: netip.MustParseAddr("2001:db8::3"),
+	}
+	run(t, "ip", "link", "add", Interface, "netns", p.Server.Name, "type", "veth", "peer", "name", Interface, "netns", p.Client.Name)
+	p.Server.IP(t, "addr", "add", p.Server4.String()+"/24", "dev", Interface)
+	p.Server.IP(t, "addr", "add", p.Server6.String()+"/64", "dev", Interface, "nodad")
+	for _, a := range []netip.Addr{p.Client4, p.Client4b} {
+		p.Client.IP(t, "addr", "add", a.String()+"/24", "dev", Interface)
+	}
+	p.Client.IP(t, "addr", "add", p.Client6.String()+"/64", "dev", Interface, "nodad")
+	// Deprecated, so that like the IPv4 secondary it is used only when asked for.
+	p.Client.IP(t, "addr", "add", p.Client6b.String()+"/64", "dev", Interface, "nodad", "preferred_lft", "0")
+	p.Server.IP(t, "link", "set", Interface, "up")
+	p.Client.IP(t, "link", "set", Interface, "up")
+	return p
+}
+
+// Output collects a process's output safely while it runs.
+type Output struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+// NewOutput returns an empty Output.
+func NewOutput() *Output { return &Output{mu: make(chan struct{}, 1)} }
+
+func (o *Output) Write(b []byte) (int, error) {
+	o.mu <- struct{}{}
+	defer func() { <-o.mu }()
+	return o.buf.Write(b)
+}
+
+// String returns everything written so far.
+func (o *Output) String() string {
+	o.mu <- struct{}{}
+	defer func() { <-o.mu }()
+	return o.buf.String()
+}
+
+// Mark returns a position in the output, for WaitAfter.
+func (o *Output) Mark() int { return len(o.String()) }
+
+// WaitFor polls until the output contains a line with every one of subs, or
+// fails the test after timeout.
+func (o *Output) WaitFor(t testing.TB, timeout time.Duration, subs ...string) string {
+	t.Helper()
+	return o.WaitAfter(t, 0, timeout, subs...)
+}
+
+// WaitAfter is WaitFor for output written after mark.
+func (o *Output) WaitAfter(t testing.TB, mark int, timeout time.Duration, subs ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := o.String()[mark:]
+		if lineWithAll(s, subs) != "" {
+			return lineWithAll(s, subs)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no output line with %q within %v; output:\n%s", subs, timeout, s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lineWithAll returns the first line containing every one of subs.
+func lineWithAll(s string, subs []string) string {
+	for _, line := range strings.Split(s, "\n") {
+		ok := true
+		for _, sub := range subs {
+			if !strings.Contains(line, sub) {
+				ok = false
+				break
+			}
+		}
+		if ok && line != "" {
+			return line
+		}
+	}
+	return ""
+}

@@ -3,12 +3,15 @@ module postern
 go 1.26.8
 
 require (
+	github.com/google/nftables v0.3.0
 	github.com/mdlayher/packet v1.2.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 )
 
 require (
+	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/mdlayher/netlink v1.7.3-0.20250113171957-fbb4dce95f42 // indirect
 	github.com/mdlayher/socket v0.7.0 // indirect
 	golang.org/x/sync v0.23.0 // indirect
 )

@@ -1,0 +1,302 @@
+package firewall
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"postern/port"
+)
+
+// TableName is the nftables table postern owns, in the inet family. It is
+// not an "owner" table on purpose: if the daemon dies the table stays, the
+// protected ports stay closed and live grants still expire.
+const TableName = "postern"
+
+// NFTables is the nftables backend. It talks netlink through the connection
+// it is given (constructor injection: tests pass a namespace's connection).
+//
+//	table inet postern {
+//	  set grants4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }
+//	  set grants6 { type ipv6_addr . inet_proto . inet_service; flags timeout; }
+//	  set protected { type inet_proto . inet_service; }
+//	  set knock { type inet_proto . inet_service; }
+//	  chain input {
+//	    type filter hook input priority filter - 10; policy accept;
+//	    ct state established,related accept
+//	    ip  saddr . meta l4proto . th dport @grants4 accept
+//	    ip6 saddr . meta l4proto . th dport @grants6 accept
+//	    meta l4proto . th dport @protected drop
+//	    meta l4proto . th dport @knock drop
+//	  }
+//	}
+type NFTables struct {
+	conn  *nftables.Conn
+	table *nftables.Table
+	sets  struct{ grants4, grants6, protected, knock *nftables.Set }
+	chain *nftables.Chain
+
+	mu sync.Mutex
+	// expiry remembers what this process granted, so that a re-grant can
+	// extend but never shorten a grant.
+	expiry map[Grant]time.Time
+	now    func() time.Time
+}
+
+// NewNFTables returns a backend that uses conn.
+func NewNFTables(conn *nftables.Conn) *NFTables {
+	n := &NFTables{conn: conn, expiry: make(map[Grant]time.Time), now: time.Now}
+	n.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	svc := nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	n.sets.grants4 = &nftables.Set{Table: n.table, Name: "grants4", HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)}
+	n.sets.grants6 = &nftables.Set{Table: n.table, Name: "grants6", HasTimeout: true, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)}
+	n.sets.protected = &nftables.Set{Table: n.table, Name: "protected", Concatenation: true, KeyType: svc}
+	n.sets.knock = &nftables.Set{Table: n.table, Name: "knock", Concatenation: true, KeyType: svc}
+	prio := *nftables.ChainPriorityFilter - 10
+	policy := nftables.ChainPolicyAccept
+	n.chain = &nftables.Chain{Table: n.table, Name: "input", Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: &prio, Policy: &policy}
+	return n
+}
+
+// OpenNFTables connects to the current network namespace's nftables.
+func OpenNFTables() (*NFTables, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return NewNFTables(c), nil
+}
+
+// Setup implements Backend in one netlink transaction: the table, sets and
+// chain are added if missing (existing grant sets keep their elements), the
+// chain's rules and the port sets are replaced.
+func (n *NFTables) Setup(r Rules) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := n.conn
+	c.AddTable(n.table)
+	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock} {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+	}
+	for _, ps := range []struct {
+		set   *nftables.Set
+		ports []port.Spec
+	}{{n.sets.protected, r.Protected}, {n.sets.knock, r.Knock}} {
+		c.FlushSet(ps.set)
+		if len(ps.ports) == 0 {
+			continue
+		}
+		elems := make([]nftables.SetElement, len(ps.ports))
+		for i, p := range ps.ports {
+			elems[i] = nftables.SetElement{Key: serviceKey(p)}
+		}
+		if err := c.SetAddElements(ps.set, elems); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+	}
+	c.AddChain(n.chain)
+	c.FlushChain(n.chain)
+	for _, exprs := range n.rules() {
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: exprs})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: setting up table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Registers: concatenations are laid out in 32-bit registers (8 = the first),
+// each field padded to 4 bytes, exactly as nft(8) compiles them.
+const (
+	reg32 = 8
+	reg1  = 1 // the 128-bit register that overlaps reg32..reg32+3
+)
+
+func (n *NFTables) rules() [][]expr.Any {
+	dport := func(reg uint32) expr.Any {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+	}
+	l4proto := func(reg uint32) expr.Any { return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg} }
+	nfproto := func(p byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}},
+		}
+	}
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	drop := &expr.Verdict{Kind: expr.VerdictDrop}
+	return [][]expr.Any{
+		{ // ct state established,related accept
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Xor:  []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			accept,
+		},
+		append(nfproto(unix.NFPROTO_IPV4), // ip saddr . meta l4proto . th dport @grants4 accept
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			l4proto(reg32+1), dport(reg32+2),
+			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.grants4.Name, SetID: n.sets.grants4.ID},
+			accept),
+		append(nfproto(unix.NFPROTO_IPV6), // ip6 saddr . meta l4proto . th dport @grants6 accept
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+			l4proto(reg32+4), dport(reg32+5),
+			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.grants6.Name, SetID: n.sets.grants6.ID},
+			accept),
+		{l4proto(reg1), dport(reg32 + 1), // meta l4proto . th dport @protected drop
+			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.protected.Name, SetID: n.sets.protected.ID}, drop},
+		{l4proto(reg1), dport(reg32 + 1), // meta l4proto . th dport @knock drop
+			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.knock.Name, SetID: n.sets.knock.ID}, drop},
+	}
+}
+
+func serviceKey(p port.Spec) []byte {
+	k := make([]byte, 8)
+	k[0] = byte(p.Proto)
+	binary.BigEndian.PutUint16(k[4:], p.Num)
+	return k
+}
+
+func (n *NFTables) grantSetAndKey(g Grant) (*nftables.Set, []byte) {
+	a := g.Addr.Unmap()
+	svc := serviceKey(g.Port)
+	if a.Is4() {
+		a4 := a.As4()
+		return n.sets.grants4, append(a4[:], svc...)
+	}
+	a16 := a.As16()
+	return n.sets.grants6, append(a16[:], svc...)
+}
+
+// Grant implements Backend. nftables does not refresh the timeout of an
+// element that exists, so each grant is added, deleted and added again with
+// its new timeout in one transaction: that works whether or not the element
+// was there, and the port is never closed in between.
+func (n *NFTables) Grant(gs []Grant) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := n.now()
+	var changed []Grant
+	for _, g := range gs {
+		if g.Timeout < time.Millisecond {
+			return fmt.Errorf("nftables: grant %v: timeout too short", g)
+		}
+		key := Grant{Addr: g.Addr.Unmap(), Port: g.Port}
+		until := now.Add(g.Timeout)
+		if prev, ok := n.expiry[key]; ok && prev.After(until) {
+			continue // already open for longer
+		}
+		set, k := n.grantSetAndKey(g)
+		e := []nftables.SetElement{{Key: k, Timeout: g.Timeout}}
+		if err := n.conn.SetAddElements(set, e); err != nil {
+			return err
+		}
+		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+			return err
+		}
+		if err := n.conn.SetAddElements(set, e); err != nil {
+			return err
+		}
+		changed = append(changed, key)
+		n.expiry[key] = until
+	}
+	if err := n.conn.Flush(); err != nil {
+		for _, k := range changed {
+			delete(n.expiry, k)
+		}
+		return fmt.Errorf("nftables: granting: %w", err)
+	}
+	n.forgetExpired(now)
+	return nil
+}
+
+func (n *NFTables) forgetExpired(now time.Time) {
+	for k, t := range n.expiry {
+		if now.After(t) {
+			delete(n.expiry, k)
+		}
+	}
+}
+
+// Revoke implements Backend, with the same add-then-delete idiom so that a
+// grant that already expired is no error.
+func (n *NFTables) Revoke(gs []Grant) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, g := range gs {
+		set, k := n.grantSetAndKey(g)
+		if err := n.conn.SetAddElements(set, []nftables.SetElement{{Key: k, Timeout: time.Second}}); err != nil {
+			return err
+		}
+		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+			return err
+		}
+		delete(n.expiry, Grant{Addr: g.Addr.Unmap(), Port: g.Port})
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: revoking: %w", err)
+	}
+	return nil
+}
+
+// List implements Backend by reading the grant sets from the kernel.
+func (n *NFTables) List() ([]Grant, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []Grant
+	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6} {
+		elems, err := n.conn.GetSetElements(s)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("nftables: listing %s: %w", s.Name, err)
+		}
+		for _, e := range elems {
+			alen := 4
+			if s == n.sets.grants6 {
+				alen = 16
+			}
+			if len(e.Key) < alen+8 {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(e.Key[:alen])
+			out = append(out, Grant{Addr: a, Timeout: e.Expires,
+				Port: port.Spec{Proto: port.Protocol(e.Key[alen]), Num: binary.BigEndian.Uint16(e.Key[alen+4:])}})
+		}
+	}
+	return out, nil
+}
+
+// Cleanup implements Backend by deleting the whole table.
+func (n *NFTables) Cleanup() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, err := n.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		return nil // nothing installed
+	}
+	n.conn.DelTable(n.table)
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: deleting table inet %s: %w", TableName, err)
+	}
+	clear(n.expiry)
+	return nil
+}
+
+// Close releases the netlink connection.
+func (n *NFTables) Close() error { return n.conn.CloseLasting() }

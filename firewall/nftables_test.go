@@ -1,0 +1,189 @@
+package firewall_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+
+	"postern/firewall"
+	"postern/internal/netnstest"
+	"postern/port"
+)
+
+var ssh = port.Spec{Proto: port.TCP, Num: 22}
+
+// nftIn returns a backend bound to the namespace's nftables.
+func nftIn(t *testing.T, ns *netnstest.NS) *firewall.NFTables {
+	t.Helper()
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return firewall.NewNFTables(c)
+}
+
+// serve accepts connections on the server side and echoes lines back.
+func serve(t *testing.T, p *netnstest.Pair, addr string) {
+	l := p.Server.Listen(t, addr)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					c.Write(buf[:n])
+				}
+			}()
+		}
+	}()
+}
+
+func reachable(p *netnstest.Pair, from, to netip.Addr) bool {
+	c, err := p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), 300*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func echo(t *testing.T, c net.Conn) bool {
+	c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return false
+	}
+	buf := make([]byte, 4)
+	_, err := c.Read(buf)
+	return err == nil && string(buf) == "ping"
+}
+
+func TestNFTablesInNamespace(t *testing.T) {
+	netnstest.Require(t, "nft")
+	p := netnstest.NewPair(t)
+	serve(t, p, "[::]:22")
+	fw := nftIn(t, p.Server)
+	defer fw.Close()
+
+	for _, fam := range []struct {
+		name                 string
+		server, client, alt netip.Addr
+	}{{"ipv4", p.Server4, p.Client4, p.Client4b}, {"ipv6", p.Server6, p.Client6, p.Client6b}} {
+		t.Run(fam.name, func(t *testing.T) {
+			if err := fw.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			if !reachable(p, fam.client, fam.server) {
+				t.Fatal("port closed before postern was set up: the test setup is wrong")
+			}
+			rules := firewall.Rules{Protected: []port.Spec{ssh}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}}}
+			if err := fw.Setup(rules); err != nil {
+				t.Fatal(err)
+			}
+			if reachable(p, fam.client, fam.server) {
+				t.Fatal("protected port reachable without a grant")
+			}
+			if err := fw.Grant([]firewall.Grant{{Addr: fam.client, Port: ssh, Timeout: 2 * time.Second}}); err != nil {
+				t.Fatal(err)
+			}
+			if !reachable(p, fam.client, fam.server) {
+				t.Fatal("granted address cannot connect")
+			}
+			if reachable(p, fam.alt, fam.server) {
+				t.Fatal("another address of the same host can connect")
+			}
+			established, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 22), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer established.Close()
+			gs, err := fw.List()
+			if err != nil || len(gs) != 1 || gs[0].Addr != fam.client || gs[0].Port != ssh ||
+				gs[0].Timeout <= 0 || gs[0].Timeout > 2*time.Second {
+				t.Fatalf("List = %v, %v", gs, err)
+			}
+			// Setup again (a restart): the live grant must survive.
+			if err := fw.Setup(rules); err != nil {
+				t.Fatal(err)
+			}
+			if !reachable(p, fam.client, fam.server) {
+				t.Fatal("Setup dropped a live grant")
+			}
+			time.Sleep(2200 * time.Millisecond)
+			if reachable(p, fam.client, fam.server) {
+				t.Fatal("grant did not expire")
+			}
+			if !echo(t, established) {
+				t.Fatal("established connection did not survive the grant's expiry")
+			}
+		})
+	}
+
+	t.Run("extend never shortens", func(t *testing.T) {
+		g := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: 10 * time.Second}
+		if err := fw.Grant([]firewall.Grant{g}); err != nil {
+			t.Fatal(err)
+		}
+		g.Timeout = time.Second
+		if err := fw.Grant([]firewall.Grant{g}); err != nil {
+			t.Fatal(err)
+		}
+		g.Timeout = 20 * time.Second
+		if err := fw.Grant([]firewall.Grant{g}); err != nil {
+			t.Fatal(err)
+		}
+		gs, _ := fw.List()
+		if len(gs) != 1 || gs[0].Timeout < 15*time.Second {
+			t.Fatalf("after 10s, 1s, 20s grants: %v", gs)
+		}
+		if err := fw.Revoke([]firewall.Grant{g, {Addr: p.Client6b, Port: ssh}}); err != nil {
+			t.Fatalf("revoke (one of them never granted): %v", err)
+		}
+		if reachable(p, p.Client4, p.Server4) {
+			t.Fatal("revoked grant still open")
+		}
+	})
+
+	t.Run("cleanup", func(t *testing.T) {
+		out := p.Server.Exec(t, "nft", "list", "table", "inet", "postern")
+		for _, want := range []string{
+			"ip saddr . meta l4proto . th dport @grants4 accept",
+			"ip6 saddr . meta l4proto . th dport @grants6 accept",
+			"meta l4proto . th dport @protected drop",
+			"ct state established,related accept",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ruleset lacks %q:\n%s", want, out)
+			}
+		}
+		if err := fw.Cleanup(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Cleanup(); err != nil {
+			t.Fatalf("second cleanup: %v", err)
+		}
+		if out := p.Server.Exec(t, "nft", "list", "ruleset"); strings.Contains(out, "postern") {
+			t.Fatalf("table left after cleanup:\n%s", out)
+		}
+		if !reachable(p, p.Client4, p.Server4) {
+			t.Fatal("port still closed after cleanup")
+		}
+	})
+}

@@ -1,0 +1,364 @@
+// Package config reads postern.toml: strictly decoded into a raw struct (an
+// unknown key is an error), then validated into the Config the program uses.
+// Every error names the file, the line and the key. Loading never touches the
+// firewall or the network.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"postern/port"
+	"postern/spa"
+)
+
+// Config is a validated configuration.
+type Config struct {
+	Path           string
+	Interface      string // capture interface, or "any"
+	Capture        string // "afpacket" or "udp"
+	PrivateKeyFile string
+	StateDir       string
+	MetricsListen  string // empty: no metrics endpoint
+	SPA            SPA
+	Firewall       Firewall
+	Clients        []Client
+}
+
+// SPA configures postern SPA v1.
+type SPA struct {
+	Port         uint16
+	MaxSkew      time.Duration
+	Destinations []netip.Addr
+}
+
+// Firewall configures the backend.
+type Firewall struct {
+	Backend      string // "nftables" or "none"
+	RemoveOnExit bool   // revoke live grants on SIGTERM instead of letting them expire
+}
+
+// Client is one authorised client.
+type Client struct {
+	Name            string
+	PublicKey       spa.ClientPublicKey
+	Allow           []port.Spec
+	MaxDuration     time.Duration
+	DefaultDuration time.Duration
+	AllowSource     bool
+}
+
+// Defaults for keys that may be left out.
+const (
+	DefaultStateDir    = "/var/lib/postern"
+	DefaultSPAPort     = 62201
+	DefaultMaxSkew     = 30 * time.Second
+	DefaultDuration    = 30 * time.Second
+	DefaultMaxDuration = 5 * time.Minute
+)
+
+type rawConfig struct {
+	Interface      string      `toml:"interface"`
+	Capture        string      `toml:"capture"`
+	PrivateKeyFile string      `toml:"private_key_file"`
+	StateDir       string      `toml:"state_dir"`
+	MetricsListen  string      `toml:"metrics_listen"`
+	SPA            rawSPA      `toml:"spa"`
+	Firewall       rawFirewall `toml:"firewall"`
+	Clients        []rawClient `toml:"client"`
+}
+
+type rawSPA struct {
+	Port         *int     `toml:"port"`
+	MaxSkew      string   `toml:"max_skew"`
+	Destinations []string `toml:"destinations"`
+}
+
+type rawFirewall struct {
+	Backend string `toml:"backend"`
+	OnExit  string `toml:"on_exit"`
+}
+
+type rawClient struct {
+	Name            string   `toml:"name"`
+	PublicKey       string   `toml:"public_key"`
+	Allow           []string `toml:"allow"`
+	MaxDuration     string   `toml:"max_duration"`
+	DefaultDuration string   `toml:"default_duration"`
+	AllowSource     bool     `toml:"allow_source"`
+}
+
+// Error is a configuration error at a place in a file.
+type Error struct {
+	File string
+	Line int // 0 when the key is missing from a file-level context
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		b.WriteString(": " + e.Key)
+	}
+	return b.String() + ": " + e.Msg
+}
+
+// Errors is every problem found in one file.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse validates data, which came from the file named path.
+func Parse(path string, data []byte) (*Config, error) {
+	var raw rawConfig
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return nil, decodeError(path, err)
+	}
+	v := validator{file: path, lines: keyLines(data)}
+	cfg := v.validate(&raw)
+	if len(v.errs) > 0 {
+		return nil, v.errs
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+func decodeError(path string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var es Errors
+		for _, e := range strict.Errors {
+			line, _ := e.Position()
+			es = append(es, &Error{File: path, Line: line, Key: strings.Join(e.Key(), "."), Msg: "unknown key"})
+		}
+		return es
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		line, _ := de.Position()
+		return &Error{File: path, Line: line, Key: strings.Join(de.Key(), "."), Msg: strings.TrimPrefix(de.Error(), "toml: ")}
+	}
+	return &Error{File: path, Msg: err.Error()}
+}
+
+type validator struct {
+	file  string
+	lines map[string]int
+	errs  Errors
+}
+
+// fail records an error at key; a key missing from the file is reported at
+// the line of the nearest enclosing table that is there.
+func (v *validator) fail(key, format string, args ...any) {
+	line := 0
+	for k := key; k != ""; {
+		if l, ok := v.lines[k]; ok {
+			line = l
+			break
+		}
+		i := strings.LastIndexAny(k, ".")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	// Show array indices 1-based, as a person counts [[client]] tables.
+	shown := arrayIndex.ReplaceAllStringFunc(key, func(m string) string {
+		var n int
+		fmt.Sscanf(m, "[%d]", &n)
+		return fmt.Sprintf("[%d]", n+1)
+	})
+	v.errs = append(v.errs, &Error{File: v.file, Line: line, Key: shown, Msg: fmt.Sprintf(format, args...)})
+}
+
+var (
+	arrayIndex = regexp.MustCompile(`\[\d+\]`)
+	clientName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+)
+
+func (v *validator) duration(key, s string, def time.Duration) time.Duration {
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		v.fail(key, "%q is not a duration (such as \"30s\" or \"5m\")", s)
+	case d < time.Second:
+		v.fail(key, "%q: must be at least 1s", s)
+	case d%time.Second != 0:
+		v.fail(key, "%q: must be whole seconds", s)
+	default:
+		return d
+	}
+	return def
+}
+
+func (v *validator) validate(raw *rawConfig) *Config {
+	cfg := &Config{
+		Interface:      raw.Interface,
+		Capture:        raw.Capture,
+		PrivateKeyFile: raw.PrivateKeyFile,
+		StateDir:       raw.StateDir,
+		MetricsListen:  raw.MetricsListen,
+	}
+	if cfg.Capture == "" {
+		cfg.Capture = "afpacket"
+	}
+	switch cfg.Capture {
+	case "afpacket":
+		if cfg.Interface == "" {
+			v.fail("interface", "missing: name the interface knocks arrive on (or \"any\")")
+		}
+	case "udp":
+	default:
+		v.fail("capture", "%q: want \"afpacket\" or \"udp\"", cfg.Capture)
+	}
+	if cfg.PrivateKeyFile == "" {
+		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	if cfg.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
+			v.fail("metrics_listen", "%q: want host:port, such as \"127.0.0.1:9101\"", cfg.MetricsListen)
+		}
+	}
+
+	cfg.SPA.Port = DefaultSPAPort
+	if raw.SPA.Port != nil {
+		if p := *raw.SPA.Port; p < 1 || p > 65535 {
+			v.fail("spa.port", "%d: must be 1 to 65535", p)
+		} else {
+			cfg.SPA.Port = uint16(p)
+		}
+	}
+	cfg.SPA.MaxSkew = v.duration("spa.max_skew", raw.SPA.MaxSkew, DefaultMaxSkew)
+	for _, d := range raw.SPA.Destinations {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			v.fail("spa.destinations", "%q is not an IP address", d)
+			continue
+		}
+		cfg.SPA.Destinations = append(cfg.SPA.Destinations, a.Unmap())
+	}
+
+	cfg.Firewall.Backend = raw.Firewall.Backend
+	if cfg.Firewall.Backend == "" {
+		cfg.Firewall.Backend = "nftables"
+	}
+	if cfg.Firewall.Backend != "nftables" && cfg.Firewall.Backend != "none" {
+		v.fail("firewall.backend", "%q: want \"nftables\" or \"none\"", cfg.Firewall.Backend)
+	}
+	switch raw.Firewall.OnExit {
+	case "", "keep":
+	case "remove":
+		cfg.Firewall.RemoveOnExit = true
+	default:
+		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.Firewall.OnExit)
+	}
+
+	if len(raw.Clients) == 0 {
+		v.fail("client", "no [[client]] tables: nobody could knock")
+	}
+	names := map[string]bool{}
+	keys := map[spa.ClientPublicKey]string{}
+	for i, rc := range raw.Clients {
+		at := func(k string) string { return fmt.Sprintf("client[%d].%s", i, k) }
+		c := Client{Name: rc.Name, AllowSource: rc.AllowSource}
+		switch {
+		case rc.Name == "":
+			v.fail(at("name"), "missing")
+		case !clientName.MatchString(rc.Name):
+			v.fail(at("name"), "%q: use letters, digits, '.', '_', '@' and '-' (at most 64)", rc.Name)
+		case names[rc.Name]:
+			v.fail(at("name"), "%q is used by another client", rc.Name)
+		}
+		names[rc.Name] = true
+		if rc.PublicKey == "" {
+			v.fail(at("public_key"), "missing: the client's `postern pubkey` output")
+		} else if k, err := spa.ParseClientPublicKey(rc.PublicKey); err != nil {
+			v.fail(at("public_key"), "%v", err)
+		} else if other, dup := keys[k]; dup {
+			v.fail(at("public_key"), "same key as client %q", other)
+		} else {
+			keys[k] = rc.Name
+			c.PublicKey = k
+		}
+		if len(rc.Allow) == 0 {
+			v.fail(at("allow"), "missing: list what this client may open, such as [\"tcp/22\"]")
+		}
+		for _, s := range rc.Allow {
+			p, err := port.Parse(s)
+			if err != nil {
+				v.fail(at("allow"), "%v", err)
+				continue
+			}
+			if !slices.Contains(c.Allow, p) {
+				c.Allow = append(c.Allow, p)
+			}
+		}
+		c.MaxDuration = v.duration(at("max_duration"), rc.MaxDuration, DefaultMaxDuration)
+		c.DefaultDuration = v.duration(at("default_duration"), rc.DefaultDuration, min(DefaultDuration, c.MaxDuration))
+		if c.DefaultDuration > c.MaxDuration {
+			v.fail(at("default_duration"), "%v is longer than max_duration %v", c.DefaultDuration, c.MaxDuration)
+		}
+		cfg.Clients = append(cfg.Clients, c)
+	}
+	if cfg.Capture == "afpacket" || cfg.Capture == "udp" {
+		for _, c := range cfg.Clients {
+			for _, p := range c.Allow {
+				if p.Proto == port.UDP && p.Num == cfg.SPA.Port {
+					v.fail("spa.port", "udp/%d is both the knock port and a port client %q may open", p.Num, c.Name)
+				}
+			}
+		}
+	}
+	return cfg
+}
+
+// Protected returns every port any client may open: the ports postern closes.
+func (c *Config) Protected() []port.Spec {
+	var out []port.Spec
+	for _, cl := range c.Clients {
+		for _, p := range cl.Allow {
+			if !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

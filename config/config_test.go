@@ -1,0 +1,128 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"postern/port"
+	"postern/spa"
+)
+
+func TestReference(t *testing.T) {
+	data, err := os.ReadFile("reference.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse("reference.toml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Interface != "eth0" || cfg.Capture != "afpacket" || cfg.SPA.Port != 62201 || cfg.SPA.MaxSkew != 30*time.Second ||
+		cfg.Firewall.Backend != "nftables" || cfg.Firewall.RemoveOnExit || len(cfg.Clients) != 1 {
+		t.Fatalf("reference parsed as %+v", cfg)
+	}
+	c := cfg.Clients[0]
+	if c.Name != "alice-laptop" || c.MaxDuration != 5*time.Minute || c.DefaultDuration != 30*time.Second ||
+		len(c.Allow) != 1 || c.Allow[0] != (port.Spec{Proto: port.TCP, Num: 22}) {
+		t.Fatalf("reference client %+v", c)
+	}
+	// Every key the decoder knows appears in the reference file.
+	for _, key := range []string{"interface", "capture", "private_key_file", "state_dir", "metrics_listen",
+		"port", "max_skew", "destinations", "backend", "on_exit",
+		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source"} {
+		if !strings.Contains(string(data), "\n"+key+" = ") {
+			t.Errorf("reference.toml does not show %q", key)
+		}
+	}
+}
+
+func clientKey(t *testing.T) string {
+	k, err := spa.GenerateClientKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Public().String()
+}
+
+func TestMinimalDefaults(t *testing.T) {
+	cfg, err := Parse("p.toml", []byte(`interface = "any"
+private_key_file = "/k"
+[[client]]
+name = "a"
+public_key = "`+clientKey(t)+`"
+allow = ["tcp/22", "tcp/22", "udp/53"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StateDir != DefaultStateDir || cfg.SPA.Port != DefaultSPAPort || len(cfg.Protected()) != 2 ||
+		cfg.Clients[0].DefaultDuration != DefaultDuration || cfg.Clients[0].MaxDuration != DefaultMaxDuration {
+		t.Fatalf("%+v", cfg)
+	}
+}
+
+func TestErrorsNameFileLineKey(t *testing.T) {
+	good := clientKey(t)
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"bad unknown top-level key", "interfaces = \"eth0\"\n", "p.toml:1: interfaces: unknown key"},
+		{"bad unknown nested key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[spa]\nprot = 1\n", "p.toml:4: spa.prot: unknown key"},
+		{"bad type", "interface = \"eth0\"\n[spa]\nport = \"high\"\n", "p.toml:3"},
+		{"bad syntax", "interface = \n", "p.toml:1"},
+		{"bad port range", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[spa]\nport = 70000\n", "p.toml:4: spa.port: 70000"},
+		{"bad duration", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[spa]\nmax_skew = \"soon\"\n", "p.toml:4: spa.max_skew"},
+		{"bad allow", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/99999\"]\n", "p.toml:6: client[1].allow"},
+		{"bad key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"xyz\"\nallow = [\"tcp/22\"]\n", "p.toml:5: client[1].public_key"},
+		{"bad second client missing key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n\n[[client]]\nname = \"b\"\nallow = [\"tcp/22\"]\n", "p.toml:8: client[2].public_key: missing"},
+		{"bad duplicate key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n[[client]]\nname = \"b\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:9: client[2].public_key: same key as client \"a\""},
+		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
+		{"bad missing private key", "interface = \"eth0\"\n", "p.toml: private_key_file: missing"},
+		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
+		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.toml", []byte(tt.doc))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestErrorTypes(t *testing.T) {
+	_, err := Parse("p.toml", []byte("interface = \"eth0\"\n"))
+	var es Errors
+	if !errors.As(err, &es) || len(es) < 2 {
+		t.Fatalf("want every problem at once, got %v", err)
+	}
+}
+
+// FuzzParse: any text gives a Config or an error, never a panic, and every
+// error names the file.
+func FuzzParse(f *testing.F) {
+	if data, err := os.ReadFile("reference.toml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("[[client]]\n[[client]]\nname = 1\n"))
+	f.Add([]byte("[spa]\nport = -1\nmax_skew = \"1h\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("f.toml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.toml") {
+				t.Fatalf("error without file name: %v", err)
+			}
+			return
+		}
+		if len(cfg.Clients) == 0 || cfg.PrivateKeyFile == "" {
+			t.Fatalf("accepted an unusable config: %+v", cfg)
+		}
+	})
+}

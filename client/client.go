@@ -1,0 +1,113 @@
+// Package client builds and sends knocks. It never listens: a knock is one
+// datagram out, and the server never answers.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"postern/port"
+	"postern/spa"
+)
+
+// Options describe one postern SPA knock.
+type Options struct {
+	Key       spa.ClientPrivateKey
+	ServerKey spa.ServerPublicKey
+	Host      string // name or address of the server
+	Port      uint16 // the server's knock port
+	Network   string // "udp" (default), "udp4" or "udp6"
+	Open      []port.Spec
+	Duration  time.Duration // 0: the server's default for this client
+	// Allow is the address to grant: "" for this host's own address on
+	// the route to the server, "source" for whatever source address the
+	// server sees (behind NAT), or an explicit address.
+	Allow string
+	// BindDest binds the knock to the server address it is sent to, so it
+	// cannot be replayed to another server that shares the key.
+	BindDest bool
+	// TimeOffset shifts the knock's timestamp (a client whose clock is
+	// known to be off; also how tests make stale knocks).
+	TimeOffset time.Duration
+	Action     string
+}
+
+// Sent says what was sent where.
+type Sent struct {
+	To     netip.AddrPort
+	Knock  spa.Knock
+	Packet []byte
+}
+
+// Knock resolves the server, seals one knock and sends it.
+func Knock(ctx context.Context, o Options) (Sent, error) {
+	network := o.Network
+	if network == "" {
+		network = "udp"
+	}
+	if o.Port == 0 {
+		return Sent{}, errors.New("no knock port")
+	}
+	to, err := resolve(ctx, network, o.Host, o.Port)
+	if err != nil {
+		return Sent{}, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, to.String())
+	if err != nil {
+		return Sent{}, fmt.Errorf("knock: %w", err)
+	}
+	defer conn.Close()
+	// The connected socket's local address is this host's own address
+	// on the route to the server: what to grant by default.
+	local := conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+
+	k := spa.Knock{Time: time.Now().Add(o.TimeOffset), Ports: o.Open, Duration: o.Duration, Action: o.Action}
+	switch o.Allow {
+	case "":
+		k.Allow = local
+	case "source":
+		k.UseSource = true
+	default:
+		a, err := netip.ParseAddr(o.Allow)
+		if err != nil {
+			return Sent{}, fmt.Errorf("--allow %q: want an IP address or \"source\"", o.Allow)
+		}
+		k.Allow = a.Unmap()
+	}
+	if o.BindDest {
+		k.Dest = to.Addr()
+	}
+	pkt, err := spa.Seal(o.Key, o.ServerKey, k)
+	if err != nil {
+		return Sent{}, err
+	}
+	if _, err := conn.Write(pkt); err != nil {
+		return Sent{}, fmt.Errorf("knock: sending to %v: %w", to, err)
+	}
+	k.Client = o.Key.Public()
+	return Sent{To: to, Knock: k, Packet: pkt}, nil
+}
+
+func resolve(ctx context.Context, network, host string, p uint16) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), p), nil
+	}
+	ipnet := map[string]string{"udp": "ip", "udp4": "ip4", "udp6": "ip6"}[network]
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("knock: resolving %s: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("knock: %s has no address", host)
+	}
+	return netip.AddrPortFrom(addrs[0].Unmap(), p), nil
+}
+
+// HostPort formats host and port for messages.
+func HostPort(host string, p uint16) string { return net.JoinHostPort(host, strconv.Itoa(int(p))) }

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"postern/spa"
+)
+
+func TestKnockOpensPortForOneAddressIPv4(t *testing.T) {
+	t.Parallel()
+	testKnockOpens(t, func(r *rig) (srv, cli, other netip.Addr) { return r.p.Server4, r.p.Client4, r.p.Client4b })
+}
+
+func TestKnockOpensPortForOneAddressIPv6(t *testing.T) {
+	t.Parallel()
+	testKnockOpens(t, func(r *rig) (srv, cli, other netip.Addr) { return r.p.Server6, r.p.Client6, r.p.Client6b })
+}
+
+// testKnockOpens: closed before; open within 1 s of the knock for the
+// knocking address only; closed again after the duration, while a
+// connection made during the grant survives.
+func testKnockOpens(t *testing.T, addrs func(*rig) (srv, cli, other netip.Addr)) {
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv, cli, other := addrs(r)
+	r.requireClosed(cli, srv, "before the knock")
+
+	r.knock(srv, "--for", "3s")
+	knocked := time.Now()
+	conn := r.waitOpen(cli, srv, time.Second, "after the knock")
+	defer conn.Close()
+	r.out.WaitFor(t, time.Second, "msg=granted", "client=alice", "src="+cli.String(), "ports=tcp/22")
+	r.requireClosed(other, srv, "second client address during the grant")
+
+	time.Sleep(time.Until(knocked.Add(3 * time.Second)))
+	r.waitClosed(cli, srv, time.Second, "after the grant's duration")
+	if err := echoes(conn); err != nil {
+		t.Fatalf("connection established during the grant did not survive its expiry: %v", err)
+	}
+	r.alive()
+}
+
+func TestReplayRefusedAlsoAfterRestart(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	sniffed := r.sniff()
+	r.knock(r.p.Server4, "--for", "1s")
+	var pkt []byte
+	select {
+	case pkt = <-sniffed:
+	case <-time.After(3 * time.Second):
+		t.Fatal("knock not captured")
+	}
+	if len(pkt) != spa.PacketSize {
+		t.Fatalf("captured %d bytes", len(pkt))
+	}
+	r.out.WaitFor(t, 2*time.Second, "msg=granted")
+	r.waitClosed(r.p.Client4, r.p.Server4, 3*time.Second, "grant expiry")
+
+	for _, from := range []netip.Addr{r.p.Client4, r.p.Client4b} {
+		mark := r.out.Mark()
+		r.sendRaw(from, r.p.Server4, pkt)
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", "src="+from.String(), `reason=replay`)
+		r.requireClosed(r.p.Client4, r.p.Server4, "replayed knock from "+from.String())
+	}
+
+	r.signal(syscall.SIGTERM)
+	r.start()
+	mark := r.out.Mark()
+	r.sendRaw(r.p.Client4, r.p.Server4, pkt)
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", `reason=replay`)
+	r.requireClosed(r.p.Client4, r.p.Server4, "replay after restart")
+	if strings.Contains(r.out.String(), "msg=granted src="+r.p.Client4b.String()) {
+		t.Fatal("a replay was granted")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	otherServer, _ := spa.GenerateServerKey()
+	pub := r.server.Public().String()
+	srv := r.p.Server4
+	tests := []struct {
+		name   string
+		key    string
+		server string
+		flags  []string
+		reason string
+	}{
+		{"stale timestamp", r.alice, pub, []string{"--time-offset", "-2m"}, `reason="stale timestamp"`},
+		{"future timestamp", r.alice, pub, []string{"--time-offset", "2m"}, `reason="future timestamp"`},
+		{"unknown client key", r.stranger, pub, nil, `reason="unknown client"`},
+		{"wrong server key", r.alice, otherServer.Public().String(), nil, `reason="bad mac1"`},
+		{"port outside allow", r.alice, pub, []string{"--open", "tcp/23"}, `reason="port not allowed"`},
+		{"duration over max_duration", r.alice, pub, []string{"--for", "2m"}, `reason="duration too long"`},
+		{"use source not allowed", r.alice, pub, []string{"--allow", "source"}, `reason="use source not allowed"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mark := r.out.Mark()
+			r.knockWith(tt.key, tt.server, srv, tt.flags...)
+			r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", "src="+r.p.Client4.String(), tt.reason)
+			r.requireClosed(r.p.Client4, srv, tt.name)
+		})
+	}
+	if strings.Contains(r.out.String(), "msg=granted") {
+		t.Fatalf("something was granted:\n%s", r.out)
+	}
+	// And a good knock still works after all that.
+	r.knock(srv)
+	r.waitOpen(r.p.Client4, srv, time.Second, "valid knock after refusals").Close()
+}
+
+func TestGrantExpiresAfterSIGKILL(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.knock(r.p.Server4, "--for", "3s")
+	knocked := time.Now()
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.signal(syscall.SIGKILL)
+
+	r.waitOpen(r.p.Client4, r.p.Server4, 200*time.Millisecond, "grant after the daemon died").Close()
+	r.requireClosed(r.p.Client4b, r.p.Server4, "another address after the daemon died")
+	time.Sleep(time.Until(knocked.Add(3 * time.Second)))
+	r.waitClosed(r.p.Client4, r.p.Server4, time.Second, "expiry with the daemon dead")
+	r.requireClosed(r.p.Client4b, r.p.Server4, "another address after expiry")
+}
+
+// TestFlood: 100 000 random packets and 10 000 well-formed-looking ones (the
+// right length and header, random body) to the knock port; the daemon stays
+// up, counts them, and a valid knock afterwards still opens the port.
+func TestFlood(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var batch [][]byte
+	flush := func() {
+		r.sendRaw(r.p.Client4, r.p.Server4, batch...)
+		batch = batch[:0]
+	}
+	for i := range 110_000 {
+		var p []byte
+		if i < 100_000 {
+			p = make([]byte, rng.IntN(1400))
+		} else {
+			p = make([]byte, spa.PacketSize)
+		}
+		for j := 0; j+8 <= len(p); j += 8 {
+			binary.LittleEndian.PutUint64(p[j:], rng.Uint64())
+		}
+		if i >= 100_000 {
+			p[0], p[1], p[2], p[3] = spa.Version, spa.SuiteX25519, 0, 0
+		}
+		batch = append(batch, p)
+		if len(batch) == 1000 {
+			flush()
+			time.Sleep(5 * time.Millisecond) // stay bounded: ~200 k packets/s at most
+		}
+	}
+	flush()
+	r.alive()
+	r.knock(r.p.Server4)
+	r.waitOpen(r.p.Client4, r.p.Server4, 2*time.Second, "valid knock after the flood").Close()
+	r.alive()
+	junk := r.metric("bad length") + r.metric("bad header") + r.metric("bad mac1")
+	t.Logf("junk counted: bad length %d, bad header %d, bad mac1 %d, granted %d",
+		r.metric("bad length"), r.metric("bad header"), r.metric("bad mac1"), r.metric("granted"))
+	if junk < 50_000 || r.metric("bad mac1") == 0 {
+		t.Fatalf("only %d junk packets counted", junk)
+	}
+	if strings.Count(r.out.String(), "msg=refused") > 200 {
+		t.Fatalf("flood produced %d log lines", strings.Count(r.out.String(), "msg=refused"))
+	}
+}
+
+func TestMalformedConfigLeavesFirewallUntouched(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	before := r.p.Server.Exec(t, "nft", "list", "ruleset")
+	good, _ := os.ReadFile(r.cfgPath)
+
+	bad := strings.Replace(string(good), `allow = ["tcp/22"]`, `allow = ["tcp/22", "tcp/99999"]`, 1)
+	line := 1 + strings.Count(bad[:strings.Index(bad, "tcp/99999")], "\n")
+	os.WriteFile(r.cfgPath, []byte(bad), 0o644)
+	out, err := r.postern("server", "-c", r.cfgPath)
+	if err == nil {
+		t.Fatal("daemon started with a malformed config")
+	}
+	want := r.cfgPath + ":" + strconv.Itoa(line) + ": client[1].allow"
+	if !strings.Contains(out, want) {
+		t.Fatalf("error %q does not name %q", out, want)
+	}
+	if out, err := r.postern("check-config", "-c", r.cfgPath); err == nil || !strings.Contains(out, want) {
+		t.Fatalf("check-config: %v %s", err, out)
+	}
+
+	unknown := strings.Replace(string(good), "max_skew", "max_skw", 1)
+	os.WriteFile(r.cfgPath, []byte(unknown), 0o644)
+	if out, err := r.postern("server", "-c", r.cfgPath); err == nil || !strings.Contains(out, "spa.max_skw: unknown key") {
+		t.Fatalf("unknown key: %v %s", err, out)
+	}
+
+	// A private key others can read stops the daemon too.
+	os.WriteFile(r.cfgPath, good, 0o644)
+	os.Chmod(filepath.Join(r.dir, "server.key"), 0o644)
+	if out, err := r.postern("server", "-c", r.cfgPath); err == nil || !strings.Contains(out, "chmod 600") {
+		t.Fatalf("world-readable key: %v %s", err, out)
+	}
+	if after := r.p.Server.Exec(t, "nft", "list", "ruleset"); after != before {
+		t.Fatalf("firewall changed:\n%s\nto:\n%s", before, after)
+	}
+	os.Chmod(filepath.Join(r.dir, "server.key"), 0o600)
+	if out, err := r.postern("check-config", "-c", r.cfgPath); err != nil {
+		t.Fatalf("check-config on the good file: %v %s", err, out)
+	}
+}
+
+func TestCleanupRemovesTable(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.knock(r.p.Server4, "--for", "30s")
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	status := r.p.Server.Exec(t, posternBin, "status")
+	if !strings.Contains(status, r.p.Client4.String()) || !strings.Contains(status, "tcp/22") {
+		t.Fatalf("status does not show the grant:\n%s", status)
+	}
+	r.signal(syscall.SIGTERM)
+	r.waitOpen(r.p.Client4, r.p.Server4, 200*time.Millisecond, "grant kept after SIGTERM").Close()
+	r.p.Server.Exec(t, posternBin, "cleanup")
+	if rs := r.p.Server.Exec(t, "nft", "list", "ruleset"); strings.Contains(rs, "postern") {
+		t.Fatalf("cleanup left:\n%s", rs)
+	}
+	r.waitOpen(r.p.Client4b, r.p.Server4, time.Second, "after cleanup, unprotected").Close()
+}
+
+func TestRemoveOnExit(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{extra: "\n[firewall]\non_exit = \"remove\"\n"})
+	r.start()
+	r.knock(r.p.Server4, "--for", "30s")
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.signal(syscall.SIGTERM)
+	r.requireClosed(r.p.Client4, r.p.Server4, "after SIGTERM with on_exit = remove")
+}
+
+// TestUDPCapture: capture = "udp" reads knocks from an ordinary socket.
+func TestUDPCapture(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{capture: "udp"})
+	r.start()
+	r.requireClosed(r.p.Client6, r.p.Server6, "before the knock")
+	r.knock(r.p.Server6)
+	r.waitOpen(r.p.Client6, r.p.Server6, time.Second, "after the knock").Close()
+	r.requireClosed(r.p.Client6b, r.p.Server6, "other address")
+}

@@ -1,0 +1,345 @@
+// Command postern is the postern daemon and client in one binary.
+//
+// The subcommands and their flags are an interface that scripts and tests
+// outside the project drive; change them only compatibly.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"postern/client"
+	"postern/config"
+	"postern/firewall"
+	"postern/port"
+	"postern/server"
+	"postern/spa"
+)
+
+const usage = `postern — single packet authorization for Linux
+
+Usage:
+  postern genkey [--server]           print a new client (or server) private key
+  postern pubkey < KEYFILE            print the public key of a private key
+  postern server -c FILE              run the daemon in the foreground
+  postern check-config -c FILE        validate a configuration; touches nothing
+  postern knock [flags] HOST          send one knock (postern knock -h for flags)
+  postern status                      list live grants
+  postern cleanup                     remove everything postern installed in the firewall
+`
+
+// errUsage marks errors that deserve exit status 2.
+type errUsage struct{ error }
+
+func main() {
+	err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	var u errUsage
+	switch {
+	case err == nil:
+	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &u):
+		fmt.Fprintln(os.Stderr, "postern:", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "postern:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage{errors.New("no command")}
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "genkey":
+		return genkey(args, stdout, stderr)
+	case "pubkey":
+		return pubkey(stdin, stdout)
+	case "server":
+		return serve(args, stderr)
+	case "check-config":
+		return checkConfig(args, stdout, stderr)
+	case "knock":
+		return knock(args, stdout, stderr)
+	case "status":
+		return status(stdout)
+	case "cleanup":
+		return cleanup(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return errUsage{fmt.Errorf("unknown command %q", cmd)}
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("postern "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses flags that may come before or after positional arguments
+// (`postern knock HOST --open tcp/22` works as well as the other order).
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, errUsage{err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func genkey(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("genkey", stderr)
+	srv := fs.Bool("server", false, "make a server key instead of a client key")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return errUsage{errors.New("genkey takes no arguments")}
+	}
+	var text string
+	if *srv {
+		k, err := spa.GenerateServerKey()
+		if err != nil {
+			return err
+		}
+		text = k.String()
+	} else {
+		k, err := spa.GenerateClientKey()
+		if err != nil {
+			return err
+		}
+		text = k.String()
+	}
+	_, err := fmt.Fprintln(stdout, text)
+	return err
+}
+
+func pubkey(stdin io.Reader, stdout io.Writer) error {
+	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	pub, err := spa.PublicKeyOf(line)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, pub)
+	return err
+}
+
+const defaultConfig = "/etc/postern/postern.toml"
+
+func loadConfig(args []string, name string, stderr io.Writer) (*config.Config, error) {
+	fs := newFlags(name, stderr)
+	path := fs.String("c", defaultConfig, "configuration `file`")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) > 0 {
+		return nil, errUsage{fmt.Errorf("%s takes no arguments (did you mean -c %s?)", name, pos[0])}
+	}
+	return config.Load(*path)
+}
+
+func openBackend(cfg *config.Config) (firewall.Backend, error) {
+	if cfg.Firewall.Backend == "none" {
+		return firewall.NewMemory(), nil
+	}
+	return firewall.OpenNFTables()
+}
+
+func serve(args []string, stderr io.Writer) error {
+	cfg, err := loadConfig(args, "server", stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	fw, err := openBackend(cfg)
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	s, err := server.New(cfg, fw, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, "check-config", stderr)
+	if err != nil {
+		return err
+	}
+	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
+	if err != nil {
+		return fmt.Errorf("%s: private_key_file: %w", cfg.Path, err)
+	}
+	if _, err := spa.ParseServerPrivateKey(text); err != nil {
+		return fmt.Errorf("%s: private_key_file %s: %w", cfg.Path, cfg.PrivateKeyFile, err)
+	}
+	fmt.Fprintf(stdout, "%s: OK: %d clients, protected %s, knock port udp/%d\n",
+		cfg.Path, len(cfg.Clients), port.Join(cfg.Protected()), cfg.SPA.Port)
+	return nil
+}
+
+func knock(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("knock", stderr)
+	keyFile := fs.String("key", "", "client private key `file` (postern genkey)")
+	serverKey := fs.String("server-key", "", "the server's public `key`, or a file holding it")
+	open := fs.String("open", "", "what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	dur := fs.Duration("for", 0, "how long to open it (default: the server's default for this client)")
+	allow := fs.String("allow", "", "address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	knockPort := fs.Uint("port", config.DefaultSPAPort, "the server's knock `port`")
+	only4 := fs.Bool("4", false, "use IPv4 only")
+	only6 := fs.Bool("6", false, "use IPv6 only")
+	bind := fs.Bool("bind", false, "bind the knock to the server address it is sent to")
+	offset := fs.Duration("time-offset", 0, "shift the knock's timestamp by this `duration` (negative: into the past)")
+	verbose := fs.Bool("v", false, "say what was sent")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: postern knock --key FILE --server-key KEY --open tcp/22 [flags] HOST")
+		fs.PrintDefaults()
+	}
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) != 1:
+		return errUsage{errors.New("knock takes one HOST")}
+	case *keyFile == "":
+		return errUsage{errors.New("--key is required")}
+	case *serverKey == "":
+		return errUsage{errors.New("--server-key is required")}
+	case *open == "":
+		return errUsage{errors.New("--open is required, such as --open tcp/22")}
+	case *knockPort < 1 || *knockPort > 65535:
+		return errUsage{errors.New("--port must be 1 to 65535")}
+	case *only4 && *only6:
+		return errUsage{errors.New("-4 and -6 exclude each other")}
+	}
+	ports, err := port.ParseList(*open)
+	if err != nil {
+		return errUsage{fmt.Errorf("--open: %w", err)}
+	}
+	text, err := spa.ReadPrivateKeyFile(*keyFile)
+	if err != nil {
+		return err
+	}
+	key, err := spa.ParseClientPrivateKey(text)
+	if err != nil {
+		return fmt.Errorf("--key %s: %w", *keyFile, err)
+	}
+	srv, err := readServerKey(*serverKey)
+	if err != nil {
+		return err
+	}
+	network := "udp"
+	if *only4 {
+		network = "udp4"
+	} else if *only6 {
+		network = "udp6"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sent, err := client.Knock(ctx, client.Options{
+		Key: key, ServerKey: srv, Host: pos[0], Port: uint16(*knockPort), Network: network,
+		Open: ports, Duration: *dur, Allow: *allow, BindDest: *bind, TimeOffset: *offset,
+	})
+	if err != nil {
+		return err
+	}
+	if *verbose {
+		who := "source address"
+		if !sent.Knock.UseSource {
+			who = sent.Knock.Allow.String()
+		}
+		fmt.Fprintf(stdout, "knocked %v: open %s for %s\n", sent.To, port.Join(ports), who)
+	}
+	return nil
+}
+
+// readServerKey accepts the key itself or the name of a file holding it.
+func readServerKey(s string) (spa.ServerPublicKey, error) {
+	k, err := spa.ParseServerPublicKey(s)
+	if err == nil {
+		return k, nil
+	}
+	if b, ferr := os.ReadFile(s); ferr == nil {
+		if k, kerr := spa.ParseServerPublicKey(string(b)); kerr == nil {
+			return k, nil
+		} else {
+			return k, fmt.Errorf("--server-key file %s: %w", s, kerr)
+		}
+	}
+	return k, fmt.Errorf("--server-key: %w", err)
+}
+
+func status(stdout io.Writer) error {
+	fw, err := firewall.OpenNFTables()
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	gs, err := fw.List()
+	if err != nil {
+		return err
+	}
+	if len(gs) == 0 {
+		fmt.Fprintln(stdout, "no live grants")
+		return nil
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ADDRESS\tPORT\tEXPIRES IN")
+	for _, g := range gs {
+		fmt.Fprintf(w, "%v\t%v\t%v\n", g.Addr, g.Port, g.Timeout.Round(time.Second))
+	}
+	return w.Flush()
+}
+
+func cleanup(stdout io.Writer) error {
+	fw, err := firewall.OpenNFTables()
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	if err := fw.Cleanup(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed table inet %s\n", firewall.TableName)
+	return nil
+}
+

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"postern/capture"
+	"postern/internal/netnstest"
+	"postern/port"
+	"postern/spa"
+)
+
+// The end-to-end tests run the real postern posternBin in fresh network
+// namespaces against real nftables and AF_PACKET.
+
+var posternBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "postern-e2e")
+	if err != nil {
+		panic(err)
+	}
+	posternBin = filepath.Join(dir, "postern")
+	build := exec.Command("go", "build", "-o", posternBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building postern: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const knockPort = 62201
+
+var ssh = port.Spec{Proto: port.TCP, Num: 22}
+
+// rig is one server namespace running the daemon, one client namespace, keys
+// and a configuration.
+type rig struct {
+	t        *testing.T
+	p        *netnstest.Pair
+	dir      string
+	cfgPath  string
+	server   spa.ServerPrivateKey
+	alice    string // key files
+	stranger string
+	daemon   *exec.Cmd
+	out      *netnstest.Output
+	exited   chan error
+}
+
+type rigOptions struct {
+	capture string // "" = afpacket
+	extra   string // appended to the configuration
+}
+
+func newRig(t *testing.T, o rigOptions) *rig {
+	t.Helper()
+	netnstest.Require(t, "nft")
+	r := &rig{t: t, p: netnstest.NewPair(t), dir: t.TempDir()}
+	var err error
+	if r.server, err = spa.GenerateServerKey(); err != nil {
+		t.Fatal(err)
+	}
+	alice, _ := spa.GenerateClientKey()
+	stranger, _ := spa.GenerateClientKey()
+	r.alice = r.writeKey("alice.key", alice.String())
+	r.stranger = r.writeKey("stranger.key", stranger.String())
+	serverKey := r.writeKey("server.key", r.server.String())
+	capture := o.capture
+	if capture == "" {
+		capture = "afpacket"
+	}
+	cfg := fmt.Sprintf(`interface = %q
+capture = %q
+private_key_file = %q
+state_dir = %q
+metrics_listen = "127.0.0.1:9101"
+
+[spa]
+port = %d
+max_skew = "30s"
+
+[[client]]
+name = "alice"
+public_key = %q
+allow = ["tcp/22"]
+max_duration = "60s"
+default_duration = "3s"
+allow_source = false
+%s`, netnstest.Interface, capture, serverKey, filepath.Join(r.dir, "state"), knockPort, alice.Public(), o.extra)
+	r.cfgPath = filepath.Join(r.dir, "postern.toml")
+	if err := os.WriteFile(r.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.serveEcho()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *rig) writeKey(name, text string) string {
+	path := filepath.Join(r.dir, name)
+	if err := os.WriteFile(path, []byte(text+"\n"), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+	return path
+}
+
+// serveEcho runs an echo service on port 22 of the server namespace, the
+// "SSH" that postern protects.
+func (r *rig) serveEcho() {
+	l := r.p.Server.Listen(r.t, "[::]:22")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+}
+
+// start runs the daemon and waits until it reports ready.
+func (r *rig) start() {
+	r.t.Helper()
+	r.out = netnstest.NewOutput()
+	r.daemon = r.p.Server.Command(context.Background(), posternBin, "server", "-c", r.cfgPath)
+	r.daemon.Stdout, r.daemon.Stderr = r.out, r.out
+	if err := r.daemon.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.exited = make(chan error, 1)
+	go func() { r.exited <- r.daemon.Wait() }()
+	r.out.WaitFor(r.t, 10*time.Second, "msg=ready")
+}
+
+// signal stops the daemon with sig and waits for it to exit.
+func (r *rig) signal(sig syscall.Signal) {
+	r.t.Helper()
+	if r.daemon == nil {
+		return
+	}
+	// `ip netns exec` execs the daemon, so the PID is the daemon's.
+	r.daemon.Process.Signal(sig)
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second):
+		r.t.Fatalf("daemon did not exit on %v", sig)
+	}
+	r.daemon = nil
+}
+
+func (r *rig) stop() {
+	r.signal(syscall.SIGKILL)
+	if r.t.Failed() && r.out != nil {
+		r.t.Logf("daemon output:\n%s", r.out)
+	}
+}
+
+// alive fails the test if the daemon has exited.
+func (r *rig) alive() {
+	r.t.Helper()
+	select {
+	case err := <-r.exited:
+		r.t.Fatalf("daemon exited: %v\n%s", err, r.out)
+	default:
+	}
+}
+
+// postern runs the posternBin in the client namespace.
+func (r *rig) postern(args ...string) (string, error) {
+	cmd := r.p.Client.Command(context.Background(), posternBin, args...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// knock sends a knock as alice to host, with extra flags.
+func (r *rig) knock(host netip.Addr, extra ...string) {
+	r.t.Helper()
+	r.knockWith(r.alice, r.server.Public().String(), host, extra...)
+}
+
+func (r *rig) knockWith(keyFile, serverPub string, host netip.Addr, extra ...string) {
+	r.t.Helper()
+	args := append([]string{"knock", "--key", keyFile, "--server-key", serverPub, "--open", "tcp/22"}, extra...)
+	if out, err := r.postern(append(args, host.String())...); err != nil {
+		r.t.Fatalf("postern knock: %v\n%s", err, out)
+	}
+}
+
+// Reachability. A closed port drops SYNs: "closed" means the connection
+// attempt timed out, not that it was refused.
+const probeTimeout = 300 * time.Millisecond
+
+func (r *rig) connect(from, to netip.Addr) (net.Conn, error) {
+	return r.p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), probeTimeout)
+}
+
+func (r *rig) requireClosed(from, to netip.Addr, what string) {
+	r.t.Helper()
+	c, err := r.connect(from, to)
+	if err == nil {
+		c.Close()
+		r.t.Fatalf("%s: %v reached %v:22", what, from, to)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		r.t.Fatalf("%s: connect from %v failed with %v, want a timeout (dropped SYN)", what, from, err)
+	}
+}
+
+// waitOpen polls until from can connect, failing after within.
+func (r *rig) waitOpen(from, to netip.Addr, within time.Duration, what string) net.Conn {
+	r.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c, err := r.p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), 50*time.Millisecond)
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: %v could not connect to %v:22 within %v: %v", what, from, to, within, err)
+		}
+	}
+}
+
+// waitClosed polls until from can no longer connect.
+func (r *rig) waitClosed(from, to netip.Addr, within time.Duration, what string) {
+	r.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c, err := r.connect(from, to)
+		if err != nil {
+			r.requireClosed(from, to, what)
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: %v could still connect after %v", what, from, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func echoes(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("still here")); err != nil {
+		return err
+	}
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "still here" {
+		return fmt.Errorf("echo %q", buf)
+	}
+	return nil
+}
+
+// sniff captures the next knock packet arriving in the server namespace with
+// a second AF_PACKET socket, as an attacker on the path would.
+func (r *rig) sniff() <-chan []byte {
+	r.t.Helper()
+	var src *capture.AFPacket
+	if err := r.p.Server.Do(func() (err error) {
+		src, err = capture.OpenAFPacket(netnstest.Interface, []port.Spec{{Proto: port.UDP, Num: knockPort}})
+		return
+	}); err != nil {
+		r.t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.t.Cleanup(cancel)
+	go src.Run(ctx, func(f *capture.Frame, err error) {
+		if err == nil {
+			select {
+			case got <- append([]byte(nil), f.Payload...):
+			default:
+			}
+		}
+	})
+	return got
+}
+
+// sendRaw sends payload to the knock port from the client namespace.
+func (r *rig) sendRaw(from, to netip.Addr, payloads ...[]byte) {
+	r.t.Helper()
+	c, err := r.p.Client.Dial("udp", from, netip.AddrPortFrom(to, knockPort), time.Second)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer c.Close()
+	for _, p := range payloads {
+		c.Write(p) // ECONNREFUSED from an earlier datagram is not our concern
+	}
+}
+
+// metric scrapes one counter from the daemon's metrics endpoint.
+func (r *rig) metric(outcome string) int {
+	r.t.Helper()
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return r.p.Server.Dial("tcp", netip.Addr{}, netip.MustParseAddrPort(addr), time.Second)
+		}}}
+	resp, err := hc.Get("http://127.0.0.1:9101/metrics")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var n int
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, fmt.Sprintf("postern_knocks_total{outcome=%q} ", outcome)) {
+			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &n)
+			return n
+		}
+	}
+	r.t.Fatalf("no counter %q in:\n%s", outcome, body)
+	return 0
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Metrics counts every decision by outcome and reason. The set of names is
+// fixed at start, so counting on the packet path is a map lookup and an
+// atomic add, with no allocation.
+type Metrics struct {
+	counts map[string]*atomic.Uint64
+}
+
+// Metric names; refusal reasons are added by name.
+const (
+	mGranted       = "granted"
+	mMalformed     = "malformed packet"
+	mFirewallError = "firewall error"
+)
+
+func newMetrics(reasons []string) *Metrics {
+	m := &Metrics{counts: make(map[string]*atomic.Uint64)}
+	for _, r := range append([]string{mGranted, mMalformed, mFirewallError}, reasons...) {
+		m.counts[r] = new(atomic.Uint64)
+	}
+	return m
+}
+
+func (m *Metrics) inc(name string) {
+	if c := m.counts[name]; c != nil {
+		c.Add(1)
+	}
+}
+
+// Get returns a counter's value.
+func (m *Metrics) Get(name string) uint64 {
+	if c := m.counts[name]; c != nil {
+		return c.Load()
+	}
+	return 0
+}
+
+// WriteTo writes the counters in Prometheus text format.
+func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
+	names := make([]string, 0, len(m.counts))
+	for n := range m.counts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var total int64
+	write := func(format string, args ...any) {
+		n, _ := fmt.Fprintf(w, format, args...)
+		total += int64(n)
+	}
+	write("# HELP postern_knocks_total Knock packets by outcome: granted, or the reason they were refused.\n")
+	write("# TYPE postern_knocks_total counter\n")
+	for _, n := range names {
+		write("postern_knocks_total{outcome=%q} %d\n", n, m.counts[n].Load())
+	}
+	return total, nil
+}
+
+func (m *Metrics) serve(addr string) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		m.WriteTo(w)
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+// logLimiter keeps a flood from turning into a flood of log lines: each
+// reason may log a burst of lines, then about ten a second; lines held back
+// are counted and the count rides on the next line of that reason.
+type logLimiter struct {
+	mu      sync.Mutex
+	buckets map[string]*logBucket
+}
+
+type logBucket struct {
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+const (
+	logBurst = 20
+	logRate  = 10 // lines a second per reason
+)
+
+func (l *logLimiter) allow(reason string, now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buckets == nil {
+		l.buckets = make(map[string]*logBucket)
+	}
+	b := l.buckets[reason]
+	if b == nil {
+		b = &logBucket{tokens: logBurst, last: now}
+		l.buckets[reason] = b
+	}
+	b.tokens = min(logBurst, b.tokens+now.Sub(b.last).Seconds()*logRate)
+	b.last = now
+	if b.tokens < 1 {
+		b.suppressed++
+		return false, 0
+	}
+	b.tokens--
+	s := b.suppressed
+	b.suppressed = 0
+	return true, s
+}

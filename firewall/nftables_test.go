@@ -83,7 +83,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 	defer fw.Close()
 
 	for _, fam := range []struct {
-		name                 string
+		name                string
 		server, client, alt netip.Addr
 	}{{"ipv4", p.Server4, p.Client4, p.Client4b}, {"ipv6", p.Server6, p.Client6, p.Client6b}} {
 		t.Run(fam.name, func(t *testing.T) {

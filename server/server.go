@@ -207,4 +207,3 @@ func notifyReady() {
 }
 
 func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
-

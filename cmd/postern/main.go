@@ -342,4 +342,3 @@ func cleanup(stdout io.Writer) error {
 	fmt.Fprintf(stdout, "removed table inet %s\n", firewall.TableName)
 	return nil
 }
-

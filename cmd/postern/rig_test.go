@@ -52,7 +52,7 @@ var ssh = port.Spec{Proto: port.TCP, Num: 22}
 // rig is one server namespace running the daemon, one client namespace, keys
 // and a configuration.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	p        *netnstest.Pair
 	dir      string
 	cfgPath  string
@@ -69,7 +69,7 @@ type rigOptions struct {
 	extra   string // appended to the configuration
 }
 
-func newRig(t *testing.T, o rigOptions) *rig {
+func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	netnstest.Require(t, "nft")
 	r := &rig{t: t, p: netnstest.NewPair(t), dir: t.TempDir()}

@@ -20,15 +20,23 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
+// TB is the part of TB this package uses, so that the demo program
+// can build the same namespaces as the tests.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+	Cleanup(func())
+}
+
 // Require checks that the test runs as root and that every named program is
 // installed.
-func Require(t testing.TB, programs ...string) {
+func Require(t TB, programs ...string) {
 	t.Helper()
 	var missing []string
 	if os.Geteuid() != 0 {
@@ -55,7 +63,7 @@ type NS struct {
 }
 
 // New creates a namespace with loopback up and removes it when the test ends.
-func New(t testing.TB, role string) *NS {
+func New(t TB, role string) *NS {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -66,7 +74,7 @@ func New(t testing.TB, role string) *NS {
 	return ns
 }
 
-func run(t testing.TB, name string, args ...string) string {
+func run(t TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -76,13 +84,13 @@ func run(t testing.TB, name string, args ...string) string {
 }
 
 // IP runs `ip ARGS` inside the namespace.
-func (ns *NS) IP(t testing.TB, args ...string) string {
+func (ns *NS) IP(t TB, args ...string) string {
 	t.Helper()
 	return run(t, "ip", append([]string{"-n", ns.Name}, args...)...)
 }
 
 // Exec runs a command inside the namespace and returns its combined output.
-func (ns *NS) Exec(t testing.TB, name string, args ...string) string {
+func (ns *NS) Exec(t TB, name string, args ...string) string {
 	t.Helper()
 	return run(t, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 }
@@ -140,11 +148,11 @@ func (ns *NS) Dial(network string, local netip.Addr, to netip.AddrPort, timeout 
 }
 
 // Listen opens a TCP listener inside the namespace.
-func (ns *NS) Listen(t testing.TB, addr string) net.Listener {
+func (ns *NS) Listen(t TB, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
 	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return }); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
@@ -164,7 +172,7 @@ type Pair struct {
 const Interface = "veth0"
 
 // NewPair builds the two namespaces and their link.
-func NewPair(t testing.TB) *Pair {
+func NewPair(t TB) *Pair {
 	t.Helper()
 	p := &Pair{
 		Server: New(t, "srv"), Client: New(t, "cli"),
@@ -214,13 +222,13 @@ func (o *Output) Mark() int { return len(o.String()) }
 
 // WaitFor polls until the output contains a line with every one of subs, or
 // fails the test after timeout.
-func (o *Output) WaitFor(t testing.TB, timeout time.Duration, subs ...string) string {
+func (o *Output) WaitFor(t TB, timeout time.Duration, subs ...string) string {
 	t.Helper()
 	return o.WaitAfter(t, 0, timeout, subs...)
 }
 
 // WaitAfter is WaitFor for output written after mark.
-func (o *Output) WaitAfter(t testing.TB, mark int, timeout time.Duration, subs ...string) string {
+func (o *Output) WaitAfter(t TB, mark int, timeout time.Duration, subs ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, the Debian packages postern's demo and tests need
+# and that this machine lacks. Sourced by demo.sh and test.sh; root only.
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip  || need+=(iproute2)
+have nft || need+=(nftables)
+if ((${#need[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "postern: missing ${need[*]}; run as root so they can be installed" >&2
+    exit 1
+  fi
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Go 1.26 from the machine; /usr/local/go is where it lives on a fresh one.
+case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) PATH=/usr/local/go/bin:$PATH ;; esac
+export PATH

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: vet, every test (unit tests and the real-kernel
+# tests in network namespaces they create), a static build, then each fuzz
+# target for a short while. Run as root; with CI=true a missing prerequisite
+# fails a test instead of skipping it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+FUZZTIME=${FUZZTIME:-10s}
+
+go vet ./...
+CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
+go test -count=1 ./...
+
+for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse; do
+  pkg=${target%%:*} fn=${target#*:}
+  echo "fuzz $pkg $fn for $FUZZTIME"
+  go test -run '^$' -fuzz "^$fn\$" -fuzztime "$FUZZTIME" "./$pkg" | tail -n 1
+done

@@ -1,0 +1,105 @@
+package server
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"postern/capture"
+	"postern/config"
+	"postern/firewall"
+	"postern/port"
+	"postern/spa"
+)
+
+// The pipeline without a kernel: frames in, grants into the in-memory
+// backend, one log line per decision.
+func TestHandle(t *testing.T) {
+	dir := t.TempDir()
+	server, _ := spa.GenerateServerKey()
+	alice, _ := spa.GenerateClientKey()
+	keyFile := filepath.Join(dir, "server.key")
+	os.WriteFile(keyFile, []byte(server.String()), 0o600)
+	cfg := &config.Config{
+		Interface: "any", Capture: "afpacket", PrivateKeyFile: keyFile, StateDir: filepath.Join(dir, "state"),
+		SPA:      config.SPA{Port: 62201, MaxSkew: 30 * time.Second},
+		Firewall: config.Firewall{Backend: "none"},
+		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public(), Allow: []port.Spec{{Proto: port.TCP, Num: 22}},
+			MaxDuration: time.Minute, DefaultDuration: 10 * time.Second}},
+	}
+	fw := firewall.NewMemory()
+	var logs bytes.Buffer
+	s, err := New(cfg, fw, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddr("198.18.0.2")
+	frame := func(k spa.Knock) *capture.Frame {
+		pkt, err := spa.Seal(alice, server.Public(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &capture.Frame{Src: src, Dst: netip.MustParseAddr("198.18.0.1"), Proto: capture.ProtoUDP,
+			DstPort: 62201, Payload: pkt, Time: time.Now()}
+	}
+	ssh := []port.Spec{{Proto: port.TCP, Num: 22}}
+
+	s.handle(frame(spa.Knock{Time: time.Now(), Allow: src, Ports: ssh}), nil)
+	gs, _ := fw.List()
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
+		t.Fatalf("grants after a valid knock: %v\n%s", gs, logs.String())
+	}
+	s.handle(frame(spa.Knock{Time: time.Now(), Allow: src, Ports: []port.Spec{{Proto: port.TCP, Num: 23}}}), nil)
+	s.handle(&capture.Frame{Src: src}, capture.ErrTruncated)
+	for _, want := range []string{"msg=granted src=198.18.0.2 client=alice", `reason="port not allowed" client=alice`,
+		`reason="malformed packet"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+	if s.Metrics().Get(mGranted) != 1 || s.Metrics().Get("port not allowed") != 1 || s.Metrics().Get(mMalformed) != 1 {
+		t.Fatal("counters wrong")
+	}
+	var b strings.Builder
+	s.Metrics().WriteTo(&b)
+	if !strings.Contains(b.String(), `postern_knocks_total{outcome="granted"} 1`) {
+		t.Fatalf("metrics:\n%s", b.String())
+	}
+}
+
+func TestLogLimiter(t *testing.T) {
+	var l logLimiter
+	now := time.Unix(0, 0)
+	logged := 0
+	for range 1000 {
+		if ok, _ := l.allow("bad mac1", now); ok {
+			logged++
+		}
+	}
+	if logged != logBurst {
+		t.Fatalf("logged %d lines of a burst of 1000, want %d", logged, logBurst)
+	}
+	if ok, _ := l.allow("bad length", now); !ok {
+		t.Fatal("one flooding reason silenced another")
+	}
+	ok, suppressed := l.allow("bad mac1", now.Add(time.Second))
+	if !ok || suppressed != 1000-logBurst {
+		t.Fatalf("after a second: ok=%v suppressed=%d", ok, suppressed)
+	}
+}
+
+func TestRefusesReadableKey(t *testing.T) {
+	dir := t.TempDir()
+	server, _ := spa.GenerateServerKey()
+	keyFile := filepath.Join(dir, "server.key")
+	os.WriteFile(keyFile, []byte(server.String()), 0o640)
+	_, err := New(&config.Config{PrivateKeyFile: keyFile, StateDir: dir}, firewall.NewMemory(), slog.Default())
+	if err == nil || !strings.Contains(err.Error(), "0640") {
+		t.Fatalf("New with a group-readable key: %v", err)
+	}
+}

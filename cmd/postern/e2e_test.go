@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/port"
 	"postern/spa"
 )
 
@@ -267,4 +269,57 @@ func TestUDPCapture(t *testing.T) {
 	r.knock(r.p.Server6)
 	r.waitOpen(r.p.Client6, r.p.Server6, time.Second, "after the knock").Close()
 	r.requireClosed(r.p.Client6b, r.p.Server6, "other address")
+}
+
+// TestKnockPortSilent: the host never answers on the knock port — no ICMP
+// port unreachable, which a connected UDP socket would report as
+// "connection refused" — for junk and for valid knocks alike.
+func TestKnockPortSilent(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	for _, to := range []netip.Addr{r.p.Server4, r.p.Server6} {
+		c, err := r.p.Client.Dial("udp", netip.Addr{}, netip.AddrPortFrom(to, knockPort), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("anyone there?"))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err = c.Read(make([]byte, 64))
+		c.Close()
+		var ne interface{ Timeout() bool }
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("knock port on %v answered: %v (want silence)", to, err)
+		}
+	}
+}
+
+// TestSpoofedSourceGetsNothing: a valid knock intercepted before it reached
+// the server and sent first from another address opens the port only for the
+// address signed inside it, never for the sender.
+func TestSpoofedSourceGetsNothing(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	alice, err := spa.ParseClientPrivateKey(mustReadT(t, r.alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt, err := spa.Seal(alice, r.server.Public(), spa.Knock{Time: time.Now(), Allow: r.p.Client4,
+		Ports: []port.Spec{ssh}, Duration: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.sendRaw(r.p.Client4b, r.p.Server4, pkt)
+	r.out.WaitFor(t, 2*time.Second, "msg=granted", "src="+r.p.Client4b.String(), "allow="+r.p.Client4.String())
+	r.requireClosed(r.p.Client4b, r.p.Server4, "the address that sent the intercepted knock")
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "the address signed in the knock").Close()
+}
+
+func mustReadT(t *testing.T, path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

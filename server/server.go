@@ -109,6 +109,11 @@ func (s *Server) Run(ctx context.Context) error {
 		rules.Knock = []port.Spec{knockPort}
 	}
 	defer src.Close()
+	if dropped, err := dropNetRaw(); err != nil {
+		return fmt.Errorf("dropping CAP_NET_RAW: %w", err)
+	} else if dropped {
+		s.log.Debug("dropped CAP_NET_RAW")
+	}
 	if err := s.fw.Setup(rules); err != nil {
 		return err
 	}

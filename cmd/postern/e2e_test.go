@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -322,4 +323,40 @@ func mustReadT(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(data)
+}
+
+// TestCapabilities: once its capture sockets are open the daemon keeps
+// CAP_NET_ADMIN (netlink needs it for its whole life) and has dropped
+// CAP_NET_RAW on every thread.
+func TestCapabilities(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	const netAdmin, netRaw = 12, 13
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", r.daemon.Process.Pid))
+	if err != nil || len(tasks) < 2 {
+		t.Fatalf("threads of the daemon: %v %v", tasks, err)
+	}
+	for _, status := range tasks {
+		data, err := os.ReadFile(status)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			name, hex, ok := strings.Cut(line, ":\t")
+			if !ok || (name != "CapEff" && name != "CapPrm") {
+				continue
+			}
+			v, err := strconv.ParseUint(hex, 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v&(1<<netRaw) != 0 || v&(1<<netAdmin) == 0 {
+				t.Fatalf("%s %s = %s: want CAP_NET_ADMIN without CAP_NET_RAW", status, name, hex)
+			}
+		}
+	}
+	// And it still works: capture sockets were opened before the drop.
+	r.knock(r.p.Server4)
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after dropping CAP_NET_RAW").Close()
 }

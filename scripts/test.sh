@@ -15,5 +15,9 @@ go test -count=1 ./...
 for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"
-  go test -run '^$' -fuzz "^$fn\$" -fuzztime "$FUZZTIME" "./$pkg" | tail -n 1
+  log=$(mktemp)
+  if ! go test -run '^$' -fuzz "^$fn\$" -fuzztime "$FUZZTIME" "./$pkg" >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; exit 1
+  fi
+  tail -n 1 "$log"; rm -f "$log"
 done

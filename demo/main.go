@@ -12,7 +12,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -71,16 +70,7 @@ func main() {
 	show("client %-24s %v (and %v)", p.Client.Name, p.Client4, p.Client4b)
 
 	step("a service on tcp/22 in the server namespace (an echo server standing in for SSH)")
-	l := p.Server.Listen(t, "[::]:22")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	p.Server.Echo(t, "[::]:22")
 	probe(t, p, p.Client4, true, "without postern the port is open to everyone")
 
 	step("keys: postern genkey --server, postern genkey, postern pubkey")

@@ -1,6 +1,7 @@
 package firewall_test
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -32,30 +33,6 @@ func nftIn(t *testing.T, ns *netnstest.NS) *firewall.NFTables {
 	return firewall.NewNFTables(c)
 }
 
-// serve accepts connections on the server side and echoes lines back.
-func serve(t *testing.T, p *netnstest.Pair, addr string) {
-	l := p.Server.Listen(t, addr)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					c.Write(buf[:n])
-				}
-			}()
-		}
-	}()
-}
-
 func reachable(p *netnstest.Pair, from, to netip.Addr) bool {
 	c, err := p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), 300*time.Millisecond)
 	if err != nil {
@@ -71,14 +48,14 @@ func echo(t *testing.T, c net.Conn) bool {
 		return false
 	}
 	buf := make([]byte, 4)
-	_, err := c.Read(buf)
+	_, err := io.ReadFull(c, buf)
 	return err == nil && string(buf) == "ping"
 }
 
 func TestNFTablesInNamespace(t *testing.T) {
 	netnstest.Require(t, "nft")
 	p := netnstest.NewPair(t)
-	serve(t, p, "[::]:22")
+	p.Server.Echo(t, "[::]:22")
 	fw := nftIn(t, p.Server)
 	defer fw.Close()
 

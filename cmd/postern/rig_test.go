@@ -108,7 +108,7 @@ allow_source = false
 	if err := os.WriteFile(r.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.serveEcho()
+	r.p.Server.Echo(t, "[::]:22")
 	t.Cleanup(r.stop)
 	return r
 }
@@ -119,21 +119,6 @@ func (r *rig) writeKey(name, text string) string {
 		r.t.Fatal(err)
 	}
 	return path
-}
-
-// serveEcho runs an echo service on port 22 of the server namespace, the
-// "SSH" that postern protects.
-func (r *rig) serveEcho() {
-	l := r.p.Server.Listen(r.t, "[::]:22")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
 }
 
 // start runs the daemon and waits until it reports ready.

@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -156,6 +157,22 @@ func (ns *NS) Listen(t TB, addr string) net.Listener {
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// Echo runs a TCP echo service on addr inside the namespace until the test
+// ends: the stand-in for the service postern protects.
+func (ns *NS) Echo(t TB, addr string) {
+	t.Helper()
+	l := ns.Listen(t, addr)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
 }
 
 // Pair is a server and a client namespace joined by a veth pair named veth0

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+
+	"postern/internal/atomicfile"
 )
 
 // ErrReplay is returned by Timestamps.Advance for a timestamp that is not
@@ -91,40 +92,5 @@ func (t *Timestamps) save() error {
 	for c, ts := range t.last {
 		fmt.Fprintf(&b, "%s %d\n", c, ts)
 	}
-	return WriteFileAtomic(t.path, []byte(b.String()), 0o600)
-}
-
-// WriteFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content: write a temporary file, sync it, rename it over
-// path, sync the directory.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(t.path, []byte(b.String()), 0o600)
 }

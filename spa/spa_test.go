@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/internal/atomicfile"
 	"postern/port"
 )
 
@@ -220,7 +221,7 @@ func TestReplay(t *testing.T) {
 
 func TestCorruptReplayStateRefusesToLoad(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "timestamps")
-	if err := WriteFileAtomic(state, []byte("garbage\n"), 0o600); err != nil {
+	if err := atomicfile.Write(state, []byte("garbage\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := LoadTimestamps(state); err == nil {

@@ -1,0 +1,122 @@
+package command
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var addr = netip.MustParseAddr("198.18.0.2")
+
+// waitFile polls until path holds want.
+func waitFile(t *testing.T, path, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		b, _ := os.ReadFile(path)
+		if string(b) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %q, want %q", path, b, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestExpand(t *testing.T) {
+	got, err := Expand("iptables -A INPUT -s %IP% -j ACCEPT # %IP%", addr)
+	if err != nil || got != "iptables -A INPUT -s 198.18.0.2 -j ACCEPT # 198.18.0.2" {
+		t.Fatalf("%q %v", got, err)
+	}
+	if got, _ := Expand("x %IP%", netip.MustParseAddr("::ffff:198.18.0.2")); got != "x 198.18.0.2" {
+		t.Fatalf("mapped address: %q", got)
+	}
+	if _, err := Expand("x %IP%", netip.MustParseAddr("fe80::1%eth0;reboot")); err == nil {
+		t.Fatal("address with a zone accepted")
+	}
+	if _, err := Expand("x", netip.Addr{}); err == nil {
+		t.Fatal("invalid address accepted")
+	}
+}
+
+// The real shell: start now, stop after the delay, in that order.
+func TestRunStartThenStop(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	r, err := Open(filepath.Join(dir, "pending"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	start := time.Now()
+	if err := r.Run("ssh", addr, "echo start %IP% >> "+out, "echo stop %IP% >> "+out, 500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, out, "start 198.18.0.2\n", time.Second)
+	if len(r.Pending()) != 1 {
+		t.Fatal("stop command not pending")
+	}
+	waitFile(t, out, "start 198.18.0.2\nstop 198.18.0.2\n", 2*time.Second)
+	if el := time.Since(start); el < 500*time.Millisecond {
+		t.Fatalf("stop ran after %v", el)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if len(r.Pending()) != 0 {
+		t.Fatal("stop command still pending after it ran")
+	}
+}
+
+// A stop command outlives the runner: recorded before the start command,
+// run on time by the next runner, or at once if it is overdue.
+func TestStopSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	state := filepath.Join(dir, "pending")
+	r, err := Open(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run("ssh", addr, "", "echo stop %IP% >> "+out, 700*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	var ps []Pending
+	data, _ := os.ReadFile(state)
+	if err := json.Unmarshal(data, &ps); err != nil || len(ps) != 1 || !strings.Contains(ps[0].Command, "198.18.0.2") {
+		t.Fatalf("state after close: %s %v", data, err)
+	}
+	r2, err := Open(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	time.Sleep(300 * time.Millisecond)
+	if b, _ := os.ReadFile(out); len(b) != 0 {
+		t.Fatal("stop ran before its time")
+	}
+	waitFile(t, out, "stop 198.18.0.2\n", 2*time.Second)
+
+	// Overdue: runs immediately.
+	overdue, _ := json.Marshal([]Pending{{ID: 7, Door: "d", Addr: "198.18.0.9", Command: "echo late >> " + out, Due: time.Now().Add(-time.Hour)}})
+	os.WriteFile(state, overdue, 0o600)
+	r3, err := Open(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r3.Close()
+	waitFile(t, out, "stop 198.18.0.2\nlate\n", time.Second)
+}
+
+func TestCorruptStateRefused(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "pending")
+	os.WriteFile(state, []byte("{"), 0o600)
+	if _, err := Open(state, slog.Default()); err == nil {
+		t.Fatal("corrupt state accepted")
+	}
+}

@@ -11,8 +11,6 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
-
-	"postern/port"
 )
 
 // AFPacket captures knock traffic with AF_PACKET sockets, one per IP version,
@@ -25,10 +23,10 @@ type AFPacket struct {
 }
 
 // OpenAFPacket opens the sockets on interface ifname ("any" for all
-// interfaces). It needs CAP_NET_RAW, only here: the sockets stay usable after
-// the capability is dropped.
-func OpenAFPacket(ifname string, ports []port.Spec) (*AFPacket, error) {
-	if len(ports) == 0 {
+// interfaces), passing only packets that fit matches. It needs CAP_NET_RAW,
+// only here: the sockets stay usable after the capability is dropped.
+func OpenAFPacket(ifname string, matches []Match) (*AFPacket, error) {
+	if len(matches) == 0 {
 		return nil, errors.New("capture: no knock ports to listen for")
 	}
 	ifi := &net.Interface{Index: 0, Name: "any"}
@@ -43,7 +41,7 @@ func OpenAFPacket(ifname string, ports []port.Spec) (*AFPacket, error) {
 		family    Family
 		ethertype int
 	}{{IPv4, unix.ETH_P_IP}, {IPv6, unix.ETH_P_IPV6}} {
-		prog, err := Filter(fam.family, ports)
+		prog, err := Filter(fam.family, matches)
 		if err != nil {
 			a.Close()
 			return nil, err

@@ -49,7 +49,7 @@ func TestAFPacketInNamespace(t *testing.T) {
 	p := netnstest.NewPair(t)
 	var src *capture.AFPacket
 	if err := p.Server.Do(func() (err error) {
-		src, err = capture.OpenAFPacket(netnstest.Interface, []port.Spec{{Proto: port.UDP, Num: 62201}})
+		src, err = capture.OpenAFPacket(netnstest.Interface, []capture.Match{{Proto: port.UDP, Lo: 62201, Hi: 62201}})
 		return
 	}); err != nil {
 		t.Fatal(err)

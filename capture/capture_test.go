@@ -122,7 +122,7 @@ func TestParseAllocatesNothing(t *testing.T) {
 func TestFilter(t *testing.T) {
 	ports := []port.Spec{{Proto: port.UDP, Num: 62201}, {Proto: port.TCP, Num: 7000}, {Proto: port.UDP, Num: 8000}}
 	run := func(fam Family, pkt []byte) bool {
-		prog, err := Filter(fam, ports)
+		prog, err := Filter(fam, append(PortMatches(ports), Match{Proto: port.TCP, Lo: 20000, Hi: 29999}, Match{Proto: ICMP}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,6 +155,15 @@ func TestFilter(t *testing.T) {
 		{"v4 later fragment", IPv4, frag, false},
 		{"v6 tcp knock port", IPv6, ipv6TCP(v6a, v6b, 1, 7000, 2, nil), true},
 		{"v6 tcp other port", IPv6, ipv6TCP(v6a, v6b, 1, 22, 2, nil), false},
+		{"v4 tcp range low end", IPv4, retcp4(20000), true},
+		{"v4 tcp range high end", IPv4, retcp4(29999), true},
+		{"v4 tcp below range", IPv4, retcp4(19999), false},
+		{"v4 tcp above range", IPv4, retcp4(30000), false},
+		{"v6 tcp in range", IPv6, ipv6TCP(v6a, v6b, 1, 25000, 2, nil), true},
+		{"v4 icmp echo request", IPv4, icmp4(8), true},
+		{"v4 icmp echo reply", IPv4, icmp4(0), false},
+		{"v6 icmp echo request", IPv6, icmp6(128), true},
+		{"v6 icmp neighbour solicitation", IPv6, icmp6(135), false},
 	}
 	for _, tt := range tests {
 		if got := run(tt.fam, tt.pkt); got != tt.want {
@@ -163,12 +172,34 @@ func TestFilter(t *testing.T) {
 	}
 }
 
+// retcp4 is an IPv4 TCP SYN to port p.
+func retcp4(p uint16) []byte {
+	b := ipv4UDP(v4a, v4b, 1, p, make([]byte, 12))
+	b[9] = ProtoTCP
+	b[20+12] = 5 << 4
+	return b
+}
+
+func icmp4(typ byte) []byte {
+	b := ipv4UDP(v4a, v4b, 0, 0, make([]byte, 56))
+	b[9] = ProtoICMP
+	b[20] = typ
+	return b
+}
+
+func icmp6(typ byte) []byte {
+	b := ipv6TCP(v6a, v6b, 0, 0, 0, nil)
+	b[6] = ProtoICMPv6
+	b[40] = typ
+	return b
+}
+
 func TestFilterTooManyPorts(t *testing.T) {
 	var ports []port.Spec
 	for i := range 300 {
 		ports = append(ports, port.Spec{Proto: port.UDP, Num: uint16(1000 + i)})
 	}
-	if _, err := Filter(IPv4, ports); err == nil {
+	if _, err := Filter(IPv4, PortMatches(ports)); err == nil {
 		t.Fatal("oversized filter accepted")
 	}
 }

@@ -23,19 +23,39 @@ const (
 // smaller, and the parser checks lengths against what it got.
 const snapLen = 2048
 
+// Match is one kind of packet a capture passes: a protocol and a range of
+// destination ports, or, for ICMP, echo requests (ICMPv6 echo requests on
+// IPv6) of any size.
+type Match struct {
+	Proto  port.Protocol // port.TCP, port.UDP or ICMP
+	Lo, Hi uint16
+}
+
+// ICMP is the protocol value of a Match for echo requests.
+const ICMP = port.ICMP
+
+// PortMatches turns single ports into Matches.
+func PortMatches(ports []port.Spec) []Match {
+	out := make([]Match, len(ports))
+	for i, p := range ports {
+		out[i] = Match{Proto: p.Proto, Lo: p.Num, Hi: p.Num}
+	}
+	return out
+}
+
 // Filter compiles a classic BPF program that accepts only packets of family
-// addressed to one of ports, so that the kernel discards all other traffic
+// that fit one of matches, so that the kernel discards all other traffic
 // before it costs a copy or a wake-up. Programs start at the IP header (a
 // SOCK_DGRAM packet socket). IPv4 fragments other than the first never
 // match; IPv6 packets with extension headers never match (knocks have none).
-func Filter(family Family, ports []port.Spec) ([]bpf.Instruction, error) {
-	byProto := map[port.Protocol][]uint16{}
+func Filter(family Family, matches []Match) ([]bpf.Instruction, error) {
+	byProto := map[port.Protocol][]Match{}
 	var protos []port.Protocol
-	for _, p := range ports {
-		if _, seen := byProto[p.Proto]; !seen {
-			protos = append(protos, p.Proto)
+	for _, m := range matches {
+		if _, seen := byProto[m.Proto]; !seen {
+			protos = append(protos, m.Proto)
 		}
-		byProto[p.Proto] = append(byProto[p.Proto], p.Num)
+		byProto[m.Proto] = append(byProto[m.Proto], m)
 	}
 
 	const (
@@ -49,38 +69,64 @@ func Filter(family Family, ports []port.Spec) ([]bpf.Instruction, error) {
 	}
 	var prog []item
 	var groupStarts []int
-	protoOff, fixedPortOff := uint32(9), uint32(0)
+	protoOff, l4Off := uint32(9), uint32(0)
 	if family == IPv6 {
-		protoOff, fixedPortOff = 6, 40+2
+		protoOff, l4Off = 6, 40
 	}
 	for _, proto := range protos {
 		groupStarts = append(groupStarts, len(prog))
+		wire, echo := uint32(proto), uint32(8)
+		if proto == ICMP && family == IPv6 {
+			wire, echo = 58, 128
+		}
 		prog = append(prog,
 			item{ins: bpf.LoadAbsolute{Off: protoOff, Size: 1}},
-			item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(proto)}, jf: toNext},
+			item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: wire}, jf: toNext},
 		)
 		if family == IPv4 {
 			prog = append(prog,
 				item{ins: bpf.LoadAbsolute{Off: 6, Size: 2}},
 				item{ins: bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff}, jt: toDrop},
 				item{ins: bpf.LoadMemShift{Off: 0}},
-				item{ins: bpf.LoadIndirect{Off: 2, Size: 2}},
 			)
-		} else {
-			prog = append(prog, item{ins: bpf.LoadAbsolute{Off: fixedPortOff, Size: 2}})
 		}
-		nums := byProto[proto]
-		for i, n := range nums {
-			it := item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(n)}, jt: toAccept}
-			if i == len(nums)-1 {
-				it.jf = toDrop
+		// What to compare: the ICMP type, or the destination port.
+		load := func(off, size uint32) bpf.Instruction {
+			if family == IPv4 {
+				return bpf.LoadIndirect{Off: off, Size: int(size)}
 			}
-			prog = append(prog, it)
+			return bpf.LoadAbsolute{Off: l4Off + off, Size: int(size)}
+		}
+		if proto == ICMP {
+			prog = append(prog, item{ins: load(0, 1)},
+				item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: echo}, jt: toAccept, jf: toDrop})
+			continue
+		}
+		prog = append(prog, item{ins: load(2, 2)})
+		ms := byProto[proto]
+		for i, m := range ms {
+			last := i == len(ms)-1
+			if m.Lo == m.Hi {
+				it := item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(m.Lo)}, jt: toAccept}
+				if last {
+					it.jf = toDrop
+				}
+				prog = append(prog, it)
+				continue
+			}
+			// Lo ≤ port ≤ Hi: skip the range test when below Lo, accept
+			// unless above Hi.
+			below := item{ins: bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(m.Lo)}, jf: 1}
+			above := item{ins: bpf.JumpIf{Cond: bpf.JumpGreaterThan, Val: uint32(m.Hi)}, jf: toAccept}
+			if last {
+				below.jf, above.jt = toDrop, toDrop
+			}
+			prog = append(prog, below, above)
 		}
 	}
 	// Classic BPF jumps forward at most 255 instructions.
 	if len(prog) > 250 {
-		return nil, fmt.Errorf("capture filter: %d knock ports are too many for one filter", len(ports))
+		return nil, fmt.Errorf("capture filter: %d knock ports are too many for one filter", len(matches))
 	}
 	dropAt := len(prog)
 	acceptAt := dropAt + 1
@@ -89,14 +135,14 @@ func Filter(family Family, ports []port.Spec) ([]bpf.Instruction, error) {
 	for i, it := range prog {
 		resolve := func(target int) uint8 {
 			var at int
-			switch target {
-			case 0:
-				return 0
-			case toAccept:
+			switch {
+			case target >= 0:
+				return uint8(target) // a literal skip
+			case target == toAccept:
 				at = acceptAt
-			case toDrop:
+			case target == toDrop:
 				at = dropAt
-			case toNext:
+			case target == toNext:
 				at = dropAt
 				for _, s := range groupStarts {
 					if s > i {

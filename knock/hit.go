@@ -16,7 +16,7 @@ import (
 // ICMP is the protocol of an ICMP echo-request hit (ICMPv6 over IPv6). The
 // "port" of an ICMP hit is the echo payload's length, so a network that lets
 // only ping through can still carry a sequence.
-const ICMP port.Protocol = 1
+const ICMP = port.ICMP
 
 // Hit is one element of a sequence.
 type Hit struct {

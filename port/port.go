@@ -12,8 +12,10 @@ import (
 // Protocol is an IP protocol number.
 type Protocol uint8
 
-// The protocols a grant can name.
+// The protocols a grant can name, and ICMP, which knock sequences use (echo
+// requests; ICMPv6 on IPv6) but grants never do.
 const (
+	ICMP Protocol = 1
 	TCP  Protocol = 6
 	UDP  Protocol = 17
 	SCTP Protocol = 132
@@ -28,6 +30,8 @@ func (p Protocol) String() string {
 		return "udp"
 	case SCTP:
 		return "sctp"
+	case ICMP:
+		return "icmp"
 	}
 	return "proto" + strconv.Itoa(int(p))
 }

@@ -101,7 +101,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		src = u
 	default:
-		a, err := capture.OpenAFPacket(s.cfg.Interface, []port.Spec{knockPort})
+		a, err := capture.OpenAFPacket(s.cfg.Interface, capture.PortMatches([]port.Spec{knockPort}))
 		if err != nil {
 			return err
 		}

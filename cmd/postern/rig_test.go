@@ -264,7 +264,7 @@ func (r *rig) sniff() <-chan []byte {
 	r.t.Helper()
 	var src *capture.AFPacket
 	if err := r.p.Server.Do(func() (err error) {
-		src, err = capture.OpenAFPacket(netnstest.Interface, []port.Spec{{Proto: port.UDP, Num: knockPort}})
+		src, err = capture.OpenAFPacket(netnstest.Interface, []capture.Match{{Proto: port.UDP, Lo: knockPort, Hi: knockPort}})
 		return
 	}); err != nil {
 		r.t.Fatal(err)

@@ -6,6 +6,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"postern/knock"
 	"postern/port"
 	"postern/spa"
 )
@@ -32,7 +34,12 @@ type Config struct {
 	MetricsListen  string // empty: no metrics endpoint
 	SPA            SPA
 	Firewall       Firewall
-	Clients        []Client
+	Clients        []Client // empty: no SPA
+
+	// Port-knock doors from [[door]] tables and from knockd_file.
+	Doors      []*knock.Door
+	Knockd     *knock.KnockdConf // nil without knockd_file
+	MaxTracked int               // knock attempts tracked at most
 }
 
 // SPA configures postern SPA v1.
@@ -65,6 +72,12 @@ const (
 	DefaultMaxSkew     = 30 * time.Second
 	DefaultDuration    = 30 * time.Second
 	DefaultMaxDuration = 5 * time.Minute
+	DefaultMaxTracked  = 100_000
+	DefaultDoorTimeout = 5 * time.Second
+	DefaultDoorFlags   = "syn,!ack"
+	DefaultPeriod      = 30 * time.Second
+	DefaultLength      = 4
+	DefaultPortRange   = "20000-39999"
 )
 
 type rawConfig struct {
@@ -76,6 +89,34 @@ type rawConfig struct {
 	SPA            rawSPA      `toml:"spa"`
 	Firewall       rawFirewall `toml:"firewall"`
 	Clients        []rawClient `toml:"client"`
+	KnockdFile     string      `toml:"knockd_file"`
+	Knock          rawKnock    `toml:"knock"`
+	Doors          []rawDoor   `toml:"door"`
+}
+
+type rawKnock struct {
+	MaxTracked *int `toml:"max_tracked"`
+}
+
+type rawDoor struct {
+	Name             string   `toml:"name"`
+	Sequence         []string `toml:"sequence"`
+	OneTimeSequences string   `toml:"one_time_sequences"`
+	SecretFile       string   `toml:"secret_file"`
+	Period           string   `toml:"period"`
+	Length           *int     `toml:"length"`
+	PortRange        string   `toml:"port_range"`
+	Protocol         string   `toml:"protocol"`
+	SeqTimeout       string   `toml:"seq_timeout"`
+	TCPFlags         *string  `toml:"tcp_flags"`
+	Target           string   `toml:"target"`
+	Open             []string `toml:"open"`
+	Duration         string   `toml:"duration"`
+	StartCommand     string   `toml:"start_command"`
+	StartCommand6    *string  `toml:"start_command_6"`
+	StopCommand      string   `toml:"stop_command"`
+	StopCommand6     *string  `toml:"stop_command_6"`
+	CmdTimeout       string   `toml:"cmd_timeout"`
 }
 
 type rawSPA struct {
@@ -237,16 +278,42 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	if cfg.Capture == "" {
 		cfg.Capture = "afpacket"
 	}
+	if raw.KnockdFile != "" {
+		kc, err := knock.ReadKnockdConf(raw.KnockdFile)
+		if err != nil {
+			// Errors inside the knockd file name their own file and line.
+			v.fail("knockd_file", "%v", err)
+		} else {
+			cfg.Knockd = kc
+			cfg.Doors = append(cfg.Doors, kc.Doors...)
+			if cfg.Interface == "" {
+				// knockd's rule: the file's Interface, else eth0.
+				cfg.Interface = cmp.Or(kc.Interface, "eth0")
+			}
+		}
+	}
+	v.doors(cfg, raw.Doors)
+	cfg.MaxTracked = DefaultMaxTracked
+	if raw.Knock.MaxTracked != nil {
+		if n := *raw.Knock.MaxTracked; n < 16 || n > 50_000_000 {
+			v.fail("knock.max_tracked", "%d: must be 16 to 50000000", n)
+		} else {
+			cfg.MaxTracked = n
+		}
+	}
 	switch cfg.Capture {
 	case "afpacket":
 		if cfg.Interface == "" {
 			v.fail("interface", "missing: name the interface knocks arrive on (or \"any\")")
 		}
 	case "udp":
+		if len(cfg.Doors) > 0 {
+			v.fail("capture", "\"udp\" cannot see knock sequences: doors need \"afpacket\"")
+		}
 	default:
 		v.fail("capture", "%q: want \"afpacket\" or \"udp\"", cfg.Capture)
 	}
-	if cfg.PrivateKeyFile == "" {
+	if cfg.PrivateKeyFile == "" && len(raw.Clients) > 0 {
 		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
 	}
 	if cfg.StateDir == "" {
@@ -291,8 +358,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.Firewall.OnExit)
 	}
 
-	if len(raw.Clients) == 0 {
-		v.fail("client", "no [[client]] tables: nobody could knock")
+	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" {
+		v.fail("client", "no [[client]], [[door]] or knockd_file: nobody could knock")
 	}
 	names := map[string]bool{}
 	keys := map[spa.ClientPublicKey]string{}
@@ -350,15 +417,22 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	return cfg
 }
 
-// Protected returns every port any client may open: the ports postern closes.
+// Protected returns every port a client or a door may open: the ports
+// postern closes.
 func (c *Config) Protected() []port.Spec {
 	var out []port.Spec
-	for _, cl := range c.Clients {
-		for _, p := range cl.Allow {
+	add := func(ps []port.Spec) {
+		for _, p := range ps {
 			if !slices.Contains(out, p) {
 				out = append(out, p)
 			}
 		}
+	}
+	for _, cl := range c.Clients {
+		add(cl.Allow)
+	}
+	for _, d := range c.Doors {
+		add(d.Open)
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,10 @@ func TestReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The reference names a secret file; give it one, and keep the rest.
+	secret := filepath.Join(t.TempDir(), "rotating.secret")
+	os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	data = []byte(strings.Replace(string(data), "/etc/postern/rotating.secret", secret, 1))
 	cfg, err := Parse("reference.toml", data)
 	if err != nil {
 		t.Fatal(err)
@@ -23,6 +28,12 @@ func TestReference(t *testing.T) {
 	if cfg.Interface != "eth0" || cfg.Capture != "afpacket" || cfg.SPA.Port != 62201 || cfg.SPA.MaxSkew != 30*time.Second ||
 		cfg.Firewall.Backend != "nftables" || cfg.Firewall.RemoveOnExit || len(cfg.Clients) != 1 {
 		t.Fatalf("reference parsed as %+v", cfg)
+	}
+	if len(cfg.Doors) != 2 || cfg.MaxTracked != 100000 || cfg.Doors[1].Rotating == nil || cfg.Doors[1].Rotating.Lo != 20000 {
+		t.Fatalf("reference doors %+v", cfg.Doors)
+	}
+	if len(cfg.Protected()) != 1 {
+		t.Fatalf("protected %v", cfg.Protected())
 	}
 	c := cfg.Clients[0]
 	if c.Name != "alice-laptop" || c.MaxDuration != 5*time.Minute || c.DefaultDuration != 30*time.Second ||
@@ -32,7 +43,10 @@ func TestReference(t *testing.T) {
 	// Every key the decoder knows appears in the reference file.
 	for _, key := range []string{"interface", "capture", "private_key_file", "state_dir", "metrics_listen",
 		"port", "max_skew", "destinations", "backend", "on_exit",
-		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source"} {
+		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
+		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
+		"open", "duration", "start_command", "start_command_6", "stop_command", "stop_command_6", "cmd_timeout",
+		"secret_file", "period", "length", "port_range", "protocol"} {
 		if !strings.Contains(string(data), "\n"+key+" = ") {
 			t.Errorf("reference.toml does not show %q", key)
 		}
@@ -80,7 +94,8 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad second client missing key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n\n[[client]]\nname = \"b\"\nallow = [\"tcp/22\"]\n", "p.toml:8: client[2].public_key: missing"},
 		{"bad duplicate key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n[[client]]\nname = \"b\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:9: client[2].public_key: same key as client \"a\""},
 		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
-		{"bad missing private key", "interface = \"eth0\"\n", "p.toml: private_key_file: missing"},
+		{"bad missing private key", "interface = \"eth0\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml: private_key_file: missing"},
+		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]] or knockd_file"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
 	}
@@ -98,7 +113,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 }
 
 func TestErrorTypes(t *testing.T) {
-	_, err := Parse("p.toml", []byte("interface = \"eth0\"\n"))
+	_, err := Parse("p.toml", []byte("capture = \"pcap\"\n[[client]]\nname = \"a\"\n"))
 	var es Errors
 	if !errors.As(err, &es) || len(es) < 2 {
 		t.Fatalf("want every problem at once, got %v", err)
@@ -125,4 +140,48 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted an unusable config: %+v", cfg)
 		}
 	})
+}
+
+func TestDoors(t *testing.T) {
+	dir := t.TempDir()
+	knockd := filepath.Join(dir, "knockd.conf")
+	os.WriteFile(knockd, []byte("[options]\n Interface = veth7\n[openSSH]\n sequence = 7000,8000\n command = true\n"), 0o644)
+	cfg, err := Parse("p.toml", []byte(`knockd_file = "`+knockd+`"
+[[door]]
+name = "ping"
+sequence = ["icmp/64", "icmp/128"]
+open = ["tcp/22"]
+tcp_flags = ""
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Interface != "veth7" || len(cfg.Doors) != 2 || cfg.Doors[0].Name != "openSSH" || cfg.Doors[1].Sequence[1].Num != 128 ||
+		cfg.Doors[1].SeqTimeout != DefaultDoorTimeout || cfg.Doors[1].Flags.Set != 0 || cfg.Doors[1].Duration != DefaultDuration {
+		t.Fatalf("%+v", cfg)
+	}
+
+	// Each document follows an "interface" line: line numbers count it.
+	bad := map[string]string{
+		"[[door]]\nname = \"d\"\nopen = [\"tcp/22\"]\nsequence = [\"tcp/7000\", \"sctp/1\"]\n":            "p.toml:5: door[1].sequence",
+		"[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\n":                                             "p.toml:2: door[1].open: the door does nothing",
+		"[[door]]\nname = \"d\"\nsequence = [\"tcp/1\"]\nopen = [\"tcp/22\"]\nperiod = \"30s\"\n":         "p.toml:6: door[1].period: only for rotating doors",
+		"[[door]]\nname = \"d\"\nsecret_file = \"/nonexistent\"\nopen = [\"tcp/22\"]\n":                   "p.toml:4: door[1].secret_file",
+		"capture = \"udp\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/1\"]\nopen = [\"tcp/22\"]\n":        "p.toml:2: capture",
+		"knockd_file = \"" + knockd + ".missing\"\n":                                                      "p.toml:2: knockd_file",
+		"[knock]\nmax_tracked = 1\n[[door]]\nname = \"d\"\nsequence = [\"tcp/1\"]\nopen = [\"tcp/22\"]\n": "p.toml:3: knock.max_tracked",
+	}
+	for doc, want := range bad {
+		_, err := Parse("p.toml", []byte("interface = \"eth0\"\n"+doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", doc, err, want)
+		}
+	}
+	// An error inside the knockd file names that file and line.
+	os.WriteFile(knockd, []byte("[d]\n sequence = 1,2\n command = x\n bogus = 1\n"), 0o644)
+	_, err = Parse("p.toml", []byte(`interface = "eth0"
+knockd_file = "`+knockd+`"`))
+	if err == nil || !strings.Contains(err.Error(), knockd+":4: bogus") {
+		t.Fatalf("knockd error: %v", err)
+	}
 }

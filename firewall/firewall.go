@@ -31,6 +31,15 @@ type Rules struct {
 	// firewall, so the host never answers one. Empty when the knock
 	// arrives on an ordinary socket.
 	Knock []port.Spec
+	// KnockRanges are closed like Knock: the port ranges rotating knock
+	// sequences are drawn from.
+	KnockRanges []PortRange
+}
+
+// PortRange is the ports Lo..Hi of one protocol.
+type PortRange struct {
+	Proto  port.Protocol
+	Lo, Hi uint16
 }
 
 // Backend is a firewall implementation. Implementations are safe for

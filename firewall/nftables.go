@@ -37,6 +37,7 @@ const TableName = "postern"
 //	    ip6 saddr . meta l4proto . th dport @grants6 accept
 //	    meta l4proto . th dport @protected drop
 //	    meta l4proto . th dport @knock drop
+//	    meta l4proto tcp th dport 20000-39999 drop   # one per knock range
 //	  }
 //	}
 type NFTables struct {
@@ -110,7 +111,7 @@ func (n *NFTables) Setup(r Rules) error {
 	}
 	c.AddChain(n.chain)
 	c.FlushChain(n.chain)
-	for _, exprs := range n.rules() {
+	for _, exprs := range n.rules(r.KnockRanges) {
 		c.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: exprs})
 	}
 	if err := c.Flush(); err != nil {
@@ -126,7 +127,7 @@ const (
 	reg1  = 1 // the 128-bit register that overlaps reg32..reg32+3
 )
 
-func (n *NFTables) rules() [][]expr.Any {
+func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
 	dport := func(reg uint32) expr.Any {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
 	}
@@ -139,7 +140,7 @@ func (n *NFTables) rules() [][]expr.Any {
 	}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
-	return [][]expr.Any{
+	rules := [][]expr.Any{
 		{ // ct state established,related accept
 			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
@@ -163,6 +164,17 @@ func (n *NFTables) rules() [][]expr.Any {
 		{l4proto(reg1), dport(reg32 + 1), // meta l4proto . th dport @knock drop
 			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.knock.Name, SetID: n.sets.knock.ID}, drop},
 	}
+	for _, pr := range ranges { // meta l4proto P th dport LO-HI drop
+		lo, hi := make([]byte, 2), make([]byte, 2)
+		binary.BigEndian.PutUint16(lo, pr.Lo)
+		binary.BigEndian.PutUint16(hi, pr.Hi)
+		rules = append(rules, []expr.Any{
+			l4proto(reg1), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(pr.Proto)}},
+			dport(reg1), &expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: lo, ToData: hi},
+			drop,
+		})
+	}
+	return rules
 }
 
 func serviceKey(p port.Spec) []byte {

@@ -1,6 +1,7 @@
 package firewall_test
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -42,6 +43,11 @@ func reachable(p *netnstest.Pair, from, to netip.Addr) bool {
 	return true
 }
 
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 func echo(t *testing.T, c net.Conn) bool {
 	c.SetDeadline(time.Now().Add(500 * time.Millisecond))
 	if _, err := c.Write([]byte("ping")); err != nil {
@@ -70,12 +76,21 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if !reachable(p, fam.client, fam.server) {
 				t.Fatal("port closed before postern was set up: the test setup is wrong")
 			}
-			rules := firewall.Rules{Protected: []port.Spec{ssh}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}}}
+			rules := firewall.Rules{Protected: []port.Spec{ssh}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}},
+				KnockRanges: []firewall.PortRange{{Proto: port.TCP, Lo: 20000, Hi: 20009}}}
 			if err := fw.Setup(rules); err != nil {
 				t.Fatal(err)
 			}
 			if reachable(p, fam.client, fam.server) {
 				t.Fatal("protected port reachable without a grant")
+			}
+			for _, pt := range []uint16{20000, 20009} {
+				if _, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, pt), 200*time.Millisecond); !isTimeout(err) {
+					t.Fatalf("knock range port %d: %v, want a dropped SYN", pt, err)
+				}
+			}
+			if _, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 20010), 200*time.Millisecond); isTimeout(err) {
+				t.Fatal("port 20010, outside the knock range, dropped")
 			}
 			if err := fw.Grant([]firewall.Grant{{Addr: fam.client, Port: ssh, Timeout: 2 * time.Second}}); err != nil {
 				t.Fatal(err)
@@ -144,6 +159,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 			"ip saddr . meta l4proto . th dport @grants4 accept",
 			"ip6 saddr . meta l4proto . th dport @grants6 accept",
 			"meta l4proto . th dport @protected drop",
+			"tcp dport 20000-20009 drop",
 			"ct state established,related accept",
 		} {
 			if !strings.Contains(out, want) {

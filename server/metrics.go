@@ -15,21 +15,25 @@ import (
 // atomic add, with no allocation.
 type Metrics struct {
 	counts map[string]*atomic.Uint64
+	gauges []gauge
 }
 
-// Metric names; refusal reasons are added by name.
-const (
-	mGranted       = "granted"
-	mMalformed     = "malformed packet"
-	mFirewallError = "firewall error"
-)
+type gauge struct {
+	name, help string
+	read       func() float64
+}
 
-func newMetrics(reasons []string) *Metrics {
+func newMetrics(names []string) *Metrics {
 	m := &Metrics{counts: make(map[string]*atomic.Uint64)}
-	for _, r := range append([]string{mGranted, mMalformed, mFirewallError}, reasons...) {
+	for _, r := range names {
 		m.counts[r] = new(atomic.Uint64)
 	}
 	return m
+}
+
+// gauge adds a value read when metrics are scraped.
+func (m *Metrics) gauge(name, help string, read func() float64) {
+	m.gauges = append(m.gauges, gauge{name, help, read})
 }
 
 func (m *Metrics) inc(name string) {
@@ -62,6 +66,9 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	write("# TYPE postern_knocks_total counter\n")
 	for _, n := range names {
 		write("postern_knocks_total{outcome=%q} %d\n", n, m.counts[n].Load())
+	}
+	for _, g := range m.gauges {
+		write("# HELP %s %s\n# TYPE %s gauge\n%s %g\n", g.name, g.help, g.name, g.name, g.read())
 	}
 	return total, nil
 }

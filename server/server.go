@@ -1,6 +1,6 @@
 // Package server is the daemon: it wires capture → decode → policy →
-// firewall, writes one log line per decision and keeps the counters. It owns
-// no protocol logic of its own.
+// firewall for SPA knocks and knock sequences, writes one log line per
+// decision and keeps the counters. It owns no protocol logic of its own.
 package server
 
 import (
@@ -10,89 +10,85 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"strconv"
 	"time"
 
 	"postern/capture"
 	"postern/config"
 	"postern/firewall"
-	"postern/policy"
 	"postern/port"
-	"postern/spa"
 )
-
-// ReplayFile is the name of the SPA replay state inside state_dir.
-const ReplayFile = "spa-timestamps"
 
 // Server is a configured daemon, ready to Run.
 type Server struct {
-	cfg      *config.Config
-	log      *slog.Logger
-	fw       firewall.Backend
-	verifier *spa.Verifier
-	policy   *policy.Policy
-	metrics  *Metrics
-	logs     logLimiter
-	knock    spa.Knock // scratch, reused for every packet
+	cfg     *config.Config
+	log     *slog.Logger
+	fw      firewall.Backend
+	spa     *spaHandler  // nil without [[client]]s
+	doors   *doorHandler // nil without doors
+	metrics *Metrics
+	logs    logLimiter
 }
 
-// New loads the key and the replay state and prepares the pipeline. It does
-// not touch the firewall or the network.
+// New loads keys and state and prepares the pipeline. It does not touch the
+// firewall or the network.
 func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, error) {
-	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("private_key_file: %w", err)
-	}
-	key, err := spa.ParseServerPrivateKey(text)
-	if err != nil {
-		return nil, fmt.Errorf("private_key_file %s: %w", cfg.PrivateKeyFile, err)
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state_dir: %w", err)
-	}
-	replay, err := spa.LoadTimestamps(filepath.Join(cfg.StateDir, ReplayFile))
-	if err != nil {
-		return nil, fmt.Errorf("state_dir: %w", err)
-	}
-	clients := make(map[spa.ClientPublicKey]string, len(cfg.Clients))
-	pol := make([]policy.Client, 0, len(cfg.Clients))
-	for _, c := range cfg.Clients {
-		clients[c.PublicKey] = c.Name
-		pol = append(pol, policy.Client{Name: c.Name, Allow: c.Allow, MaxDuration: c.MaxDuration,
-			DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource})
-	}
-	v, err := spa.NewVerifier(spa.VerifierConfig{
-		Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
-		Replay: replay,
-		// Five knocks a second with bursts of ten per source is far above
-		// what a person does and far below what costs the CPU anything.
-		Limiter: spa.NewRateLimiter(5, 10, 65536),
-	})
-	if err != nil {
-		return nil, err
-	}
-	var reasons []string
-	for _, r := range spa.AllReasons() {
-		if r != spa.Accepted {
-			reasons = append(reasons, r.String())
+	s := &Server{cfg: cfg, log: log, fw: fw}
+	reasons := []string{mMalformed, mFirewallError}
+	if len(cfg.Clients) > 0 {
+		h, err := newSPAHandler(s)
+		if err != nil {
+			return nil, err
 		}
+		s.spa = h
+		reasons = append(reasons, spaMetricNames()...)
 	}
-	for _, r := range policy.Refusals {
-		reasons = append(reasons, string(r))
+	if len(cfg.Doors) > 0 {
+		h, err := newDoorHandler(s)
+		if err != nil {
+			return nil, err
+		}
+		s.doors = h
+		reasons = append(reasons, doorMetricNames...)
 	}
-	return &Server{cfg: cfg, log: log, fw: fw, verifier: v, policy: policy.New(pol), metrics: newMetrics(reasons)}, nil
+	s.metrics = newMetrics(reasons)
+	if s.doors != nil {
+		s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
+			s.doors.tracked)
+	}
+	return s, nil
 }
 
 // Metrics returns the server's counters.
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
+// rules and matches derive the firewall rules and the capture filter from
+// the configuration.
+func (s *Server) rules() (firewall.Rules, []capture.Match) {
+	rules := firewall.Rules{Protected: s.cfg.Protected()}
+	var matches []capture.Match
+	if s.spa != nil {
+		knockPort := port.Spec{Proto: port.UDP, Num: s.cfg.SPA.Port}
+		matches = append(matches, capture.PortMatches([]port.Spec{knockPort})...)
+		if s.cfg.Capture == "afpacket" {
+			rules.Knock = append(rules.Knock, knockPort)
+		}
+	}
+	if s.doors != nil {
+		m, closed, ranges := s.doors.ports()
+		matches = append(matches, m...)
+		rules.Knock = append(rules.Knock, closed...)
+		rules.KnockRanges = ranges
+	}
+	return rules, matches
+}
+
 // Run opens the capture, installs the firewall rules, reports readiness and
 // handles knocks until ctx ends. Capture opens first: if it cannot, the
 // firewall is left as it was.
 func (s *Server) Run(ctx context.Context) error {
-	knockPort := port.Spec{Proto: port.UDP, Num: s.cfg.SPA.Port}
+	rules, matches := s.rules()
 	var src capture.Source
-	rules := firewall.Rules{Protected: s.cfg.Protected()}
 	switch s.cfg.Capture {
 	case "udp":
 		u, err := capture.ListenUDP(s.cfg.SPA.Port)
@@ -101,12 +97,11 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		src = u
 	default:
-		a, err := capture.OpenAFPacket(s.cfg.Interface, capture.PortMatches([]port.Spec{knockPort}))
+		a, err := capture.OpenAFPacket(s.cfg.Interface, matches)
 		if err != nil {
 			return err
 		}
 		src = a
-		rules.Knock = []port.Spec{knockPort}
 	}
 	defer src.Close()
 	if dropped, err := dropNetRaw(); err != nil {
@@ -124,8 +119,19 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer hs.Close()
 	}
-	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.cfg.SPA.Port,
-		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "backend", s.cfg.Firewall.Backend)
+	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
+		if err := os.WriteFile(s.cfg.Knockd.PidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			return fmt.Errorf("PidFile: %w", err)
+		}
+		defer os.Remove(s.cfg.Knockd.PidFile)
+	}
+	if s.doors != nil {
+		defer s.doors.close()
+		go s.doors.expireLoop(ctx)
+	}
+	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.spaPort(),
+		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "doors", len(s.cfg.Doors),
+		"backend", s.cfg.Firewall.Backend)
 	notifyReady()
 
 	err := src.Run(ctx, s.handle)
@@ -141,36 +147,37 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// handle decides one packet. It runs on the capture goroutine, never
+func (s *Server) spaPort() any {
+	if s.spa == nil {
+		return "none"
+	}
+	return s.cfg.SPA.Port
+}
+
+// handle routes one packet. It runs on the capture goroutine, never
 // concurrently.
 func (s *Server) handle(f *capture.Frame, perr error) {
 	if perr != nil {
 		s.refuse(f.Src, "", mMalformed, slog.String("detail", perr.Error()))
 		return
 	}
-	k := &s.knock
-	if r := s.verifier.Verify(f.Src, f.Dst, f.Payload, f.Time, k); r != spa.Accepted {
-		s.refuse(f.Src, "", r.String())
+	if s.spa != nil && f.Proto == capture.ProtoUDP && f.DstPort == s.cfg.SPA.Port {
+		s.spa.handle(f)
 		return
 	}
-	req := policy.Request{
-		Client: s.verifier.ClientName(k.Client), Src: f.Src, UseSource: k.UseSource, Allow: k.Allow,
-		Ports: k.Ports, Duration: k.Duration, Action: k.Action,
+	if s.doors != nil {
+		s.doors.handle(f)
 	}
-	grants, refusal := s.policy.Decide(&req)
-	if refusal != "" {
-		s.refuse(f.Src, req.Client, string(refusal), slog.String("ports", port.Join(k.Ports)),
-			slog.Duration("duration", k.Duration))
-		return
-	}
-	if err := s.fw.Grant(grants); err != nil {
+}
+
+// grant opens ports through the firewall, counting and logging a failure.
+func (s *Server) grant(gs []firewall.Grant, src netip.Addr, who string) bool {
+	if err := s.fw.Grant(gs); err != nil {
 		s.metrics.inc(mFirewallError)
-		s.log.Error("grant failed", "src", f.Src, "client", req.Client, "err", err)
-		return
+		s.log.Error("grant failed", "src", src, "client", who, "err", err)
+		return false
 	}
-	s.metrics.inc(mGranted)
-	s.log.Info("granted", "src", f.Src, "client", req.Client, "allow", grants[0].Addr,
-		"ports", port.Join(k.Ports), "duration", grants[0].Timeout)
+	return true
 }
 
 // refuse counts a refusal and logs it, unless this reason is flooding.

@@ -13,6 +13,7 @@ import (
 	"postern/capture"
 	"postern/config"
 	"postern/firewall"
+	"postern/knock"
 	"postern/port"
 	"postern/spa"
 )
@@ -98,8 +99,65 @@ func TestRefusesReadableKey(t *testing.T) {
 	server, _ := spa.GenerateServerKey()
 	keyFile := filepath.Join(dir, "server.key")
 	os.WriteFile(keyFile, []byte(server.String()), 0o640)
-	_, err := New(&config.Config{PrivateKeyFile: keyFile, StateDir: dir}, firewall.NewMemory(), slog.Default())
+	alice, _ := spa.GenerateClientKey()
+	_, err := New(&config.Config{PrivateKeyFile: keyFile, StateDir: dir,
+		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public()}}}, firewall.NewMemory(), slog.Default())
 	if err == nil || !strings.Contains(err.Error(), "0640") {
 		t.Fatalf("New with a group-readable key: %v", err)
+	}
+}
+
+// Doors without a kernel: hits in, a grant in the in-memory backend and a
+// real start command through /bin/sh.
+func TestDoors(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	ssh := port.Spec{Proto: port.TCP, Num: 22}
+	d := &knock.Door{Name: "ssh", Sequence: []knock.Hit{{Proto: port.TCP, Num: 7000}, {Proto: port.UDP, Num: 8000}, {Proto: knock.ICMP, Num: 32}},
+		SeqTimeout: 5 * time.Second, Flags: knock.Flags{Set: knock.SYN, Clear: knock.ACK},
+		Open: []port.Spec{ssh}, Duration: 10 * time.Second, StartCommand: "echo %IP% > " + out}
+	cfg := &config.Config{Interface: "any", Capture: "afpacket", StateDir: filepath.Join(dir, "state"),
+		Doors: []*knock.Door{d}, MaxTracked: 100}
+	fw := firewall.NewMemory()
+	var logs bytes.Buffer
+	s, err := New(cfg, fw, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.doors.close()
+	rules, matches := s.rules()
+	if len(rules.Knock) != 2 || len(rules.Protected) != 1 || len(matches) != 3 {
+		t.Fatalf("rules %+v, matches %+v", rules, matches)
+	}
+	src := netip.MustParseAddr("198.18.0.2")
+	now := time.Now()
+	frames := []capture.Frame{
+		{Proto: capture.ProtoTCP, DstPort: 7000, TCPFlags: knock.SYN},
+		{Proto: capture.ProtoUDP, DstPort: 8000},
+		{Proto: capture.ProtoICMP, ICMPType: 8, Payload: make([]byte, 32)},
+	}
+	for i := range frames {
+		frames[i].Src, frames[i].Dst, frames[i].Time = src, netip.MustParseAddr("198.18.0.1"), now
+		s.handle(&frames[i], nil)
+	}
+	gs, _ := fw.List()
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Port != ssh {
+		t.Fatalf("grants %v\n%s", gs, logs.String())
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if b, _ := os.ReadFile(out); string(b) == "198.18.0.2\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("start command did not run\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Out of order: logged with source and stage, counted.
+	s.handle(&capture.Frame{Src: src, Proto: capture.ProtoTCP, DstPort: 7000, TCPFlags: knock.SYN, Time: now}, nil)
+	s.handle(&capture.Frame{Src: src, Proto: capture.ProtoICMP, ICMPType: 8, Payload: make([]byte, 32), Time: now}, nil)
+	if s.Metrics().Get(mKnockFailed) != 1 || !strings.Contains(logs.String(), `msg="knock failed" door=ssh src=198.18.0.2 stage=1 got=icmp/32 want=udp/8000`) {
+		t.Fatalf("failure not logged:\n%s", logs.String())
 	}
 }

@@ -176,11 +176,29 @@ func openBackend(cfg *config.Config) (firewall.Backend, error) {
 }
 
 func serve(args []string, stderr io.Writer) error {
-	cfg, err := loadConfig(args, "server", stderr)
+	fs := newFlags("server", stderr)
+	path := fs.String("c", defaultConfig, "configuration `file`")
+	debug := fs.Bool("D", false, "log every knock step (debug)")
+	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if len(pos) > 0 {
+		return errUsage{fmt.Errorf("server takes no arguments (did you mean -c %s?)", pos[0])}
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log, closeLog, err := server.NewLogger(cfg, stderr, level)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
 	fw, err := openBackend(cfg)
 	if err != nil {
 		return err
@@ -204,15 +222,17 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
-	if err != nil {
-		return fmt.Errorf("%s: private_key_file: %w", cfg.Path, err)
+	if len(cfg.Clients) > 0 {
+		text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
+		if err != nil {
+			return fmt.Errorf("%s: private_key_file: %w", cfg.Path, err)
+		}
+		if _, err := spa.ParseServerPrivateKey(text); err != nil {
+			return fmt.Errorf("%s: private_key_file %s: %w", cfg.Path, cfg.PrivateKeyFile, err)
+		}
 	}
-	if _, err := spa.ParseServerPrivateKey(text); err != nil {
-		return fmt.Errorf("%s: private_key_file %s: %w", cfg.Path, cfg.PrivateKeyFile, err)
-	}
-	fmt.Fprintf(stdout, "%s: OK: %d clients, protected %s, knock port udp/%d\n",
-		cfg.Path, len(cfg.Clients), port.Join(cfg.Protected()), cfg.SPA.Port)
+	fmt.Fprintf(stdout, "%s: OK: %d clients, %d doors, protected %s\n",
+		cfg.Path, len(cfg.Clients), len(cfg.Doors), port.Join(cfg.Protected()))
 	return nil
 }
 

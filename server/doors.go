@@ -1,0 +1,215 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"postern/capture"
+	"postern/command"
+	"postern/firewall"
+	"postern/knock"
+	"postern/port"
+)
+
+// PendingCommandsFile is where stop commands wait, inside state_dir.
+const PendingCommandsFile = "pending-commands.json"
+
+// Door metric names.
+const (
+	mDoorOpened     = "door opened"
+	mKnockFailed    = "knock failed"
+	mKnockTimedOut  = "knock timed out"
+	mKnockEvicted   = "knock evicted"
+	mKnockRefused   = "knock refused"
+	mCommandBlocked = "command not run"
+)
+
+var doorMetricNames = []string{mDoorOpened, mKnockFailed, mKnockTimedOut, mKnockEvicted, mKnockRefused, mCommandBlocked}
+
+// expireEvery is how often the state table drops timed-out attempts.
+const expireEvery = 250 * time.Millisecond
+
+// doorHandler feeds knock sequences to the engine and opens doors.
+type doorHandler struct {
+	s      *Server
+	mu     sync.Mutex // the engine is fed by capture and by the expiry timer
+	engine *knock.Engine
+	runner *command.Runner // nil when no door has commands
+	native map[*knock.Door]bool
+}
+
+func newDoorHandler(s *Server) (*doorHandler, error) {
+	cfg := s.cfg
+	h := &doorHandler{s: s, native: map[*knock.Door]bool{}}
+	var fromKnockd []*knock.Door
+	if cfg.Knockd != nil {
+		fromKnockd = cfg.Knockd.Doors
+	}
+	commands := false
+	for _, d := range cfg.Doors {
+		h.native[d] = !slices.Contains(fromKnockd, d)
+		start4, stop4 := d.Commands(ipv4Example)
+		start6, stop6 := d.Commands(ipv6Example)
+		commands = commands || start4 != "" || stop4 != "" || start6 != "" || stop6 != ""
+	}
+	if commands {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("state_dir: %w", err)
+		}
+		r, err := command.Open(filepath.Join(cfg.StateDir, PendingCommandsFile), s.log)
+		if err != nil {
+			return nil, err
+		}
+		h.runner = r
+	}
+	h.engine = knock.NewEngine(cfg.Doors, cfg.MaxTracked, h.event)
+	return h, nil
+}
+
+// Example knockers, to ask a door which commands it would run.
+var (
+	ipv4Example = netip.MustParseAddr("198.18.0.1")
+	ipv6Example = netip.MustParseAddr("2001:db8::1")
+)
+
+// ports returns what capture must pass, which ports postern closes (the
+// sequences of [[door]]s; knockd_file doors are only listened to, as
+// knockd does) and the closed ranges of rotating doors.
+func (h *doorHandler) ports() (matches []capture.Match, closed []port.Spec, ranges []firewall.PortRange) {
+	for _, d := range h.s.cfg.Doors {
+		if r := d.Rotating; r != nil {
+			matches = append(matches, capture.Match{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
+			if h.native[d] {
+				ranges = append(ranges, firewall.PortRange{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
+			}
+			continue
+		}
+		for _, hit := range d.Hits() {
+			m := capture.Match{Proto: hit.Proto, Lo: hit.Num, Hi: hit.Num}
+			if hit.Proto == knock.ICMP {
+				m = capture.Match{Proto: capture.ICMP}
+			}
+			if !slices.Contains(matches, m) {
+				matches = append(matches, m)
+			}
+			sp := port.Spec{Proto: hit.Proto, Num: hit.Num}
+			if h.native[d] && hit.Proto != knock.ICMP && !slices.Contains(closed, sp) {
+				closed = append(closed, sp)
+			}
+		}
+	}
+	return matches, closed, ranges
+}
+
+func (h *doorHandler) handle(f *capture.Frame) {
+	var hit knock.Hit
+	var flags uint8
+	switch f.Proto {
+	case capture.ProtoTCP:
+		hit, flags = knock.Hit{Proto: port.TCP, Num: f.DstPort}, f.TCPFlags
+	case capture.ProtoUDP:
+		hit = knock.Hit{Proto: port.UDP, Num: f.DstPort}
+	case capture.ProtoICMP, capture.ProtoICMPv6:
+		if f.ICMPType != 8 && f.ICMPType != 128 { // echo request
+			return
+		}
+		hit = knock.Hit{Proto: knock.ICMP, Num: uint16(min(len(f.Payload), 65535))}
+	default:
+		return
+	}
+	h.mu.Lock()
+	h.engine.Hit(f.Src, f.Dst, hit, flags, f.Time)
+	h.mu.Unlock()
+}
+
+func (h *doorHandler) expireLoop(ctx context.Context) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			h.mu.Lock()
+			h.engine.Expire(now)
+			h.mu.Unlock()
+		}
+	}
+}
+
+func (h *doorHandler) tracked() float64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return float64(h.engine.Stats().Tracked)
+}
+
+func (h *doorHandler) close() {
+	if h.runner != nil {
+		h.runner.Close()
+	}
+}
+
+// event is the engine's callback; it runs with h.mu held.
+func (h *doorHandler) event(ev knock.Event) {
+	s := h.s
+	args := []any{"door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage}
+	switch ev.Kind {
+	case knock.Progress, knock.Duplicate:
+		s.log.Debug("knock "+ev.Kind.String(), args...)
+	case knock.Completed:
+		h.open(ev.Door, ev.Src)
+	case knock.Failed:
+		s.doorLog(mKnockFailed, append(args, "got", ev.Got.String(), "want", ev.Want.String()))
+	case knock.TimedOut:
+		s.doorLog(mKnockTimedOut, append(args, "seq_timeout", ev.Door.SeqTimeout))
+	case knock.Evicted:
+		s.doorLog(mKnockEvicted, args)
+	case knock.Refused:
+		s.doorLog(mKnockRefused, append(args, "detail", ev.Detail))
+	}
+}
+
+// doorLog counts an unsuccessful attempt and logs it, rate-limited per kind
+// so a flood of spoofed sources cannot flood the log.
+func (s *Server) doorLog(kind string, args []any) {
+	s.metrics.inc(kind)
+	ok, suppressed := s.logs.allow(kind, time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	s.log.Warn(kind, args...)
+}
+
+func (h *doorHandler) open(d *knock.Door, src netip.Addr) {
+	s := h.s
+	s.metrics.inc(mDoorOpened)
+	args := []any{"door", d.Name, "src", src}
+	if len(d.Open) > 0 {
+		gs := make([]firewall.Grant, len(d.Open))
+		for i, p := range d.Open {
+			gs[i] = firewall.Grant{Addr: src, Port: p, Timeout: d.Duration}
+		}
+		if !s.grant(gs, src, d.Name) {
+			return
+		}
+		args = append(args, "ports", port.Join(d.Open), "duration", d.Duration)
+	}
+	s.log.Info("door opened", args...)
+	start, stop := d.Commands(src)
+	if start == "" && stop == "" {
+		return
+	}
+	if err := h.runner.Run(d.Name, src, start, stop, d.CmdTimeout); err != nil {
+		s.metrics.inc(mCommandBlocked)
+		s.log.Error("door command not run", "door", d.Name, "src", src, "err", err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"postern/client"
 	"postern/config"
 	"postern/firewall"
+	"postern/knock"
 	"postern/port"
 	"postern/server"
 	"postern/spa"
@@ -33,7 +34,8 @@ Usage:
   postern pubkey < KEYFILE            print the public key of a private key
   postern server -c FILE              run the daemon in the foreground
   postern check-config -c FILE        validate a configuration; touches nothing
-  postern knock [flags] HOST          send one knock (postern knock -h for flags)
+  postern knock [flags] HOST          send one SPA knock (postern knock -h for flags)
+  postern knock HOST PORT[:proto]…    send a port-knock sequence, as knock(1)
   postern status                      list live grants
   postern cleanup                     remove everything postern installed in the firewall
 `
@@ -72,7 +74,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "check-config":
 		return checkConfig(args, stdout, stderr)
 	case "knock":
-		return knock(args, stdout, stderr)
+		return knockCmd(args, stdout, stderr)
 	case "status":
 		return status(stdout)
 	case "cleanup":
@@ -236,27 +238,116 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func knock(args []string, stdout, stderr io.Writer) error {
+func knockCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("knock", stderr)
-	keyFile := fs.String("key", "", "client private key `file` (postern genkey)")
-	serverKey := fs.String("server-key", "", "the server's public `key`, or a file holding it")
-	open := fs.String("open", "", "what to open: `proto/port[,proto/port…]`, such as tcp/22")
-	dur := fs.Duration("for", 0, "how long to open it (default: the server's default for this client)")
-	allow := fs.String("allow", "", "address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
-	knockPort := fs.Uint("port", config.DefaultSPAPort, "the server's knock `port`")
-	only4 := fs.Bool("4", false, "use IPv4 only")
-	only6 := fs.Bool("6", false, "use IPv6 only")
-	bind := fs.Bool("bind", false, "bind the knock to the server address it is sent to")
-	offset := fs.Duration("time-offset", 0, "shift the knock's timestamp by this `duration` (negative: into the past)")
-	verbose := fs.Bool("v", false, "say what was sent")
+	// postern SPA
+	keyFile := fs.String("key", "", "SPA: client private key `file` (postern genkey)")
+	serverKey := fs.String("server-key", "", "SPA: the server's public `key`, or a file holding it")
+	open := fs.String("open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	dur := fs.Duration("for", 0, "SPA: how long to open it (default: the server's default for this client)")
+	allow := fs.String("allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	knockPort := fs.Uint("port", config.DefaultSPAPort, "SPA: the server's knock `port`")
+	bind := fs.Bool("bind", false, "SPA: bind the knock to the server address it is sent to")
+	offset := fs.Duration("time-offset", 0, "SPA: shift the knock's timestamp by this `duration` (negative: into the past)")
+	// port-knock sequences, knock(1)'s flags
+	var udp, only4, only6, verbose bool
+	var delayMS int
+	for _, n := range []string{"u", "udp"} {
+		fs.BoolVar(&udp, n, false, "sequence: ports without :tcp or :udp are UDP")
+	}
+	for _, n := range []string{"d", "delay"} {
+		fs.IntVar(&delayMS, n, 0, "sequence: wait this many `ms` between hits")
+	}
+	door := fs.String("door", "", "sequence: knock the door `name`d in the client config, or a rotating door with --secret-file")
+	secretFile := fs.String("secret-file", "", "sequence: the rotating door's shared secret `file`")
+	period := fs.String("period", "", "sequence: the rotating door's period (default 30s)")
+	length := fs.Int("length", 0, "sequence: the rotating door's sequence length (default 4)")
+	portRange := fs.String("port-range", "", "sequence: the rotating door's port range (default 20000-39999)")
+	profiles := fs.String("config", client.DefaultProfiles(), "sequence: client config `file` with [[door]] profiles")
+	// both
+	for _, n := range []string{"4", "ipv4"} {
+		fs.BoolVar(&only4, n, false, "use IPv4 only")
+	}
+	for _, n := range []string{"6", "ipv6"} {
+		fs.BoolVar(&only6, n, false, "use IPv6 only")
+	}
+	for _, n := range []string{"v", "verbose"} {
+		fs.BoolVar(&verbose, n, false, "say what is sent")
+	}
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: postern knock --key FILE --server-key KEY --open tcp/22 [flags] HOST")
+		fmt.Fprintln(stderr, `Usage:
+  postern knock --key FILE --server-key KEY --open tcp/22 [flags] HOST   one postern SPA knock
+  postern knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|:udp|:icmp]…     a port-knock sequence (knock(1))
+  postern knock --door NAME [--secret-file FILE] [HOST]                  a door from the client config, or a rotating door`)
 		fs.PrintDefaults()
 	}
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	if only4 && only6 {
+		return errUsage{errors.New("-4 and -6 exclude each other")}
+	}
+	var out io.Writer
+	if verbose {
+		out = stdout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	if *keyFile == "" && *serverKey == "" && *open == "" {
+		network := "ip"
+		if only4 {
+			network = "ip4"
+		} else if only6 {
+			network = "ip6"
+		}
+		o := client.SequenceOptions{Network: network, Delay: time.Duration(delayMS) * time.Millisecond, Verbose: out}
+		switch {
+		case *door != "":
+			if len(pos) > 1 {
+				return errUsage{errors.New("--door takes at most a HOST, no ports")}
+			}
+			var rot *knock.Rotating
+			if *secretFile != "" {
+				proto := ""
+				if udp {
+					proto = "udp"
+				}
+				if rot, err = client.NewRotating(*secretFile, *period, *length, *portRange, proto); err != nil {
+					return err
+				}
+			} else {
+				p, err := client.LoadProfile(*profiles, *door)
+				if err != nil {
+					return err
+				}
+				rot, o.Hits, o.Host = p.Rotating, p.Hits, p.Host
+				if delayMS == 0 {
+					o.Delay = p.Delay
+				}
+			}
+			if len(pos) == 1 {
+				o.Host = pos[0]
+			}
+			if rot != nil {
+				o.Hits = rot.Sequence(*door, rot.Window(time.Now()))
+			}
+			if o.Host == "" {
+				return errUsage{fmt.Errorf("door %q names no host: give HOST", *door)}
+			}
+		case len(pos) < 2:
+			fs.Usage()
+			return errUsage{errors.New("knock takes HOST and at least one PORT (or --key … for SPA)")}
+		default:
+			o.Host = pos[0]
+			if o.Hits, err = client.ParseKnockArgs(pos[1:], udp); err != nil {
+				return errUsage{err}
+			}
+		}
+		return client.Sequence(ctx, o)
+	}
+
 	switch {
 	case len(pos) != 1:
 		return errUsage{errors.New("knock takes one HOST")}
@@ -268,8 +359,6 @@ func knock(args []string, stdout, stderr io.Writer) error {
 		return errUsage{errors.New("--open is required, such as --open tcp/22")}
 	case *knockPort < 1 || *knockPort > 65535:
 		return errUsage{errors.New("--port must be 1 to 65535")}
-	case *only4 && *only6:
-		return errUsage{errors.New("-4 and -6 exclude each other")}
 	}
 	ports, err := port.ParseList(*open)
 	if err != nil {
@@ -288,13 +377,11 @@ func knock(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	network := "udp"
-	if *only4 {
+	if only4 {
 		network = "udp4"
-	} else if *only6 {
+	} else if only6 {
 		network = "udp6"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	sent, err := client.Knock(ctx, client.Options{
 		Key: key, ServerKey: srv, Host: pos[0], Port: uint16(*knockPort), Network: network,
 		Open: ports, Duration: *dur, Allow: *allow, BindDest: *bind, TimeOffset: *offset,
@@ -302,7 +389,7 @@ func knock(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *verbose {
+	if verbose {
 		who := "source address"
 		if !sent.Knock.UseSource {
 			who = sent.Knock.Allow.String()

@@ -1,0 +1,145 @@
+package client
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"postern/config"
+	"postern/knock"
+	"postern/port"
+	"postern/spa"
+)
+
+// Profile is a door a client knocks on by name (postern knock --door NAME).
+type Profile struct {
+	Name     string
+	Host     string
+	Hits     []knock.Hit     // a fixed sequence…
+	Rotating *knock.Rotating // …or a rotating one
+	Delay    time.Duration
+}
+
+type rawProfiles struct {
+	Doors []rawProfile `toml:"door"`
+}
+
+type rawProfile struct {
+	Name       string   `toml:"name"`
+	Host       string   `toml:"host"`
+	Sequence   []string `toml:"sequence"`
+	Delay      string   `toml:"delay"`
+	SecretFile string   `toml:"secret_file"`
+	Period     string   `toml:"period"`
+	Length     int      `toml:"length"`
+	PortRange  string   `toml:"port_range"`
+	Protocol   string   `toml:"protocol"`
+}
+
+// DefaultProfiles is the client configuration file: client.toml under
+// $XDG_CONFIG_HOME/postern (~/.config/postern).
+func DefaultProfiles() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "postern", "client.toml")
+}
+
+// LoadProfile reads path and returns the door called name.
+func LoadProfile(path, name string) (*Profile, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var raw rawProfiles
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		var de *toml.DecodeError
+		var sm *toml.StrictMissingError
+		switch {
+		case errors.As(err, &sm) && len(sm.Errors) > 0:
+			line, _ := sm.Errors[0].Position()
+			return nil, fmt.Errorf("%s:%d: %s: unknown key", path, line, strings.Join(sm.Errors[0].Key(), "."))
+		case errors.As(err, &de):
+			line, _ := de.Position()
+			return nil, fmt.Errorf("%s:%d: %v", path, line, de)
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, rp := range raw.Doors {
+		if rp.Name != name {
+			continue
+		}
+		where := fmt.Sprintf("%s: door %q", path, name)
+		p := &Profile{Name: name, Host: rp.Host}
+		if rp.Delay != "" {
+			if p.Delay, err = time.ParseDuration(rp.Delay); err != nil {
+				return nil, fmt.Errorf("%s: delay: %w", where, err)
+			}
+		}
+		for _, s := range rp.Sequence {
+			h, err := knock.ParseHit(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: sequence: %w", where, err)
+			}
+			p.Hits = append(p.Hits, h)
+		}
+		if rp.SecretFile != "" {
+			r, err := NewRotating(rp.SecretFile, rp.Period, rp.Length, rp.PortRange, rp.Protocol)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			p.Rotating = r
+		}
+		if (len(p.Hits) == 0) == (p.Rotating == nil) {
+			return nil, fmt.Errorf("%s: give either sequence or secret_file", where)
+		}
+		return p, nil
+	}
+	return nil, fmt.Errorf("%s: no door called %q", path, name)
+}
+
+// NewRotating reads a rotating door's settings; empty values take the
+// server's defaults, so the two sides agree unless configured otherwise.
+func NewRotating(secretFile, period string, length int, portRange, protocol string) (*knock.Rotating, error) {
+	secret, err := spa.ReadPrivateKeyFile(secretFile)
+	if err != nil {
+		return nil, err
+	}
+	r := &knock.Rotating{Secret: []byte(strings.TrimSpace(secret)), Period: config.DefaultPeriod,
+		Length: config.DefaultLength, Proto: port.TCP}
+	if period != "" {
+		if r.Period, err = time.ParseDuration(period); err != nil {
+			return nil, fmt.Errorf("period: %w", err)
+		}
+	}
+	if length != 0 {
+		r.Length = length
+	}
+	if portRange == "" {
+		portRange = config.DefaultPortRange
+	}
+	if r.Lo, r.Hi, err = config.ParsePortRange(portRange); err != nil {
+		return nil, fmt.Errorf("port_range: %w", err)
+	}
+	switch strings.ToLower(protocol) {
+	case "", "tcp":
+	case "udp":
+		r.Proto = port.UDP
+	default:
+		return nil, fmt.Errorf("protocol %q: want tcp or udp", protocol)
+	}
+	d := knock.Door{Name: "check", Rotating: r, SeqTimeout: time.Second, StartCommand: "x"}
+	if errs := d.Validate(); len(errs) > 0 {
+		return nil, errs[0]
+	}
+	return r, nil
+}

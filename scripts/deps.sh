@@ -5,6 +5,8 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have ip  || need+=(iproute2)
 have nft || need+=(nftables)
+have iptables || need+=(iptables)
+have knockd || need+=(knockd)   # the real knock and knockd, for compatibility tests
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2

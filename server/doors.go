@@ -161,7 +161,11 @@ func (h *doorHandler) event(ev knock.Event) {
 	args := []any{"door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage}
 	switch ev.Kind {
 	case knock.Progress, knock.Duplicate:
-		s.log.Debug("knock "+ev.Kind.String(), args...)
+		// Debug on stderr, but every line in a knockd LogFile: a flood of
+		// spoofed first hits must not become a flood of disk writes.
+		if ok, _ := s.logs.allow("knock "+ev.Kind.String(), time.Now()); ok {
+			s.log.Debug("knock "+ev.Kind.String(), args...)
+		}
 	case knock.Completed:
 		h.open(ev.Door, ev.Src)
 	case knock.Failed:

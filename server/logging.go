@@ -49,8 +49,10 @@ func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (log *slo
 	return slog.New(slog.NewMultiHandler(handlers...)), close, nil
 }
 
-// lineHandler writes knockd-style lines: "[YYYY-MM-DD HH:MM] message
-// key=value…" (the stamp is left out for syslog, which adds its own).
+// lineHandler writes knockd's log lines: "[YYYY-MM-DD HH:MM] 198.18.0.2:
+// openSSH: Stage 1", "…: OPEN SESAME", "openSSH: running command: …" (the
+// stamp is left out for syslog, which adds its own), so tools that watch
+// knockd's log keep working. Other records become "message key=value…".
 type lineHandler struct {
 	mu    *sync.Mutex
 	w     io.Writer
@@ -58,26 +60,44 @@ type lineHandler struct {
 	attrs []slog.Attr
 }
 
-func (h *lineHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+// Every level is enabled: knockd logs each stage, which postern logs to
+// stderr only at debug level.
+func (h *lineHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	if h.stamp {
-		b.WriteString(r.Time.Format("[2006-01-02 15:04] "))
-	}
-	b.WriteString(r.Message)
+	kv := map[string]string{}
+	var rest strings.Builder
 	add := func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		kv[a.Key] = a.Value.String()
+		fmt.Fprintf(&rest, " %s=%v", a.Key, a.Value)
 		return true
 	}
 	for _, a := range h.attrs {
 		add(a)
 	}
 	r.Attrs(add)
-	b.WriteByte('\n')
+	var line string
+	switch r.Message {
+	case "ready":
+		line = "starting up, listening on " + kv["interface"]
+	case "knock progress":
+		line = kv["src"] + ": " + kv["door"] + ": Stage " + kv["stage"]
+	case "door opened":
+		line = kv["src"] + ": " + kv["door"] + ": OPEN SESAME"
+	case "start command ran", "stop command ran", "start command failed", "stop command failed":
+		line = kv["door"] + ": running command: " + kv["command"]
+	default:
+		if r.Level < slog.LevelInfo {
+			return nil
+		}
+		line = r.Message + rest.String()
+	}
+	if h.stamp {
+		line = r.Time.Format("[2006-01-02 15:04] ") + line
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	_, err := io.WriteString(h.w, b.String())
+	_, err := io.WriteString(h.w, line+"\n")
 	return err
 }
 

@@ -161,3 +161,33 @@ func TestDoors(t *testing.T) {
 		t.Fatalf("failure not logged:\n%s", logs.String())
 	}
 }
+
+func TestKnockdLogFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "knockd.log")
+	cfg := &config.Config{Knockd: &knock.KnockdConf{LogFile: path}}
+	var stderr bytes.Buffer
+	log, closeLog, err := NewLogger(cfg, &stderr, slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("ready", "interface", "veth0")
+	log.Debug("knock progress", "door", "openSSH", "src", "198.18.0.2", "stage", 1)
+	log.Info("door opened", "door", "openSSH", "src", "198.18.0.2")
+	log.Info("start command ran", "door", "openSSH", "src", "198.18.0.2", "command", "iptables -A INPUT -s 198.18.0.2 -j ACCEPT")
+	closeLog()
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	want := []string{"starting up, listening on veth0", "198.18.0.2: openSSH: Stage 1", "198.18.0.2: openSSH: OPEN SESAME",
+		"openSSH: running command: iptables -A INPUT -s 198.18.0.2 -j ACCEPT"}
+	if len(lines) != len(want) {
+		t.Fatalf("log file:\n%s", data)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], "[") || !strings.HasSuffix(lines[i], "] "+w) {
+			t.Errorf("line %d = %q, want [stamp] %s", i, lines[i], w)
+		}
+	}
+	if strings.Contains(stderr.String(), "Stage") || strings.Contains(stderr.String(), "knock progress") {
+		t.Error("debug line on stderr at info level")
+	}
+}

@@ -67,6 +67,7 @@ type rig struct {
 type rigOptions struct {
 	capture string // "" = afpacket
 	extra   string // appended to the configuration
+	noSPA   bool   // doors only: no [[client]], no server key
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -104,6 +105,10 @@ max_duration = "60s"
 default_duration = "3s"
 allow_source = false
 %s`, netnstest.Interface, capture, serverKey, filepath.Join(r.dir, "state"), knockPort, alice.Public(), o.extra)
+	if o.noSPA {
+		cfg = fmt.Sprintf("interface = %q\nstate_dir = %q\nmetrics_listen = \"127.0.0.1:9101\"\n%s",
+			netnstest.Interface, filepath.Join(r.dir, "state"), o.extra)
+	}
 	r.cfgPath = filepath.Join(r.dir, "postern.toml")
 	if err := os.WriteFile(r.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

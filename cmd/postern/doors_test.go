@@ -1,0 +1,289 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"postern/internal/netnstest"
+	"postern/knock"
+)
+
+// Debian's /etc/knockd.conf (knockd 0.8-2) with only the ports and the
+// interface changed: the [options] Interface line and 7xxx/8xxx/9xxx ports.
+const debianKnockdConf = `[options]
+	UseSyslog
+	Interface = veth0
+
+[openSSH]
+	sequence    = 7100,8100,9100
+	seq_timeout = 5
+	command     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+	tcpflags    = syn
+
+[closeSSH]
+	sequence    = 9100,8100,7100
+	seq_timeout = 5
+	command     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+	tcpflags    = syn
+
+[openHTTPS]
+	sequence    = 12345,54321,24680,13579
+	seq_timeout = 5
+	command     = /usr/local/sbin/knock_add -i -c INPUT -p tcp -d 443 -f %IP%
+	tcpflags    = syn
+`
+
+// The real knock(1) against Debian's knockd.conf read as-is by postern.
+func TestRealKnockWithDebianKnockdConf(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "knock", "iptables")
+	r := newRig(t, rigOptions{noSPA: true})
+	conf := r.writeFile("knockd.conf", debianKnockdConf)
+	r.writeFile("postern.toml", fmt.Sprintf("state_dir = %q\nknockd_file = %q\n", r.dir+"/state", conf))
+	r.dropByDefault()
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	r.requireClosed(cli, srv, "before the knock")
+
+	r.clientRun("knock", srv.String(), "7100", "8100", "9100")
+	r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "door=openSSH", "src="+cli.String())
+	r.waitOpen(cli, srv, 2*time.Second, "after knock 7100 8100 9100").Close()
+	r.requireClosed(r.p.Client4b, srv, "another client address")
+
+	r.clientRun("knock", srv.String(), "9100", "8100", "7100")
+	r.out.WaitFor(t, 2*time.Second, "door=closeSSH")
+	r.waitClosed(cli, srv, 2*time.Second, "after the closing knock")
+}
+
+// start_command / stop_command / cmd_timeout: the port closes after
+// cmd_timeout.
+func TestRealKnockStartStopCommands(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "knock", "iptables")
+	r := newRig(t, rigOptions{noSPA: true})
+	conf := r.writeFile("knockd.conf", `[options]
+	LogFile = `+r.dir+`/knockd.log
+[opencloseSSH]
+	sequence      = 2222:udp,3333:tcp,4444:udp
+	seq_timeout   = 15
+	tcpflags      = syn
+	start_command = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+	cmd_timeout   = 3
+	stop_command  = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+`)
+	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\nknockd_file = %q\n", netnstest.Interface, r.dir+"/state", conf))
+	r.dropByDefault()
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	r.clientRun("knock", srv.String(), "2222:udp", "3333:tcp", "4444:udp")
+	knocked := time.Now()
+	r.waitOpen(cli, srv, 2*time.Second, "after the knock").Close()
+	time.Sleep(time.Until(knocked.Add(3 * time.Second)))
+	r.waitClosed(cli, srv, 2*time.Second, "after cmd_timeout")
+	r.out.WaitFor(t, time.Second, "msg=\"stop command ran\"", "door=opencloseSSH")
+	waitFile(t, r.dir+"/knockd.log", cli.String()+": opencloseSSH: OPEN SESAME", time.Second)
+	waitFile(t, r.dir+"/knockd.log", cli.String()+": opencloseSSH: Stage 2", time.Second)
+}
+
+// A postern.toml [[door]] with open: a grant with kernel expiry, knocked by
+// the real knock(1).
+func TestRealKnockOpensTomlDoor(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "knock")
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "ssh"
+sequence = ["tcp/7000", "udp/8000", "tcp/9000"]
+seq_timeout = "5s"
+tcp_flags = "syn,!ack"
+open = ["tcp/22"]
+duration = "3s"
+`})
+	r.start()
+	srv, cli := r.p.Server6, r.p.Client6
+	r.requireClosed(cli, srv, "before the knock")
+	r.clientRun("knock", "-6", srv.String(), "7000", "8000:udp", "9000")
+	knocked := time.Now()
+	r.waitOpen(cli, srv, time.Second, "after the knock").Close()
+	r.requireClosed(r.p.Client6b, srv, "another client address")
+	time.Sleep(time.Until(knocked.Add(3 * time.Second)))
+	r.waitClosed(cli, srv, time.Second, "after duration")
+	// The sequence ports are closed: a knock hit gets no RST back.
+	r.requireKnockPortSilent(cli, srv, 7000)
+}
+
+// requireKnockPortSilent checks that a TCP connection attempt to a knock
+// port times out: the SYN was dropped, no RST came back.
+func (r *rig) requireKnockPortSilent(from, to netip.Addr, p uint16) {
+	r.t.Helper()
+	c, err := r.p.Client.Dial("tcp", from, netip.AddrPortFrom(to, p), probeTimeout)
+	if err == nil {
+		c.Close()
+		r.t.Fatalf("knock port %d accepted a connection", p)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		r.t.Fatalf("knock port %d answered: %v (want a dropped SYN)", p, err)
+	}
+}
+
+// postern's knock(1)-compatible client against the real knockd.
+func TestPosternKnockOpensRealKnockd(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "knockd", "iptables")
+	r := newRig(t, rigOptions{noSPA: true})
+	r.dropByDefault()
+	conf := r.writeFile("knockd.conf", `[options]
+	LogFile = `+r.dir+`/knockd.log
+	Interface = veth0
+[openSSH]
+	sequence    = 7000,8000:udp,9000
+	seq_timeout = 5
+	command     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+	tcpflags    = syn
+`)
+	kd := r.p.Server.Command(t.Context(), "knockd", "-c", conf)
+	out := netnstest.NewOutput()
+	kd.Stdout, kd.Stderr = out, out
+	if err := kd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kd.Process.Kill(); kd.Wait() })
+	waitFile(t, r.dir+"/knockd.log", "listening on veth0", 5*time.Second)
+	srv, cli := r.p.Server4, r.p.Client4
+	r.requireClosed(cli, srv, "before the knock")
+	if out, err := r.postern("knock", "-v", srv.String(), "7000", "8000:udp", "9000"); err != nil {
+		t.Fatalf("postern knock: %v\n%s", err, out)
+	}
+	waitFile(t, r.dir+"/knockd.log", cli.String()+": openSSH: OPEN SESAME", 3*time.Second)
+	r.waitOpen(cli, srv, 2*time.Second, "knockd opened the port").Close()
+}
+
+// The state engine in the running daemon: what knockd gets wrong.
+func TestSequenceStateEngine(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "ssh"
+sequence = ["tcp/7000", "udp/8000", "tcp/9000"]
+seq_timeout = "2s"
+open = ["tcp/22"]
+duration = "30s"
+`})
+	r.start()
+	srv, a, b := r.p.Server4, r.p.Client4, r.p.Client4b
+	seq := []knock.Hit{tcpHit(7000), udpHit(8000), tcpHit(9000)}
+
+	t.Run("interleaved sources both succeed", func(t *testing.T) {
+		for _, h := range seq {
+			r.hit(a, srv, h)
+			r.hit(b, srv, h)
+		}
+		r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "src="+a.String())
+		r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "src="+b.String())
+		r.waitOpen(a, srv, time.Second, "first knocker").Close()
+		r.waitOpen(b, srv, time.Second, "second knocker").Close()
+	})
+	// From here on the client's other address knocks on IPv6 against a
+	// closed port: a fresh (source, door) each time.
+	srv6 := r.p.Server6
+	c6 := r.p.Client6
+	t.Run("out of order fails and is logged", func(t *testing.T) {
+		mark := r.out.Mark()
+		r.hits(c6, srv6, tcpHit(7000), tcpHit(9000), udpHit(8000))
+		r.out.WaitAfter(t, mark, 2*time.Second, `msg="knock failed"`, "src="+c6.String(), "stage=1", "got=tcp/9000", "want=udp/8000")
+		r.requireClosed(c6, srv6, "out-of-order sequence")
+	})
+	t.Run("slower than seq_timeout fails and is logged", func(t *testing.T) {
+		mark := r.out.Mark()
+		r.hits(c6, srv6, tcpHit(7000), udpHit(8000))
+		time.Sleep(2500 * time.Millisecond)
+		r.out.WaitAfter(t, mark, time.Second, `msg="knock timed out"`, "src="+c6.String(), "stage=2")
+		r.hit(c6, srv6, tcpHit(9000))
+		r.requireClosed(c6, srv6, "slow sequence")
+	})
+	t.Run("duplicated first hit still succeeds", func(t *testing.T) {
+		r.hits(c6, srv6, tcpHit(7000), tcpHit(7000), udpHit(8000), tcpHit(9000))
+		r.waitOpen(c6, srv6, time.Second, "duplicated first hit").Close()
+	})
+	t.Run("retransmitted middle hit still succeeds", func(t *testing.T) {
+		mark := r.out.Mark()
+		r.hits(b, srv, tcpHit(7000), udpHit(8000), udpHit(8000), tcpHit(9000), tcpHit(9000))
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=\"door opened\"", "src="+b.String())
+	})
+	if strings.Contains(r.out.String(), "src="+r.p.Client6b.String()) {
+		t.Fatal("a source that never knocked appears in the log")
+	}
+}
+
+func TestICMPKnock(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "ping"
+sequence = ["icmp/64", "icmp/100"]
+tcp_flags = ""
+open = ["tcp/22"]
+`})
+	r.start()
+	r.requireClosed(r.p.Client4, r.p.Server4, "before the knock")
+	if out, err := r.postern("knock", r.p.Server4.String(), "64:icmp", "100:icmp"); err != nil {
+		t.Fatalf("postern knock: %v\n%s", err, out)
+	}
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after two pings").Close()
+}
+
+func TestOneTimeSequences(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true})
+	seqFile := r.writeFile("ssh.seq", "# one sequence a line; a used one gets a #\n 7001,8001:udp\n 7002,8002:udp\n 7003,8003:udp\n")
+	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
+state_dir = %q
+[[door]]
+name = "ot"
+one_time_sequences = %q
+open = ["tcp/22"]
+duration = "30s"
+`, netnstest.Interface, r.dir+"/state", seqFile))
+	r.start()
+	srv := r.p.Server4
+	knockSeq := func(seq ...string) {
+		t.Helper()
+		if out, err := r.postern(append([]string{"knock", srv.String()}, seq...)...); err != nil {
+			t.Fatalf("postern knock: %v\n%s", err, out)
+		}
+	}
+	// The second line is not yet valid: nothing opens.
+	knockSeq("7002", "8002:udp")
+	time.Sleep(300 * time.Millisecond)
+	r.requireClosed(r.p.Client4, srv, "a later line before its turn")
+	knockSeq("7001", "8001:udp")
+	r.waitOpen(r.p.Client4, srv, time.Second, "first line").Close()
+	waitFile(t, seqFile, "\n#7001,8001:udp\n", time.Second)
+
+	// The used line never opens again, for anyone.
+	r.signal(syscall.SIGTERM)
+	r.p.Server.Exec(t, posternBin, "cleanup")
+	r.start()
+	r.requireClosed(r.p.Client4, srv, "after restart")
+	mark := r.out.Mark()
+	knockSeq("7001", "8001:udp")
+	time.Sleep(300 * time.Millisecond)
+	r.requireClosed(r.p.Client4, srv, "reused line")
+	if strings.Contains(r.out.String()[mark:], "door opened") {
+		t.Fatal("a used one-time sequence opened the door")
+	}
+	knockSeq("7002", "8002:udp")
+	r.waitOpen(r.p.Client4, srv, time.Second, "second line after restart").Close()
+	data, _ := os.ReadFile(seqFile)
+	if !strings.Contains(string(data), "\n#7002,8002:udp\n 7003,8003:udp\n") {
+		t.Fatalf("sequence file:\n%s", data)
+	}
+}

@@ -12,7 +12,7 @@ go vet ./...
 CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
 go test -count=1 ./...
 
-for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse; do
+for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"
   log=$(mktemp)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/client"
 	"postern/internal/netnstest"
 	"postern/knock"
 )
@@ -286,4 +287,108 @@ duration = "30s"
 	if !strings.Contains(string(data), "\n#7002,8002:udp\n 7003,8003:udp\n") {
 		t.Fatalf("sequence file:\n%s", data)
 	}
+}
+
+func TestRotatingSequences(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true})
+	secret := r.writeFile("rot.secret", "an example secret, 32 bytes long\n")
+	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
+state_dir = %q
+[[door]]
+name = "rot"
+secret_file = %q
+period = "60s"
+length = 4
+port_range = "20000-20999"
+open = ["tcp/22"]
+duration = "30s"
+`, netnstest.Interface, r.dir+"/state", secret))
+	rot, err := client.NewRotating(secret, "60s", 4, "20000-20999", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stay inside one window for the whole test.
+	if left := 60 - time.Now().Unix()%60; left < 15 {
+		time.Sleep(time.Duration(left+1) * time.Second)
+	}
+	r.start()
+	w := rot.Window(time.Now())
+	srv := r.p.Server4
+	a, b := r.p.Client4, r.p.Client4b
+
+	// A derived port is closed like any knock port: no RST.
+	r.requireKnockPortSilent(a, srv, rot.Sequence("rot", w)[0].Num)
+
+	mark := r.out.Mark()
+	r.hits(b, srv, rot.Sequence("rot", w-2)...)
+	time.Sleep(300 * time.Millisecond)
+	r.requireClosed(b, srv, "sequence from two windows ago")
+	if strings.Contains(r.out.String()[mark:], "door opened") {
+		t.Fatal("sequence from two windows ago opened")
+	}
+
+	r.hits(a, srv, rot.Sequence("rot", w-1)...)
+	r.waitOpen(a, srv, time.Second, "sequence of the previous window").Close()
+
+	mark = r.out.Mark()
+	r.hits(a, srv, rot.Sequence("rot", w-1)...)
+	r.out.WaitAfter(t, mark, 2*time.Second, `msg="knock refused"`, "src="+a.String(), "already used")
+
+	// The client derives the current window's sequence itself.
+	if out, err := r.postern("knock", "--door", "rot", "--secret-file", secret, "--period", "60s",
+		"--length", "4", "--port-range", "20000-20999", "-v", srv.String()); err != nil {
+		t.Fatalf("postern knock --door: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, 2*time.Second, `msg="door opened"`, "src="+a.String())
+}
+
+// A stop command outlives the daemon: SIGKILL after the start command ran,
+// restart before the stop is due (it runs on time) and after (at once).
+func TestStopCommandAfterSIGKILL(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true})
+	log := r.dir + "/commands.log"
+	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
+state_dir = %q
+[[door]]
+name = "cmd"
+sequence = ["tcp/7000", "tcp/8000"]
+start_command = "echo start %%IP%% >> %s"
+stop_command = "echo stop %%IP%% >> %s"
+cmd_timeout = "3s"
+`, netnstest.Interface, r.dir+"/state", log, log))
+	srv, cli := r.p.Server4, r.p.Client4
+	stopLine := "stop " + cli.String()
+
+	t.Run("restart before the stop is due", func(t *testing.T) {
+		r.start()
+		r.hits(cli, srv, tcpHit(7000), tcpHit(8000))
+		knocked := time.Now()
+		waitFile(t, log, "start "+cli.String(), 2*time.Second)
+		r.signal(syscall.SIGKILL)
+		r.start()
+		time.Sleep(time.Until(knocked.Add(2500 * time.Millisecond)))
+		if data, _ := os.ReadFile(log); strings.Contains(string(data), stopLine) {
+			t.Fatal("stop command ran before cmd_timeout")
+		}
+		waitFile(t, log, stopLine, 2*time.Second)
+		r.signal(syscall.SIGTERM)
+	})
+	t.Run("restart after the stop was due", func(t *testing.T) {
+		os.Remove(log)
+		r.start()
+		r.hits(cli, srv, tcpHit(7000), tcpHit(8000))
+		waitFile(t, log, "start "+cli.String(), 2*time.Second)
+		r.signal(syscall.SIGKILL)
+		time.Sleep(3500 * time.Millisecond)
+		if data, _ := os.ReadFile(log); strings.Contains(string(data), stopLine) {
+			t.Fatal("stop command ran while the daemon was dead")
+		}
+		restarted := time.Now()
+		r.start()
+		waitFile(t, log, stopLine, time.Second)
+		r.out.WaitFor(t, time.Second, "stop command overdue after restart", "door=cmd")
+		t.Logf("overdue stop ran %v after restart", time.Since(restarted).Round(time.Millisecond))
+	})
 }

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/packet"
+	"golang.org/x/sys/unix"
+
+	"postern/internal/netnstest"
+)
+
+// synFrom builds an IPv6 TCP SYN from src to dst:dport with a correct
+// checksum: what a spoofing flooder puts on the wire.
+func synFrom(buf []byte, src, dst netip.Addr, dport uint16) []byte {
+	b := buf[:60]
+	clear(b)
+	binary.BigEndian.PutUint32(b[0:], 6<<28)
+	binary.BigEndian.PutUint16(b[4:], 20)
+	b[6], b[7] = unix.IPPROTO_TCP, 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	t := b[40:]
+	binary.BigEndian.PutUint16(t[0:], 40000)
+	binary.BigEndian.PutUint16(t[2:], dport)
+	binary.BigEndian.PutUint32(t[4:], 1)
+	t[12], t[13] = 5<<4, 0x02
+	binary.BigEndian.PutUint16(t[14:], 64240)
+	var sum uint32
+	for i := 8; i < 40; i += 2 { // pseudo-header addresses
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	sum += 20 + unix.IPPROTO_TCP
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(t[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(t[16:], ^uint16(sum))
+	return b
+}
+
+func rssKiB(t *testing.T, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestFloodOfSpoofedSources: first-stage hits from 1 000 000 distinct spoofed
+// IPv6 sources. The state table stays at max_tracked (the oldest attempts
+// are evicted and counted), resident memory stays under the bound that
+// max_tracked implies, and a legitimate knocker in the middle of the flood
+// still gets in.
+func TestFloodOfSpoofedSources(t *testing.T) {
+	t.Parallel()
+	const maxTracked = 100_000
+	r := newRig(t, rigOptions{noSPA: true, extra: fmt.Sprintf(`
+[knock]
+max_tracked = %d
+
+[[door]]
+name = "ssh"
+sequence = ["tcp/7000", "tcp/8000", "tcp/9000"]
+seq_timeout = "5s"
+open = ["tcp/22"]
+`, maxTracked)})
+	r.start()
+	before := rssKiB(t, r.daemon.Process.Pid)
+
+	var mac net.HardwareAddr
+	if err := r.p.Server.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		if err == nil {
+			mac = ifi.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var conn *packet.Conn
+	if err := r.p.Client.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		if err != nil {
+			return err
+		}
+		conn, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	to := &packet.Addr{HardwareAddr: mac}
+
+	const sources = 1_000_000
+	buf := make([]byte, 64)
+	src := netip.MustParseAddr("2001:db8:ff::").As16()
+	start := time.Now()
+	legitDone := make(chan error, 1)
+	for i := range sources {
+		src[12], src[13], src[14], src[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		if _, err := conn.WriteTo(synFrom(buf, netip.AddrFrom16(src), r.p.Server6, 7000), to); err != nil {
+			t.Fatalf("sending spoofed SYN %d: %v", i, err)
+		}
+		if i%1000 == 999 {
+			// Bounded: at most about 100 000 packets a second.
+			time.Sleep(time.Until(start.Add(time.Duration(i+1) * 10 * time.Microsecond)))
+		}
+		if i == sources/2 {
+			go func() {
+				out, err := r.postern("knock", r.p.Server4.String(), "7000", "8000", "9000")
+				if err != nil {
+					err = fmt.Errorf("%v: %s", err, out)
+				}
+				legitDone <- err
+			}()
+		}
+	}
+	if err := <-legitDone; err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Since(start)
+	r.alive()
+	r.waitOpen(r.p.Client4, r.p.Server4, 2*time.Second, "legitimate knocker during the flood").Close()
+	time.Sleep(500 * time.Millisecond) // let the daemon drain its socket
+	after := rssKiB(t, r.daemon.Process.Pid)
+	evicted := r.metric("knock evicted")
+	t.Logf("%d spoofed sources in %v; evicted %d; daemon RSS %d KiB before, %d KiB after", sources, sent.Round(time.Millisecond), evicted, before, after)
+	if evicted < sources/2 {
+		t.Fatalf("only %d evictions from %d spoofed sources with max_tracked %d", evicted, sources, maxTracked)
+	}
+	// The table holds max_tracked attempts of ~150 bytes; everything else is
+	// the daemon's fixed cost. Allow 48 MiB on top of the idle RSS.
+	if limit := before + 48*1024; after > limit {
+		t.Fatalf("RSS grew from %d KiB to %d KiB (limit %d KiB)", before, after, limit)
+	}
+	if n := strings.Count(r.out.String(), "\n"); n > 2000 {
+		t.Fatalf("the flood produced %d log lines", n)
+	}
+}

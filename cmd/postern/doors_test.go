@@ -392,3 +392,26 @@ cmd_timeout = "3s"
 		t.Logf("overdue stop ran %v after restart", time.Since(restarted).Round(time.Millisecond))
 	})
 }
+
+// postern knock --door NAME reads the door from the client's client.toml.
+func TestDoorProfile(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "ssh"
+sequence = ["udp/7500", "tcp/7600"]
+open = ["tcp/22"]
+`})
+	profiles := r.writeFile("client.toml", fmt.Sprintf(`[[door]]
+name = "office"
+host = %q
+sequence = ["udp/7500", "tcp/7600"]
+delay = "20ms"
+`, r.p.Server4))
+	r.start()
+	r.requireClosed(r.p.Client4, r.p.Server4, "before the knock")
+	if out, err := r.postern("knock", "--config", profiles, "--door", "office"); err != nil {
+		t.Fatalf("postern knock --door: %v\n%s", err, out)
+	}
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after knocking the profile").Close()
+}

@@ -71,6 +71,7 @@ func TestRealKnockStartStopCommands(t *testing.T) {
 	r := newRig(t, rigOptions{noSPA: true})
 	conf := r.writeFile("knockd.conf", `[options]
 	LogFile = `+r.dir+`/knockd.log
+	PidFile = `+r.dir+`/knockd.pid
 [opencloseSSH]
 	sequence      = 2222:udp,3333:tcp,4444:udp
 	seq_timeout   = 15
@@ -82,6 +83,7 @@ func TestRealKnockStartStopCommands(t *testing.T) {
 	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\nknockd_file = %q\n", netnstest.Interface, r.dir+"/state", conf))
 	r.dropByDefault()
 	r.start()
+	waitFile(t, r.dir+"/knockd.pid", fmt.Sprintf("%d\n", r.daemon.Process.Pid), time.Second)
 	srv, cli := r.p.Server4, r.p.Client4
 	r.clientRun("knock", srv.String(), "2222:udp", "3333:tcp", "4444:udp")
 	knocked := time.Now()
@@ -91,6 +93,10 @@ func TestRealKnockStartStopCommands(t *testing.T) {
 	r.out.WaitFor(t, time.Second, "msg=\"stop command ran\"", "door=opencloseSSH")
 	waitFile(t, r.dir+"/knockd.log", cli.String()+": opencloseSSH: OPEN SESAME", time.Second)
 	waitFile(t, r.dir+"/knockd.log", cli.String()+": opencloseSSH: Stage 2", time.Second)
+	r.signal(syscall.SIGTERM)
+	if _, err := os.Stat(r.dir + "/knockd.pid"); !os.IsNotExist(err) {
+		t.Fatalf("PidFile left after exit: %v", err)
+	}
 }
 
 // A postern.toml [[door]] with open: a grant with kernel expiry, knocked by

@@ -14,25 +14,78 @@ import (
 	"postern/config"
 )
 
+// Logs are the daemon's logger and its extra outputs.
+type Logs struct {
+	*slog.Logger
+	file    *reopener // knockd LogFile, or nil
+	closers []io.Closer
+}
+
+// Reopen reopens the knockd LogFile (after logrotate moved it; knockd does
+// this on SIGHUP).
+func (l *Logs) Reopen() error {
+	if l.file == nil {
+		return nil
+	}
+	return l.file.reopen()
+}
+
+// Close releases the outputs.
+func (l *Logs) Close() {
+	for _, c := range l.closers {
+		c.Close()
+	}
+}
+
+// reopener is an append-only file that can be reopened under its name.
+type reopener struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+}
+
+func (r *reopener) reopen() error {
+	f, err := os.OpenFile(r.path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	old := r.f
+	r.f = f
+	r.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+func (r *reopener) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.Write(b)
+}
+
+func (r *reopener) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.Close()
+}
+
 // NewLogger returns the daemon's logger: key=value lines on stderr, plus the
 // outputs a knockd.conf asks for (LogFile, UseSyslog), so that whatever
-// watched knockd's log keeps working. close releases them.
-func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (log *slog.Logger, close func(), err error) {
+// watched knockd's log keeps working.
+func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (*Logs, error) {
 	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})}
-	var closers []io.Closer
-	close = func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}
+	logs := &Logs{}
 	if k := cfg.Knockd; k != nil {
 		if k.LogFile != "" {
-			f, err := os.OpenFile(k.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
-			if err != nil {
-				return nil, close, fmt.Errorf("%s: LogFile: %w", k.Path, err)
+			r := &reopener{path: k.LogFile}
+			if err := r.reopen(); err != nil {
+				return nil, fmt.Errorf("%s: LogFile: %w", k.Path, err)
 			}
-			closers = append(closers, f)
-			handlers = append(handlers, &lineHandler{mu: new(sync.Mutex), w: f, stamp: true})
+			logs.file = r
+			logs.closers = append(logs.closers, r)
+			handlers = append(handlers, &lineHandler{mu: new(sync.Mutex), w: r, stamp: true})
 		}
 		if k.UseSyslog {
 			w, err := syslog.New(syslog.LOG_NOTICE|syslog.LOG_USER, "postern")
@@ -41,12 +94,13 @@ func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (log *slo
 				handlers[0].Handle(context.Background(), slog.NewRecord(time.Now(), slog.LevelWarn,
 					"UseSyslog: no syslog daemon; logging to stderr only", 0))
 			} else {
-				closers = append(closers, w)
+				logs.closers = append(logs.closers, w)
 				handlers = append(handlers, &lineHandler{mu: new(sync.Mutex), w: w})
 			}
 		}
 	}
-	return slog.New(slog.NewMultiHandler(handlers...)), close, nil
+	logs.Logger = slog.New(slog.NewMultiHandler(handlers...))
+	return logs, nil
 }
 
 // lineHandler writes knockd's log lines: "[YYYY-MM-DD HH:MM] 198.18.0.2:

@@ -166,16 +166,27 @@ func TestKnockdLogFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "knockd.log")
 	cfg := &config.Config{Knockd: &knock.KnockdConf{LogFile: path}}
 	var stderr bytes.Buffer
-	log, closeLog, err := NewLogger(cfg, &stderr, slog.LevelInfo)
+	log, err := NewLogger(cfg, &stderr, slog.LevelInfo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	log.Info("ready", "interface", "veth0")
 	log.Debug("knock progress", "door", "openSSH", "src", "198.18.0.2", "stage", 1)
 	log.Info("door opened", "door", "openSSH", "src", "198.18.0.2")
+	// logrotate moves the file away and sends SIGHUP: the next line goes
+	// to a new file under the old name.
+	os.Rename(path, path+".1")
+	if err := log.Reopen(); err != nil {
+		t.Fatal(err)
+	}
 	log.Info("start command ran", "door", "openSSH", "src", "198.18.0.2", "command", "iptables -A INPUT -s 198.18.0.2 -j ACCEPT")
-	closeLog()
-	data, _ := os.ReadFile(path)
+	log.Close()
+	rotated, _ := os.ReadFile(path + ".1")
+	current, _ := os.ReadFile(path)
+	data := append(rotated, current...)
+	if !strings.Contains(string(current), "running command") || strings.Contains(string(rotated), "running command") {
+		t.Fatalf("after reopen: rotated\n%s\ncurrent\n%s", rotated, current)
+	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	want := []string{"starting up, listening on veth0", "198.18.0.2: openSSH: Stage 1", "198.18.0.2: openSSH: OPEN SESAME",
 		"openSSH: running command: iptables -A INPUT -s 198.18.0.2 -j ACCEPT"}

@@ -196,11 +196,12 @@ func serve(args []string, stderr io.Writer) error {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	log, closeLog, err := server.NewLogger(cfg, stderr, level)
+	logs, err := server.NewLogger(cfg, stderr, level)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
+	defer logs.Close()
+	log := logs.Logger
 	fw, err := openBackend(cfg)
 	if err != nil {
 		return err
@@ -212,6 +213,20 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP reopens the knockd LogFile, as knockd does for logrotate.
+	// (knockd also re-reads its configuration; postern needs a restart.)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := logs.Reopen(); err != nil {
+				log.Error("SIGHUP: reopening the log file", "err", err)
+			} else {
+				log.Info("SIGHUP: log file reopened; restart postern to reload its configuration")
+			}
+		}
+	}()
 	if err := s.Run(ctx); err != nil {
 		return err
 	}

@@ -1,0 +1,170 @@
+package fko
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// GPG drives the gpg program for fwknop's GnuPG mode. fwknop links gpgme,
+// which itself runs gpg; postern runs gpg directly in the same way (binary
+// OpenPGP on pipes, machine-readable --status-fd lines for the signature),
+// so it needs no cgo and no library beyond the gpg it already requires.
+type GPG struct {
+	Exe     string // default "gpg"
+	HomeDir string // GNUPGHOME; empty: gpg's default
+
+	// Client side.
+	Recipient string // --gpg-recip
+	Signer    string // --gpg-sign; empty: unsigned
+	SignerPW  string // passphrase of the signing key, if it has one
+
+	// Server side.
+	DecryptID string // GPG_DECRYPT_ID
+	DecryptPW string // GPG_DECRYPT_PW; empty with GPG_ALLOW_NO_PW
+}
+
+// GPGSigner is who signed a GnuPG packet, from gpg's status lines.
+type GPGSigner struct {
+	KeyID       string // long key ID (GOODSIG)
+	Fingerprint string // primary key fingerprint (VALIDSIG)
+	Good        bool   // the signature verified
+}
+
+// Matches reports whether the signer is one of ids (GPG_REMOTE_ID: key IDs,
+// compared as suffixes of the fingerprint, as short and long IDs are) or one
+// of fingerprints (GPG_FINGERPRINT_ID).
+func (s *GPGSigner) Matches(ids, fingerprints []string) bool {
+	if s == nil || !s.Good {
+		return false
+	}
+	norm := func(x string) string {
+		return strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(x, "0x"), " ", ""))
+	}
+	for _, id := range ids {
+		id = norm(id)
+		if id == "ANY" || (len(id) >= 8 && (strings.HasSuffix(s.Fingerprint, id) || strings.HasSuffix(s.KeyID, id))) {
+			return true
+		}
+	}
+	for _, fp := range fingerprints {
+		if norm(fp) == s.Fingerprint {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *GPG) run(stdin []byte, passphrase string, args ...string) (stdout, status []byte, err error) {
+	exe := g.Exe
+	if exe == "" {
+		exe = "gpg"
+	}
+	base := []string{"--batch", "--no-tty", "--quiet", "--trust-model", "always", "--status-fd", "2"}
+	if g.HomeDir != "" {
+		base = append(base, "--homedir", g.HomeDir)
+	}
+	var extra []*os.File
+	if passphrase != "" {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		defer r.Close()
+		go func() { w.WriteString(passphrase); w.Close() }()
+		extra = append(extra, r)
+		base = append(base, "--pinentry-mode", "loopback", "--passphrase-fd", "3")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, append(base, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = bytes.NewReader(stdin), &out, &errb, extra
+	err = cmd.Run()
+	return out.Bytes(), errb.Bytes(), err
+}
+
+// encrypt encrypts and (with a signer) signs pt, returning unpadded base64.
+func (g *GPG) encrypt(pt string) (string, error) {
+	if g.Recipient == "" {
+		return "", errors.New("fko: GnuPG needs a recipient (--gpg-recip)")
+	}
+	args := []string{"--encrypt", "--recipient", g.Recipient}
+	if g.Signer != "" {
+		args = append(args, "--sign", "--local-user", g.Signer)
+	}
+	out, status, err := g.run([]byte(pt), g.SignerPW, args...)
+	if err != nil {
+		return "", fmt.Errorf("fko: gpg --encrypt: %v: %s", err, lastLines(status))
+	}
+	text := b64.EncodeToString(out)
+	if !strings.HasPrefix(text, gpgB64Prefix) {
+		// fwknop strips "hQ" unconditionally: only an old-format PKESK
+		// packet of 256+ bytes (an RSA recipient key) survives that.
+		return "", errors.New("fko: the GnuPG message does not start with an old-format public-key packet (\"hQ\"); fwknop needs an RSA recipient key")
+	}
+	return text, nil
+}
+
+// decrypt decrypts base64 text and reports the signer, if any.
+func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
+	raw, err := b64Decode(text)
+	if err != nil {
+		return "", nil, errDecrypt
+	}
+	args := []string{"--decrypt"}
+	if g.DecryptID != "" {
+		args = append(args, "--try-secret-key", g.DecryptID)
+	}
+	out, status, err := g.run(raw, g.DecryptPW, args...)
+	var signer *GPGSigner
+	decrypted := false
+	for _, line := range strings.Split(string(status), "\n") {
+		f := strings.Fields(strings.TrimPrefix(line, "[GNUPG:] "))
+		if !strings.HasPrefix(line, "[GNUPG:] ") || len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "DECRYPTION_OKAY":
+			decrypted = true
+		case "GOODSIG":
+			if signer == nil {
+				signer = &GPGSigner{}
+			}
+			if len(f) > 1 {
+				signer.KeyID = strings.ToUpper(f[1])
+			}
+			signer.Good = true
+		case "VALIDSIG":
+			if signer == nil {
+				signer = &GPGSigner{}
+			}
+			// VALIDSIG <fpr> … <primary-key-fpr> is the last field.
+			if len(f) > 1 {
+				signer.Fingerprint = strings.ToUpper(f[len(f)-1])
+			}
+		case "BADSIG", "ERRSIG", "EXPSIG", "REVKEYSIG":
+			signer = &GPGSigner{Good: false}
+			if len(f) > 1 {
+				signer.KeyID = strings.ToUpper(f[1])
+			}
+		}
+	}
+	if !decrypted || (err != nil && !decrypted) {
+		return "", nil, errDecrypt
+	}
+	return string(out), signer, nil
+}
+
+func lastLines(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = "…" + s[len(s)-300:]
+	}
+	return s
+}

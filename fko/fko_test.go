@@ -3,6 +3,7 @@ package fko
 import (
 	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -40,7 +41,7 @@ func TestReferenceVector(t *testing.T) {
 	if *m != want {
 		t.Fatalf("decoded %+v, want %+v", *m, want)
 	}
-	a, err := ParseAccess(m.Message)
+	a, err := ParseAccessMessage(m.Message)
 	if err != nil || a.Allow.String() != "10.9.9.2" || len(a.Ports) != 1 || a.Ports[0].String() != "tcp/22" {
 		t.Fatalf("access %+v %v", a, err)
 	}
@@ -249,3 +250,5 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -247,9 +247,9 @@ func validUser(u string) error {
 	return nil
 }
 
-// ParseAccess reads an access message "IP,proto/port[,proto/port…]". The
+// ParseAccessMessage reads an access message "IP,proto/port[,proto/port…]". The
 // IP is IPv4 only in FKO 3.0.0.
-func ParseAccess(msg string) (Access, error) {
+func ParseAccessMessage(msg string) (Access, error) {
 	ip, list, ok := strings.Cut(msg, ",")
 	a, err := netip.ParseAddr(ip)
 	if !ok || err != nil || !a.Is4() {
@@ -267,8 +267,8 @@ func ParseAccess(msg string) (Access, error) {
 	return out, nil
 }
 
-// ParseCommand reads a command message "IP,command".
-func ParseCommand(msg string) (netip.Addr, string, error) {
+// ParseCommandMessage reads a command message "IP,command".
+func ParseCommandMessage(msg string) (netip.Addr, string, error) {
 	ip, cmd, ok := strings.Cut(msg, ",")
 	a, err := netip.ParseAddr(ip)
 	if !ok || err != nil || !a.Is4() || cmd == "" {

@@ -1,0 +1,507 @@
+package fko
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"postern/port"
+)
+
+// Stanza is one access.conf stanza: who may knock with which keys, and what
+// they may open.
+type Stanza struct {
+	File string
+	Line int // the SOURCE line that starts it
+
+	Source      []netip.Prefix
+	Destination []netip.Prefix // nil: any
+	OpenPorts   []port.Spec    // nil: any port not restricted
+	Restrict    []port.Spec
+
+	Rijndael *Keys // nil: no KEY in the stanza
+	GPG      *Keys // nil: no GnuPG in the stanza
+
+	FWAccessTimeout int // seconds, when the client asks for none
+	MaxFWTimeout    int // cap on the client's timeout
+	RequireSource   bool
+	RequireUsername string
+	AccessExpire    time.Time // zero: never
+
+	CmdCycleOpen, CmdCycleClose string // "" and "NONE": no close command
+	CmdCycleTimer               int
+
+	EnableCmdExec bool
+	CmdExecUser   string
+	CmdExecGroup  string
+
+	GPGRequireSig     bool
+	GPGIgnoreSigError bool
+	GPGRemoteIDs      []string
+	GPGFingerprints   []string
+}
+
+// fwknopd's defaults.
+const (
+	DefaultFWAccessTimeout = 30
+	DefaultMaxFWTimeout    = 300
+)
+
+// Matches reports whether a packet from src to dst may use this stanza now.
+func (s *Stanza) Matches(src, dst netip.Addr, now time.Time) bool {
+	if !s.AccessExpire.IsZero() && now.After(s.AccessExpire) {
+		return false
+	}
+	in := func(ps []netip.Prefix, a netip.Addr) bool {
+		for _, p := range ps {
+			if p.Contains(a.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
+	return in(s.Source, src) && (s.Destination == nil || in(s.Destination, dst))
+}
+
+// PortAllowed applies OPEN_PORTS and RESTRICT_PORTS.
+func (s *Stanza) PortAllowed(p port.Spec) bool {
+	for _, r := range s.Restrict {
+		if r == p {
+			return false
+		}
+	}
+	if s.OpenPorts == nil {
+		return true
+	}
+	for _, o := range s.OpenPorts {
+		if o == p {
+			return true
+		}
+	}
+	return false
+}
+
+// AccessError is an access.conf problem at a line.
+type AccessError struct {
+	File    string
+	Line    int
+	Keyword string
+	Msg     string
+}
+
+func (e *AccessError) Error() string {
+	if e.Keyword == "" {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Keyword, e.Msg)
+}
+
+// ReadAccess reads an access.conf, following %include and %include_folder.
+// Every keyword postern does not support is an error naming it: silently
+// ignoring, say, FORCE_NAT would open something other than what the
+// administrator asked for.
+func ReadAccess(path string) ([]*Stanza, error) {
+	r := &accessReader{seen: map[string]bool{}}
+	if err := r.file(path, 0); err != nil {
+		return nil, err
+	}
+	if err := r.finish(); err != nil {
+		return nil, err
+	}
+	if len(r.stanzas) == 0 {
+		return nil, &AccessError{File: path, Line: 1, Msg: "no SOURCE stanza"}
+	}
+	return r.stanzas, nil
+}
+
+// ParseAccessConf reads access.conf text (includes are relative to the
+// directory of path).
+func ParseAccessConf(path string, data []byte) ([]*Stanza, error) {
+	r := &accessReader{seen: map[string]bool{path: true}}
+	if err := r.text(path, data, 0); err != nil {
+		return nil, err
+	}
+	if err := r.finish(); err != nil {
+		return nil, err
+	}
+	if len(r.stanzas) == 0 {
+		return nil, &AccessError{File: path, Line: 1, Msg: "no SOURCE stanza"}
+	}
+	return r.stanzas, nil
+}
+
+type accessReader struct {
+	seen    map[string]bool
+	stanzas []*Stanza
+	cur     *Stanza
+	raw     map[string]rawValue // the current stanza's keywords
+}
+
+type rawValue struct {
+	value string
+	line  int
+	file  string
+}
+
+func (r *accessReader) file(path string, depth int) error {
+	if depth > 8 {
+		return fmt.Errorf("%s: %%include nested too deep", path)
+	}
+	abs, _ := filepath.Abs(path)
+	if r.seen[abs] {
+		return fmt.Errorf("%s: included twice", path)
+	}
+	r.seen[abs] = true
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return r.text(path, data, depth)
+}
+
+// supported keywords of a stanza; every other keyword is refused by name.
+var stanzaKeywords = map[string]bool{
+	"DESTINATION": true, "OPEN_PORTS": true, "RESTRICT_PORTS": true, "KEY": true, "KEY_BASE64": true,
+	"HMAC_KEY": true, "HMAC_KEY_BASE64": true, "HMAC_DIGEST_TYPE": true, "ENCRYPTION_MODE": true,
+	"FW_ACCESS_TIMEOUT": true, "MAX_FW_TIMEOUT": true, "REQUIRE_SOURCE_ADDRESS": true, "REQUIRE_SOURCE": true,
+	"REQUIRE_USERNAME": true, "ACCESS_EXPIRE": true, "ACCESS_EXPIRE_EPOCH": true,
+	"CMD_CYCLE_OPEN": true, "CMD_CYCLE_CLOSE": true, "CMD_CYCLE_TIMER": true,
+	"ENABLE_CMD_EXEC": true, "CMD_EXEC_USER": true, "CMD_EXEC_GROUP": true,
+	"GPG_HOME_DIR": true, "GPG_EXE": true, "GPG_DECRYPT_ID": true, "GPG_DECRYPT_PW": true, "GPG_ALLOW_NO_PW": true,
+	"GPG_REQUIRE_SIG": true, "GPG_DISABLE_SIG": true, "GPG_IGNORE_SIG_VERIFY_ERROR": true,
+	"GPG_REMOTE_ID": true, "GPG_FINGERPRINT_ID": true,
+}
+
+// known but not supported, with the reason given to the administrator.
+var unsupportedKeywords = map[string]string{
+	"FORCE_NAT":            "NAT is not supported by postern's firewall backends",
+	"FORCE_SNAT":           "NAT is not supported by postern's firewall backends",
+	"FORCE_MASQUERADE":     "NAT is not supported by postern's firewall backends",
+	"DISABLE_DNAT":         "NAT is not supported by postern's firewall backends",
+	"FORWARD_ALL":          "forwarding (SPA gateway mode) is not supported",
+	"ENABLE_CMD_SUDO_EXEC": "use CMD_EXEC_USER / CMD_EXEC_GROUP instead of sudo",
+	"CMD_SUDO_EXEC_USER":   "use CMD_EXEC_USER instead of sudo",
+	"CMD_SUDO_EXEC_GROUP":  "use CMD_EXEC_GROUP instead of sudo",
+	"GPG_ALLOW_NO_SIG":     "not a fwknop 2.6 keyword",
+}
+
+func (r *accessReader) text(path string, data []byte, depth int) error {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		kw, value, _ := strings.Cut(line, " ")
+		if i := strings.IndexAny(kw, "\t"); i >= 0 {
+			kw, value = line[:i], line[i+1:]
+		}
+		value = strings.TrimSpace(value)
+		kwU := strings.ToUpper(kw)
+		fail := func(format string, args ...any) error {
+			return &AccessError{File: path, Line: n, Keyword: kw, Msg: fmt.Sprintf(format, args...)}
+		}
+		switch {
+		case kwU == "%INCLUDE":
+			if err := r.file(r.rel(path, value), depth+1); err != nil {
+				return fail("%v", err)
+			}
+			continue
+		case kwU == "%INCLUDE_FOLDER":
+			dir := r.rel(path, value)
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				return fail("%v", err)
+			}
+			var names []string
+			for _, e := range entries {
+				if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+					names = append(names, e.Name())
+				}
+			}
+			sort.Strings(names)
+			for _, name := range names {
+				if err := r.file(filepath.Join(dir, name), depth+1); err != nil {
+					return fail("%v", err)
+				}
+			}
+			continue
+		case kwU == "SOURCE":
+			if err := r.finish(); err != nil {
+				return err
+			}
+			r.cur = &Stanza{File: path, Line: n}
+			r.raw = map[string]rawValue{"SOURCE": {value, n, path}}
+			continue
+		case strings.HasPrefix(kwU, "%"):
+			return fail("unsupported directive")
+		}
+		if why, known := unsupportedKeywords[kwU]; known {
+			return fail("not supported: %s", why)
+		}
+		if !stanzaKeywords[kwU] {
+			return fail("unknown or unsupported access.conf keyword")
+		}
+		if r.cur == nil {
+			return fail("keyword before the first SOURCE")
+		}
+		if value == "" {
+			return fail("needs a value")
+		}
+		r.raw[kwU] = rawValue{value, n, path}
+	}
+	return sc.Err()
+}
+
+func (r *accessReader) rel(from, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(from), p)
+}
+
+// finish validates the current stanza.
+func (r *accessReader) finish() error {
+	s, raw := r.cur, r.raw
+	if s == nil {
+		return nil
+	}
+	r.cur = nil
+	fail := func(kw, format string, args ...any) error {
+		v := raw[kw]
+		if v.line == 0 {
+			v = raw["SOURCE"]
+			kw = "SOURCE"
+		}
+		return &AccessError{File: v.file, Line: v.line, Keyword: kw, Msg: fmt.Sprintf(format, args...)}
+	}
+	yes := func(kw string, def bool) (bool, error) {
+		v, ok := raw[kw]
+		if !ok {
+			return def, nil
+		}
+		switch strings.ToUpper(v.value) {
+		case "Y", "YES":
+			return true, nil
+		case "N", "NO":
+			return false, nil
+		}
+		return false, fail(kw, "%q: want Y or N", v.value)
+	}
+	prefixes := func(kw string) ([]netip.Prefix, error) {
+		var out []netip.Prefix
+		for _, f := range strings.Split(raw[kw].value, ",") {
+			f = strings.TrimSpace(f)
+			if strings.EqualFold(f, "ANY") {
+				out = append(out, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
+				continue
+			}
+			if p, err := netip.ParsePrefix(f); err == nil {
+				out = append(out, p.Masked())
+				continue
+			}
+			a, err := netip.ParseAddr(f)
+			if err != nil {
+				return nil, fail(kw, "%q is not an address, CIDR block or ANY", f)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+		return out, nil
+	}
+	ports := func(kw string) ([]port.Spec, error) {
+		var out []port.Spec
+		for _, f := range strings.Split(raw[kw].value, ",") {
+			p, err := port.Parse(f)
+			if err != nil || (p.Proto != port.TCP && p.Proto != port.UDP) {
+				return nil, fail(kw, "%q: want tcp/PORT or udp/PORT", strings.TrimSpace(f))
+			}
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	seconds := func(kw string, def int) (int, error) {
+		v, ok := raw[kw]
+		if !ok {
+			return def, nil
+		}
+		n, err := strconv.Atoi(v.value)
+		if err != nil || n < 1 || n > 1<<24 {
+			return 0, fail(kw, "%q: want a number of seconds", v.value)
+		}
+		return n, nil
+	}
+	var err error
+	if s.Source, err = prefixes("SOURCE"); err != nil {
+		return err
+	}
+	if _, ok := raw["DESTINATION"]; ok {
+		if s.Destination, err = prefixes("DESTINATION"); err != nil {
+			return err
+		}
+	}
+	if _, ok := raw["OPEN_PORTS"]; ok {
+		if s.OpenPorts, err = ports("OPEN_PORTS"); err != nil {
+			return err
+		}
+	}
+	if _, ok := raw["RESTRICT_PORTS"]; ok {
+		if s.Restrict, err = ports("RESTRICT_PORTS"); err != nil {
+			return err
+		}
+	}
+	key, keyKW, err := keyValue(raw, "KEY", "KEY_BASE64", fail)
+	if err != nil {
+		return err
+	}
+	hkey, hkeyKW, err := keyValue(raw, "HMAC_KEY", "HMAC_KEY_BASE64", fail)
+	if err != nil {
+		return err
+	}
+	if len(key) > maxRijndaelKey {
+		return fail(keyKW, "a Rijndael key is at most %d bytes", maxRijndaelKey)
+	}
+	if len(hkey) > 136 {
+		return fail(hkeyKW, "an HMAC key is at most 136 bytes")
+	}
+	if key != nil && hkey != nil && bytes.Equal(key, hkey) {
+		return fail(hkeyKW, "the HMAC key must differ from the encryption key")
+	}
+	htype := SHA256
+	if v, ok := raw["HMAC_DIGEST_TYPE"]; ok {
+		if htype, err = ParseDigestType(v.value); err != nil {
+			return fail("HMAC_DIGEST_TYPE", "%v", err)
+		}
+	}
+	mode := CBC
+	if v, ok := raw["ENCRYPTION_MODE"]; ok {
+		if mode, err = ParseMode(v.value); err != nil {
+			return fail("ENCRYPTION_MODE", "%v", err)
+		}
+	}
+	if key != nil {
+		s.Rijndael = &Keys{Key: key, Mode: mode, HMACKey: hkey, HMACType: htype}
+	}
+	if v, ok := raw["GPG_DECRYPT_ID"]; ok {
+		g := &GPG{DecryptID: v.value, HomeDir: raw["GPG_HOME_DIR"].value, Exe: raw["GPG_EXE"].value,
+			DecryptPW: raw["GPG_DECRYPT_PW"].value}
+		noPW, err := yes("GPG_ALLOW_NO_PW", false)
+		if err != nil {
+			return err
+		}
+		if g.DecryptPW == "" && !noPW {
+			return fail("GPG_DECRYPT_ID", "needs GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y")
+		}
+		s.GPG = &Keys{GPG: g, HMACKey: hkey, HMACType: htype}
+		disable, err := yes("GPG_DISABLE_SIG", false)
+		if err != nil {
+			return err
+		}
+		if s.GPGRequireSig, err = yes("GPG_REQUIRE_SIG", !disable); err != nil {
+			return err
+		}
+		if s.GPGIgnoreSigError, err = yes("GPG_IGNORE_SIG_VERIFY_ERROR", false); err != nil {
+			return err
+		}
+		if v, ok := raw["GPG_REMOTE_ID"]; ok {
+			s.GPGRemoteIDs = splitList(v.value)
+		}
+		if v, ok := raw["GPG_FINGERPRINT_ID"]; ok {
+			s.GPGFingerprints = splitList(v.value)
+		}
+		if s.GPGRequireSig && len(s.GPGRemoteIDs) == 0 && len(s.GPGFingerprints) == 0 {
+			return fail("GPG_DECRYPT_ID", "signatures are required: name the signers with GPG_REMOTE_ID or GPG_FINGERPRINT_ID (or GPG_REQUIRE_SIG N)")
+		}
+	} else {
+		for _, kw := range []string{"GPG_HOME_DIR", "GPG_DECRYPT_PW", "GPG_REMOTE_ID", "GPG_FINGERPRINT_ID", "GPG_REQUIRE_SIG"} {
+			if _, ok := raw[kw]; ok {
+				return fail(kw, "needs GPG_DECRYPT_ID in the same stanza")
+			}
+		}
+	}
+	if s.Rijndael == nil && s.GPG == nil {
+		return fail("SOURCE", "stanza has no KEY, KEY_BASE64 or GPG_DECRYPT_ID")
+	}
+	if s.FWAccessTimeout, err = seconds("FW_ACCESS_TIMEOUT", DefaultFWAccessTimeout); err != nil {
+		return err
+	}
+	if s.MaxFWTimeout, err = seconds("MAX_FW_TIMEOUT", DefaultMaxFWTimeout); err != nil {
+		return err
+	}
+	if v, ok := raw["REQUIRE_SOURCE"]; ok {
+		raw["REQUIRE_SOURCE_ADDRESS"] = v
+	}
+	if s.RequireSource, err = yes("REQUIRE_SOURCE_ADDRESS", false); err != nil {
+		return err
+	}
+	s.RequireUsername = raw["REQUIRE_USERNAME"].value
+	if v, ok := raw["ACCESS_EXPIRE"]; ok {
+		t, err := time.ParseInLocation("01/02/2006", v.value, time.Local)
+		if err != nil {
+			return fail("ACCESS_EXPIRE", "%q: want MM/DD/YYYY", v.value)
+		}
+		s.AccessExpire = t
+	}
+	if v, ok := raw["ACCESS_EXPIRE_EPOCH"]; ok {
+		n, err := strconv.ParseInt(v.value, 10, 64)
+		if err != nil {
+			return fail("ACCESS_EXPIRE_EPOCH", "%q: want seconds since 1970", v.value)
+		}
+		s.AccessExpire = time.Unix(n, 0)
+	}
+	s.CmdCycleOpen, s.CmdCycleClose = raw["CMD_CYCLE_OPEN"].value, raw["CMD_CYCLE_CLOSE"].value
+	if strings.EqualFold(s.CmdCycleClose, "NONE") {
+		s.CmdCycleClose = ""
+	}
+	if s.CmdCycleTimer, err = seconds("CMD_CYCLE_TIMER", 0); err != nil {
+		return err
+	}
+	if (s.CmdCycleOpen == "") != (raw["CMD_CYCLE_CLOSE"].value == "") {
+		return fail("CMD_CYCLE_OPEN", "CMD_CYCLE_OPEN and CMD_CYCLE_CLOSE go together (CLOSE may be NONE)")
+	}
+	if s.CmdCycleClose != "" && s.CmdCycleTimer == 0 {
+		return fail("CMD_CYCLE_CLOSE", "needs CMD_CYCLE_TIMER")
+	}
+	if s.EnableCmdExec, err = yes("ENABLE_CMD_EXEC", false); err != nil {
+		return err
+	}
+	s.CmdExecUser, s.CmdExecGroup = raw["CMD_EXEC_USER"].value, raw["CMD_EXEC_GROUP"].value
+	r.stanzas = append(r.stanzas, s)
+	return nil
+}
+
+func keyValue(raw map[string]rawValue, plain, b64kw string, fail func(string, string, ...any) error) ([]byte, string, error) {
+	p, hasP := raw[plain]
+	b, hasB := raw[b64kw]
+	switch {
+	case hasP && hasB:
+		return nil, b64kw, fail(b64kw, "give %s or %s, not both", plain, b64kw)
+	case hasP:
+		return []byte(p.value), plain, nil
+	case hasB:
+		k, err := base64.StdEncoding.DecodeString(b.value)
+		if err != nil || len(k) == 0 {
+			return nil, b64kw, fail(b64kw, "not valid base64")
+		}
+		return k, b64kw, nil
+	}
+	return nil, "", nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -1,0 +1,115 @@
+package fko
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"postern/port"
+)
+
+func TestReadAccess(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "more.conf"), []byte(`
+SOURCE              198.18.0.0/16
+KEY                 fwknoptest
+HMAC_KEY            hmactest
+HMAC_DIGEST_TYPE    sha512
+ENCRYPTION_MODE     legacy
+REQUIRE_SOURCE_ADDRESS Y
+REQUIRE_USERNAME    alice
+ACCESS_EXPIRE_EPOCH 1900000000
+ENABLE_CMD_EXEC     Y
+CMD_EXEC_USER       nobody
+`), 0o600)
+	main := filepath.Join(dir, "access.conf")
+	os.WriteFile(main, []byte(`# fwknopd access.conf
+SOURCE              ANY
+DESTINATION         198.18.0.1, 2001:db8::1
+OPEN_PORTS          tcp/22, udp/53
+RESTRICT_PORTS      tcp/23
+KEY_BASE64          abeUA3RQC9+ZENW7owAnS7mmgxFydWUH2LsmiAJv0t4=
+HMAC_KEY_BASE64     EIxOxaa/ti/KNGPEQx315I9GhXGtEmjvyPtQYXWJWMrt0vqGcdTU5fpV+e4Ol8kMLcF1E6KY3Y9rqzM7Ww/6Ig==
+FW_ACCESS_TIMEOUT   10
+MAX_FW_TIMEOUT      60
+CMD_CYCLE_OPEN      /usr/sbin/ipset add allow $IP,$PROTO:$PORT timeout $TIMEOUT
+CMD_CYCLE_CLOSE     NONE
+
+%include more.conf
+`), 0o600)
+	ss, err := ReadAccess(main)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 2 {
+		t.Fatalf("%d stanzas", len(ss))
+	}
+	a, b := ss[0], ss[1]
+	if len(a.Source) != 2 || len(a.Destination) != 2 || len(a.OpenPorts) != 2 || a.FWAccessTimeout != 10 ||
+		a.MaxFWTimeout != 60 || a.Rijndael == nil || a.Rijndael.HMACType != SHA256 || a.CmdCycleClose != "" || a.CmdCycleOpen == "" {
+		t.Fatalf("first stanza %+v", a)
+	}
+	if a.PortAllowed(port.Spec{Proto: port.TCP, Num: 23}) || !a.PortAllowed(port.Spec{Proto: port.UDP, Num: 53}) ||
+		a.PortAllowed(port.Spec{Proto: port.TCP, Num: 80}) {
+		t.Fatal("OPEN_PORTS / RESTRICT_PORTS")
+	}
+	if b.Line != 2 || !strings.HasSuffix(b.File, "more.conf") || b.Rijndael.Mode != LegacyCBC || b.Rijndael.HMACType != SHA512 ||
+		!b.RequireSource || b.RequireUsername != "alice" || !b.EnableCmdExec || b.CmdExecUser != "nobody" ||
+		b.FWAccessTimeout != DefaultFWAccessTimeout || b.OpenPorts != nil {
+		t.Fatalf("included stanza %+v", b)
+	}
+	src, dst := mustAddr("198.18.0.2"), mustAddr("198.18.0.1")
+	if !a.Matches(src, dst, time.Now()) || a.Matches(src, mustAddr("198.18.0.9"), time.Now()) {
+		t.Fatal("DESTINATION")
+	}
+	if !b.Matches(src, dst, time.Unix(1_800_000_000, 0)) || b.Matches(src, dst, time.Unix(1_900_000_001, 0)) ||
+		b.Matches(mustAddr("203.0.113.1"), dst, time.Unix(1_800_000_000, 0)) {
+		t.Fatal("SOURCE / ACCESS_EXPIRE_EPOCH")
+	}
+}
+
+func TestAccessErrors(t *testing.T) {
+	for _, tt := range []struct{ name, conf, want string }{
+		{"bad unknown keyword", "SOURCE ANY\nKEY k\nOPEN_PORT tcp/22\n", "a.conf:3: OPEN_PORT: unknown or unsupported"},
+		{"bad unsupported NAT", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2 22\n", "a.conf:3: FORCE_NAT: not supported: NAT"},
+		{"bad same keys", "SOURCE ANY\nKEY same\nHMAC_KEY same\n", "a.conf:3: HMAC_KEY: the HMAC key must differ"},
+		{"bad no key", "SOURCE ANY\nOPEN_PORTS tcp/22\n", "a.conf:1: SOURCE: stanza has no KEY"},
+		{"bad port", "SOURCE ANY\nKEY k\nOPEN_PORTS tcp/99999\n", "a.conf:3: OPEN_PORTS"},
+		{"bad source", "SOURCE nowhere\nKEY k\n", "a.conf:1: SOURCE"},
+		{"bad digest", "SOURCE ANY\nKEY k\nHMAC_DIGEST_TYPE sha999\n", "a.conf:3: HMAC_DIGEST_TYPE"},
+		{"bad mode", "SOURCE ANY\nKEY k\nENCRYPTION_MODE ecb\n", "a.conf:3: ENCRYPTION_MODE: encryption mode \"ecb\" is not supported"},
+		{"bad before source", "KEY k\nSOURCE ANY\n", "a.conf:1: KEY: keyword before the first SOURCE"},
+		{"bad long key", "SOURCE ANY\nKEY 012345678901234567890123456789012\n", "a.conf:2: KEY: a Rijndael key is at most 32 bytes"},
+		{"bad gpg without signer", "SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nGPG_ALLOW_NO_PW Y\n", "a.conf:2: GPG_DECRYPT_ID: signatures are required"},
+		{"bad empty", "# nothing\n", "no SOURCE stanza"},
+		{"bad missing include", "SOURCE ANY\nKEY k\n%include /nonexistent/x.conf\n", "a.conf:3: %include"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseAccessConf("a.conf", []byte(tt.conf))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzAccessConf(f *testing.F) {
+	f.Add([]byte("SOURCE ANY\nKEY_BASE64 abeUA3RQC9+ZENW7owAnS7mmgxFydWUH2LsmiAJv0t4=\nHMAC_KEY_BASE64 EIxOxaa/ti/KNGPEQx315I9GhXGtEmjvyPtQYXWJWMrt0vqGcdTU5fpV+e4Ol8kMLcF1E6KY3Y9rqzM7Ww/6Ig==\nOPEN_PORTS tcp/22\n"))
+	f.Add([]byte("SOURCE 10.0.0.0/8, ::1\nGPG_DECRYPT_ID X\nGPG_DECRYPT_PW y\nGPG_REMOTE_ID Z\nACCESS_EXPIRE 12/31/2030\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ss, err := ParseAccessConf("f.conf", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.conf") {
+				t.Fatalf("error without file: %v", err)
+			}
+			return
+		}
+		for _, s := range ss {
+			if s.Rijndael == nil && s.GPG == nil {
+				t.Fatal("stanza without keys accepted")
+			}
+		}
+	})
+}

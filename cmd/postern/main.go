@@ -36,6 +36,7 @@ Usage:
   postern check-config -c FILE        validate a configuration; touches nothing
   postern knock [flags] HOST          send one SPA knock (postern knock -h for flags)
   postern knock HOST PORT[:proto]…    send a port-knock sequence, as knock(1)
+  postern fwknop [fwknop options]     knock like the fwknop client (reads ~/.fwknoprc)
   postern status                      list live grants
   postern cleanup                     remove everything postern installed in the firewall
 `
@@ -75,6 +76,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return checkConfig(args, stdout, stderr)
 	case "knock":
 		return knockCmd(args, stdout, stderr)
+	case "fwknop":
+		return fwknopCmd(args, stdout, stderr)
 	case "status":
 		return status(stdout)
 	case "cleanup":
@@ -463,4 +466,73 @@ func cleanup(stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "removed table inet %s\n", firewall.TableName)
 	return nil
+}
+
+const fwknopUsage = `Usage: postern fwknop [options]   (fwknop's own options; ~/.fwknoprc stanzas are read)
+  -A, --access proto/port[,…]     what to open             -a, --allow-ip ADDR   address to open it for
+  -s, --source-ip                 "use the packet source"   -D, --destination HOST the fwknopd server
+  -p, --server-port PORT          (62201)                   -P, --server-proto udp
+  -f, --fw-timeout SECONDS        ask for this long          -N, --nat-access HOST:PORT
+  -C, --server-cmd CMD            a command message          -U, --spoof-user NAME
+  -n, --named-config STANZA       a .fwknoprc stanza         --rc-file FILE, --no-rc-file
+  --key-rijndael KEY, --key-base64-rijndael KEY, --key-hmac KEY, --key-base64-hmac KEY, --use-hmac
+  --hmac-digest-type md5|sha1|sha256|sha384|sha512|sha3_256|sha3_512, -m/--digest-type TYPE, -M/--encryption-mode cbc|legacy
+  --gpg-recipient ID, --gpg-signer ID, --gpg-home-dir DIR
+  --time-offset-plus T, --time-offset-minus T
+  -T, --test (build and check, send nothing)   -v, --verbose   -B, --save-packet FILE
+  -k, --key-gen (print new keys)               -K, --key-gen-file FILE
+`
+
+func fwknopCmd(args []string, stdout, stderr io.Writer) error {
+	req, err := client.ParseFwknopArgs(args)
+	if err != nil {
+		fmt.Fprint(stderr, fwknopUsage)
+		return errUsage{err}
+	}
+	switch {
+	case req.Help:
+		fmt.Fprint(stdout, fwknopUsage)
+		return nil
+	case req.KeyGen:
+		keys, err := client.FwknopKeyGen()
+		if err != nil {
+			return err
+		}
+		if req.KeyGenOut != "" {
+			if err := os.WriteFile(req.KeyGenOut, []byte(keys), 0o600); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "[+] Wrote Rijndael and HMAC keys to: %s\n", req.KeyGenOut)
+			return nil
+		}
+		fmt.Fprint(stdout, keys)
+		return nil
+	}
+	settings, err := req.Resolve()
+	if err != nil {
+		return err
+	}
+	pkt, keys, err := client.BuildFwknop(settings, time.Now())
+	if err != nil {
+		return err
+	}
+	if req.Verbose || req.Test {
+		client.PrintFwknop(stdout, pkt, keys)
+	}
+	if req.SaveFile != "" {
+		if err := os.WriteFile(req.SaveFile, []byte(pkt.Wire+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	if req.Test {
+		// Decode our own packet, as fwknop -T does.
+		if _, _, err := keys.Open(pkt.Wire); err != nil {
+			return fmt.Errorf("self-check of the packet failed: %w", err)
+		}
+		fmt.Fprintln(stdout, "test mode: packet built and decoded, not sent")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return client.SendFwknop(ctx, pkt)
 }

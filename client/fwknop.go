@@ -1,0 +1,468 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"postern/fko"
+)
+
+// FwknopSettings are fwknop client settings keyed by the .fwknoprc variable
+// names (ACCESS, SPA_SERVER, KEY_BASE64, …), whatever they came from.
+type FwknopSettings map[string]fko.RCValue
+
+// FwknopRequest is what the command line asked for beyond the settings.
+type FwknopRequest struct {
+	Settings  FwknopSettings
+	RCFile    string // "" with --no-rc-file
+	Stanza    string // -n
+	Test      bool   // -T: build and check, send nothing
+	Verbose   bool
+	KeyGen    bool   // -k
+	KeyGenOut string // -K FILE
+	SaveFile  string // -B FILE
+	Help      bool
+}
+
+// fwknop's options: short and long spellings, whether they take a value,
+// and the rc variable they set ("" for the ones handled directly).
+var fwknopOpts = []struct {
+	short, long string
+	arg         bool
+	rcVar       string
+}{
+	{"A", "access", true, "ACCESS"},
+	{"a", "allow-ip", true, "ALLOW_IP"},
+	{"s", "source-ip", false, "ALLOW_IP=source"},
+	{"D", "destination", true, "SPA_SERVER"},
+	{"p", "server-port", true, "SPA_SERVER_PORT"},
+	{"P", "server-proto", true, "SPA_SERVER_PROTO"},
+	{"f", "fw-timeout", true, "FW_TIMEOUT"},
+	{"N", "nat-access", true, "NAT_ACCESS"},
+	{"C", "server-cmd", true, "SERVER_CMD"},
+	{"U", "spoof-user", true, "SPOOF_USER"},
+	{"m", "digest-type", true, "DIGEST_TYPE"},
+	{"M", "encryption-mode", true, "ENCRYPTION_MODE"},
+	{"", "key-rijndael", true, "KEY"},
+	{"", "key-base64-rijndael", true, "KEY_BASE64"},
+	{"", "key-hmac", true, "HMAC_KEY"},
+	{"", "key-base64-hmac", true, "HMAC_KEY_BASE64"},
+	{"", "use-hmac", false, "USE_HMAC=Y"},
+	{"", "hmac-digest-type", true, "HMAC_DIGEST_TYPE"},
+	{"", "gpg-recipient", true, "GPG_RECIPIENT"},
+	{"", "gpg-recip", true, "GPG_RECIPIENT"},
+	{"", "gpg-signer", true, "GPG_SIGNER"},
+	{"", "gpg-sign", true, "GPG_SIGNER"},
+	{"", "gpg-home-dir", true, "GPG_HOMEDIR"},
+	{"", "time-offset-plus", true, "TIME_OFFSET+"},
+	{"", "time-offset-minus", true, "TIME_OFFSET-"},
+	{"n", "named-config", true, ""},
+	{"", "rc-file", true, ""},
+	{"", "no-rc-file", false, ""},
+	{"", "no-save-args", false, ""},
+	{"T", "test", false, ""},
+	{"v", "verbose", false, ""},
+	{"k", "key-gen", false, ""},
+	{"K", "key-gen-file", true, ""},
+	{"B", "save-packet", true, ""},
+	{"h", "help", false, ""},
+}
+
+// ParseFwknopArgs reads fwknop's command line (getopt_long style: "-A x",
+// "-Ax", "--access x", "--access=x").
+func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
+	r := &FwknopRequest{Settings: FwknopSettings{}}
+	if home, err := os.UserHomeDir(); err == nil {
+		r.RCFile = filepath.Join(home, ".fwknoprc")
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		var name, value string
+		hasValue := false
+		switch {
+		case strings.HasPrefix(a, "--"):
+			name, value, hasValue = strings.Cut(a[2:], "=")
+		case strings.HasPrefix(a, "-") && len(a) >= 2:
+			name = a[1:2]
+			if len(a) > 2 {
+				value, hasValue = a[2:], true
+			}
+		default:
+			return nil, fmt.Errorf("unexpected argument %q", a)
+		}
+		found := false
+		for _, o := range fwknopOpts {
+			if name != o.short && name != o.long {
+				continue
+			}
+			found = true
+			if o.arg && !hasValue {
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("option %s needs a value", a)
+				}
+				i++
+				value = args[i]
+			} else if !o.arg && hasValue {
+				if len(name) == 1 {
+					return nil, fmt.Errorf("option -%s takes no value (combined short options are not supported)", name)
+				}
+				return nil, fmt.Errorf("option --%s takes no value", name)
+			}
+			cli := fko.RCValue{Value: value, File: "command line"}
+			switch {
+			case o.rcVar == "ALLOW_IP=source":
+				cli.Value = "source"
+				r.Settings["ALLOW_IP"] = cli
+			case o.rcVar == "USE_HMAC=Y":
+				cli.Value = "Y"
+				r.Settings["USE_HMAC"] = cli
+			case o.rcVar == "TIME_OFFSET+" || o.rcVar == "TIME_OFFSET-":
+				if o.rcVar == "TIME_OFFSET-" {
+					cli.Value = "-" + value
+				}
+				r.Settings["TIME_OFFSET"] = cli
+			case o.rcVar != "":
+				r.Settings[o.rcVar] = cli
+			case o.long == "named-config":
+				r.Stanza = value
+			case o.long == "rc-file":
+				r.RCFile = value
+			case o.long == "no-rc-file":
+				r.RCFile = ""
+			case o.long == "test":
+				r.Test = true
+			case o.long == "verbose":
+				r.Verbose = true
+			case o.long == "key-gen":
+				r.KeyGen = true
+			case o.long == "key-gen-file":
+				r.KeyGen, r.KeyGenOut = true, value
+			case o.long == "save-packet":
+				r.SaveFile = value
+			case o.long == "help":
+				r.Help = true
+			}
+			break
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown or unsupported fwknop option %q", a)
+		}
+	}
+	return r, nil
+}
+
+// Resolve layers the settings: [default] from the rc file, then the named
+// stanza, then the command line. A key given in one form replaces the other
+// form from a lower layer.
+func (r *FwknopRequest) Resolve() (FwknopSettings, error) {
+	out := FwknopSettings{}
+	apply := func(layer map[string]fko.RCValue) {
+		for k, v := range layer {
+			for _, pair := range [][2]string{{"KEY", "KEY_BASE64"}, {"HMAC_KEY", "HMAC_KEY_BASE64"}} {
+				if k == pair[0] {
+					delete(out, pair[1])
+				} else if k == pair[1] {
+					delete(out, pair[0])
+				}
+			}
+			out[k] = v
+		}
+	}
+	if r.RCFile != "" {
+		rc, err := fko.ReadRC(r.RCFile)
+		switch {
+		case err == nil:
+			apply(rc["default"])
+			if r.Stanza != "" {
+				st, ok := rc[r.Stanza]
+				if !ok {
+					return nil, fmt.Errorf("%s: no stanza [%s]", r.RCFile, r.Stanza)
+				}
+				apply(st)
+			}
+		case errors.Is(err, os.ErrNotExist) && r.Stanza == "":
+		default:
+			return nil, err
+		}
+	} else if r.Stanza != "" {
+		return nil, errors.New("-n needs an rc file")
+	}
+	apply(r.Settings)
+	return out, nil
+}
+
+// rc variables that only matter for features postern's client leaves out;
+// setting them to anything but their harmless value is an error, so that a
+// stanza never silently does something else than it says.
+var fwknopUnsupported = map[string]string{
+	"RESOLVE_IP_HTTPS": "N", "RESOLVE_HTTP_ONLY": "N", "NAT_LOCAL": "N", "NAT_RAND_PORT": "N", "RAND_PORT": "N",
+	"SPOOF_SOURCE_IP": "", "NAT_PORT": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
+	"USE_GPG_AGENT": "N", "GPG_SIGNING_PW": "", "GPG_SIGNING_PW_BASE64": "",
+}
+
+// cosmetic or irrelevant variables, accepted and ignored.
+var fwknopIgnored = map[string]bool{"VERBOSE": true, "NO_SAVE_ARGS": true, "WGET_CMD": true, "RESOLVE_URL": true,
+	"HTTP_USER_AGENT": true, "SERVER_RESOLVE_IPV4": true, "USE_GPG": true}
+
+// FwknopPacket is a built fwknop SPA packet.
+type FwknopPacket struct {
+	Wire    string
+	Message *fko.Message
+	To      string // host:port
+}
+
+// BuildFwknop builds the packet the settings describe.
+func BuildFwknop(s FwknopSettings, now time.Time) (*FwknopPacket, *fko.Keys, error) {
+	bad := func(name, format string, args ...any) error {
+		v := s[name]
+		where := v.File
+		if v.Line > 0 {
+			where = fmt.Sprintf("%s:%d", v.File, v.Line)
+		}
+		return fmt.Errorf("%s: %s: %s", where, name, fmt.Sprintf(format, args...))
+	}
+	for name, v := range s {
+		if harmless, ok := fwknopUnsupported[name]; ok && !strings.EqualFold(v.Value, harmless) {
+			return nil, nil, bad(name, "not supported by postern fwknop")
+		}
+		if _, ok := fwknopUnsupported[name]; !ok && !fwknopIgnored[name] && !knownFwknopVar[name] {
+			return nil, nil, bad(name, "unknown variable")
+		}
+	}
+	get := func(name string) string { return s[name].Value }
+	yes := func(name string) bool {
+		return strings.EqualFold(get(name), "Y") || strings.EqualFold(get(name), "YES")
+	}
+
+	if p := get("SPA_SERVER_PROTO"); p != "" && !strings.EqualFold(p, "udp") {
+		return nil, nil, bad("SPA_SERVER_PROTO", "%q: postern fwknop sends over udp only", p)
+	}
+	server := get("SPA_SERVER")
+	if server == "" {
+		return nil, nil, errors.New("no SPA server: use -D HOST (or SPA_SERVER in the rc stanza)")
+	}
+	portNum := 62201
+	if p := get("SPA_SERVER_PORT"); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, nil, bad("SPA_SERVER_PORT", "%q is not a port", p)
+		}
+		portNum = n
+	}
+
+	keys := &fko.Keys{}
+	var err error
+	if k := get("KEY"); k != "" {
+		keys.Key = []byte(k)
+	} else if k := get("KEY_BASE64"); k != "" {
+		if keys.Key, err = base64.StdEncoding.DecodeString(k); err != nil {
+			return nil, nil, bad("KEY_BASE64", "not valid base64")
+		}
+	}
+	if k := get("HMAC_KEY"); k != "" {
+		keys.HMACKey = []byte(k)
+	} else if k := get("HMAC_KEY_BASE64"); k != "" {
+		if keys.HMACKey, err = base64.StdEncoding.DecodeString(k); err != nil {
+			return nil, nil, bad("HMAC_KEY_BASE64", "not valid base64")
+		}
+	}
+	if !yes("USE_HMAC") {
+		keys.HMACKey = nil
+	} else if len(keys.HMACKey) == 0 {
+		return nil, nil, errors.New("--use-hmac needs an HMAC key (--key-hmac or --key-base64-hmac)")
+	}
+	if t := get("HMAC_DIGEST_TYPE"); t != "" {
+		if keys.HMACType, err = fko.ParseDigestType(t); err != nil {
+			return nil, nil, bad("HMAC_DIGEST_TYPE", "%v", err)
+		}
+	}
+	if m := get("ENCRYPTION_MODE"); m != "" {
+		if keys.Mode, err = fko.ParseMode(m); err != nil {
+			return nil, nil, bad("ENCRYPTION_MODE", "%v", err)
+		}
+	}
+	if r := get("GPG_RECIPIENT"); r != "" {
+		keys.GPG = &fko.GPG{Recipient: r, Signer: get("GPG_SIGNER"), HomeDir: expandHome(get("GPG_HOMEDIR"))}
+		keys.Key = nil
+	} else if len(keys.Key) == 0 {
+		return nil, nil, errors.New("no encryption key: use --key-rijndael, --key-base64-rijndael or --gpg-recipient (postern fwknop does not prompt)")
+	}
+
+	m := &fko.Message{Timestamp: now.Unix(), Type: fko.AccessMsg, Digest: fko.SHA256}
+	if m.Rand, err = fko.NewRand(); err != nil {
+		return nil, nil, err
+	}
+	if d := get("DIGEST_TYPE"); d != "" {
+		if m.Digest, err = fko.ParseDigestType(d); err != nil {
+			return nil, nil, bad("DIGEST_TYPE", "%v", err)
+		}
+	}
+	if off := get("TIME_OFFSET"); off != "" {
+		d, err := parseOffset(off)
+		if err != nil {
+			return nil, nil, bad("TIME_OFFSET", "%v", err)
+		}
+		m.Timestamp += int64(d / time.Second)
+	}
+	m.User = get("SPOOF_USER")
+	if m.User == "" {
+		m.User = localUser()
+	}
+	allow := get("ALLOW_IP")
+	switch strings.ToLower(allow) {
+	case "":
+		return nil, nil, errors.New("must use one of -s (source) or -a ADDRESS (-R is not supported)")
+	case "source":
+		allow = "0.0.0.0"
+	case "resolve":
+		return nil, nil, bad("ALLOW_IP", "\"resolve\" (-R) needs a web service; give the address with -a")
+	}
+	if cmd := get("SERVER_CMD"); cmd != "" {
+		m.Type, m.Message = fko.CommandMsg, allow+","+cmd
+	} else {
+		access := strings.ReplaceAll(get("ACCESS"), " ", "")
+		if access == "" {
+			return nil, nil, errors.New("nothing to ask for: use -A proto/port[,…] (or -C CMD)")
+		}
+		m.Message = allow + "," + access
+		if _, err := fko.ParseAccessMessage(m.Message); err != nil {
+			return nil, nil, err
+		}
+	}
+	if nat := get("NAT_ACCESS"); nat != "" && m.Type != fko.CommandMsg {
+		h, p, ok := strings.Cut(nat, ":")
+		if !ok {
+			return nil, nil, bad("NAT_ACCESS", "%q: want host:port", nat)
+		}
+		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
+	}
+	if t := get("FW_TIMEOUT"); t != "" && m.Type != fko.CommandMsg {
+		n, err := strconv.Atoi(t)
+		if err != nil || n < 0 || n > 65535 {
+			return nil, nil, bad("FW_TIMEOUT", "%q: want seconds", t)
+		}
+		if n > 0 {
+			m.ClientTimeout = n
+			m.Type = map[fko.MessageType]fko.MessageType{fko.AccessMsg: fko.ClientTimeoutAccessMsg,
+				fko.NATAccessMsg: fko.ClientTimeoutNATAccessMsg}[m.Type]
+		}
+	}
+	pt, err := m.Encode()
+	if err != nil {
+		return nil, nil, err
+	}
+	wire, err := keys.Seal(pt)
+	if err != nil {
+		return nil, nil, err
+	}
+	m.Version = fko.Version
+	return &FwknopPacket{Wire: wire, Message: m, To: net.JoinHostPort(server, strconv.Itoa(portNum))}, keys, nil
+}
+
+var knownFwknopVar = map[string]bool{
+	"ACCESS": true, "ALLOW_IP": true, "SPA_SERVER": true, "SPA_SERVER_PORT": true, "SPA_SERVER_PROTO": true,
+	"FW_TIMEOUT": true, "NAT_ACCESS": true, "SERVER_CMD": true, "SPOOF_USER": true, "DIGEST_TYPE": true,
+	"ENCRYPTION_MODE": true, "KEY": true, "KEY_BASE64": true, "HMAC_KEY": true, "HMAC_KEY_BASE64": true,
+	"USE_HMAC": true, "HMAC_DIGEST_TYPE": true, "GPG_RECIPIENT": true, "GPG_SIGNER": true, "GPG_HOMEDIR": true,
+	"TIME_OFFSET": true,
+}
+
+func parseOffset(s string) (time.Duration, error) {
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "-"), "+")
+	var d time.Duration
+	if n, err := strconv.Atoi(s); err == nil {
+		d = time.Duration(n) * time.Second
+	} else if d, err = time.ParseDuration(s); err != nil {
+		return 0, fmt.Errorf("%q: want seconds or a duration such as 5m", s)
+	}
+	if neg {
+		d = -d
+	}
+	return d, nil
+}
+
+func expandHome(p string) string {
+	if strings.HasPrefix(p, "~/") {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, p[2:])
+		}
+	}
+	return p
+}
+
+// localUser is fwknop's username rule: LOGNAME, then the login user, then
+// USER, else NO_USER.
+func localUser() string {
+	if v := os.Getenv("LOGNAME"); v != "" {
+		return v
+	}
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	if v := os.Getenv("USER"); v != "" {
+		return v
+	}
+	return "NO_USER"
+}
+
+// SendFwknop sends one packet over UDP.
+func SendFwknop(ctx context.Context, p *FwknopPacket) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", p.To)
+	if err != nil {
+		return fmt.Errorf("fwknop: %w", err)
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(p.Wire))
+	return err
+}
+
+// PrintFwknop prints the field values as fwknop -v does.
+func PrintFwknop(w io.Writer, p *FwknopPacket, k *fko.Keys) {
+	m := p.Message
+	nat := m.NAT
+	if nat == "" {
+		nat = "<NULL>"
+	}
+	enc, mode := "1 (Rijndael)", "2 (CBC)"
+	if k.GPG != nil {
+		enc, mode = "2 (GnuPG)", "<n/a>"
+	} else if k.Mode == fko.LegacyCBC {
+		mode = "8 (legacy)"
+	}
+	fmt.Fprintf(w, "SPA Field Values:\n=================\n")
+	fmt.Fprintf(w, "   Random Value: %s\n       Username: %s\n      Timestamp: %d\n    FKO Version: %s\n",
+		m.Rand, m.User, m.Timestamp, fko.Version)
+	fmt.Fprintf(w, "   Message Type: %d\n Message String: %s\n     Nat Access: %s\n Client Timeout: %d\n",
+		m.Type, m.Message, nat, m.ClientTimeout)
+	fmt.Fprintf(w, "    Digest Type: %v\nEncryption Type: %s\nEncryption Mode: %s\n Final SPA Data: %s\n\n",
+		m.Digest, enc, mode, p.Wire)
+	fmt.Fprintf(w, "Destination: %s (udp), %d characters\n", p.To, len(p.Wire))
+}
+
+// FwknopKeyGen returns new keys as fwknop --key-gen prints them.
+func FwknopKeyGen() (string, error) {
+	key, hkey := make([]byte, 32), make([]byte, 64)
+	if _, err := randRead(key); err != nil {
+		return "", err
+	}
+	if _, err := randRead(hkey); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("KEY_BASE64: %s\nHMAC_KEY_BASE64: %s\n",
+		base64.StdEncoding.EncodeToString(key), base64.StdEncoding.EncodeToString(hkey)), nil
+}
+
+var randRead = rand.Read

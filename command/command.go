@@ -16,8 +16,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"postern/internal/atomicfile"
@@ -39,6 +42,20 @@ func Expand(cmd string, addr netip.Addr) (string, error) {
 	return strings.ReplaceAll(cmd, "%IP%", addr.Unmap().String()), nil
 }
 
+// How says how a command runs. The zero value is knockd's way: through
+// /bin/sh, as the daemon's user.
+type How struct {
+	// NoShell runs the command as an argument vector split on white space
+	// (quotes group words), never through a shell: fwknop's way, so that an
+	// address or port in it can never become shell syntax. A command that
+	// wants a shell says so itself ("/bin/sh -c '…'").
+	NoShell bool `json:"no_shell,omitempty"`
+	// User and Group run the command with another identity (fwknop's
+	// CMD_EXEC_USER / CMD_EXEC_GROUP): names looked up when it runs.
+	User  string `json:"user,omitempty"`
+	Group string `json:"group,omitempty"`
+}
+
 // Pending is a stop command waiting for its time.
 type Pending struct {
 	ID      uint64    `json:"id"`
@@ -46,6 +63,7 @@ type Pending struct {
 	Addr    string    `json:"addr"`
 	Command string    `json:"command"` // expanded
 	Due     time.Time `json:"due"`
+	How     How       `json:"how,omitzero"`
 }
 
 // Runner runs commands and keeps the pending stop commands in a file.
@@ -102,25 +120,35 @@ func (r *Runner) Pending() []Pending {
 }
 
 // Run runs start for door with %IP% = addr, and, if stop is not empty, stop
-// after delay. The stop command is on disk before start runs.
+// after delay, both through /bin/sh. The stop command is on disk before
+// start runs.
 func (r *Runner) Run(door string, addr netip.Addr, start, stop string, delay time.Duration) error {
 	startCmd, err := Expand(start, addr)
 	if err != nil {
 		return err
 	}
-	var p *Pending
+	stopCmd := ""
 	if stop != "" {
-		stopCmd, err := Expand(stop, addr)
-		if err != nil {
+		if stopCmd, err = Expand(stop, addr); err != nil {
 			return err
 		}
+	}
+	return r.RunExpanded(door, addr, startCmd, stopCmd, delay, How{})
+}
+
+// RunExpanded is Run for commands whose placeholders the caller has already
+// replaced (fwknop's $IP, $PORT, …), run as how says.
+func (r *Runner) RunExpanded(door string, addr netip.Addr, startCmd, stopCmd string, delay time.Duration, how How) error {
+	var p *Pending
+	if stopCmd != "" {
+		var err error
 		r.mu.Lock()
 		if r.closed {
 			r.mu.Unlock()
 			return errors.New("command runner closed")
 		}
 		r.nextID++
-		p = &Pending{ID: r.nextID, Door: door, Addr: addr.String(), Command: stopCmd, Due: time.Now().Add(delay)}
+		p = &Pending{ID: r.nextID, Door: door, Addr: addr.String(), Command: stopCmd, Due: time.Now().Add(delay), How: how}
 		r.pending[p.ID] = *p
 		err = r.save()
 		r.mu.Unlock()
@@ -133,7 +161,7 @@ func (r *Runner) Run(door string, addr netip.Addr, start, stop string, delay tim
 	go func() {
 		defer r.wg.Done()
 		if startCmd != "" {
-			r.exec("start", door, addr.String(), startCmd)
+			r.exec("start", door, addr.String(), startCmd, how)
 		}
 		close(started)
 	}()
@@ -163,7 +191,7 @@ func (r *Runner) runStop(p Pending, started <-chan struct{}) {
 	case <-r.stop:
 		return
 	}
-	r.exec("stop", p.Door, p.Addr, p.Command)
+	r.exec("stop", p.Door, p.Addr, p.Command, p.How)
 	r.mu.Lock()
 	delete(r.pending, p.ID)
 	err := r.save()
@@ -173,12 +201,17 @@ func (r *Runner) runStop(p Pending, started <-chan struct{}) {
 	}
 }
 
-func (r *Runner) exec(which, door, addr, cmd string) {
+func (r *Runner) exec(which, door, addr, cmd string, how How) {
+	args := []any{"door", door, "src", addr, "command", cmd}
+	c, err := command(cmd, how)
+	if err != nil {
+		r.log.Error(which+" command not run", append(args, "err", err)...)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
-	c := exec.CommandContext(ctx, Shell, "-c", cmd)
+	c = withContext(ctx, c)
 	out, err := c.CombinedOutput()
-	args := []any{"door", door, "src", addr, "command", cmd}
 	if s := strings.TrimSpace(string(out)); s != "" {
 		if len(s) > 300 {
 			s = s[:300] + "…"
@@ -214,4 +247,101 @@ func (r *Runner) Close() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// command builds the process for cmd.
+func command(cmd string, how How) (*exec.Cmd, error) {
+	var c *exec.Cmd
+	if how.NoShell {
+		argv, err := SplitArgs(cmd)
+		if err != nil {
+			return nil, err
+		}
+		if len(argv) == 0 {
+			return nil, errors.New("empty command")
+		}
+		c = exec.Command(argv[0], argv[1:]...)
+	} else {
+		c = exec.Command(Shell, "-c", cmd)
+	}
+	if how.User != "" || how.Group != "" {
+		cred, err := credential(how.User, how.Group)
+		if err != nil {
+			return nil, err
+		}
+		c.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	return c, nil
+}
+
+func withContext(ctx context.Context, c *exec.Cmd) *exec.Cmd {
+	cc := exec.CommandContext(ctx, c.Path, c.Args[1:]...)
+	cc.SysProcAttr, cc.Env, cc.Dir = c.SysProcAttr, c.Env, c.Dir
+	cc.Err = c.Err
+	return cc
+}
+
+// credential looks up a user (and its primary group) and an optional group.
+func credential(userName, groupName string) (*syscall.Credential, error) {
+	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), NoSetGroups: true}
+	if userName != "" {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			return nil, err
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+	}
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			return nil, err
+		}
+		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
+		cred.Gid = uint32(gid)
+	}
+	return cred, nil
+}
+
+// SplitArgs splits a command line on white space; single and double quotes
+// group words (without any expansion), a backslash escapes the next byte.
+func SplitArgs(s string) ([]string, error) {
+	var out []string
+	var cur strings.Builder
+	inWord := false
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			} else {
+				cur.WriteByte(c)
+			}
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		case c == '\'' || c == '"':
+			quote, inWord = c, true
+		case c == ' ' || c == '\t' || c == '\n':
+			if inWord {
+				out = append(out, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if quote != 0 {
+		return nil, errors.New("unterminated quote in command")
+	}
+	if inWord {
+		out = append(out, cur.String())
+	}
+	return out, nil
 }

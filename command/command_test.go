@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -118,5 +119,58 @@ func TestCorruptStateRefused(t *testing.T) {
 	os.WriteFile(state, []byte("{"), 0o600)
 	if _, err := Open(state, slog.Default()); err == nil {
 		t.Fatal("corrupt state accepted")
+	}
+}
+
+func TestSplitArgs(t *testing.T) {
+	got, err := SplitArgs(`/usr/sbin/ipset add allow 198.18.0.2,tcp:22 timeout 30 'a b' "c d" e\ f`)
+	want := []string{"/usr/sbin/ipset", "add", "allow", "198.18.0.2,tcp:22", "timeout", "30", "a b", "c d", "e f"}
+	if err != nil || strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("%q %v", got, err)
+	}
+	if _, err := SplitArgs(`echo 'x`); err == nil {
+		t.Fatal("unterminated quote accepted")
+	}
+}
+
+// Without a shell, shell syntax in a command is just words.
+func TestNoShellAndUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("running as another user needs root")
+	}
+	// A directory the unprivileged user can write to (t.TempDir's parent is
+	// private to root).
+	dir, err := os.MkdirTemp("", "postern-cmd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	out := filepath.Join(dir, "out")
+	r, err := Open(filepath.Join(t.TempDir(), "pending"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// "touch FILE; FILE2" without a shell touches "FILE;" and "FILE2".
+	if err := r.RunExpanded("d", addr, "/usr/bin/touch "+out+"; "+out+"2", "", 0, How{NoShell: true, User: "nobody"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st, err := os.Stat(out + ";")
+		if err == nil {
+			if uid := st.Sys().(*syscall.Stat_t).Uid; uid == 0 {
+				t.Fatal("command ran as root, not as nobody")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("command did not run")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("';' was interpreted by a shell")
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"postern/fko"
 	"postern/knock"
 	"postern/port"
 	"postern/spa"
@@ -40,6 +41,16 @@ type Config struct {
 	Doors      []*knock.Door
 	Knockd     *knock.KnockdConf // nil without knockd_file
 	MaxTracked int               // knock attempts tracked at most
+
+	Fwknop *Fwknop // nil without [fwknop]
+}
+
+// Fwknop configures fwknop (FKO 3.0.0) compatibility.
+type Fwknop struct {
+	AccessFile   string
+	Port         uint16
+	MaxPacketAge time.Duration
+	Stanzas      []*fko.Stanza
 }
 
 // SPA configures postern SPA v1.
@@ -78,6 +89,8 @@ const (
 	DefaultPeriod      = 30 * time.Second
 	DefaultLength      = 4
 	DefaultPortRange   = "20000-39999"
+	// fwknopd's MAX_SPA_PACKET_AGE.
+	DefaultMaxPacketAge = 120 * time.Second
 )
 
 type rawConfig struct {
@@ -92,6 +105,13 @@ type rawConfig struct {
 	KnockdFile     string      `toml:"knockd_file"`
 	Knock          rawKnock    `toml:"knock"`
 	Doors          []rawDoor   `toml:"door"`
+	Fwknop         *rawFwknop  `toml:"fwknop"`
+}
+
+type rawFwknop struct {
+	AccessFile   string `toml:"access_file"`
+	Port         *int   `toml:"port"`
+	MaxPacketAge string `toml:"max_packet_age"`
 }
 
 type rawKnock struct {
@@ -293,6 +313,25 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		}
 	}
 	v.doors(cfg, raw.Doors)
+	if raw.Fwknop != nil {
+		f := &Fwknop{AccessFile: raw.Fwknop.AccessFile, Port: DefaultSPAPort}
+		if f.AccessFile == "" {
+			v.fail("fwknop.access_file", "missing: the fwknopd access.conf to read")
+		} else if ss, err := fko.ReadAccess(f.AccessFile); err != nil {
+			v.fail("fwknop.access_file", "%v", err)
+		} else {
+			f.Stanzas = ss
+		}
+		if raw.Fwknop.Port != nil {
+			if p := *raw.Fwknop.Port; p < 1 || p > 65535 {
+				v.fail("fwknop.port", "%d: must be 1 to 65535", p)
+			} else {
+				f.Port = uint16(p)
+			}
+		}
+		f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.Fwknop.MaxPacketAge, DefaultMaxPacketAge)
+		cfg.Fwknop = f
+	}
 	cfg.MaxTracked = DefaultMaxTracked
 	if raw.Knock.MaxTracked != nil {
 		if n := *raw.Knock.MaxTracked; n < 16 || n > 50_000_000 {
@@ -358,8 +397,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.Firewall.OnExit)
 	}
 
-	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" {
-		v.fail("client", "no [[client]], [[door]] or knockd_file: nobody could knock")
+	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil {
+		v.fail("client", "no [[client]], [[door]], knockd_file or [fwknop]: nobody could knock")
 	}
 	names := map[string]bool{}
 	keys := map[spa.ClientPublicKey]string{}
@@ -433,6 +472,11 @@ func (c *Config) Protected() []port.Spec {
 	}
 	for _, d := range c.Doors {
 		add(d.Open)
+	}
+	if c.Fwknop != nil {
+		for _, st := range c.Fwknop.Stanzas {
+			add(st.OpenPorts)
+		}
 	}
 	return out
 }

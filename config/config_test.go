@@ -21,6 +21,9 @@ func TestReference(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "rotating.secret")
 	os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
 	data = []byte(strings.Replace(string(data), "/etc/postern/rotating.secret", secret, 1))
+	access := filepath.Join(t.TempDir(), "access.conf")
+	os.WriteFile(access, []byte("SOURCE ANY\nKEY k\nHMAC_KEY h\nOPEN_PORTS tcp/22, tcp/443\n"), 0o600)
+	data = []byte(strings.Replace(string(data), "/etc/fwknop/access.conf", access, 1))
 	cfg, err := Parse("reference.toml", data)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +35,10 @@ func TestReference(t *testing.T) {
 	if len(cfg.Doors) != 2 || cfg.MaxTracked != 100000 || cfg.Doors[1].Rotating == nil || cfg.Doors[1].Rotating.Lo != 20000 {
 		t.Fatalf("reference doors %+v", cfg.Doors)
 	}
-	if len(cfg.Protected()) != 1 {
+	if cfg.Fwknop == nil || cfg.Fwknop.Port != 62201 || cfg.Fwknop.MaxPacketAge != 120*time.Second || len(cfg.Fwknop.Stanzas) != 1 {
+		t.Fatalf("reference [fwknop] %+v", cfg.Fwknop)
+	}
+	if len(cfg.Protected()) != 2 {
 		t.Fatalf("protected %v", cfg.Protected())
 	}
 	c := cfg.Clients[0]
@@ -46,7 +52,7 @@ func TestReference(t *testing.T) {
 		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
 		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
 		"open", "duration", "start_command", "start_command_6", "stop_command", "stop_command_6", "cmd_timeout",
-		"secret_file", "period", "length", "port_range", "protocol"} {
+		"secret_file", "period", "length", "port_range", "protocol", "access_file", "max_packet_age"} {
 		if !strings.Contains(string(data), "\n"+key+" = ") {
 			t.Errorf("reference.toml does not show %q", key)
 		}
@@ -95,7 +101,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad duplicate key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n[[client]]\nname = \"b\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:9: client[2].public_key: same key as client \"a\""},
 		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
 		{"bad missing private key", "interface = \"eth0\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml: private_key_file: missing"},
-		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]] or knockd_file"},
+		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]], knockd_file or [fwknop]"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
 	}

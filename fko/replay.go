@@ -1,0 +1,158 @@
+package fko
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"postern/internal/atomicfile"
+)
+
+// ReplayDigest is fwknopd's replay key: unpadded base64 of SHA-256 over the
+// packet as received.
+func ReplayDigest(wire []byte) string {
+	s := sha256.Sum256(wire)
+	return b64.EncodeToString(s[:])
+}
+
+// ReplayCache remembers the digests of accepted fwknop packets. Its
+// contract, fixing what fwknopd gets wrong:
+//   - only authenticated packets are added (the caller adds after the HMAC
+//     and decryption succeeded), so junk cannot fill it;
+//   - it survives restarts and reboots: it lives in the state directory,
+//     not on tmpfs, and every Add is on disk (appended and synced) before
+//     it returns;
+//   - it is bounded by age: entries older than Keep are dropped (a packet
+//     that old fails the timestamp check anyway), and by count: beyond Max
+//     the oldest go first.
+//
+// Safe for concurrent use.
+type ReplayCache struct {
+	path string
+	keep time.Duration
+	max  int
+
+	mu      sync.Mutex
+	seen    map[string]int64 // digest → unix seconds added
+	f       *os.File
+	written int // lines in the file, for compaction
+}
+
+// OpenReplayCache loads path (which need not exist), drops stale entries
+// and rewrites the file compactly.
+func OpenReplayCache(path string, keep time.Duration, max int) (*ReplayCache, error) {
+	c := &ReplayCache{path: path, keep: keep, max: max, seen: map[string]int64{}}
+	f, err := os.Open(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		sc := bufio.NewScanner(f)
+		for n := 1; sc.Scan(); n++ {
+			d, ts, ok := strings.Cut(sc.Text(), " ")
+			t, err := strconv.ParseInt(ts, 10, 64)
+			if !ok || err != nil || len(d) != 43 {
+				f.Close()
+				return nil, fmt.Errorf("%s:%d: corrupt replay cache line", path, n)
+			}
+			c.seen[d] = t
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.compact(time.Now()); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Seen reports whether digest was accepted before.
+func (c *ReplayCache) Seen(digest string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.seen[digest]
+	return ok
+}
+
+// Len returns the number of digests held.
+func (c *ReplayCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+// Add records digest durably.
+func (c *ReplayCache) Add(digest string, now time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[digest] = now.Unix()
+	if _, err := fmt.Fprintf(c.f, "%s %d\n", digest, now.Unix()); err != nil {
+		return err
+	}
+	if err := c.f.Sync(); err != nil {
+		return err
+	}
+	c.written++
+	if len(c.seen) > c.max || c.written > 2*len(c.seen)+1024 {
+		return c.compact(now)
+	}
+	return nil
+}
+
+// compact drops stale entries (and the oldest beyond max) and rewrites the
+// file atomically.
+func (c *ReplayCache) compact(now time.Time) error {
+	cutoff := now.Add(-c.keep).Unix()
+	type entry struct {
+		d string
+		t int64
+	}
+	var es []entry
+	for d, t := range c.seen {
+		if t < cutoff {
+			delete(c.seen, d)
+			continue
+		}
+		es = append(es, entry{d, t})
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].t < es[j].t })
+	for len(es) > c.max {
+		delete(c.seen, es[0].d)
+		es = es[1:]
+	}
+	var b strings.Builder
+	for _, e := range es {
+		fmt.Fprintf(&b, "%s %d\n", e.d, e.t)
+	}
+	if err := atomicfile.Write(c.path, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	if c.f != nil {
+		c.f.Close()
+	}
+	f, err := os.OpenFile(c.path, os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	c.f, c.written = f, len(es)
+	return nil
+}
+
+// Close closes the file.
+func (c *ReplayCache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.f.Close()
+}

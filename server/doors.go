@@ -2,16 +2,12 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"postern/capture"
-	"postern/command"
 	"postern/firewall"
 	"postern/knock"
 	"postern/port"
@@ -40,7 +36,6 @@ type doorHandler struct {
 	s      *Server
 	mu     sync.Mutex // the engine is fed by capture and by the expiry timer
 	engine *knock.Engine
-	runner *command.Runner // nil when no door has commands
 	native map[*knock.Door]bool
 }
 
@@ -51,22 +46,8 @@ func newDoorHandler(s *Server) (*doorHandler, error) {
 	if cfg.Knockd != nil {
 		fromKnockd = cfg.Knockd.Doors
 	}
-	commands := false
 	for _, d := range cfg.Doors {
 		h.native[d] = !slices.Contains(fromKnockd, d)
-		start4, stop4 := d.Commands(ipv4Example)
-		start6, stop6 := d.Commands(ipv6Example)
-		commands = commands || start4 != "" || stop4 != "" || start6 != "" || stop6 != ""
-	}
-	if commands {
-		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-			return nil, fmt.Errorf("state_dir: %w", err)
-		}
-		r, err := command.Open(filepath.Join(cfg.StateDir, PendingCommandsFile), s.log)
-		if err != nil {
-			return nil, err
-		}
-		h.runner = r
 	}
 	h.engine = knock.NewEngine(cfg.Doors, cfg.MaxTracked, h.event)
 	return h, nil
@@ -149,12 +130,6 @@ func (h *doorHandler) tracked() float64 {
 	return float64(h.engine.Stats().Tracked)
 }
 
-func (h *doorHandler) close() {
-	if h.runner != nil {
-		h.runner.Close()
-	}
-}
-
 // event is the engine's callback; it runs with h.mu held.
 func (h *doorHandler) event(ev knock.Event) {
 	s := h.s
@@ -212,7 +187,7 @@ func (h *doorHandler) open(d *knock.Door, src netip.Addr) {
 	if start == "" && stop == "" {
 		return
 	}
-	if err := h.runner.Run(d.Name, src, start, stop, d.CmdTimeout); err != nil {
+	if err := s.runner.Run(d.Name, src, start, stop, d.CmdTimeout); err != nil {
 		s.metrics.inc(mCommandBlocked)
 		s.log.Error("door command not run", "door", d.Name, "src", src, "err", err)
 	}

@@ -10,13 +10,17 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	"postern/capture"
+	"postern/command"
 	"postern/config"
 	"postern/firewall"
 	"postern/port"
+	"postern/spa"
 )
 
 // Server is a configured daemon, ready to Run.
@@ -24,8 +28,10 @@ type Server struct {
 	cfg     *config.Config
 	log     *slog.Logger
 	fw      firewall.Backend
-	spa     *spaHandler  // nil without [[client]]s
-	doors   *doorHandler // nil without doors
+	spa     *spaHandler     // nil without [[client]]s
+	doors   *doorHandler    // nil without doors
+	fwknop  *fwknopHandler  // nil without [fwknop]
+	runner  *command.Runner // commands of doors and fwknop stanzas; nil if none
 	metrics *Metrics
 	logs    logLimiter
 }
@@ -42,6 +48,24 @@ func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, er
 		}
 		s.spa = h
 		reasons = append(reasons, spaMetricNames()...)
+	}
+	if needsCommands(cfg) {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("state_dir: %w", err)
+		}
+		r, err := command.Open(filepath.Join(cfg.StateDir, PendingCommandsFile), log)
+		if err != nil {
+			return nil, err
+		}
+		s.runner = r
+	}
+	if cfg.Fwknop != nil {
+		h, err := newFwknopHandler(s)
+		if err != nil {
+			return nil, err
+		}
+		s.fwknop = h
+		reasons = append(reasons, fwknopMetricNames...)
 	}
 	if len(cfg.Doors) > 0 {
 		h, err := newDoorHandler(s)
@@ -74,6 +98,15 @@ func (s *Server) rules() (firewall.Rules, []capture.Match) {
 			rules.Knock = append(rules.Knock, knockPort)
 		}
 	}
+	if s.fwknop != nil {
+		p := port.Spec{Proto: port.UDP, Num: s.cfg.Fwknop.Port}
+		if !slices.Contains(rules.Knock, p) {
+			matches = append(matches, capture.PortMatches([]port.Spec{p})...)
+			if s.cfg.Capture == "afpacket" {
+				rules.Knock = append(rules.Knock, p)
+			}
+		}
+	}
 	if s.doors != nil {
 		m, closed, ranges := s.doors.ports()
 		matches = append(matches, m...)
@@ -91,11 +124,18 @@ func (s *Server) Run(ctx context.Context) error {
 	var src capture.Source
 	switch s.cfg.Capture {
 	case "udp":
-		u, err := capture.ListenUDP(s.cfg.SPA.Port)
-		if err != nil {
-			return err
+		var srcs []capture.Source
+		for _, m := range matches {
+			u, err := capture.ListenUDP(m.Lo)
+			if err != nil {
+				for _, o := range srcs {
+					o.Close()
+				}
+				return err
+			}
+			srcs = append(srcs, u)
 		}
-		src = u
+		src = capture.Multi(srcs...)
 	default:
 		a, err := capture.OpenAFPacket(s.cfg.Interface, matches)
 		if err != nil {
@@ -126,12 +166,21 @@ func (s *Server) Run(ctx context.Context) error {
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
 	if s.doors != nil {
-		defer s.doors.close()
 		go s.doors.expireLoop(ctx)
+	}
+	if s.runner != nil {
+		defer s.runner.Close()
+	}
+	if s.fwknop != nil {
+		defer s.fwknop.replay.Close()
+	}
+	fwknopStanzas := 0
+	if s.fwknop != nil {
+		fwknopStanzas = len(s.cfg.Fwknop.Stanzas)
 	}
 	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.spaPort(),
 		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "doors", len(s.cfg.Doors),
-		"backend", s.cfg.Firewall.Backend)
+		"fwknop_stanzas", fwknopStanzas, "backend", s.cfg.Firewall.Backend)
 	notifyReady()
 
 	err := src.Run(ctx, s.handle)
@@ -161,13 +210,47 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		s.refuse(f.Src, "", mMalformed, slog.String("detail", perr.Error()))
 		return
 	}
-	if s.spa != nil && f.Proto == capture.ProtoUDP && f.DstPort == s.cfg.SPA.Port {
-		s.spa.handle(f)
-		return
+	if f.Proto == capture.ProtoUDP {
+		// postern SPA and fwknop may share a port: a postern knock is
+		// binary with a fixed size and first byte, an fwknop packet is
+		// base64 text.
+		isSPA := s.spa != nil && f.DstPort == s.cfg.SPA.Port
+		isFwknop := s.fwknop != nil && f.DstPort == s.cfg.Fwknop.Port
+		if isSPA && isFwknop {
+			isSPA = len(f.Payload) == spa.PacketSize && f.Payload[0] == spa.Version
+			isFwknop = !isSPA
+		}
+		switch {
+		case isSPA:
+			s.spa.handle(f)
+			return
+		case isFwknop:
+			s.fwknop.handle(f)
+			return
+		}
 	}
 	if s.doors != nil {
 		s.doors.handle(f)
 	}
+}
+
+// needsCommands reports whether any door or fwknop stanza runs commands.
+func needsCommands(cfg *config.Config) bool {
+	for _, d := range cfg.Doors {
+		start4, stop4 := d.Commands(ipv4Example)
+		start6, stop6 := d.Commands(ipv6Example)
+		if start4 != "" || stop4 != "" || start6 != "" || stop6 != "" {
+			return true
+		}
+	}
+	if cfg.Fwknop != nil {
+		for _, st := range cfg.Fwknop.Stanzas {
+			if st.CmdCycleOpen != "" || st.EnableCmdExec {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // grant opens ports through the firewall, counting and logging a failure.

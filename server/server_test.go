@@ -124,7 +124,7 @@ func TestDoors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.doors.close()
+	defer s.runner.Close()
 	rules, matches := s.rules()
 	if len(rules.Knock) != 2 || len(rules.Protected) != 1 || len(matches) != 3 {
 		t.Fatalf("rules %+v, matches %+v", rules, matches)

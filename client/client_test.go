@@ -70,3 +70,65 @@ port_range = "30000-30999"
 		t.Fatal("world-readable secret accepted")
 	}
 }
+
+func TestParseFwknopArgs(t *testing.T) {
+	r, err := ParseFwknopArgs([]string{"-A", "tcp/22", "-atcp", "-s", "--destination=198.18.0.1", "--gpg-recip", "SRV",
+		"--gpg-sign", "CLI", "--use-hmac", "--hmac-digest-type", "sha512", "-n", "office", "--no-rc-file", "-T", "-f", "60"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Settings["ACCESS"].Value != "tcp/22" || r.Settings["ALLOW_IP"].Value != "source" || r.Settings["SPA_SERVER"].Value != "198.18.0.1" ||
+		r.Settings["GPG_RECIPIENT"].Value != "SRV" || r.Settings["GPG_SIGNER"].Value != "CLI" || r.Settings["USE_HMAC"].Value != "Y" ||
+		r.Settings["FW_TIMEOUT"].Value != "60" || r.Stanza != "office" || r.RCFile != "" || !r.Test {
+		t.Fatalf("%+v", r)
+	}
+	for _, bad := range [][]string{{"--gpg"}, {"--nonsense"}, {"-A"}, {"-sT"}, {"stray"}} {
+		if _, err := ParseFwknopArgs(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestFwknopRCLayers(t *testing.T) {
+	dir := t.TempDir()
+	rc := filepath.Join(dir, ".fwknoprc")
+	os.WriteFile(rc, []byte(`[default]
+DIGEST_TYPE         sha512
+SPA_SERVER_PORT     62202
+
+[office]
+SPA_SERVER          198.18.0.1
+ACCESS              tcp/22
+ALLOW_IP            198.18.0.2
+KEY_BASE64          abeUA3RQC9+ZENW7owAnS7mmgxFydWUH2LsmiAJv0t4=
+HMAC_KEY_BASE64     EIxOxaa/ti/KNGPEQx315I9GhXGtEmjvyPtQYXWJWMrt0vqGcdTU5fpV+e4Ol8kMLcF1E6KY3Y9rqzM7Ww/6Ig==
+USE_HMAC            Y
+VERBOSE             Y
+
+[odd]
+RESOLVE_IP_HTTPS    Y
+`), 0o600)
+	r, _ := ParseFwknopArgs([]string{"--rc-file", rc, "-n", "office", "--key-rijndael", "override"})
+	s, err := r.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s["KEY"].Value != "override" || s["KEY_BASE64"].Value != "" || s["DIGEST_TYPE"].Value != "sha512" {
+		t.Fatalf("layers: %+v", s)
+	}
+	p, keys, err := BuildFwknop(s, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.To != "198.18.0.1:62202" || string(keys.Key) != "override" || p.Message.Message != "198.18.0.2,tcp/22" {
+		t.Fatalf("%+v", p)
+	}
+	if _, _, err := keys.Open(p.Wire); err != nil {
+		t.Fatal(err)
+	}
+	r, _ = ParseFwknopArgs([]string{"--rc-file", rc, "-n", "odd", "-A", "tcp/22", "-s", "-D", "x", "--key-rijndael", "k"})
+	s, _ = r.Resolve()
+	if _, _, err := BuildFwknop(s, time.Now()); err == nil || !strings.Contains(err.Error(), rc+":15: RESOLVE_IP_HTTPS: not supported") {
+		t.Fatalf("unsupported variable: %v", err)
+	}
+}

@@ -60,11 +60,12 @@ var fwknopOpts = []struct {
 	{"", "key-base64-hmac", true, "HMAC_KEY_BASE64"},
 	{"", "use-hmac", false, "USE_HMAC=Y"},
 	{"", "hmac-digest-type", true, "HMAC_DIGEST_TYPE"},
-	{"", "gpg-recipient", true, "GPG_RECIPIENT"},
-	{"", "gpg-recip", true, "GPG_RECIPIENT"},
-	{"", "gpg-signer", true, "GPG_SIGNER"},
-	{"", "gpg-sign", true, "GPG_SIGNER"},
+	{"", "gpg-recipient-key", true, "GPG_RECIPIENT"},
+	{"", "gpg-signer-key", true, "GPG_SIGNER"},
 	{"", "gpg-home-dir", true, "GPG_HOMEDIR"},
+	{"", "gpg-encryption", false, "USE_GPG=Y"},
+	{"", "gpg-no-signing-pw", false, ""},
+	{"", "gpg-agent", false, ""},
 	{"", "time-offset-plus", true, "TIME_OFFSET+"},
 	{"", "time-offset-minus", true, "TIME_OFFSET-"},
 	{"n", "named-config", true, ""},
@@ -101,6 +102,15 @@ func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 		default:
 			return nil, fmt.Errorf("unexpected argument %q", a)
 		}
+		// getopt_long: a long option may be abbreviated to any unambiguous
+		// prefix (--gpg-recip, --gpg-sign).
+		if strings.HasPrefix(a, "--") {
+			if full, err := longOption(name); err != nil {
+				return nil, err
+			} else {
+				name = full
+			}
+		}
 		found := false
 		for _, o := range fwknopOpts {
 			if name != o.short && name != o.long {
@@ -124,9 +134,9 @@ func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 			case o.rcVar == "ALLOW_IP=source":
 				cli.Value = "source"
 				r.Settings["ALLOW_IP"] = cli
-			case o.rcVar == "USE_HMAC=Y":
+			case o.rcVar == "USE_HMAC=Y" || o.rcVar == "USE_GPG=Y":
 				cli.Value = "Y"
-				r.Settings["USE_HMAC"] = cli
+				r.Settings[strings.TrimSuffix(o.rcVar, "=Y")] = cli
 			case o.rcVar == "TIME_OFFSET+" || o.rcVar == "TIME_OFFSET-":
 				if o.rcVar == "TIME_OFFSET-" {
 					cli.Value = "-" + value
@@ -160,6 +170,25 @@ func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 		}
 	}
 	return r, nil
+}
+
+func longOption(name string) (string, error) {
+	var matches []string
+	for _, o := range fwknopOpts {
+		if o.long == name {
+			return name, nil
+		}
+		if o.long != "" && strings.HasPrefix(o.long, name) {
+			matches = append(matches, o.long)
+		}
+	}
+	switch len(matches) {
+	case 0:
+		return "", fmt.Errorf("unknown or unsupported fwknop option --%s", name)
+	case 1:
+		return matches[0], nil
+	}
+	return "", fmt.Errorf("option --%s is ambiguous: %s", name, strings.Join(matches, ", "))
 }
 
 // Resolve layers the settings: [default] from the rc file, then the named

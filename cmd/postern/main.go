@@ -477,7 +477,7 @@ const fwknopUsage = `Usage: postern fwknop [options]   (fwknop's own options; ~/
   -n, --named-config STANZA       a .fwknoprc stanza         --rc-file FILE, --no-rc-file
   --key-rijndael KEY, --key-base64-rijndael KEY, --key-hmac KEY, --key-base64-hmac KEY, --use-hmac
   --hmac-digest-type md5|sha1|sha256|sha384|sha512|sha3_256|sha3_512, -m/--digest-type TYPE, -M/--encryption-mode cbc|legacy
-  --gpg-recipient ID, --gpg-signer ID, --gpg-home-dir DIR
+  --gpg-recipient-key ID (--gpg-recip), --gpg-signer-key ID (--gpg-sign), --gpg-home-dir DIR
   --time-offset-plus T, --time-offset-minus T
   -T, --test (build and check, send nothing)   -v, --verbose   -B, --save-packet FILE
   -k, --key-gen (print new keys)               -K, --key-gen-file FILE

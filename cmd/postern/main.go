@@ -525,6 +525,11 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if req.Test {
+		if keys.GPG != nil {
+			// Only the server's secret key decrypts it.
+			fmt.Fprintln(stdout, "test mode: GnuPG packet built, not sent (only the server can decrypt it)")
+			return nil
+		}
 		// Decode our own packet, as fwknop -T does.
 		if _, _, err := keys.Open(pkt.Wire); err != nil {
 			return fmt.Errorf("self-check of the packet failed: %w", err)

@@ -14,6 +14,7 @@ trap 'rm -f "$out"' EXIT
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(go version | cut -d' ' -f3)"
 go test ./spa -run '^$' -bench 'RejectJunk|VerifyValid|Seal|AdvancePersistent' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./knock -run '^$' -bench 'Hit' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
+go test ./fko -run '^$' -bench . -benchmem -count "$COUNT" | sed 's/^Benchmark/BenchmarkFKO/' | tee -a "$out" | grep '^Benchmark' >&2 || true
 if [ "$(id -u)" = 0 ]; then
   go test ./cmd/postern -run '^$' -bench KnockToOpen -benchtime 100x -count "${LATENCY_COUNT:-3}" | tee -a "$out" | grep '^Benchmark' >&2 || true
 fi

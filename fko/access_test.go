@@ -113,3 +113,24 @@ func FuzzAccessConf(f *testing.F) {
 		}
 	})
 }
+
+func FuzzRC(f *testing.F) {
+	f.Add([]byte("[default]\nDIGEST_TYPE sha512\n[office]\nSPA_SERVER 198.18.0.1\nACCESS tcp/22\nUSE_HMAC Y\n"))
+	f.Add([]byte("[\n]\n[x]\n\tKEY\tvalue with spaces\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rc, err := ParseRC("f.rc", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.rc:") {
+				t.Fatalf("error without file and line: %v", err)
+			}
+			return
+		}
+		for name, vars := range rc {
+			for k, v := range vars {
+				if k != strings.ToUpper(k) || v.Line < 1 || name == "" {
+					t.Fatalf("stanza %q var %q %+v", name, k, v)
+				}
+			}
+		}
+	})
+}

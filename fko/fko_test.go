@@ -252,3 +252,68 @@ func FuzzDecode(f *testing.F) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// stanzaKeys returns n stanzas' keys; the last one has the vector's keys.
+func stanzaKeys(b *testing.B, n int) []*Keys {
+	ks := make([]*Keys, n)
+	for i := range ks[:n-1] {
+		ks[i] = &Keys{Key: []byte(fmt.Sprintf("key %d", i)), HMACKey: []byte(fmt.Sprintf("hmac key %d", i))}
+	}
+	ks[n-1] = vectorKeys(b)
+	return ks
+}
+
+// BenchmarkVerify: a valid packet whose stanza is the last one tried, as
+// fwknopd (and postern) try stanzas in file order.
+func BenchmarkVerify(b *testing.B) {
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("stanzas=%d", n), func(b *testing.B) {
+			ks := stanzaKeys(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Preprocess([]byte(vectorWire)); err != nil {
+					b.Fatal(err)
+				}
+				var err error
+				for _, k := range ks {
+					if _, _, err = k.Open(vectorWire); err == nil {
+						break
+					}
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRejectJunk: 200 characters of base64 that match no stanza: every
+// stanza's HMAC is computed once, nothing is decrypted.
+func BenchmarkRejectJunk(b *testing.B) {
+	junk := strings.Repeat("abcdEFGH0123+/xy", 13)[:200]
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("stanzas=%d", n), func(b *testing.B) {
+			ks := stanzaKeys(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Preprocess([]byte(junk)); err != nil {
+					b.Fatal(err)
+				}
+				for _, k := range ks {
+					if _, _, err := k.Open(junk); err == nil {
+						b.Fatal("junk accepted")
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestDigestSizes(t *testing.T) {
+	for d, n := range digestSizes {
+		if d.new().Size() != n {
+			t.Errorf("%v: size %d, table says %d", d, d.new().Size(), n)
+		}
+	}
+}

@@ -21,29 +21,29 @@ func TestRealClientPackets(t *testing.T) {
 	tests := []struct {
 		name  string
 		args  []string
-		keys  Keys
+		keys  *Keys
 		check func(*Message) bool
 	}{
 		{"hmac sha256, inner sha256", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey)}, nil},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey)}, nil},
 		{"hmac sha512, inner md5", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "md5", "--hmac-digest-type", "sha512"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA512}, func(m *Message) bool { return m.Digest == MD5 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA512}, func(m *Message) bool { return m.Digest == MD5 }},
 		{"hmac sha3_256, inner sha3_512", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "sha3_512", "--hmac-digest-type", "sha3_256"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA3_256}, func(m *Message) bool { return m.Digest == SHA3_512 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA3_256}, func(m *Message) bool { return m.Digest == SHA3_512 }},
 		{"hmac sha1, inner sha384", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "sha384", "--hmac-digest-type", "sha1"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA1}, func(m *Message) bool { return m.Digest == SHA384 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA1}, func(m *Message) bool { return m.Digest == SHA384 }},
 		{"hmac md5, inner sha1", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "sha1", "--hmac-digest-type", "md5"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: MD5}, func(m *Message) bool { return m.Digest == SHA1 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: MD5}, func(m *Message) bool { return m.Digest == SHA1 }},
 		{"hmac sha384, inner sha512", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "sha512", "--hmac-digest-type", "sha384"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA384}, func(m *Message) bool { return m.Digest == SHA512 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA384}, func(m *Message) bool { return m.Digest == SHA512 }},
 		{"hmac sha3_512, inner sha3_256", []string{"--key-base64-rijndael", key, "--key-base64-hmac", hkey, "--use-hmac", "-m", "sha3_256", "--hmac-digest-type", "sha3_512"},
-			Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA3_512}, func(m *Message) bool { return m.Digest == SHA3_256 }},
+			&Keys{Key: mustB64(t, key), HMACKey: mustB64(t, hkey), HMACType: SHA3_512}, func(m *Message) bool { return m.Digest == SHA3_256 }},
 		{"passphrase key, passphrase hmac, client timeout", []string{"--key-rijndael", "fwknoptest", "--key-hmac", "hmactest", "--use-hmac", "-f", "600"},
-			Keys{Key: []byte("fwknoptest"), HMACKey: []byte("hmactest")}, func(m *Message) bool { return m.Type == ClientTimeoutAccessMsg && m.ClientTimeout == 600 }},
+			&Keys{Key: []byte("fwknoptest"), HMACKey: []byte("hmactest")}, func(m *Message) bool { return m.Type == ClientTimeoutAccessMsg && m.ClientTimeout == 600 }},
 		{"legacy mode, no hmac", []string{"--key-rijndael", "short", "-M", "legacy"},
-			Keys{Key: []byte("short"), Mode: LegacyCBC}, nil},
+			&Keys{Key: []byte("short"), Mode: LegacyCBC}, nil},
 		{"command message", []string{"--key-rijndael", "fwknoptest", "--key-hmac", "hmactest", "--use-hmac", "-C", "uname -a"},
-			Keys{Key: []byte("fwknoptest"), HMACKey: []byte("hmactest")}, func(m *Message) bool { return m.Type == CommandMsg && m.Message == "10.9.9.2,uname -a" }},
+			&Keys{Key: []byte("fwknoptest"), HMACKey: []byte("hmactest")}, func(m *Message) bool { return m.Type == CommandMsg && m.Message == "10.9.9.2,uname -a" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,9 @@ have ip  || need+=(iproute2)
 have nft || need+=(nftables)
 have iptables || need+=(iptables)
 have knockd || need+=(knockd)   # the real knock and knockd, for compatibility tests
+have fwknop || need+=(fwknop-client)
+have fwknopd || need+=(fwknop-server)
+have gpg || need+=(gnupg)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2
@@ -15,6 +18,8 @@ if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Packages that ship services must not run them: the tests start their own.
+  for svc in knockd fwknop-server; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
 fi
 # Go 1.26 from the machine; /usr/local/go is where it lives on a fresh one.
 case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) PATH=/usr/local/go/bin:$PATH ;; esac

@@ -6,13 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-FUZZTIME=${FUZZTIME:-10s}
+FUZZTIME=${FUZZTIME:-8s}
 
 go vet ./...
 CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
 go test -count=1 ./...
 
-for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf; do
+for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \
+  fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"
   log=$(mktemp)

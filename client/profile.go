@@ -27,7 +27,51 @@ type Profile struct {
 }
 
 type rawProfiles struct {
-	Doors []rawProfile `toml:"door"`
+	Doors  []rawProfile       `toml:"door"`
+	Covert []rawCovertProfile `toml:"covert"`
+}
+
+type rawCovertProfile struct {
+	Name       string `toml:"name"`
+	Host       string `toml:"host"`
+	Port       int    `toml:"port"`
+	Open       string `toml:"open"`
+	SecretFile string `toml:"secret_file"`
+}
+
+// CovertProfile is a covert door in the client config.
+type CovertProfile struct {
+	Host       string
+	Port       uint16
+	Open       string
+	SecretFile string
+}
+
+// LoadCovertProfile returns the [[covert]] profile called name from path,
+// or nil when there is no such file or profile.
+func LoadCovertProfile(path, name string) (*CovertProfile, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var raw rawProfiles
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, c := range raw.Covert {
+		if c.Name == name {
+			if c.Port < 0 || c.Port > 65535 {
+				return nil, fmt.Errorf("%s: covert %q: port %d", path, name, c.Port)
+			}
+			return &CovertProfile{Host: c.Host, Port: uint16(c.Port), Open: c.Open, SecretFile: c.SecretFile}, nil
+		}
+	}
+	return nil, nil
 }
 
 type rawProfile struct {

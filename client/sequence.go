@@ -65,6 +65,13 @@ func hitTarget(a netip.Addr, h knock.Hit) string {
 	return netip.AddrPortFrom(a, h.Num).String()
 }
 
+// ResolveHost resolves host for network "ip", "ip4" or "ip6".
+func ResolveHost(network, host string) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return resolveIP(ctx, network, host)
+}
+
 func resolveIP(ctx context.Context, network, host string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		a = a.Unmap()

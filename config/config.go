@@ -43,6 +43,25 @@ type Config struct {
 	MaxTracked int               // knock attempts tracked at most
 
 	Fwknop *Fwknop // nil without [fwknop]
+
+	Covert []Covert // covert knock doors
+}
+
+// Covert is a [[covert]] door: SYNs to a closed TCP port that carry an
+// authenticated request in their header fields.
+type Covert struct {
+	Name    string
+	Port    uint16
+	MaxSkew time.Duration
+	Clients []CovertClient
+}
+
+// CovertClient is one client of a covert door.
+type CovertClient struct {
+	Name     string
+	Secret   []byte
+	Allow    []port.Spec
+	Duration time.Duration
 }
 
 // Fwknop configures fwknop (FKO 3.0.0) compatibility.
@@ -106,6 +125,21 @@ type rawConfig struct {
 	Knock          rawKnock    `toml:"knock"`
 	Doors          []rawDoor   `toml:"door"`
 	Fwknop         *rawFwknop  `toml:"fwknop"`
+	Covert         []rawCovert `toml:"covert"`
+}
+
+type rawCovert struct {
+	Name    string            `toml:"name"`
+	Port    int               `toml:"port"`
+	MaxSkew string            `toml:"max_skew"`
+	Clients []rawCovertClient `toml:"client"`
+}
+
+type rawCovertClient struct {
+	Name       string   `toml:"name"`
+	SecretFile string   `toml:"secret_file"`
+	Allow      []string `toml:"allow"`
+	Duration   string   `toml:"duration"`
 }
 
 type rawFwknop struct {
@@ -313,6 +347,7 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		}
 	}
 	v.doors(cfg, raw.Doors)
+	v.covert(cfg, raw.Covert)
 	if raw.Fwknop != nil {
 		f := &Fwknop{AccessFile: raw.Fwknop.AccessFile, Port: DefaultSPAPort}
 		if f.AccessFile == "" {
@@ -397,8 +432,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.Firewall.OnExit)
 	}
 
-	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil {
-		v.fail("client", "no [[client]], [[door]], knockd_file or [fwknop]: nobody could knock")
+	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 {
+		v.fail("client", "no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
 	}
 	names := map[string]bool{}
 	keys := map[spa.ClientPublicKey]string{}
@@ -476,6 +511,11 @@ func (c *Config) Protected() []port.Spec {
 	if c.Fwknop != nil {
 		for _, st := range c.Fwknop.Stanzas {
 			add(st.OpenPorts)
+		}
+	}
+	for _, cv := range c.Covert {
+		for _, cl := range cv.Clients {
+			add(cl.Allow)
 		}
 	}
 	return out

@@ -21,6 +21,7 @@ func TestReference(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "rotating.secret")
 	os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
 	data = []byte(strings.Replace(string(data), "/etc/postern/rotating.secret", secret, 1))
+	data = []byte(strings.Replace(string(data), "/etc/postern/alice.covert", secret, 1))
 	access := filepath.Join(t.TempDir(), "access.conf")
 	os.WriteFile(access, []byte("SOURCE ANY\nKEY k\nHMAC_KEY h\nOPEN_PORTS tcp/22, tcp/443\n"), 0o600)
 	data = []byte(strings.Replace(string(data), "/etc/fwknop/access.conf", access, 1))
@@ -37,6 +38,9 @@ func TestReference(t *testing.T) {
 	}
 	if cfg.Fwknop == nil || cfg.Fwknop.Port != 62201 || cfg.Fwknop.MaxPacketAge != 120*time.Second || len(cfg.Fwknop.Stanzas) != 1 {
 		t.Fatalf("reference [fwknop] %+v", cfg.Fwknop)
+	}
+	if len(cfg.Covert) != 1 || cfg.Covert[0].Port != 4444 || len(cfg.Covert[0].Clients) != 1 || cfg.Covert[0].Clients[0].Duration != 30*time.Second {
+		t.Fatalf("reference [[covert]] %+v", cfg.Covert)
 	}
 	if len(cfg.Protected()) != 2 {
 		t.Fatalf("protected %v", cfg.Protected())
@@ -101,7 +105,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad duplicate key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n[[client]]\nname = \"b\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:9: client[2].public_key: same key as client \"a\""},
 		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
 		{"bad missing private key", "interface = \"eth0\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml: private_key_file: missing"},
-		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]], knockd_file or [fwknop]"},
+		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
 	}
@@ -189,5 +193,42 @@ tcp_flags = ""
 knockd_file = "`+knockd+`"`))
 	if err == nil || !strings.Contains(err.Error(), knockd+":4: bogus") {
 		t.Fatalf("knockd error: %v", err)
+	}
+}
+
+func TestCovertConfig(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "s")
+	os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef"), 0o600)
+	doc := `interface = "eth0"
+[[covert]]
+name = "a"
+port = 4444
+
+[[covert.client]]
+name = "x"
+secret_file = "` + secret + `"
+allow = ["tcp/22"]
+
+[[covert]]
+name = "b"
+port = 4445
+
+[[covert.client]]
+name = "y"
+secret_file = "` + secret + `"
+allow = ["tcp/22"]
+
+[[covert.client]]
+name = "z"
+secret_file = "` + secret + `"
+allow = ["tcp/0"]
+`
+	_, err := Parse("p.toml", []byte(doc))
+	if err == nil || !strings.Contains(err.Error(), "p.toml:23: covert[2].client[2].allow") {
+		t.Fatalf("nested array table error: %v", err)
+	}
+	cfg, err := Parse("p.toml", []byte(strings.Replace(doc, "tcp/0", "udp/53", 1)))
+	if err != nil || len(cfg.Covert) != 2 || len(cfg.Covert[1].Clients) != 2 || len(cfg.Protected()) != 2 {
+		t.Fatalf("%+v %v", cfg, err)
 	}
 }

@@ -136,3 +136,56 @@ func ParsePortRange(s string) (lo, hi uint16, err error) {
 	}
 	return uint16(l), uint16(h), nil
 }
+
+// covert validates the [[covert]] tables.
+func (v *validator) covert(cfg *Config, raws []rawCovert) {
+	ports := map[int]bool{}
+	for i, rc := range raws {
+		at := func(k string) string { return fmt.Sprintf("covert[%d].%s", i, k) }
+		c := Covert{Name: rc.Name}
+		if !clientName.MatchString(rc.Name) {
+			v.fail(at("name"), "%q: missing or not letters, digits, '.', '_', '@', '-'", rc.Name)
+		}
+		switch {
+		case rc.Port < 1 || rc.Port > 65535:
+			v.fail(at("port"), "%d: must be 1 to 65535 (the closed TCP port the SYNs go to)", rc.Port)
+		case ports[rc.Port]:
+			v.fail(at("port"), "%d is used by another [[covert]]", rc.Port)
+		default:
+			c.Port = uint16(rc.Port)
+		}
+		ports[rc.Port] = true
+		c.MaxSkew = v.duration(at("max_skew"), rc.MaxSkew, DefaultMaxSkew)
+		if len(rc.Clients) == 0 {
+			v.fail(at("client"), "no [[covert.client]]: nobody could knock")
+		}
+		for j, rcl := range rc.Clients {
+			cat := func(k string) string { return fmt.Sprintf("covert[%d].client[%d].%s", i, j, k) }
+			cl := CovertClient{Name: rcl.Name}
+			if !clientName.MatchString(rcl.Name) {
+				v.fail(cat("name"), "%q: missing or not letters, digits, '.', '_', '@', '-'", rcl.Name)
+			}
+			if rcl.SecretFile == "" {
+				v.fail(cat("secret_file"), "missing")
+			} else if secret, err := spa.ReadPrivateKeyFile(rcl.SecretFile); err != nil {
+				v.fail(cat("secret_file"), "%v", err)
+			} else if cl.Secret = []byte(strings.TrimSpace(secret)); len(cl.Secret) < 16 {
+				v.fail(cat("secret_file"), "the secret must be at least 16 bytes")
+			}
+			if len(rcl.Allow) == 0 {
+				v.fail(cat("allow"), "missing: what this client may open, such as [\"tcp/22\"]")
+			}
+			for _, s := range rcl.Allow {
+				p, err := port.Parse(s)
+				if err != nil || (p.Proto != port.TCP && p.Proto != port.UDP) {
+					v.fail(cat("allow"), "%q: want tcp/PORT or udp/PORT", s)
+					continue
+				}
+				cl.Allow = append(cl.Allow, p)
+			}
+			cl.Duration = v.duration(cat("duration"), rcl.Duration, DefaultDuration)
+			c.Clients = append(c.Clients, cl)
+		}
+		cfg.Covert = append(cfg.Covert, c)
+	}
+}

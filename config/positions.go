@@ -13,7 +13,7 @@ import (
 // A table header maps to its own line under its path ("spa", "client[1]").
 func keyLines(data []byte) map[string]int {
 	lines := map[string]int{}
-	counts := map[string]int{}
+	counts := map[string]int{} // array-table path (parents indexed) → entries so far
 	var p unstable.Parser
 	p.Reset(data)
 	prefix := ""
@@ -21,7 +21,21 @@ func keyLines(data []byte) map[string]int {
 		e := p.Expression()
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
-			k, line := joinKey(&p, e.Key())
+			parts, line := keyParts(&p, e.Key())
+			// Index every parent that is an array of tables with its
+			// current entry: [[covert.client]] belongs to the last
+			// [[covert]], "covert[1].client[0]".
+			k := ""
+			for i, part := range parts {
+				if k != "" {
+					k += "."
+				}
+				k += part
+				last := i == len(parts)-1
+				if n, isArray := counts[k]; isArray && !last {
+					k = fmt.Sprintf("%s[%d]", k, n-1)
+				}
+			}
 			if e.Kind == unstable.ArrayTable {
 				i := counts[k]
 				counts[k]++
@@ -41,6 +55,11 @@ func keyLines(data []byte) map[string]int {
 }
 
 func joinKey(p *unstable.Parser, it unstable.Iterator) (string, int) {
+	parts, line := keyParts(p, it)
+	return strings.Join(parts, "."), line
+}
+
+func keyParts(p *unstable.Parser, it unstable.Iterator) ([]string, int) {
 	var parts []string
 	line := 0
 	for it.Next() {
@@ -50,5 +69,5 @@ func joinKey(p *unstable.Parser, it unstable.Iterator) (string, int) {
 		}
 		parts = append(parts, string(n.Data))
 	}
-	return strings.Join(parts, "."), line
+	return parts, line
 }

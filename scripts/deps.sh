@@ -10,6 +10,7 @@ have knockd || need+=(knockd)   # the real knock and knockd, for compatibility t
 have fwknop || need+=(fwknop-client)
 have fwknopd || need+=(fwknop-server)
 have gpg || need+=(gnupg)
+have tcpdump || need+=(tcpdump)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2

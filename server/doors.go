@@ -1,10 +1,8 @@
 package server
 
 import (
-	"context"
 	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
 	"postern/capture"
@@ -34,8 +32,7 @@ const expireEvery = 250 * time.Millisecond
 // doorHandler feeds knock sequences to the engine and opens doors.
 type doorHandler struct {
 	s      *Server
-	mu     sync.Mutex // the engine is fed by capture and by the expiry timer
-	engine *knock.Engine
+	engine *knock.Engine // guarded by s.mu
 	native map[*knock.Door]bool
 }
 
@@ -104,33 +101,16 @@ func (h *doorHandler) handle(f *capture.Frame) {
 	default:
 		return
 	}
-	h.mu.Lock()
 	h.engine.Hit(f.Src, f.Dst, hit, flags, f.Time)
-	h.mu.Unlock()
-}
-
-func (h *doorHandler) expireLoop(ctx context.Context) {
-	t := time.NewTicker(expireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			h.mu.Lock()
-			h.engine.Expire(now)
-			h.mu.Unlock()
-		}
-	}
 }
 
 func (h *doorHandler) tracked() float64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.s.mu.Lock()
+	defer h.s.mu.Unlock()
 	return float64(h.engine.Stats().Tracked)
 }
 
-// event is the engine's callback; it runs with h.mu held.
+// event is the engine's callback; it runs with s.mu held.
 func (h *doorHandler) event(ev knock.Event) {
 	s := h.s
 	args := []any{"door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"postern/capture"
@@ -31,9 +32,11 @@ type Server struct {
 	spa     *spaHandler     // nil without [[client]]s
 	doors   *doorHandler    // nil without doors
 	fwknop  *fwknopHandler  // nil without [fwknop]
+	covert  *covertHandler  // nil without [[covert]]
 	runner  *command.Runner // commands of doors and fwknop stanzas; nil if none
 	metrics *Metrics
 	logs    logLimiter
+	mu      sync.Mutex // serialises packets and the expiry timer
 }
 
 // New loads keys and state and prepares the pipeline. It does not touch the
@@ -66,6 +69,14 @@ func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, er
 		}
 		s.fwknop = h
 		reasons = append(reasons, fwknopMetricNames...)
+	}
+	if len(cfg.Covert) > 0 {
+		h, err := newCovertHandler(s)
+		if err != nil {
+			return nil, err
+		}
+		s.covert = h
+		reasons = append(reasons, covertMetricNames...)
 	}
 	if len(cfg.Doors) > 0 {
 		h, err := newDoorHandler(s)
@@ -106,6 +117,11 @@ func (s *Server) rules() (firewall.Rules, []capture.Match) {
 				rules.Knock = append(rules.Knock, p)
 			}
 		}
+	}
+	if s.covert != nil {
+		ps := s.covert.ports()
+		matches = append(matches, capture.PortMatches(ps)...)
+		rules.Knock = append(rules.Knock, ps...)
 	}
 	if s.doors != nil {
 		m, closed, ranges := s.doors.ports()
@@ -165,9 +181,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
-	if s.doors != nil {
-		go s.doors.expireLoop(ctx)
-	}
+	go s.expireLoop(ctx)
 	if s.runner != nil {
 		defer s.runner.Close()
 	}
@@ -203,9 +217,11 @@ func (s *Server) spaPort() any {
 	return s.cfg.SPA.Port
 }
 
-// handle routes one packet. It runs on the capture goroutine, never
-// concurrently.
+// handle routes one packet. It runs on the capture goroutine; s.mu keeps
+// the expiry timer out of the stateful handlers meanwhile.
 func (s *Server) handle(f *capture.Frame, perr error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if perr != nil {
 		s.refuse(f.Src, "", mMalformed, slog.String("detail", perr.Error()))
 		return
@@ -229,8 +245,32 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 			return
 		}
 	}
+	if s.covert != nil && s.covert.handle(f) {
+		return
+	}
 	if s.doors != nil {
 		s.doors.handle(f)
+	}
+}
+
+// expireLoop drops timed-out knock attempts and stale covert SYNs.
+func (s *Server) expireLoop(ctx context.Context) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			if s.doors != nil {
+				s.doors.engine.Expire(now)
+			}
+			if s.covert != nil {
+				s.covert.expire(now)
+			}
+			s.mu.Unlock()
+		}
 	}
 }
 

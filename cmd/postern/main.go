@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -281,7 +283,10 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 	period := fs.String("period", "", "sequence: the rotating door's period (default 30s)")
 	length := fs.Int("length", 0, "sequence: the rotating door's sequence length (default 4)")
 	portRange := fs.String("port-range", "", "sequence: the rotating door's port range (default 20000-39999)")
-	profiles := fs.String("config", client.DefaultProfiles(), "sequence: client config `file` with [[door]] profiles")
+	profiles := fs.String("config", client.DefaultProfiles(), "sequence, covert: client config `file` with [[door]] and [[covert]] profiles")
+	covertMode := fs.Bool("covert", false, "covert: hide the knock in the header fields of TCP SYNs (needs CAP_NET_RAW)")
+	decoys := fs.Int("decoys", 0, "covert: also send this many SYNs with random fields to other ports")
+	decoyFrom := fs.String("decoy-from", "", "covert: other `addresses` of this host to send one decoy SYN each from")
 	// both
 	for _, n := range []string{"4", "ipv4"} {
 		fs.BoolVar(&only4, n, false, "use IPv4 only")
@@ -296,7 +301,8 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, `Usage:
   postern knock --key FILE --server-key KEY --open tcp/22 [flags] HOST   one postern SPA knock
   postern knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|:udp|:icmp]…     a port-knock sequence (knock(1))
-  postern knock --door NAME [--secret-file FILE] [HOST]                  a door from the client config, or a rotating door`)
+  postern knock --door NAME [--secret-file FILE] [HOST]                  a door from the client config, or a rotating door
+  postern knock --covert --door NAME --secret-file FILE [--port P] [--open tcp/22] HOST   a covert knock`)
 		fs.PrintDefaults()
 	}
 	pos, err := parse(fs, args)
@@ -313,6 +319,10 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
+	if *covertMode {
+		return covertKnock(fs, pos, *door, *secretFile, *open, *allow, *profiles, *decoys, *decoyFrom,
+			time.Duration(delayMS)*time.Millisecond, only4, only6, out)
+	}
 	if *keyFile == "" && *serverKey == "" && *open == "" {
 		network := "ip"
 		if only4 {
@@ -540,4 +550,87 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return client.SendFwknop(ctx, pkt)
+}
+
+// covertKnock sends a covert knock. Port, host, what to open and the secret
+// come from the flags, else from a [[covert]] profile of the same name.
+func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, profiles string, decoys int,
+	decoyFrom string, delay time.Duration, only4, only6 bool, out io.Writer) error {
+	if door == "" {
+		return errUsage{errors.New("--covert needs --door NAME (the server's [[covert]] name)")}
+	}
+	prof, err := client.LoadCovertProfile(profiles, door)
+	if err != nil {
+		return err
+	}
+	if prof == nil {
+		prof = &client.CovertProfile{}
+	}
+	portSet := false
+	fs.Visit(func(f *flag.Flag) { portSet = portSet || f.Name == "port" })
+	o := client.CovertOptions{Door: door, Decoys: decoys, Delay: delay, Verbose: out, Port: prof.Port}
+	if portSet {
+		o.Port = uint16(fs.Lookup("port").Value.(flag.Getter).Get().(uint))
+	}
+	if o.Port == 0 {
+		return errUsage{errors.New("--covert needs --port (the door's TCP port) or a [[covert]] profile")}
+	}
+	host := prof.Host
+	if len(pos) == 1 {
+		host = pos[0]
+	} else if len(pos) > 1 {
+		return errUsage{errors.New("--covert takes one HOST")}
+	}
+	if host == "" {
+		return errUsage{errors.New("--covert needs a HOST")}
+	}
+	network := "ip"
+	if only4 {
+		network = "ip4"
+	} else if only6 {
+		network = "ip6"
+	}
+	if o.Host, err = client.ResolveHost(network, host); err != nil {
+		return err
+	}
+	if open == "" {
+		open = cmpOr(prof.Open, "tcp/22")
+	}
+	if o.Open, err = port.Parse(open); err != nil {
+		return errUsage{fmt.Errorf("--open: %w", err)}
+	}
+	if secretFile == "" {
+		secretFile = prof.SecretFile
+	}
+	if secretFile == "" {
+		return errUsage{errors.New("--covert needs --secret-file")}
+	}
+	secret, err := spa.ReadPrivateKeyFile(secretFile)
+	if err != nil {
+		return err
+	}
+	o.Secret = []byte(strings.TrimSpace(secret))
+	if allow != "" {
+		if o.Allow, err = netip.ParseAddr(allow); err != nil {
+			return errUsage{fmt.Errorf("--allow %q: want the address the server sees you as", allow)}
+		}
+	}
+	for _, a := range strings.Split(decoyFrom, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return errUsage{fmt.Errorf("--decoy-from %q: not an address", a)}
+		}
+		o.From = append(o.From, ip)
+	}
+	return client.CovertKnock(o)
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

@@ -15,6 +15,7 @@ echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
 go test ./spa -run '^$' -bench 'RejectJunk|VerifyValid|Seal|AdvancePersistent' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./knock -run '^$' -bench 'Hit' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./fko -run '^$' -bench . -benchmem -count "$COUNT" | sed 's/^Benchmark/BenchmarkFKO/' | tee -a "$out" | grep '^Benchmark' >&2 || true
+go test ./covert -run '^$' -bench . -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 if [ "$(id -u)" = 0 ]; then
   go test ./cmd/postern -run '^$' -bench KnockToOpen -benchtime 100x -count "${LATENCY_COUNT:-3}" | tee -a "$out" | grep '^Benchmark' >&2 || true
 fi

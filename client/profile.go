@@ -50,18 +50,12 @@ type CovertProfile struct {
 // LoadCovertProfile returns the [[covert]] profile called name from path,
 // or nil when there is no such file or profile.
 func LoadCovertProfile(path, name string) (*CovertProfile, error) {
-	data, err := os.ReadFile(path)
+	raw, err := readProfiles(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
-	}
-	var raw rawProfiles
-	dec := toml.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	for _, c := range raw.Covert {
 		if c.Name == name {
@@ -96,8 +90,8 @@ func DefaultProfiles() string {
 	return filepath.Join(dir, "postern", "client.toml")
 }
 
-// LoadProfile reads path and returns the door called name.
-func LoadProfile(path, name string) (*Profile, error) {
+// readProfiles decodes a client.toml strictly, errors naming file and line.
+func readProfiles(path string) (*rawProfiles, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -117,6 +111,15 @@ func LoadProfile(path, name string) (*Profile, error) {
 			return nil, fmt.Errorf("%s:%d: %v", path, line, de)
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &raw, nil
+}
+
+// LoadProfile reads path and returns the door called name.
+func LoadProfile(path, name string) (*Profile, error) {
+	raw, err := readProfiles(path)
+	if err != nil {
+		return nil, err
 	}
 	for _, rp := range raw.Doors {
 		if rp.Name != name {

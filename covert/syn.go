@@ -163,6 +163,10 @@ func (s SYN) Build(sh Shape) []byte {
 	return ip
 }
 
+// Checksum folds b into the one's-complement sum started with sum, as IP
+// and TCP checksums are computed (complement the result to store it).
+func Checksum(sum uint32, b []byte) uint16 { return onesSum(sum, b) }
+
 func onesSum(sum uint32, b []byte) uint16 {
 	for i := 0; i+1 < len(b); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(b[i:]))

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"postern/covert"
 	"postern/internal/netnstest"
 )
 
@@ -113,7 +114,7 @@ func withSource(p []byte, src netip.Addr) []byte {
 	copy(q[12:16], a[:])
 	ihl := int(q[0]&0x0f) * 4
 	q[10], q[11] = 0, 0
-	binary.BigEndian.PutUint16(q[10:], ^csum(0, q[:ihl]))
+	binary.BigEndian.PutUint16(q[10:], ^covert.Checksum(0, q[:ihl]))
 	tcp := q[ihl:]
 	tcp[16], tcp[17] = 0, 0
 	var sum uint32
@@ -121,21 +122,8 @@ func withSource(p []byte, src netip.Addr) []byte {
 		sum += uint32(binary.BigEndian.Uint16(q[i:]))
 	}
 	sum += 6 + uint32(len(tcp))
-	binary.BigEndian.PutUint16(tcp[16:], ^csum(sum, tcp))
+	binary.BigEndian.PutUint16(tcp[16:], ^covert.Checksum(sum, tcp))
 	return q
-}
-
-func csum(sum uint32, b []byte) uint16 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }
 
 // synShape blanks what may differ between two SYNs of this host — the

@@ -381,8 +381,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 			v.fail("interface", "missing: name the interface knocks arrive on (or \"any\")")
 		}
 	case "udp":
-		if len(cfg.Doors) > 0 {
-			v.fail("capture", "\"udp\" cannot see knock sequences: doors need \"afpacket\"")
+		if len(cfg.Doors) > 0 || len(cfg.Covert) > 0 {
+			v.fail("capture", "\"udp\" sees only UDP datagrams: [[door]]s and [[covert]] doors need \"afpacket\"")
 		}
 	default:
 		v.fail("capture", "%q: want \"afpacket\" or \"udp\"", cfg.Capture)

@@ -227,6 +227,10 @@ allow = ["tcp/0"]
 	if err == nil || !strings.Contains(err.Error(), "p.toml:23: covert[2].client[2].allow") {
 		t.Fatalf("nested array table error: %v", err)
 	}
+	if _, err := Parse("p.toml", []byte("capture = \"udp\"\n"+strings.Replace(doc, "tcp/0", "udp/53", 1))); err == nil ||
+		!strings.Contains(err.Error(), "p.toml:1: capture") {
+		t.Fatalf("covert with udp capture: %v", err)
+	}
 	cfg, err := Parse("p.toml", []byte(strings.Replace(doc, "tcp/0", "udp/53", 1)))
 	if err != nil || len(cfg.Covert) != 2 || len(cfg.Covert[1].Clients) != 2 || len(cfg.Protected()) != 2 {
 		t.Fatalf("%+v %v", cfg, err)

@@ -110,9 +110,10 @@ func (s *Server) rules() (firewall.Rules, []capture.Match) {
 		}
 	}
 	if s.fwknop != nil {
+		// The fwknop port may be the SPA port: capture and close it once.
 		p := port.Spec{Proto: port.UDP, Num: s.cfg.Fwknop.Port}
-		if !slices.Contains(rules.Knock, p) {
-			matches = append(matches, capture.PortMatches([]port.Spec{p})...)
+		if m := (capture.Match{Proto: p.Proto, Lo: p.Num, Hi: p.Num}); !slices.Contains(matches, m) {
+			matches = append(matches, m)
 			if s.cfg.Capture == "afpacket" {
 				rules.Knock = append(rules.Knock, p)
 			}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -200,5 +201,31 @@ func TestKnockdLogFile(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "Stage") || strings.Contains(stderr.String(), "knock progress") {
 		t.Error("debug line on stderr at info level")
+	}
+}
+
+// SPA and fwknop may share a port: it is captured (and, with AF_PACKET,
+// closed) once, in either capture mode.
+func TestSharedKnockPort(t *testing.T) {
+	dir := t.TempDir()
+	server, _ := spa.GenerateServerKey()
+	alice, _ := spa.GenerateClientKey()
+	keyFile := filepath.Join(dir, "server.key")
+	os.WriteFile(keyFile, []byte(server.String()), 0o600)
+	for _, mode := range []string{"afpacket", "udp"} {
+		cfg := &config.Config{Interface: "any", Capture: mode, PrivateKeyFile: keyFile, StateDir: filepath.Join(dir, mode),
+			SPA:     config.SPA{Port: 62201, MaxSkew: 30 * time.Second},
+			Clients: []config.Client{{Name: "alice", PublicKey: alice.Public(), Allow: []port.Spec{{Proto: port.TCP, Num: 22}}}},
+			Fwknop:  &config.Fwknop{Port: 62201, MaxPacketAge: time.Minute},
+		}
+		s, err := New(cfg, firewall.NewMemory(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, matches := s.rules()
+		wantKnock := map[string]int{"afpacket": 1, "udp": 0}[mode]
+		if len(matches) != 1 || len(rules.Knock) != wantKnock {
+			t.Fatalf("%s: matches %v, knock %v", mode, matches, rules.Knock)
+		}
 	}
 }

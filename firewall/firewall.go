@@ -60,3 +60,27 @@ type Backend interface {
 	Cleanup() error
 	Close() error
 }
+
+// expiries remembers when grants made by this process end, so that a
+// re-grant can extend but never shorten one. Kernels (nftables, ipset)
+// replace a timeout rather than keep the later one.
+type expiries map[Grant]time.Time
+
+func grantKey(g Grant) Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
+
+// extends reports whether g, granted at now, ends later than what this
+// process granted before, and returns its end.
+func (e expiries) extends(g Grant, now time.Time) (time.Time, bool) {
+	until := now.Add(g.Timeout)
+	prev, ok := e[grantKey(g)]
+	return until, !ok || !prev.After(until)
+}
+
+// forgetExpired drops grants that ended before now.
+func (e expiries) forgetExpired(now time.Time) {
+	for k, t := range e {
+		if now.After(t) {
+			delete(e, k)
+		}
+	}
+}

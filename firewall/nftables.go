@@ -47,15 +47,13 @@ type NFTables struct {
 	chain *nftables.Chain
 
 	mu sync.Mutex
-	// expiry remembers what this process granted, so that a re-grant can
-	// extend but never shorten a grant.
-	expiry map[Grant]time.Time
+	expiry expiries
 	now    func() time.Time
 }
 
 // NewNFTables returns a backend that uses conn.
 func NewNFTables(conn *nftables.Conn) *NFTables {
-	n := &NFTables{conn: conn, expiry: make(map[Grant]time.Time), now: time.Now}
+	n := &NFTables{conn: conn, expiry: expiries{}, now: time.Now}
 	n.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 	svc := nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
 	n.sets.grants4 = &nftables.Set{Table: n.table, Name: "grants4", HasTimeout: true, Concatenation: true,
@@ -208,9 +206,9 @@ func (n *NFTables) Grant(gs []Grant) error {
 		if g.Timeout < time.Millisecond {
 			return fmt.Errorf("nftables: grant %v: timeout too short", g)
 		}
-		key := Grant{Addr: g.Addr.Unmap(), Port: g.Port}
-		until := now.Add(g.Timeout)
-		if prev, ok := n.expiry[key]; ok && prev.After(until) {
+		key := grantKey(g)
+		until, later := n.expiry.extends(g, now)
+		if !later {
 			continue // already open for longer
 		}
 		set, k := n.grantSetAndKey(g)
@@ -233,16 +231,8 @@ func (n *NFTables) Grant(gs []Grant) error {
 		}
 		return fmt.Errorf("nftables: granting: %w", err)
 	}
-	n.forgetExpired(now)
+	n.expiry.forgetExpired(now)
 	return nil
-}
-
-func (n *NFTables) forgetExpired(now time.Time) {
-	for k, t := range n.expiry {
-		if now.After(t) {
-			delete(n.expiry, k)
-		}
-	}
 }
 
 // Revoke implements Backend, with the same add-then-delete idiom so that a
@@ -258,7 +248,7 @@ func (n *NFTables) Revoke(gs []Grant) error {
 		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
 			return err
 		}
-		delete(n.expiry, Grant{Addr: g.Addr.Unmap(), Port: g.Port})
+		delete(n.expiry, grantKey(g))
 	}
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("nftables: revoking: %w", err)

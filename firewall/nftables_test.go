@@ -34,8 +34,16 @@ func nftIn(t *testing.T, ns *netnstest.NS) *firewall.NFTables {
 	return firewall.NewNFTables(c)
 }
 
-func reachable(p *netnstest.Pair, from, to netip.Addr) bool {
-	c, err := p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), 300*time.Millisecond)
+// Reachability probes. A dropped SYN is a timeout however busy the machine
+// is, so a probe that expects "closed" needs no long wait; one that expects
+// "open" gets a generous timeout so that load cannot fail it.
+const (
+	expectClosed = 300 * time.Millisecond
+	expectOpen   = 3 * time.Second
+)
+
+func reachable(p *netnstest.Pair, from, to netip.Addr, timeout time.Duration) bool {
+	c, err := p.Client.Dial("tcp", from, netip.AddrPortFrom(to, 22), timeout)
 	if err != nil {
 		return false
 	}
@@ -73,7 +81,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if err := fw.Cleanup(); err != nil {
 				t.Fatal(err)
 			}
-			if !reachable(p, fam.client, fam.server) {
+			if !reachable(p, fam.client, fam.server, expectOpen) {
 				t.Fatal("port closed before postern was set up: the test setup is wrong")
 			}
 			rules := firewall.Rules{Protected: []port.Spec{ssh}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}},
@@ -81,7 +89,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if err := fw.Setup(rules); err != nil {
 				t.Fatal(err)
 			}
-			if reachable(p, fam.client, fam.server) {
+			if reachable(p, fam.client, fam.server, expectClosed) {
 				t.Fatal("protected port reachable without a grant")
 			}
 			for _, pt := range []uint16{20000, 20009} {
@@ -95,10 +103,10 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if err := fw.Grant([]firewall.Grant{{Addr: fam.client, Port: ssh, Timeout: 2 * time.Second}}); err != nil {
 				t.Fatal(err)
 			}
-			if !reachable(p, fam.client, fam.server) {
+			if !reachable(p, fam.client, fam.server, expectOpen) {
 				t.Fatal("granted address cannot connect")
 			}
-			if reachable(p, fam.alt, fam.server) {
+			if reachable(p, fam.alt, fam.server, expectClosed) {
 				t.Fatal("another address of the same host can connect")
 			}
 			established, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 22), time.Second)
@@ -115,11 +123,11 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if err := fw.Setup(rules); err != nil {
 				t.Fatal(err)
 			}
-			if !reachable(p, fam.client, fam.server) {
+			if !reachable(p, fam.client, fam.server, expectOpen) {
 				t.Fatal("Setup dropped a live grant")
 			}
 			time.Sleep(2200 * time.Millisecond)
-			if reachable(p, fam.client, fam.server) {
+			if reachable(p, fam.client, fam.server, expectClosed) {
 				t.Fatal("grant did not expire")
 			}
 			if !echo(t, established) {
@@ -148,7 +156,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 		if err := fw.Revoke([]firewall.Grant{g, {Addr: p.Client6b, Port: ssh}}); err != nil {
 			t.Fatalf("revoke (one of them never granted): %v", err)
 		}
-		if reachable(p, p.Client4, p.Server4) {
+		if reachable(p, p.Client4, p.Server4, expectClosed) {
 			t.Fatal("revoked grant still open")
 		}
 	})
@@ -175,7 +183,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 		if out := p.Server.Exec(t, "nft", "list", "ruleset"); strings.Contains(out, "postern") {
 			t.Fatalf("table left after cleanup:\n%s", out)
 		}
-		if !reachable(p, p.Client4, p.Server4) {
+		if !reachable(p, p.Client4, p.Server4, expectOpen) {
 			t.Fatal("port still closed after cleanup")
 		}
 	})

@@ -81,7 +81,7 @@ type SPA struct {
 
 // Firewall configures the backend.
 type Firewall struct {
-	Backend      string // "nftables" or "none"
+	Backend      string // "nftables", "iptables" (with ipset) or "none"
 	RemoveOnExit bool   // revoke live grants on SIGTERM instead of letting them expire
 }
 
@@ -421,8 +421,10 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	if cfg.Firewall.Backend == "" {
 		cfg.Firewall.Backend = "nftables"
 	}
-	if cfg.Firewall.Backend != "nftables" && cfg.Firewall.Backend != "none" {
-		v.fail("firewall.backend", "%q: want \"nftables\" or \"none\"", cfg.Firewall.Backend)
+	switch cfg.Firewall.Backend {
+	case "nftables", "iptables", "none":
+	default:
+		v.fail("firewall.backend", "%q: want \"nftables\", \"iptables\" or \"none\"", cfg.Firewall.Backend)
 	}
 	switch raw.Firewall.OnExit {
 	case "", "keep":

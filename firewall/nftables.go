@@ -46,7 +46,7 @@ type NFTables struct {
 	sets  struct{ grants4, grants6, protected, knock *nftables.Set }
 	chain *nftables.Chain
 
-	mu sync.Mutex
+	mu     sync.Mutex
 	expiry expiries
 	now    func() time.Time
 }

@@ -6,6 +6,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip  || need+=(iproute2)
 have nft || need+=(nftables)
 have iptables || need+=(iptables)
+have ipset || need+=(ipset)
 have knockd || need+=(knockd)   # the real knock and knockd, for compatibility tests
 have fwknop || need+=(fwknop-client)
 have fwknopd || need+=(fwknop-server)

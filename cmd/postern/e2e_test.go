@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"postern/internal/netnstest"
 	"postern/port"
 	"postern/spa"
 )
@@ -359,4 +360,31 @@ func TestCapabilities(t *testing.T) {
 	// And it still works: capture sockets were opened before the drop.
 	r.knock(r.p.Server4)
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after dropping CAP_NET_RAW").Close()
+}
+
+// The iptables+ipset backend with the real daemon: a grant for one address
+// that expires in the kernel, also after SIGKILL.
+func TestIPTablesBackend(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "iptables", "ipset")
+	r := newRig(t, rigOptions{extra: "\n[firewall]\nbackend = \"iptables\"\n"})
+	r.start()
+	for _, fam := range []struct{ srv, cli, other netip.Addr }{
+		{r.p.Server4, r.p.Client4, r.p.Client4b}, {r.p.Server6, r.p.Client6, r.p.Client6b},
+	} {
+		r.requireClosed(fam.cli, fam.srv, "before the knock")
+		r.knock(fam.srv, "--for", "2s")
+		r.waitOpen(fam.cli, fam.srv, time.Second, "after the knock").Close()
+		r.requireClosed(fam.other, fam.srv, "another address")
+	}
+	if out := r.p.Server.Exec(t, "ipset", "list", "postern4"); !strings.Contains(out, r.p.Client4.String()+",tcp:22 timeout") {
+		t.Fatalf("grant not in ipset:\n%s", out)
+	}
+	r.signal(syscall.SIGKILL)
+	r.waitClosed(r.p.Client4, r.p.Server4, 3*time.Second, "expiry with the daemon dead")
+	r.waitClosed(r.p.Client6, r.p.Server6, 3*time.Second, "IPv6 expiry with the daemon dead")
+	r.p.Server.Exec(t, posternBin, "cleanup")
+	if out := r.p.Server.Exec(t, "iptables", "-S"); strings.Contains(out, "POSTERN") {
+		t.Fatalf("cleanup left:\n%s", out)
+	}
 }

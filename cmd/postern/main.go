@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -176,10 +177,28 @@ func loadConfig(args []string, name string, stderr io.Writer) (*config.Config, e
 }
 
 func openBackend(cfg *config.Config) (firewall.Backend, error) {
-	if cfg.Firewall.Backend == "none" {
+	switch cfg.Firewall.Backend {
+	case "none":
 		return firewall.NewMemory(), nil
+	case "iptables":
+		return firewall.NewIPTables(nil), nil
 	}
 	return firewall.OpenNFTables()
+}
+
+// installedBackends returns the kernel backends whose programs or netlink
+// are available here, for status and cleanup, which need no configuration.
+func installedBackends() []firewall.Backend {
+	var out []firewall.Backend
+	if nft, err := firewall.OpenNFTables(); err == nil {
+		out = append(out, nft)
+	}
+	if _, err := exec.LookPath("ipset"); err == nil {
+		if _, err := exec.LookPath("iptables"); err == nil {
+			out = append(out, firewall.NewIPTables(nil))
+		}
+	}
+	return out
 }
 
 func serve(args []string, stderr io.Writer) error {
@@ -444,14 +463,14 @@ func readServerKey(s string) (spa.ServerPublicKey, error) {
 }
 
 func status(stdout io.Writer) error {
-	fw, err := firewall.OpenNFTables()
-	if err != nil {
-		return err
-	}
-	defer fw.Close()
-	gs, err := fw.List()
-	if err != nil {
-		return err
+	var gs []firewall.Grant
+	for _, fw := range installedBackends() {
+		more, err := fw.List()
+		fw.Close()
+		if err != nil {
+			return err
+		}
+		gs = append(gs, more...)
 	}
 	if len(gs) == 0 {
 		fmt.Fprintln(stdout, "no live grants")
@@ -466,15 +485,18 @@ func status(stdout io.Writer) error {
 }
 
 func cleanup(stdout io.Writer) error {
-	fw, err := firewall.OpenNFTables()
-	if err != nil {
+	// Whatever backend ran, all of postern's rules go: table inet postern,
+	// chain POSTERN and the postern4/postern6 sets.
+	var errs []error
+	for _, fw := range installedBackends() {
+		errs = append(errs, fw.Cleanup())
+		fw.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	defer fw.Close()
-	if err := fw.Cleanup(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "removed table inet %s\n", firewall.TableName)
+	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present\n",
+		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -67,12 +68,72 @@ func echo(t *testing.T, c net.Conn) bool {
 }
 
 func TestNFTablesInNamespace(t *testing.T) {
+	t.Parallel()
 	netnstest.Require(t, "nft")
 	p := netnstest.NewPair(t)
-	p.Server.Echo(t, "[::]:22")
 	fw := nftIn(t, p.Server)
 	defer fw.Close()
+	testBackend(t, p, fw, backendChecks{
+		installed: func() string { return p.Server.Exec(t, "nft", "list", "table", "inet", "postern") },
+		rules: []string{
+			"ip saddr . meta l4proto . th dport @grants4 accept",
+			"ip6 saddr . meta l4proto . th dport @grants6 accept",
+			"meta l4proto . th dport @protected drop",
+			"tcp dport 20000-20009 drop",
+			"ct state established,related accept",
+		},
+		leftovers: func() string {
+			if out := p.Server.Exec(t, "nft", "list", "ruleset"); strings.Contains(out, "postern") {
+				return out
+			}
+			return ""
+		},
+	})
+}
 
+func TestIPTablesInNamespace(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "iptables", "ip6tables", "ipset")
+	p := netnstest.NewPair(t)
+	fw := firewall.NewIPTables(func(name string, args ...string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", p.Server.Name, name}, args...)...)
+	})
+	testBackend(t, p, fw, backendChecks{
+		installed: func() string {
+			return p.Server.Exec(t, "iptables", "-S") + p.Server.Exec(t, "ip6tables", "-S") + p.Server.Exec(t, "ipset", "list", "-n")
+		},
+		rules: []string{
+			"-A INPUT -j POSTERN",
+			"-A POSTERN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A POSTERN -m set --match-set postern4 src,dst -j ACCEPT",
+			"-A POSTERN -m set --match-set postern6 src,dst -j ACCEPT",
+			"-A POSTERN -p tcp -m tcp --dport 22 -j DROP",
+			"-A POSTERN -p tcp -m tcp --dport 20000:20009 -j DROP",
+			"postern4", "postern6",
+		},
+		leftovers: func() string {
+			out := p.Server.Exec(t, "iptables", "-S") + p.Server.Exec(t, "ip6tables", "-S") + p.Server.Exec(t, "ipset", "list", "-n")
+			if strings.Contains(out, "POSTERN") || strings.Contains(out, "postern") {
+				return out
+			}
+			return ""
+		},
+	})
+}
+
+// backendChecks are the backend-specific parts of testBackend.
+type backendChecks struct {
+	installed func() string // the backend's rules as its tools print them
+	rules     []string      // lines that must be there
+	leftovers func() string // non-empty: what Cleanup left behind
+}
+
+// testBackend runs the same checks against any kernel backend: closed
+// before a grant, open for the granted address only, re-Setup keeps live
+// grants, kernel expiry with established connections kept, extend never
+// shortens, revoke, cleanup.
+func testBackend(t *testing.T, p *netnstest.Pair, fw firewall.Backend, c backendChecks) {
+	p.Server.Echo(t, "[::]:22")
 	for _, fam := range []struct {
 		name                string
 		server, client, alt netip.Addr
@@ -97,7 +158,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 					t.Fatalf("knock range port %d: %v, want a dropped SYN", pt, err)
 				}
 			}
-			if _, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 20010), 200*time.Millisecond); isTimeout(err) {
+			if _, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 20010), expectOpen); isTimeout(err) {
 				t.Fatal("port 20010, outside the knock range, dropped")
 			}
 			if err := fw.Grant([]firewall.Grant{{Addr: fam.client, Port: ssh, Timeout: 2 * time.Second}}); err != nil {
@@ -109,7 +170,7 @@ func TestNFTablesInNamespace(t *testing.T) {
 			if reachable(p, fam.alt, fam.server, expectClosed) {
 				t.Fatal("another address of the same host can connect")
 			}
-			established, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 22), time.Second)
+			established, err := p.Client.Dial("tcp", fam.client, netip.AddrPortFrom(fam.server, 22), expectOpen)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,16 +223,10 @@ func TestNFTablesInNamespace(t *testing.T) {
 	})
 
 	t.Run("cleanup", func(t *testing.T) {
-		out := p.Server.Exec(t, "nft", "list", "table", "inet", "postern")
-		for _, want := range []string{
-			"ip saddr . meta l4proto . th dport @grants4 accept",
-			"ip6 saddr . meta l4proto . th dport @grants6 accept",
-			"meta l4proto . th dport @protected drop",
-			"tcp dport 20000-20009 drop",
-			"ct state established,related accept",
-		} {
+		out := c.installed()
+		for _, want := range c.rules {
 			if !strings.Contains(out, want) {
-				t.Errorf("ruleset lacks %q:\n%s", want, out)
+				t.Errorf("rules lack %q:\n%s", want, out)
 			}
 		}
 		if err := fw.Cleanup(); err != nil {
@@ -180,8 +235,8 @@ func TestNFTablesInNamespace(t *testing.T) {
 		if err := fw.Cleanup(); err != nil {
 			t.Fatalf("second cleanup: %v", err)
 		}
-		if out := p.Server.Exec(t, "nft", "list", "ruleset"); strings.Contains(out, "postern") {
-			t.Fatalf("table left after cleanup:\n%s", out)
+		if left := c.leftovers(); left != "" {
+			t.Fatalf("left after cleanup:\n%s", left)
 		}
 		if !reachable(p, p.Client4, p.Server4, expectOpen) {
 			t.Fatal("port still closed after cleanup")

@@ -96,12 +96,17 @@ func TestStopSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r2.Close()
 	time.Sleep(300 * time.Millisecond)
 	if b, _ := os.ReadFile(out); len(b) != 0 {
 		t.Fatal("stop ran before its time")
 	}
 	waitFile(t, out, "stop 198.18.0.2\n", 2*time.Second)
+	// Close waits until r2 has recorded the stop as done; only then may
+	// the test write the state file itself.
+	r2.Close()
+	if len(r2.Pending()) != 0 {
+		t.Fatal("stop still pending after it ran")
+	}
 
 	// Overdue: runs immediately.
 	overdue, _ := json.Marshal([]Pending{{ID: 7, Door: "d", Addr: "198.18.0.9", Command: "echo late >> " + out, Due: time.Now().Add(-time.Hour)}})

@@ -132,3 +132,40 @@ RESOLVE_IP_HTTPS    Y
 		t.Fatalf("unsupported variable: %v", err)
 	}
 }
+
+func TestLoadSPAProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "client.toml")
+	os.WriteFile(path, []byte(`[[spa]]
+name = "office"
+host = "server.example.org"
+key_file = "/k"
+server_key = "S…"
+open = ["tcp/22", "tcp/443"]
+duration = "1m"
+wait = "0s"
+
+[[spa]]
+name = "lab"
+host = "lab.example.org"
+key_file = "/k"
+server_key = "S…"
+`), 0o600)
+	p, err := LoadSPAProfile(path, "office")
+	if err != nil || p.Host != "server.example.org" || len(p.Open) != 2 || p.Duration != time.Minute || p.Wait != 0 || p.Port != 62201 {
+		t.Fatalf("%+v %v", p, err)
+	}
+	p, err = LoadSPAProfile(path, "lab.example.org") // by host, for ProxyCommand %h
+	if err != nil || p.Name != "lab" || fmt.Sprint(p.Open) != "[tcp/22]" || p.Wait != 50*time.Millisecond {
+		t.Fatalf("by host: %+v %v", p, err)
+	}
+	if p, err := LoadSPAProfile(path, "nowhere"); p != nil || err != nil {
+		t.Fatalf("missing: %+v %v", p, err)
+	}
+	if p, err := LoadSPAProfile(filepath.Join(t.TempDir(), "none.toml"), "x"); p != nil || err != nil {
+		t.Fatalf("no file: %+v %v", p, err)
+	}
+	os.WriteFile(path, []byte("[[spa]]\nname = \"x\"\nhost = \"h\"\n"), 0o600)
+	if _, err := LoadSPAProfile(path, "x"); err == nil {
+		t.Fatal("profile without keys accepted")
+	}
+}

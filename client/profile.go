@@ -29,6 +29,98 @@ type Profile struct {
 type rawProfiles struct {
 	Doors  []rawProfile       `toml:"door"`
 	Covert []rawCovertProfile `toml:"covert"`
+	SPA    []rawSPAProfile    `toml:"spa"`
+}
+
+type rawSPAProfile struct {
+	Name      string   `toml:"name"`
+	Host      string   `toml:"host"`
+	KeyFile   string   `toml:"key_file"`
+	ServerKey string   `toml:"server_key"`
+	Port      int      `toml:"port"`
+	Open      []string `toml:"open"`
+	Duration  string   `toml:"duration"`
+	Allow     string   `toml:"allow"`
+	Wait      string   `toml:"wait"`
+}
+
+// SPAProfile is a server to knock with postern SPA, by name or host
+// (postern knock --profile, postern ssh, postern proxy).
+type SPAProfile struct {
+	Name, Host string
+	KeyFile    string
+	ServerKey  string // the key itself or a file holding it
+	Port       uint16
+	Open       []port.Spec // default tcp/22
+	Duration   time.Duration
+	Allow      string
+	// Wait is how long to let the grant land before connecting, so the
+	// first SYN is not dropped (a dropped SYN costs a second).
+	Wait time.Duration
+}
+
+// LoadSPAProfile returns the [[spa]] profile called name, or else the first
+// whose host is name; nil when there is none (or no file).
+func LoadSPAProfile(path, name string) (*SPAProfile, error) {
+	raw, err := readProfiles(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var found *rawSPAProfile
+	for i := range raw.SPA {
+		if raw.SPA[i].Name == name {
+			found = &raw.SPA[i]
+			break
+		}
+	}
+	for i := range raw.SPA {
+		if found == nil && raw.SPA[i].Host == name {
+			found = &raw.SPA[i]
+		}
+	}
+	if found == nil {
+		return nil, nil
+	}
+	where := fmt.Sprintf("%s: spa %q", path, found.Name)
+	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), ServerKey: expandHome(found.ServerKey),
+		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond}
+	if found.Port != 0 {
+		if found.Port < 1 || found.Port > 65535 {
+			return nil, fmt.Errorf("%s: port %d", where, found.Port)
+		}
+		p.Port = uint16(found.Port)
+	}
+	for _, o := range found.Open {
+		sp, err := port.Parse(o)
+		if err != nil {
+			return nil, fmt.Errorf("%s: open: %w", where, err)
+		}
+		p.Open = append(p.Open, sp)
+	}
+	if len(p.Open) == 0 {
+		p.Open = []port.Spec{{Proto: port.TCP, Num: 22}}
+	}
+	for _, d := range []struct {
+		s   string
+		dst *time.Duration
+		key string
+	}{{found.Duration, &p.Duration, "duration"}, {found.Wait, &p.Wait, "wait"}} {
+		if d.s == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", where, d.key, err)
+		}
+		*d.dst = v
+	}
+	if p.Host == "" || p.KeyFile == "" || p.ServerKey == "" {
+		return nil, fmt.Errorf("%s: needs host, key_file and server_key", where)
+	}
+	return p, nil
 }
 
 type rawCovertProfile struct {

@@ -388,3 +388,53 @@ func TestIPTablesBackend(t *testing.T) {
 		t.Fatalf("cleanup left:\n%s", out)
 	}
 }
+
+// Client ergonomics: a [[spa]] profile, postern proxy as ssh's
+// ProxyCommand, postern ssh.
+func TestProfilesProxySSH(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "bash")
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	xdg := filepath.Join(r.dir, "xdg")
+	os.MkdirAll(filepath.Join(xdg, "postern"), 0o700)
+	profiles := filepath.Join(xdg, "postern", "client.toml")
+	os.WriteFile(profiles, []byte(fmt.Sprintf(`[[spa]]
+name = "office"
+host = %q
+key_file = %q
+server_key = %q
+open = ["tcp/22"]
+duration = "2s"
+`, srv, r.alice, r.server.Public())), 0o600)
+
+	t.Run("knock --profile", func(t *testing.T) {
+		if out, err := r.postern("knock", "--config", profiles, "--profile", "office"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		r.waitOpen(cli, srv, time.Second, "after knock --profile").Close()
+		r.waitClosed(cli, srv, 3*time.Second, "expiry")
+	})
+	t.Run("proxy", func(t *testing.T) {
+		cmd := r.p.Client.Command(t.Context(), posternBin, "proxy", "--config", profiles, srv.String(), "22")
+		cmd.Stdin = strings.NewReader("through the proxy\n")
+		out, err := cmd.Output()
+		if err != nil || string(out) != "through the proxy\n" {
+			t.Fatalf("proxy: %q %v", out, err)
+		}
+		r.waitClosed(cli, srv, 3*time.Second, "expiry")
+	})
+	t.Run("ssh", func(t *testing.T) {
+		// A stand-in ssh that connects to port 22 of its last argument.
+		bin := filepath.Join(r.dir, "bin")
+		os.MkdirAll(bin, 0o755)
+		os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
+		cmd := r.p.Client.Command(t.Context(), posternBin, "ssh", "office", "-o", "BatchMode=yes")
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes "+srv.String()+" connected") {
+			t.Fatalf("postern ssh: %v\n%s", err, out)
+		}
+	})
+}

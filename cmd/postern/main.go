@@ -12,10 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -40,6 +43,8 @@ Usage:
   postern knock [flags] HOST          send one SPA knock (postern knock -h for flags)
   postern knock HOST PORT[:proto]…    send a port-knock sequence, as knock(1)
   postern fwknop [fwknop options]     knock like the fwknop client (reads ~/.fwknoprc)
+  postern proxy HOST PORT             knock (a [[spa]] profile for HOST), then relay: ssh's ProxyCommand
+  postern ssh NAME [ssh options]      knock the [[spa]] profile NAME, then run ssh to its host
   postern status                      list live grants
   postern cleanup                     remove everything postern installed in the firewall
 `
@@ -81,6 +86,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return knockCmd(args, stdout, stderr)
 	case "fwknop":
 		return fwknopCmd(args, stdout, stderr)
+	case "proxy":
+		return proxyCmd(args, stdin, stdout, stderr)
+	case "ssh":
+		return sshCmd(args, stdout, stderr)
 	case "status":
 		return status(stdout)
 	case "cleanup":
@@ -306,6 +315,7 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 	covertMode := fs.Bool("covert", false, "covert: hide the knock in the header fields of TCP SYNs (needs CAP_NET_RAW)")
 	decoys := fs.Int("decoys", 0, "covert: also send this many SYNs with random fields to other ports")
 	decoyFrom := fs.String("decoy-from", "", "covert: other `addresses` of this host to send one decoy SYN each from")
+	profile := fs.String("profile", "", "SPA: knock as the client config's [[spa]] profile `name` says (flags override)")
 	// both
 	for _, n := range []string{"4", "ipv4"} {
 		fs.BoolVar(&only4, n, false, "use IPv4 only")
@@ -341,6 +351,28 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 	if *covertMode {
 		return covertKnock(fs, pos, *door, *secretFile, *open, *allow, *profiles, *decoys, *decoyFrom,
 			time.Duration(delayMS)*time.Millisecond, only4, only6, out)
+	}
+	if *profile != "" {
+		p, err := profileFor(*profiles, *profile)
+		if err != nil {
+			return err
+		}
+		*keyFile, *serverKey = cmpOr(*keyFile, p.KeyFile), cmpOr(*serverKey, p.ServerKey)
+		if *open == "" {
+			*open = port.Join(p.Open)
+		}
+		if *dur == 0 {
+			*dur = p.Duration
+		}
+		*allow = cmpOr(*allow, p.Allow)
+		if len(pos) == 0 {
+			pos = []string{p.Host}
+		}
+		portSet := false
+		fs.Visit(func(f *flag.Flag) { portSet = portSet || f.Name == "port" })
+		if !portSet {
+			*knockPort = uint(p.Port)
+		}
 	}
 	if *keyFile == "" && *serverKey == "" && *open == "" {
 		network := "ip"
@@ -655,4 +687,93 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
+func knockProfile(p *client.SPAProfile, open []port.Spec) error {
+	text, err := spa.ReadPrivateKeyFile(p.KeyFile)
+	if err != nil {
+		return err
+	}
+	key, err := spa.ParseClientPrivateKey(text)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.KeyFile, err)
+	}
+	srv, err := readServerKey(p.ServerKey)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := client.Knock(ctx, client.Options{Key: key, ServerKey: srv, Host: p.Host, Port: p.Port,
+		Open: open, Duration: p.Duration, Allow: p.Allow}); err != nil {
+		return err
+	}
+	time.Sleep(p.Wait)
+	return nil
+}
+
+func profileFor(path, name string) (*client.SPAProfile, error) {
+	p, err := client.LoadSPAProfile(path, name)
+	if err != nil {
+		return nil, err
+	}
+	if p == nil {
+		return nil, fmt.Errorf("no [[spa]] profile named %q or with host %q in %s", name, name, path)
+	}
+	return p, nil
+}
+
+// proxyCmd is for ssh_config: "ProxyCommand postern proxy %h %p". It knocks
+// with the [[spa]] profile for the host (asking for the port ssh wants if
+// the profile does not list it), then relays.
+func proxyCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlags("proxy", stderr)
+	profiles := fs.String("config", client.DefaultProfiles(), "client config `file` with [[spa]] profiles")
+	name := fs.String("profile", "", "profile `name` (default: the profile whose name or host is HOST)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return errUsage{errors.New("proxy takes HOST PORT (ProxyCommand postern proxy %h %p)")}
+	}
+	n, err := strconv.ParseUint(pos[1], 10, 16)
+	if err != nil || n == 0 {
+		return errUsage{fmt.Errorf("port %q", pos[1])}
+	}
+	p, err := profileFor(*profiles, cmpOr(*name, pos[0]))
+	if err != nil {
+		return err
+	}
+	want := port.Spec{Proto: port.TCP, Num: uint16(n)}
+	open := p.Open
+	if !slices.Contains(open, want) {
+		open = []port.Spec{want}
+	}
+	if err := knockProfile(p, open); err != nil {
+		return err
+	}
+	return client.Proxy(context.Background(), net.JoinHostPort(pos[0], pos[1]), stdin, stdout, 5*time.Second)
+}
+
+// sshCmd knocks a [[spa]] profile and replaces itself with ssh to the
+// profile's host, passing the given ssh options on.
+func sshCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errUsage{errors.New("ssh takes a profile NAME, then ssh options")}
+	}
+	p, err := profileFor(client.DefaultProfiles(), args[0])
+	if err != nil {
+		return err
+	}
+	if err := knockProfile(p, p.Open); err != nil {
+		return err
+	}
+	ssh, err := exec.LookPath("ssh")
+	if err != nil {
+		return err
+	}
+	argv := append(append([]string{"ssh"}, args[1:]...), p.Host)
+	return syscall.Exec(ssh, argv, os.Environ())
 }

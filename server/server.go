@@ -234,7 +234,7 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		isSPA := s.spa != nil && f.DstPort == s.cfg.SPA.Port
 		isFwknop := s.fwknop != nil && f.DstPort == s.cfg.Fwknop.Port
 		if isSPA && isFwknop {
-			isSPA = len(f.Payload) == spa.PacketSize && f.Payload[0] == spa.Version
+			isSPA = spa.IsKnock(f.Payload)
 			isFwknop = !isSPA
 		}
 		switch {

@@ -120,3 +120,11 @@ func BenchmarkSeal(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkVerifyValidXWing is BenchmarkVerifyValid for suite 2: the
+// ML-KEM-768 decapsulation on top of X25519.
+func BenchmarkVerifyValidXWing(b *testing.B) {
+	fixtureServerKey = GenerateXWingServerKey
+	defer func() { fixtureServerKey = GenerateServerKey }()
+	BenchmarkVerifyValid(b)
+}

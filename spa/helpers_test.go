@@ -7,11 +7,12 @@ import (
 
 func openForTest(t *testing.T, f *fixture, pkt []byte) []byte {
 	t.Helper()
-	r, err := hpke.NewRecipient(pkt[offEnc:offCiphertext], f.v.key, suiteKDF, suiteAEAD, hpkeInfo)
+	l := f.v.layout
+	r, err := hpke.NewRecipient(pkt[offEnc:l.ct], f.v.key, suiteKDF, suiteAEAD, hpkeInfo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := r.Open(pkt[:headerSize], pkt[offCiphertext:offMAC1])
+	pt, err := r.Open(pkt[:headerSize], pkt[l.ct:l.mac1])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,7 +22,8 @@ func openForTest(t *testing.T, f *fixture, pkt []byte) []byte {
 func resealForTest(t *testing.T, f *fixture, pt []byte) []byte {
 	t.Helper()
 	pub := f.server.Public()
-	pk, err := hpke.DHKEM(ecdhX25519).NewPublicKey(pub[:])
+	l := f.v.layout
+	pk, err := pub.kem().NewPublicKey([]byte(pub.b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,14 +31,14 @@ func resealForTest(t *testing.T, f *fixture, pt []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkt := make([]byte, PacketSize)
-	putHeader(pkt)
+	pkt := make([]byte, l.size)
+	putHeader(pkt, pub.suite)
 	copy(pkt[offEnc:], enc)
 	ct, err := s.Seal(pkt[:headerSize], pt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(pkt[offCiphertext:], ct)
-	newMAC1(pub).put(pkt[offMAC1:], pkt[:offMAC1])
+	copy(pkt[l.ct:], ct)
+	newMAC1(pub).put(pkt[l.mac1:], pkt[:l.mac1])
 	return pkt
 }

@@ -3,6 +3,7 @@ package spa
 import (
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/hpke"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -17,16 +18,36 @@ import (
 const (
 	tagServerPrivate = 's'
 	tagServerPublic  = 'S'
+	tagXWingPrivate  = 'x' // suite 2: a 32-byte X-Wing seed
+	tagXWingPublic   = 'X' // suite 2: ML-KEM-768 (1184 bytes) ‖ X25519 (32 bytes)
 	tagClientPrivate = 'c'
 	tagClientPublic  = 'C'
 	keyLen           = 32
+	xwingPublicLen   = 1216
 )
 
-// ServerPrivateKey is the server's X25519 key.
-type ServerPrivateKey struct{ k *ecdh.PrivateKey }
+// ServerPrivateKey is the server's key: X25519 (suite 1) or an X-Wing
+// hybrid (suite 2).
+type ServerPrivateKey struct {
+	suite byte
+	k     hpke.PrivateKey
+}
 
-// ServerPublicKey is the public half clients encrypt to.
-type ServerPublicKey [keyLen]byte
+// ServerPublicKey is the public half clients encrypt to. It is comparable.
+type ServerPublicKey struct {
+	suite byte
+	b     string
+}
+
+// Suite returns the packet suite this key's knocks use.
+func (p ServerPublicKey) Suite() byte { return p.suite }
+
+func (p ServerPublicKey) kem() hpke.KEM {
+	if p.suite == SuiteXWing {
+		return hpke.MLKEM768X25519()
+	}
+	return hpke.DHKEM(ecdh.X25519())
+}
 
 // ClientPrivateKey is a client's Ed25519 signing key.
 type ClientPrivateKey struct{ k ed25519.PrivateKey }
@@ -34,10 +55,16 @@ type ClientPrivateKey struct{ k ed25519.PrivateKey }
 // ClientPublicKey identifies a client to the server.
 type ClientPublicKey [keyLen]byte
 
-// GenerateServerKey makes a new server key.
+// GenerateServerKey makes a new suite-1 (X25519) server key.
 func GenerateServerKey() (ServerPrivateKey, error) {
-	k, err := ecdh.X25519().GenerateKey(rand.Reader)
-	return ServerPrivateKey{k}, err
+	k, err := hpke.DHKEM(ecdh.X25519()).GenerateKey()
+	return ServerPrivateKey{SuiteX25519, k}, err
+}
+
+// GenerateXWingServerKey makes a new suite-2 (post-quantum hybrid) server key.
+func GenerateXWingServerKey() (ServerPrivateKey, error) {
+	k, err := hpke.MLKEM768X25519().GenerateKey()
+	return ServerPrivateKey{SuiteXWing, k}, err
 }
 
 // GenerateClientKey makes a new client key.
@@ -48,9 +75,7 @@ func GenerateClientKey() (ClientPrivateKey, error) {
 
 // Public returns the server's public key.
 func (s ServerPrivateKey) Public() ServerPublicKey {
-	var p ServerPublicKey
-	copy(p[:], s.k.PublicKey().Bytes())
-	return p
+	return ServerPublicKey{s.suite, string(s.k.PublicKey().Bytes())}
 }
 
 // Public returns the client's public key.
@@ -60,8 +85,20 @@ func (c ClientPrivateKey) Public() ClientPublicKey {
 	return p
 }
 
-func (s ServerPrivateKey) String() string { return encodeKey(tagServerPrivate, s.k.Bytes()) }
-func (p ServerPublicKey) String() string  { return encodeKey(tagServerPublic, p[:]) }
+func (s ServerPrivateKey) String() string {
+	b, _ := s.k.Bytes()
+	if s.suite == SuiteXWing {
+		return encodeKey(tagXWingPrivate, b)
+	}
+	return encodeKey(tagServerPrivate, b)
+}
+
+func (p ServerPublicKey) String() string {
+	if p.suite == SuiteXWing {
+		return encodeKey(tagXWingPublic, []byte(p.b))
+	}
+	return encodeKey(tagServerPublic, []byte(p.b))
+}
 func (c ClientPrivateKey) String() string { return encodeKey(tagClientPrivate, c.k.Seed()) }
 func (p ClientPublicKey) String() string  { return encodeKey(tagClientPublic, p[:]) }
 
@@ -72,42 +109,61 @@ func encodeKey(tag byte, key []byte) string {
 var kindNames = map[byte]string{
 	tagServerPrivate: "a server private key",
 	tagServerPublic:  "a server public key",
+	tagXWingPrivate:  "a server private key (post-quantum suite)",
+	tagXWingPublic:   "a server public key (post-quantum suite)",
 	tagClientPrivate: "a client private key",
 	tagClientPublic:  "a client public key",
 }
 
-func decodeKey(s string, want byte) ([]byte, error) {
+func decodeKey(s string, want ...byte) (byte, []byte, error) {
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil || len(raw) != 1+keyLen || kindNames[raw[0]] == "" {
-		return nil, errors.New("not a postern key (want the base64 text printed by postern genkey or postern pubkey)")
+	n := len(raw) - 1
+	if err != nil || n < 0 || kindNames[raw[0]] == "" || (raw[0] == tagXWingPublic) != (n == xwingPublicLen) || (raw[0] != tagXWingPublic && n != keyLen) {
+		return 0, nil, errors.New("not a postern key (want the base64 text printed by postern genkey or postern pubkey)")
 	}
-	if raw[0] != want {
-		return nil, fmt.Errorf("this is %s, not %s", kindNames[raw[0]], kindNames[want])
+	for _, w := range want {
+		if raw[0] == w {
+			return raw[0], raw[1:], nil
+		}
 	}
-	return raw[1:], nil
+	return 0, nil, fmt.Errorf("this is %s, not %s", kindNames[raw[0]], kindNames[want[0]])
 }
 
-// ParseServerPrivateKey reads the text form of a server private key.
+// ParseServerPrivateKey reads the text form of a server private key of
+// either suite.
 func ParseServerPrivateKey(s string) (ServerPrivateKey, error) {
-	b, err := decodeKey(s, tagServerPrivate)
+	tag, b, err := decodeKey(s, tagServerPrivate, tagXWingPrivate)
 	if err != nil {
 		return ServerPrivateKey{}, err
 	}
-	k, err := ecdh.X25519().NewPrivateKey(b)
-	return ServerPrivateKey{k}, err
+	if tag == tagXWingPrivate {
+		k, err := hpke.MLKEM768X25519().NewPrivateKey(b)
+		return ServerPrivateKey{SuiteXWing, k}, err
+	}
+	k, err := hpke.DHKEM(ecdh.X25519()).NewPrivateKey(b)
+	return ServerPrivateKey{SuiteX25519, k}, err
 }
 
-// ParseServerPublicKey reads the text form of a server public key.
+// ParseServerPublicKey reads the text form of a server public key of
+// either suite.
 func ParseServerPublicKey(s string) (ServerPublicKey, error) {
-	var p ServerPublicKey
-	b, err := decodeKey(s, tagServerPublic)
-	copy(p[:], b)
-	return p, err
+	tag, b, err := decodeKey(s, tagServerPublic, tagXWingPublic)
+	if err != nil {
+		return ServerPublicKey{}, err
+	}
+	p := ServerPublicKey{SuiteX25519, string(b)}
+	if tag == tagXWingPublic {
+		p.suite = SuiteXWing
+	}
+	if _, err := p.kem().NewPublicKey(b); err != nil {
+		return ServerPublicKey{}, fmt.Errorf("invalid server public key: %w", err)
+	}
+	return p, nil
 }
 
 // ParseClientPrivateKey reads the text form of a client private key.
 func ParseClientPrivateKey(s string) (ClientPrivateKey, error) {
-	b, err := decodeKey(s, tagClientPrivate)
+	_, b, err := decodeKey(s, tagClientPrivate)
 	if err != nil {
 		return ClientPrivateKey{}, err
 	}
@@ -117,7 +173,7 @@ func ParseClientPrivateKey(s string) (ClientPrivateKey, error) {
 // ParseClientPublicKey reads the text form of a client public key.
 func ParseClientPublicKey(s string) (ClientPublicKey, error) {
 	var p ClientPublicKey
-	b, err := decodeKey(s, tagClientPublic)
+	_, b, err := decodeKey(s, tagClientPublic)
 	copy(p[:], b)
 	return p, err
 }

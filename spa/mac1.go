@@ -20,7 +20,7 @@ type mac1 struct {
 func newMAC1(server ServerPublicKey) *mac1 {
 	k := sha256.New()
 	k.Write(mac1Label)
-	k.Write(server[:])
+	k.Write([]byte(server.b))
 	return &mac1{h: hmac.New(sha256.New, k.Sum(nil))}
 }
 

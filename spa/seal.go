@@ -34,7 +34,11 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	}
 	k.Client = c.Public()
 
-	pk, err := hpke.DHKEM(ecdhX25519).NewPublicKey(server[:])
+	l, ok := layoutFor(server.suite)
+	if !ok {
+		return nil, errors.New("spa: server key of unknown suite")
+	}
+	pk, err := server.kem().NewPublicKey([]byte(server.b))
 	if err != nil {
 		return nil, err
 	}
@@ -42,34 +46,34 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pkt := make([]byte, PacketSize)
-	putHeader(pkt)
+	pkt := make([]byte, l.size)
+	putHeader(pkt, server.suite)
 	copy(pkt[offEnc:], enc)
 
 	pt := make([]byte, plaintextSize)
 	encodePlaintext(pt, &k)
-	copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(pkt, pt)))
+	copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(pkt[:l.ct], pt)))
 
 	ct, err := sender.Seal(pkt[:headerSize], pt)
 	if err != nil {
 		return nil, err
 	}
-	copy(pkt[offCiphertext:], ct)
-	newMAC1(server).put(pkt[offMAC1:], pkt[:offMAC1])
+	copy(pkt[l.ct:], ct)
+	newMAC1(server).put(pkt[l.mac1:], pkt[:l.mac1])
 	return pkt, nil
 }
 
-func putHeader(pkt []byte) {
-	pkt[0], pkt[1], pkt[2], pkt[3] = Version, SuiteX25519, 0, 0
+func putHeader(pkt []byte, suite byte) {
+	pkt[0], pkt[1], pkt[2], pkt[3] = Version, suite, 0, 0
 }
 
 // signedMessage is what the client's signature covers: a context label, the
 // header, the HPKE encapsulation and the plaintext before the signature. The
 // encapsulation binds the signature to this one encryption, so a signed body
 // cannot be lifted into a packet sealed by someone else.
-func signedMessage(pkt, pt []byte) []byte {
-	m := make([]byte, 0, len(sigContext)+offCiphertext+signedLen)
+func signedMessage(headerAndEnc, pt []byte) []byte {
+	m := make([]byte, 0, len(sigContext)+len(headerAndEnc)+signedLen)
 	m = append(m, sigContext...)
-	m = append(m, pkt[:offCiphertext]...)
+	m = append(m, headerAndEnc...)
 	return append(m, pt[:signedLen]...)
 }

@@ -30,7 +30,7 @@ func newFixture(t testing.TB, statePath string) *fixture {
 		dst: netip.MustParseAddr("198.18.0.1"),
 	}
 	var err error
-	if f.server, err = GenerateServerKey(); err != nil {
+	if f.server, err = fixtureServerKey(); err != nil {
 		t.Fatal(err)
 	}
 	if f.client, err = GenerateClientKey(); err != nil {
@@ -61,6 +61,10 @@ func (f *fixture) reload(t testing.TB, statePath string) {
 		t.Fatal(err)
 	}
 }
+
+// fixtureServerKey makes the fixture's server key; TestXWing switches the
+// fixture to the post-quantum suite.
+var fixtureServerKey = GenerateServerKey
 
 func (f *fixture) knock() Knock {
 	return Knock{
@@ -129,7 +133,7 @@ func TestOptions(t *testing.T) {
 }
 
 func TestRefusals(t *testing.T) {
-	other, _ := GenerateServerKey()
+	other, _ := fixtureServerKey()
 	stranger, _ := GenerateClientKey()
 	tests := []struct {
 		name  string
@@ -151,8 +155,9 @@ func TestRefusals(t *testing.T) {
 		}, UnknownClient},
 		{"bad ciphertext with fixed mac1", func(f *fixture) []byte {
 			p := f.seal(t, f.knock())
-			p[offCiphertext+5] ^= 0x80
-			newMAC1(f.server.Public()).put(p[offMAC1:], p[:offMAC1])
+			l := f.v.layout
+			p[l.ct+5] ^= 0x80
+			newMAC1(f.server.Public()).put(p[l.mac1:], p[:l.mac1])
 			return p
 		}, DecryptFailed},
 		{"bad stale", func(f *fixture) []byte { k := f.knock(); k.Time = f.now.Add(-2 * time.Minute); return f.seal(t, k) }, StaleTimestamp},
@@ -312,5 +317,42 @@ func TestKeys(t *testing.T) {
 	}
 	if _, err := PublicKeyOf(s.Public().String()); err == nil {
 		t.Fatal("PublicKeyOf accepted a public key")
+	}
+}
+
+// Suite 2 (post-quantum hybrid): the same round trip, refusals and
+// signature binding as suite 1, with its own packet size.
+func TestXWing(t *testing.T) {
+	fixtureServerKey = GenerateXWingServerKey
+	defer func() { fixtureServerKey = GenerateServerKey }()
+	f := newFixture(t, "")
+	pkt := f.seal(t, f.knock())
+	if len(pkt) != PacketSizeXWing || pkt[1] != SuiteXWing || !IsKnock(pkt) {
+		t.Fatalf("packet of %d bytes, suite %d", len(pkt), pkt[1])
+	}
+	if _, r := f.verify(pkt); r != Accepted {
+		t.Fatalf("Verify = %v", r)
+	}
+	if _, r := f.verify(pkt); r != Replayed {
+		t.Fatalf("replay: %v", r)
+	}
+	t.Run("refusals", TestRefusals)
+	t.Run("signature binds encapsulation", TestSignatureBindsEncapsulation)
+	// A suite-1 packet to a suite-2 server, and the other way round.
+	one, _ := GenerateServerKey()
+	p1, _ := Seal(f.client, one.Public(), f.knock())
+	if _, r := f.verify(p1); r != BadLength {
+		t.Fatalf("suite-1 packet to a suite-2 server: %v", r)
+	}
+	priv, err := ParseServerPrivateKey(f.server.String())
+	if err != nil || priv.Public() != f.server.Public() {
+		t.Fatalf("private key round trip: %v", err)
+	}
+	pub, err := ParseServerPublicKey(f.server.Public().String())
+	if err != nil || pub != f.server.Public() || pub.Suite() != SuiteXWing {
+		t.Fatalf("public key round trip: %v", err)
+	}
+	if got, err := PublicKeyOf(f.server.String()); err != nil || got != f.server.Public().String() {
+		t.Fatalf("PublicKeyOf: %v", err)
 	}
 }

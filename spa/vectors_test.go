@@ -151,6 +151,17 @@ func writeVectors(t *testing.T) {
 			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, nil)
 	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: ssh, Duration: 300 * time.Second}, Accepted, nil)
 	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, StaleTimestamp, nil)
+	// Suite 2: same client, a post-quantum hybrid server key.
+	xw, _ := GenerateXWingServerKey()
+	xpkt, err := Seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh, Duration: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xv := base
+	xv.Comment, xv.ServerKey, xv.ServerPublic, xv.Packet, xv.Want = "suite 2 (X-Wing): tcp/22 for 198.18.0.2, 30 s",
+		xw.String(), xw.Public().String(), hex.EncodeToString(xpkt), Accepted.String()
+	xv.Time, xv.Allow, xv.Ports, xv.Duration = now.UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
+	vs = append(vs, xv)
 	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
 	b, err := json.MarshalIndent(vs, "", "  ")
 	if err != nil {

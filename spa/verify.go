@@ -1,15 +1,12 @@
 package spa
 
 import (
-	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/hpke"
 	"errors"
 	"net/netip"
 	"time"
 )
-
-var ecdhX25519 = ecdh.X25519()
 
 // Reason says why a packet was refused. The zero value, Accepted, means the
 // packet is a valid, fresh knock.
@@ -83,10 +80,12 @@ type VerifierConfig struct {
 // Verifier checks knocks. It is not safe for concurrent use: the server runs
 // one per decode loop.
 type Verifier struct {
-	cfg VerifierConfig
-	key hpke.PrivateKey
-	mac *mac1
-	sig []byte // scratch for the signed message
+	cfg    VerifierConfig
+	key    hpke.PrivateKey
+	suite  byte
+	layout layout
+	mac    *mac1
+	sig    []byte // scratch for the signed message
 }
 
 // NewVerifier prepares a Verifier.
@@ -100,15 +99,14 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if cfg.MaxSkew <= 0 {
 		return nil, errors.New("spa: max skew must be positive")
 	}
-	key, err := hpke.NewDHKEMPrivateKey(cfg.Key.k)
-	if err != nil {
-		return nil, err
-	}
+	l, _ := layoutFor(cfg.Key.suite)
 	return &Verifier{
-		cfg: cfg,
-		key: key,
-		mac: newMAC1(cfg.Key.Public()),
-		sig: make([]byte, 0, len(sigContext)+offCiphertext+signedLen),
+		cfg:    cfg,
+		key:    cfg.Key.k,
+		suite:  cfg.Key.suite,
+		layout: l,
+		mac:    newMAC1(cfg.Key.Public()),
+		sig:    make([]byte, 0, len(sigContext)+l.ct+signedLen),
 	}, nil
 }
 
@@ -120,23 +118,24 @@ func (v *Verifier) ClientName(c ClientPublicKey) string { return v.cfg.Clients[c
 // test and one keyed hash, allocates nothing and never reaches public-key
 // code. An accepted knock has advanced its client's replay timestamp, durably.
 func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
-	if len(pkt) != PacketSize {
+	l := v.layout
+	if len(pkt) != l.size {
 		return BadLength
 	}
-	if pkt[0] != Version || pkt[1] != SuiteX25519 || pkt[2] != 0 || pkt[3] != 0 {
+	if pkt[0] != Version || pkt[1] != v.suite || pkt[2] != 0 || pkt[3] != 0 {
 		return BadHeader
 	}
-	if !v.mac.ok(pkt[:offMAC1], pkt[offMAC1:]) {
+	if !v.mac.ok(pkt[:l.mac1], pkt[l.mac1:]) {
 		return BadMAC1
 	}
 	if v.cfg.Limiter != nil && !v.cfg.Limiter.Allow(src, now) {
 		return RateLimited
 	}
-	r, err := hpke.NewRecipient(pkt[offEnc:offCiphertext], v.key, suiteKDF, suiteAEAD, hpkeInfo)
+	r, err := hpke.NewRecipient(pkt[offEnc:l.ct], v.key, suiteKDF, suiteAEAD, hpkeInfo)
 	if err != nil {
 		return DecryptFailed
 	}
-	pt, err := r.Open(pkt[:headerSize], pkt[offCiphertext:offMAC1])
+	pt, err := r.Open(pkt[:headerSize], pkt[l.ct:l.mac1])
 	if err != nil {
 		return DecryptFailed
 	}
@@ -145,7 +144,7 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	if _, ok := v.cfg.Clients[client]; !ok {
 		return UnknownClient
 	}
-	v.sig = append(append(append(v.sig[:0], sigContext...), pkt[:offCiphertext]...), pt[:signedLen]...)
+	v.sig = append(append(append(v.sig[:0], sigContext...), pkt[:l.ct]...), pt[:signedLen]...)
 	if !ed25519.Verify(client[:], v.sig, pt[ptSig:]) {
 		return BadSignature
 	}

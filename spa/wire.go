@@ -9,25 +9,50 @@ import (
 	"postern/port"
 )
 
-// Packet layout, v1 suite 1 (docs/PROTOCOL.md §2). Every knock has exactly
-// PacketSize bytes, so all knocks look alike on the wire.
+// Packet layout (docs/PROTOCOL.md §2). Every knock of a suite has the same
+// size, so all knocks look alike on the wire.
 const (
 	Version     = 1
 	SuiteX25519 = 1 // DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305
+	// SuiteXWing is the opt-in post-quantum suite: the MLKEM768-X25519
+	// ("X-Wing") hybrid KEM, HKDF-SHA256, ChaCha20-Poly1305.
+	SuiteXWing = 2
 
 	headerSize    = 4
-	encSize       = 32
 	plaintextSize = 256
 	aeadTagSize   = 16
 	mac1Size      = 16
-
 	offEnc        = headerSize
-	offCiphertext = offEnc + encSize
-	offMAC1       = offCiphertext + plaintextSize + aeadTagSize
 
-	// PacketSize is the length of every v1 knock.
-	PacketSize = offMAC1 + mac1Size
+	// PacketSize is the length of every suite-1 knock.
+	PacketSize = headerSize + 32 + plaintextSize + aeadTagSize + mac1Size
+	// PacketSizeXWing is the length of every suite-2 knock: one packet,
+	// still under 1500 bytes with IPv6 and UDP headers.
+	PacketSizeXWing = headerSize + 1120 + plaintextSize + aeadTagSize + mac1Size
 )
+
+// layout gives a suite's offsets.
+type layout struct{ ct, mac1, size int }
+
+func layoutFor(suite byte) (layout, bool) {
+	var enc int
+	switch suite {
+	case SuiteX25519:
+		enc = 32
+	case SuiteXWing:
+		enc = 1120
+	default:
+		return layout{}, false
+	}
+	ct := offEnc + enc
+	return layout{ct: ct, mac1: ct + plaintextSize + aeadTagSize, size: ct + plaintextSize + aeadTagSize + mac1Size}, true
+}
+
+// IsKnock reports whether a datagram has the size and first byte of a
+// postern SPA knock (to tell it from an fwknop packet on a shared port).
+func IsKnock(b []byte) bool {
+	return (len(b) == PacketSize || len(b) == PacketSizeXWing) && b[0] == Version
+}
 
 // Plaintext layout (docs/PROTOCOL.md §3).
 const (

@@ -438,3 +438,30 @@ duration = "2s"
 		}
 	})
 }
+
+// Suite 2: a server with a post-quantum hybrid key; its 1412-byte knocks
+// fit one packet over IPv4 and IPv6.
+func TestKnockPostQuantum(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{pq: true})
+	r.start()
+	sniffed := r.sniff()
+	for _, fam := range []struct{ srv, cli, other netip.Addr }{
+		{r.p.Server4, r.p.Client4, r.p.Client4b}, {r.p.Server6, r.p.Client6, r.p.Client6b},
+	} {
+		r.requireClosed(fam.cli, fam.srv, "before the knock")
+		r.knock(fam.srv)
+		r.waitOpen(fam.cli, fam.srv, time.Second, "after a suite-2 knock").Close()
+		r.requireClosed(fam.other, fam.srv, "another address")
+	}
+	if pkt := <-sniffed; len(pkt) != spa.PacketSizeXWing || pkt[1] != spa.SuiteXWing {
+		t.Fatalf("knock of %d bytes, suite %d", len(pkt), pkt[1])
+	}
+	out, err := r.postern("genkey", "--server", "--pq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := spa.ParseServerPrivateKey(out); err != nil || k.Public().Suite() != spa.SuiteXWing {
+		t.Fatalf("genkey --server --pq: %v", err)
+	}
+}

@@ -68,6 +68,7 @@ type rigOptions struct {
 	capture string // "" = afpacket
 	extra   string // appended to the configuration
 	noSPA   bool   // doors only: no [[client]], no server key
+	pq      bool   // a post-quantum (suite 2) server key
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -75,7 +76,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	netnstest.Require(t, "nft")
 	r := &rig{t: t, p: netnstest.NewPair(t), dir: t.TempDir()}
 	var err error
-	if r.server, err = spa.GenerateServerKey(); err != nil {
+	gen := spa.GenerateServerKey
+	if o.pq {
+		gen = spa.GenerateXWingServerKey
+	}
+	if r.server, err = gen(); err != nil {
 		t.Fatal(err)
 	}
 	alice, _ := spa.GenerateClientKey()

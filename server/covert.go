@@ -83,6 +83,17 @@ func (h *covertHandler) ports() []port.Spec {
 	return out
 }
 
+// evictions is read by the metrics endpoint.
+func (h *covertHandler) evictions() float64 {
+	h.s.mu.Lock()
+	defer h.s.mu.Unlock()
+	var n uint64
+	for _, d := range h.doors {
+		n += d.reasm.Evictions
+	}
+	return float64(n)
+}
+
 func (h *covertHandler) expire(now time.Time) {
 	for _, d := range h.doors {
 		d.reasm.Expire(now)

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
@@ -110,37 +112,53 @@ func (h *doorHandler) tracked() float64 {
 	return float64(h.engine.Stats().Tracked)
 }
 
-// event is the engine's callback; it runs with s.mu held.
+// Log messages of progress events, named once so that a hit costs no
+// string building.
+var progressMsg = map[knock.EventKind]string{knock.Progress: "knock progress", knock.Duplicate: "knock duplicate"}
+
+// event is the engine's callback; it runs with s.mu held, once per hit and
+// more, so nothing is built for a line that will not be written.
 func (h *doorHandler) event(ev knock.Event) {
 	s := h.s
-	args := []any{"door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage}
+	var kind string
 	switch ev.Kind {
-	case knock.Progress, knock.Duplicate:
-		// Debug on stderr, but every line in a knockd LogFile: a flood of
-		// spoofed first hits must not become a flood of disk writes.
-		if ok, _ := s.logs.allow("knock "+ev.Kind.String(), time.Now()); ok {
-			s.log.Debug("knock "+ev.Kind.String(), args...)
-		}
 	case knock.Completed:
 		h.open(ev.Door, ev.Src)
+		return
+	case knock.Progress, knock.Duplicate:
+		// Debug on stderr, but every line in a knockd LogFile; a flood of
+		// spoofed first hits must not become a flood of disk writes.
+		msg := progressMsg[ev.Kind]
+		if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+			return
+		}
+		if ok, _ := s.logs.allow(msg, time.Now()); ok {
+			s.log.Debug(msg, "door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage)
+		}
+		return
 	case knock.Failed:
-		s.doorLog(mKnockFailed, append(args, "got", ev.Got.String(), "want", ev.Want.String()))
+		kind = mKnockFailed
 	case knock.TimedOut:
-		s.doorLog(mKnockTimedOut, append(args, "seq_timeout", ev.Door.SeqTimeout))
+		kind = mKnockTimedOut
 	case knock.Evicted:
-		s.doorLog(mKnockEvicted, args)
+		kind = mKnockEvicted
 	case knock.Refused:
-		s.doorLog(mKnockRefused, append(args, "detail", ev.Detail))
+		kind = mKnockRefused
+	default:
+		return
 	}
-}
-
-// doorLog counts an unsuccessful attempt and logs it, rate-limited per kind
-// so a flood of spoofed sources cannot flood the log.
-func (s *Server) doorLog(kind string, args []any) {
-	s.metrics.inc(kind)
-	ok, suppressed := s.logs.allow(kind, time.Now())
+	ok, suppressed := s.count(kind)
 	if !ok {
 		return
+	}
+	args := []any{"door", ev.Door.Name, "src", ev.Src, "stage", ev.Stage}
+	switch ev.Kind {
+	case knock.Failed:
+		args = append(args, "got", ev.Got.String(), "want", ev.Want.String())
+	case knock.TimedOut:
+		args = append(args, "seq_timeout", ev.Door.SeqTimeout)
+	case knock.Refused:
+		args = append(args, "detail", ev.Detail)
 	}
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)

@@ -79,8 +79,7 @@ func newFwknopHandler(s *Server) (*fwknopHandler, error) {
 
 func (h *fwknopHandler) refuse(src netip.Addr, reason string, args ...any) {
 	s := h.s
-	s.metrics.inc(reason)
-	ok, suppressed := s.logs.allow(reason, time.Now())
+	ok, suppressed := s.count(reason)
 	if !ok {
 		return
 	}

@@ -91,6 +91,10 @@ func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, er
 		s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
 			s.doors.tracked)
 	}
+	if s.covert != nil {
+		s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
+			s.covert.evictions)
+	}
 	return s, nil
 }
 
@@ -304,10 +308,18 @@ func (s *Server) grant(gs []firewall.Grant, src netip.Addr, who string) bool {
 	return true
 }
 
+// count counts a decision of this kind and says whether to log it: each
+// kind logs a burst, then about ten lines a second, and the next line
+// carries how many were held back. Every path that refuses or fails uses
+// it, so a flood of any one kind is counted in full and logged in brief.
+func (s *Server) count(kind string) (log bool, suppressed int) {
+	s.metrics.inc(kind)
+	return s.logs.allow(kind, time.Now())
+}
+
 // refuse counts a refusal and logs it, unless this reason is flooding.
 func (s *Server) refuse(src netip.Addr, client, reason string, attrs ...slog.Attr) {
-	s.metrics.inc(reason)
-	ok, suppressed := s.logs.allow(reason, time.Now())
+	ok, suppressed := s.count(reason)
 	if !ok {
 		return
 	}
@@ -341,5 +353,3 @@ func notifyReady() {
 	defer c.Close()
 	c.Write([]byte("READY=1"))
 }
-
-func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }

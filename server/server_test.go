@@ -229,3 +229,36 @@ func TestSharedKnockPort(t *testing.T) {
 		}
 	}
 }
+
+// A flood of first hits from spoofed sources into a full table — insert,
+// evict the oldest, two events — allocates nothing once warm: the counters
+// count, the log limiter drops the lines, and no argument is built for a
+// line that is not written.
+func TestFloodHitAllocatesNothing(t *testing.T) {
+	d := &knock.Door{Name: "ssh", Sequence: []knock.Hit{{Proto: port.TCP, Num: 7000}, {Proto: port.TCP, Num: 8000}},
+		SeqTimeout: time.Minute, Open: []port.Spec{{Proto: port.TCP, Num: 22}}, Duration: time.Second}
+	cfg := &config.Config{Interface: "any", Capture: "afpacket", StateDir: t.TempDir(), Doors: []*knock.Door{d}, MaxTracked: 64}
+	s, err := New(cfg, firewall.NewMemory(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := capture.Frame{Dst: netip.MustParseAddr("2001:db8::1"), Proto: capture.ProtoTCP, DstPort: 7000, TCPFlags: knock.SYN, Time: time.Now()}
+	var a [16]byte
+	a[0], a[1] = 0x20, 0x01
+	i := 0
+	hit := func() {
+		i++
+		a[12], a[13], a[14], a[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		f.Src = netip.AddrFrom16(a)
+		s.handle(&f, nil)
+	}
+	for range 1000 { // fill the table and use up the log burst
+		hit()
+	}
+	if n := testing.AllocsPerRun(1000, hit); n != 0 {
+		t.Fatalf("%v allocations per flooding hit", n)
+	}
+	if s.Metrics().Get(mKnockEvicted) < 1000 {
+		t.Fatalf("evictions counted: %d", s.Metrics().Get(mKnockEvicted))
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"postern/port"
@@ -108,6 +107,3 @@ func resolve(ctx context.Context, network, host string, p uint16) (netip.AddrPor
 	}
 	return netip.AddrPortFrom(addrs[0].Unmap(), p), nil
 }
-
-// HostPort formats host and port for messages.
-func HostPort(host string, p uint16) string { return net.JoinHostPort(host, strconv.Itoa(int(p))) }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -159,7 +160,10 @@ func sendEcho(a netip.Addr, n int) error {
 func ParseKnockArgs(args []string, udp bool) ([]knock.Hit, error) {
 	var hits []knock.Hit
 	for _, a := range args {
-		num, proto, hasProto := cutLast(a, ':')
+		num, proto, hasProto := a, "", false
+		if i := strings.LastIndexByte(a, ':'); i >= 0 {
+			num, proto, hasProto = a[:i], a[i+1:], true
+		}
 		if hasProto && proto == "icmp" {
 			h, err := knock.ParseHit("icmp/" + num)
 			if err != nil {
@@ -187,13 +191,4 @@ func ParseKnockArgs(args []string, udp bool) ([]knock.Hit, error) {
 		return nil, errors.New("no ports to knock")
 	}
 	return hits, nil
-}
-
-func cutLast(s string, sep byte) (before, after string, found bool) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == sep {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -104,7 +105,7 @@ func (v *validator) rotating(at func(string) string, rd rawDoor) *knock.Rotating
 	if rd.Length != nil {
 		r.Length = *rd.Length
 	}
-	lo, hi, err := ParsePortRange(cmpOr(rd.PortRange, DefaultPortRange))
+	lo, hi, err := ParsePortRange(cmp.Or(rd.PortRange, DefaultPortRange))
 	if err != nil {
 		v.fail(at("port_range"), "%v", err)
 	}
@@ -117,13 +118,6 @@ func (v *validator) rotating(at func(string) string, rd rawDoor) *knock.Rotating
 		v.fail(at("protocol"), "%q: want tcp or udp", rd.Protocol)
 	}
 	return r
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // ParsePortRange reads "20000-39999".

@@ -26,13 +26,6 @@ func (m *Memory) Setup(r Rules) error {
 	return nil
 }
 
-// Rules returns what Setup installed.
-func (m *Memory) Rules() Rules {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.rules
-}
-
 // Grant implements Backend.
 func (m *Memory) Grant(gs []Grant) error {
 	m.mu.Lock()

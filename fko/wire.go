@@ -114,10 +114,7 @@ func (k *Keys) Seal(pt string) (string, error) {
 // Errors from Open, for logs and counters.
 var (
 	ErrHMAC       = errors.New("HMAC mismatch")
-	ErrDecrypt    = errDecrypt
 	ErrWrongKind  = errors.New("packet length does not fit the stanza's encryption")
-	ErrMalformed  = errFormat
-	ErrBadDigest  = errDigest
 	ErrNotBase64  = errors.New("not base64")
 	ErrPrefixed   = errors.New("packet starts with an encryption prefix (replay of a re-prefixed copy)")
 	ErrPacketSize = errors.New("packet size out of range")

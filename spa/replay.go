@@ -76,14 +76,6 @@ func (t *Timestamps) Advance(client ClientPublicKey, ts int64) error {
 	return nil
 }
 
-// Last returns the last accepted timestamp of client.
-func (t *Timestamps) Last(client ClientPublicKey) (int64, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	v, ok := t.last[client]
-	return v, ok
-}
-
 func (t *Timestamps) save() error {
 	if t.path == "" {
 		return nil

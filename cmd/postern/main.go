@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -365,14 +366,14 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		*keyFile, *serverKey = cmpOr(*keyFile, p.KeyFile), cmpOr(*serverKey, p.ServerKey)
+		*keyFile, *serverKey = cmp.Or(*keyFile, p.KeyFile), cmp.Or(*serverKey, p.ServerKey)
 		if *open == "" {
 			*open = port.Join(p.Open)
 		}
 		if *dur == 0 {
 			*dur = p.Duration
 		}
-		*allow = cmpOr(*allow, p.Allow)
+		*allow = cmp.Or(*allow, p.Allow)
 		if len(pos) == 0 {
 			pos = []string{p.Host}
 		}
@@ -656,7 +657,7 @@ func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, 
 		return err
 	}
 	if open == "" {
-		open = cmpOr(prof.Open, "tcp/22")
+		open = cmp.Or(prof.Open, "tcp/22")
 	}
 	if o.Open, err = port.Parse(open); err != nil {
 		return errUsage{fmt.Errorf("--open: %w", err)}
@@ -688,13 +689,6 @@ func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, 
 		o.From = append(o.From, ip)
 	}
 	return client.CovertKnock(o)
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
@@ -750,7 +744,7 @@ func proxyCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil || n == 0 {
 		return errUsage{fmt.Errorf("port %q", pos[1])}
 	}
-	p, err := profileFor(*profiles, cmpOr(*name, pos[0]))
+	p, err := profileFor(*profiles, cmp.Or(*name, pos[0]))
 	if err != nil {
 		return err
 	}

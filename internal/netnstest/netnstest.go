@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -214,23 +215,23 @@ func NewPair(t TB) *Pair {
 
 // Output collects a process's output safely while it runs.
 type Output struct {
-	mu  chan struct{}
+	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
 // NewOutput returns an empty Output.
-func NewOutput() *Output { return &Output{mu: make(chan struct{}, 1)} }
+func NewOutput() *Output { return &Output{} }
 
 func (o *Output) Write(b []byte) (int, error) {
-	o.mu <- struct{}{}
-	defer func() { <-o.mu }()
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	return o.buf.Write(b)
 }
 
 // String returns everything written so far.
 func (o *Output) String() string {
-	o.mu <- struct{}{}
-	defer func() { <-o.mu }()
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	return o.buf.String()
 }
 

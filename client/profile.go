@@ -192,17 +192,7 @@ func readProfiles(path string) (*rawProfiles, error) {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
-		var de *toml.DecodeError
-		var sm *toml.StrictMissingError
-		switch {
-		case errors.As(err, &sm) && len(sm.Errors) > 0:
-			line, _ := sm.Errors[0].Position()
-			return nil, fmt.Errorf("%s:%d: %s: unknown key", path, line, strings.Join(sm.Errors[0].Key(), "."))
-		case errors.As(err, &de):
-			line, _ := de.Position()
-			return nil, fmt.Errorf("%s:%d: %v", path, line, de)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, config.DecodeError(path, err)
 	}
 	return &raw, nil
 }

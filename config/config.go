@@ -20,6 +20,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"postern/fko"
+	"postern/internal/conferr"
 	"postern/knock"
 	"postern/port"
 	"postern/spa"
@@ -193,36 +194,11 @@ type rawClient struct {
 	AllowSource     bool     `toml:"allow_source"`
 }
 
-// Error is a configuration error at a place in a file.
-type Error struct {
-	File string
-	Line int // 0 when the key is missing from a file-level context
-	Key  string
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, ":%d", e.Line)
-	}
-	if e.Key != "" {
-		b.WriteString(": " + e.Key)
-	}
-	return b.String() + ": " + e.Msg
-}
-
-// Errors is every problem found in one file.
-type Errors []*Error
-
-func (es Errors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
+// Error and Errors are the configuration errors every reader returns.
+type (
+	Error  = conferr.Error
+	Errors = conferr.Errors
+)
 
 // Load reads and validates the file at path.
 func Load(path string) (*Config, error) {
@@ -239,7 +215,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
-		return nil, decodeError(path, err)
+		return nil, DecodeError(path, err)
 	}
 	v := validator{file: path, lines: keyLines(data)}
 	cfg := v.validate(&raw)
@@ -250,7 +226,9 @@ func Parse(path string, data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-func decodeError(path string, err error) error {
+// DecodeError turns a go-toml decoding error into file:line:key errors;
+// other TOML files of postern (client.toml) report through it too.
+func DecodeError(path string, err error) error {
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) {
 		var es Errors

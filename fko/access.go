@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"postern/internal/conferr"
 	"postern/port"
 )
 
@@ -89,21 +90,6 @@ func (s *Stanza) PortAllowed(p port.Spec) bool {
 	return false
 }
 
-// AccessError is an access.conf problem at a line.
-type AccessError struct {
-	File    string
-	Line    int
-	Keyword string
-	Msg     string
-}
-
-func (e *AccessError) Error() string {
-	if e.Keyword == "" {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Keyword, e.Msg)
-}
-
 // ReadAccess reads an access.conf, following %include and %include_folder.
 // Every keyword postern does not support is an error naming it: silently
 // ignoring, say, FORCE_NAT would open something other than what the
@@ -117,7 +103,7 @@ func ReadAccess(path string) ([]*Stanza, error) {
 		return nil, err
 	}
 	if len(r.stanzas) == 0 {
-		return nil, &AccessError{File: path, Line: 1, Msg: "no SOURCE stanza"}
+		return nil, &conferr.Error{File: path, Line: 1, Msg: "no SOURCE stanza"}
 	}
 	return r.stanzas, nil
 }
@@ -133,7 +119,7 @@ func ParseAccessConf(path string, data []byte) ([]*Stanza, error) {
 		return nil, err
 	}
 	if len(r.stanzas) == 0 {
-		return nil, &AccessError{File: path, Line: 1, Msg: "no SOURCE stanza"}
+		return nil, &conferr.Error{File: path, Line: 1, Msg: "no SOURCE stanza"}
 	}
 	return r.stanzas, nil
 }
@@ -208,7 +194,7 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 		value = strings.TrimSpace(value)
 		kwU := strings.ToUpper(kw)
 		fail := func(format string, args ...any) error {
-			return &AccessError{File: path, Line: n, Keyword: kw, Msg: fmt.Sprintf(format, args...)}
+			return &conferr.Error{File: path, Line: n, Key: kw, Msg: fmt.Sprintf(format, args...)}
 		}
 		switch {
 		case kwU == "%INCLUDE":
@@ -282,7 +268,7 @@ func (r *accessReader) finish() error {
 			v = raw["SOURCE"]
 			kw = "SOURCE"
 		}
-		return &AccessError{File: v.file, Line: v.line, Keyword: kw, Msg: fmt.Sprintf(format, args...)}
+		return &conferr.Error{File: v.file, Line: v.line, Key: kw, Msg: fmt.Sprintf(format, args...)}
 	}
 	yes := func(kw string, def bool) (bool, error) {
 		v, ok := raw[kw]

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"postern/internal/conferr"
 )
 
 // KnockdConf is a knockd.conf, read as knockd 0.8 reads it.
@@ -26,32 +28,6 @@ const (
 	KnockdSeqTimeout = 25 * time.Second
 	KnockdCmdTimeout = 10 * time.Second
 )
-
-// ConfError is a knockd.conf problem at a line.
-type ConfError struct {
-	File string
-	Line int
-	Key  string
-	Msg  string
-}
-
-func (e *ConfError) Error() string {
-	if e.Key == "" {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Key, e.Msg)
-}
-
-// ConfErrors is every problem found in one file.
-type ConfErrors []*ConfError
-
-func (es ConfErrors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
 
 // ReadKnockdConf reads a knockd.conf file.
 func ReadKnockdConf(path string) (*KnockdConf, error) {
@@ -79,9 +55,9 @@ var knockdKeys = map[string]string{
 // error naming the line, never silently skipped.
 func ParseKnockdConf(path string, data []byte) (*KnockdConf, error) {
 	c := &KnockdConf{Path: path}
-	var errs ConfErrors
+	var errs conferr.Errors
 	fail := func(line int, key, format string, args ...any) {
-		errs = append(errs, &ConfError{File: path, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, &conferr.Error{File: path, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	type section struct {
 		door  *Door

@@ -169,3 +169,36 @@ server_key = "S…"
 		t.Fatal("profile without keys accepted")
 	}
 }
+
+// FuzzClientInput: any client.toml text and any fwknop command line give a
+// value or an error naming where, never a panic.
+func FuzzClientInput(f *testing.F) {
+	f.Add([]byte("[[spa]]\nname = \"o\"\nhost = \"h\"\nkey_file = \"/k\"\nserver_key = \"S\"\nopen = [\"tcp/22\"]\n[[door]]\nname = \"d\"\nsequence = [\"tcp/1\"]\n[[covert]]\nname = \"c\"\nport = 4444\n"),
+		"-A tcp/22 -a 10.9.9.2 -D host --use-hmac --gpg-recip X")
+	f.Add([]byte("[[door]]\nname = \"d\"\nsecret_file = \"/nonexistent\"\n"), "--access=tcp/22 -s -n x --rc-file")
+	f.Fuzz(func(t *testing.T, toml []byte, args string) {
+		path := filepath.Join(t.TempDir(), "client.toml")
+		if err := os.WriteFile(path, toml, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, load := range []func() error{
+			func() error { _, err := LoadProfile(path, "d"); return err },
+			func() error { _, err := LoadSPAProfile(path, "o"); return err },
+			func() error { _, err := LoadCovertProfile(path, "c"); return err },
+		} {
+			if err := load(); err != nil && !strings.Contains(err.Error(), path) && !strings.Contains(err.Error(), "nonexistent") {
+				t.Fatalf("error without the file: %v", err)
+			}
+		}
+		r, err := ParseFwknopArgs(strings.Fields(args))
+		if err != nil {
+			return
+		}
+		r.RCFile = ""
+		r.Stanza = ""
+		// GnuPG settings would start the real gpg: not from a fuzzer.
+		if s, err := r.Resolve(); err == nil && s["GPG_RECIPIENT"].Value == "" {
+			BuildFwknop(s, time.Now())
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package firewall_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -88,6 +89,12 @@ func TestNFTablesInNamespace(t *testing.T) {
 			}
 			return ""
 		},
+		tampers: map[string]func(){
+			"flush ruleset":   func() { p.Server.Exec(t, "nft", "flush", "ruleset") },
+			"delete table":    func() { p.Server.Exec(t, "nft", "delete", "table", "inet", "postern") },
+			"flush chain":     func() { p.Server.Exec(t, "nft", "flush", "chain", "inet", "postern", "input") },
+			"flush protected": func() { p.Server.Exec(t, "nft", "flush", "set", "inet", "postern", "protected") },
+		},
 	})
 }
 
@@ -104,10 +111,10 @@ func TestIPTablesInNamespace(t *testing.T) {
 		},
 		rules: []string{
 			"-A INPUT -j POSTERN",
-			"-A POSTERN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-			"-A POSTERN -m set --match-set postern4 src,dst -j ACCEPT",
-			"-A POSTERN -m set --match-set postern6 src,dst -j ACCEPT",
-			"-A POSTERN -p tcp -m tcp --dport 22 -j DROP",
+			"-A POSTERN -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+			"-A POSTERN -m set --match-set postern4 src,dst -j RETURN",
+			"-A POSTERN -m set --match-set postern6 src,dst -j RETURN",
+			"-A POSTERN -p tcp -m tcp --dport 22 -m comment --comment postern-protected -j DROP",
 			"-A POSTERN -p tcp -m tcp --dport 20000:20009 -j DROP",
 			"postern4", "postern6",
 		},
@@ -118,22 +125,44 @@ func TestIPTablesInNamespace(t *testing.T) {
 			}
 			return ""
 		},
+		tampers: map[string]func(){
+			"flush all chains": func() { p.Server.Exec(t, "iptables", "-F"); p.Server.Exec(t, "ip6tables", "-F") },
+			"delete chain and sets": func() {
+				for _, c := range []string{"iptables", "ip6tables"} {
+					p.Server.Exec(t, c, "-D", "INPUT", "-j", "POSTERN")
+					p.Server.Exec(t, c, "-F", "POSTERN")
+					p.Server.Exec(t, c, "-X", "POSTERN")
+				}
+				p.Server.Exec(t, "ipset", "destroy", "postern4")
+				p.Server.Exec(t, "ipset", "destroy", "postern6")
+			},
+			"restore without postern": func() {
+				cmd := p.Server.Command(context.Background(), "iptables-restore")
+				cmd.Stdin = strings.NewReader("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("iptables-restore: %v\n%s", err, out)
+				}
+			},
+		},
 	})
 }
 
 // backendChecks are the backend-specific parts of testBackend.
 type backendChecks struct {
-	installed func() string // the backend's rules as its tools print them
-	rules     []string      // lines that must be there
-	leftovers func() string // non-empty: what Cleanup left behind
+	installed func() string     // the backend's rules as its tools print them
+	rules     []string          // lines that must be there
+	leftovers func() string     // non-empty: what Cleanup left behind
+	tampers   map[string]func() // ways of removing postern's rules behind its back
 }
 
 // testBackend runs the same checks against any kernel backend: closed
 // before a grant, open for the granted address only, re-Setup keeps live
 // grants, kernel expiry with established connections kept, extend never
-// shortens, revoke, cleanup.
-func testBackend(t *testing.T, p *netnstest.Pair, fw firewall.Backend, c backendChecks) {
+// shortens (also when the kernel lost the grant), restore after tampering,
+// revoke, cleanup. The backend is used through a Keeper, as the daemon does.
+func testBackend(t *testing.T, p *netnstest.Pair, b firewall.Backend, c backendChecks) {
 	p.Server.Echo(t, "[::]:22")
+	fw := firewall.NewKeeper(b, nil)
 	for _, fam := range []struct {
 		name                string
 		server, client, alt netip.Addr
@@ -214,11 +243,64 @@ func testBackend(t *testing.T, p *netnstest.Pair, fw firewall.Backend, c backend
 		if len(gs) != 1 || gs[0].Timeout < 15*time.Second {
 			t.Fatalf("after 10s, 1s, 20s grants: %v", gs)
 		}
+		// Removed behind the keeper's back: a shorter re-grant still
+		// installs it, because the kernel, not the ledger, is the truth.
+		if err := b.Revoke([]firewall.Grant{g}); err != nil {
+			t.Fatal(err)
+		}
+		g.Timeout = 5 * time.Second
+		if err := fw.Grant([]firewall.Grant{g}); err != nil {
+			t.Fatal(err)
+		}
+		if gs, _ := fw.List(); len(gs) != 1 || gs[0].Timeout > 5*time.Second {
+			t.Fatalf("re-grant after removal behind the keeper's back: %v", gs)
+		}
 		if err := fw.Revoke([]firewall.Grant{g, {Addr: p.Client6b, Port: ssh}}); err != nil {
 			t.Fatalf("revoke (one of them never granted): %v", err)
 		}
 		if reachable(p, p.Client4, p.Server4, expectClosed) {
 			t.Fatal("revoked grant still open")
+		}
+	})
+
+	t.Run("restore after tampering", func(t *testing.T) {
+		rules := firewall.Rules{Protected: []port.Spec{ssh}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}},
+			KnockRanges: []firewall.PortRange{{Proto: port.TCP, Lo: 20000, Hi: 20009}}}
+		if err := fw.Setup(rules); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := fw.Check(); err != nil || !d.Intact() {
+			t.Fatalf("Check right after Setup: %v, %v", d, err)
+		}
+		for name, tamper := range c.tampers {
+			g := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: 20 * time.Second, Name: "alice"}
+			if err := fw.Grant([]firewall.Grant{g}); err != nil {
+				t.Fatal(err)
+			}
+			tamper()
+			d, err := fw.Check()
+			if err != nil || d.Intact() {
+				t.Fatalf("%s: Check = %v, %v; want damage found and restored", name, d, err)
+			}
+			if d, err := fw.Check(); err != nil || !d.Intact() {
+				t.Fatalf("%s: second Check = %v, %v; want intact", name, d, err)
+			}
+			if reachable(p, p.Client4b, p.Server4, expectClosed) {
+				t.Fatalf("%s: protected port open to another address after restore", name)
+			}
+			if !reachable(p, p.Client4, p.Server4, expectOpen) {
+				t.Fatalf("%s: granted address shut out after restore", name)
+			}
+			gs, _ := fw.List()
+			if len(gs) != 1 || gs[0].Timeout > 20*time.Second || gs[0].Name != "alice" {
+				t.Fatalf("%s: grants after restore: %+v", name, gs)
+			}
+			if ps, ok, err := fw.Installed(); err != nil || !ok || len(ps) != 1 || ps[0] != ssh {
+				t.Fatalf("%s: Installed = %v %v %v", name, ps, ok, err)
+			}
+			if err := fw.Revoke(gs); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 

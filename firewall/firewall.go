@@ -14,14 +14,19 @@ import (
 )
 
 // Grant opens Port for Addr. In Backend.Grant, Timeout is how long; in
-// Backend.List, how long is left.
+// Backend.List, how long is left. Name says who asked (a client, door or
+// stanza); kernel backends keep it beside the element, for status.
 type Grant struct {
 	Addr    netip.Addr
 	Port    port.Spec
 	Timeout time.Duration
+	Name    string
 }
 
 func (g Grant) String() string { return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout) }
+
+// key is what identifies a grant in the kernel: address and port.
+func (g Grant) key() Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
 
 // Rules are what the firewall closes.
 type Rules struct {
@@ -43,44 +48,46 @@ type PortRange struct {
 }
 
 // Backend is a firewall implementation. Implementations are safe for
-// concurrent use.
+// concurrent use. They set what they are told; Keeper adds the rules that
+// span calls (extend never shorten, restore after tampering).
 type Backend interface {
 	// Setup installs or updates postern's rules atomically and
 	// idempotently, keeping live grants.
 	Setup(Rules) error
-	// Grant opens ports. A grant that is already live is extended to the
-	// later of its current and its new expiry, never shortened.
+	// Grant opens ports, each for its Timeout from now, replacing the
+	// timeout of a grant that is already live.
 	Grant([]Grant) error
 	// Revoke closes granted ports now; revoking what is not granted is
 	// not an error.
 	Revoke([]Grant) error
-	// List returns the live grants with their remaining time.
+	// List returns the live grants with their remaining time, as the
+	// kernel holds them.
 	List() ([]Grant, error)
+	// Audit compares what is installed with r and says what is missing
+	// or altered; a zero Damage means intact.
+	Audit(r Rules) (Damage, error)
+	// Installed returns the protected ports installed now (what Cleanup
+	// would open to everyone); ok is false if nothing is installed.
+	Installed() (protected []port.Spec, ok bool, err error)
 	// Cleanup removes everything postern installed.
 	Cleanup() error
 	Close() error
 }
 
-// expiries remembers when grants made by this process end, so that a
-// re-grant can extend but never shorten one. Kernels (nftables, ipset)
-// replace a timeout rather than keep the later one.
-type expiries map[Grant]time.Time
-
-func grantKey(g Grant) Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
-
-// extends reports whether g, granted at now, ends later than what this
-// process granted before, and returns its end.
-func (e expiries) extends(g Grant, now time.Time) (time.Time, bool) {
-	until := now.Add(g.Timeout)
-	prev, ok := e[grantKey(g)]
-	return until, !ok || !prev.After(until)
+// Damage is what an audit found missing or altered.
+type Damage struct {
+	// What names each missing or altered part, such as "table inet
+	// postern" or "chain POSTERN rules".
+	What []string
+	// GrantsLost is set when the grant sets themselves are gone, so the
+	// grants they held must be put back.
+	GrantsLost bool
 }
 
-// forgetExpired drops grants that ended before now.
-func (e expiries) forgetExpired(now time.Time) {
-	for k, t := range e {
-		if now.After(t) {
-			delete(e, k)
-		}
-	}
+// Intact reports whether nothing was found missing.
+func (d Damage) Intact() bool { return len(d.What) == 0 }
+
+func (d *Damage) add(what string, grants bool) {
+	d.What = append(d.What, what)
+	d.GrantsLost = d.GrantsLost || grants
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,10 +28,15 @@ const (
 // (hash:ip,port) whose elements carry their own timeouts, so grants expire
 // in the kernel as with nftables:
 //
-//	-A POSTERN -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-//	-A POSTERN -m set --match-set postern4 src,dst -j ACCEPT
-//	-A POSTERN -p tcp --dport 22 -j DROP           # each protected port
+//	-A POSTERN -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+//	-A POSTERN -m set --match-set postern4 src,dst -j RETURN
+//	-A POSTERN -p tcp --dport 22 -m comment --comment postern-protected -j DROP
 //	-A POSTERN -p udp --dport 62201 -j DROP        # each knock port and range
+//
+// The chain only drops or returns, never accepts: granted and established
+// traffic goes on to the administrator's own INPUT rules, so a ban added
+// there still cuts it, exactly as the nftables table (whose accept ends
+// only its own chain) behaves.
 //
 // It runs the iptables-restore, iptables and ipset programs through the
 // function it is given (constructor injection: tests run them inside a
@@ -39,9 +45,8 @@ const (
 type IPTables struct {
 	command func(name string, args ...string) *exec.Cmd
 
-	mu     sync.Mutex
-	expiry expiries
-	now    func() time.Time
+	mu       sync.Mutex
+	comments map[string]bool // whether each set keeps element comments (names)
 }
 
 // NewIPTables returns the backend; a nil command runs programs directly.
@@ -49,7 +54,7 @@ func NewIPTables(command func(name string, args ...string) *exec.Cmd) *IPTables 
 	if command == nil {
 		command = exec.Command
 	}
-	return &IPTables{command: command, expiry: expiries{}, now: time.Now}
+	return &IPTables{command: command, comments: map[string]bool{}}
 }
 
 func (t *IPTables) run(stdin, name string, args ...string) (string, error) {
@@ -69,6 +74,29 @@ var families = []struct{ tables, restore, set, family string }{
 	{"ip6tables", "ip6tables-restore", IPSet6, "inet6"},
 }
 
+// protectedComment marks the DROP rules of protected ports, so that
+// Installed can tell them from knock ports.
+const protectedComment = "postern-protected"
+
+// chainRules is the chain's content for one family, as iptables-restore
+// takes it.
+func chainRules(r Rules, set string) []string {
+	rules := []string{
+		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+		"-m set --match-set " + set + " src,dst -j RETURN",
+	}
+	for _, p := range r.Protected {
+		rules = append(rules, fmt.Sprintf("-p %s --dport %d -m comment --comment %s -j DROP", p.Proto, p.Num, protectedComment))
+	}
+	for _, p := range r.Knock {
+		rules = append(rules, fmt.Sprintf("-p %s --dport %d -j DROP", p.Proto, p.Num))
+	}
+	for _, pr := range r.KnockRanges {
+		rules = append(rules, fmt.Sprintf("-p %s --dport %d:%d -j DROP", pr.Proto, pr.Lo, pr.Hi))
+	}
+	return rules
+}
+
 // Setup implements Backend: the sets are created if missing (keeping live
 // grants), the chain is declared and refilled in one iptables-restore
 // transaction per family, and the jump from INPUT is added once.
@@ -76,20 +104,15 @@ func (t *IPTables) Setup(r Rules) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, f := range families {
-		if _, err := t.run("", "ipset", "create", f.set, "hash:ip,port", "family", f.family, "timeout", "0", "-exist"); err != nil {
+		if err := t.createSet(f.set, f.family); err != nil {
 			return fmt.Errorf("iptables: %w", err)
 		}
 		var b strings.Builder
 		// Declaring the chain with --noflush empties it first, inside
 		// the same transaction that refills it.
 		fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", IPTablesChain)
-		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n", IPTablesChain)
-		fmt.Fprintf(&b, "-A %s -m set --match-set %s src,dst -j ACCEPT\n", IPTablesChain, f.set)
-		for _, p := range append(append([]port.Spec(nil), r.Protected...), r.Knock...) {
-			fmt.Fprintf(&b, "-A %s -p %s --dport %d -j DROP\n", IPTablesChain, p.Proto, p.Num)
-		}
-		for _, pr := range r.KnockRanges {
-			fmt.Fprintf(&b, "-A %s -p %s --dport %d:%d -j DROP\n", IPTablesChain, pr.Proto, pr.Lo, pr.Hi)
+		for _, rule := range chainRules(r, f.set) {
+			fmt.Fprintf(&b, "-A %s %s\n", IPTablesChain, rule)
 		}
 		b.WriteString("COMMIT\n")
 		if _, err := t.run(b.String(), f.restore, "--noflush"); err != nil {
@@ -104,6 +127,21 @@ func (t *IPTables) Setup(r Rules) error {
 	return nil
 }
 
+// createSet creates a grant set with element comments (client names for
+// status); a set left by an older postern without them is kept as it is.
+func (t *IPTables) createSet(set, family string) error {
+	_, err := t.run("", "ipset", "create", set, "hash:ip,port", "family", family, "timeout", "0", "comment", "-exist")
+	if err == nil {
+		t.comments[set] = true
+		return nil
+	}
+	if _, err2 := t.run("", "ipset", "create", set, "hash:ip,port", "family", family, "timeout", "0", "-exist"); err2 != nil {
+		return err
+	}
+	t.comments[set] = false
+	return nil
+}
+
 func setFor(a netip.Addr) string {
 	if a.Unmap().Is4() {
 		return IPSet4
@@ -115,27 +153,24 @@ func element(g Grant) string {
 	return fmt.Sprintf("%s,%s:%d", g.Addr.Unmap(), g.Port.Proto, g.Port.Num)
 }
 
-// Grant implements Backend. ipset's -exist replaces the timeout of an
-// element that is there; extend-never-shorten is kept here.
+// Grant implements Backend; ipset's -exist replaces the timeout of an
+// element that is there.
 func (t *IPTables) Grant(gs []Grant) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
 	for _, g := range gs {
 		if g.Timeout < time.Second {
 			return fmt.Errorf("iptables: grant %v: ipset timeouts are whole seconds", g)
 		}
-		until, later := t.expiry.extends(g, now)
-		if !later {
-			continue
+		set := setFor(g.Addr)
+		args := []string{"add", set, element(g), "timeout", strconv.Itoa(int(math.Ceil(g.Timeout.Seconds())))}
+		if t.comments[set] && g.Name != "" {
+			args = append(args, "comment", g.Name)
 		}
-		secs := strconv.Itoa(int(math.Ceil(g.Timeout.Seconds())))
-		if _, err := t.run("", "ipset", "add", setFor(g.Addr), element(g), "timeout", secs, "-exist"); err != nil {
+		if _, err := t.run("", "ipset", append(args, "-exist")...); err != nil {
 			return fmt.Errorf("iptables: granting: %w", err)
 		}
-		t.expiry[grantKey(g)] = until
 	}
-	t.expiry.forgetExpired(now)
 	return nil
 }
 
@@ -147,7 +182,6 @@ func (t *IPTables) Revoke(gs []Grant) error {
 		if _, err := t.run("", "ipset", "del", setFor(g.Addr), element(g), "-exist"); err != nil {
 			return fmt.Errorf("iptables: revoking: %w", err)
 		}
-		delete(t.expiry, grantKey(g))
 	}
 	return nil
 }
@@ -192,9 +226,12 @@ func parseSetLine(line string) (Grant, bool) {
 	}
 	g := Grant{Addr: a, Port: port.Spec{Proto: p, Num: uint16(n)}}
 	for i := 3; i+1 < len(f); i++ {
-		if f[i] == "timeout" {
+		switch f[i] {
+		case "timeout":
 			s, _ := strconv.Atoi(f[i+1])
 			g.Timeout = time.Duration(s) * time.Second
+		case "comment":
+			g.Name = strings.Trim(f[i+1], `"`)
 		}
 	}
 	return g, true
@@ -220,9 +257,97 @@ func (t *IPTables) Cleanup() error {
 			errs = append(errs, err)
 		}
 	}
-	clear(t.expiry)
 	return errors.Join(errs...)
 }
 
 // Close implements Backend.
 func (t *IPTables) Close() error { return nil }
+
+// saved returns the filter table's chain POSTERN rules and whether INPUT
+// jumps to it, from iptables-save.
+func (t *IPTables) saved(save string) (rules []string, chain, jump bool, err error) {
+	text, err := t.run("", save, "-t", "filter")
+	if err != nil {
+		return nil, false, false, fmt.Errorf("iptables: %w", err)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(line, ":"+IPTablesChain+" "):
+			chain = true
+		case line == "-A INPUT -j "+IPTablesChain:
+			jump = true
+		case strings.HasPrefix(line, "-A "+IPTablesChain+" "):
+			rules = append(rules, line)
+		}
+	}
+	return rules, chain, jump, nil
+}
+
+// Audit implements Backend for both families: the sets exist, INPUT jumps
+// to the chain, and the chain holds as many rules as Setup installs, each
+// with the verdict Setup gave it.
+func (t *IPTables) Audit(r Rules) (Damage, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var d Damage
+	names, err := t.run("", "ipset", "list", "-n")
+	if err != nil {
+		return d, fmt.Errorf("iptables: %w", err)
+	}
+	sets := strings.Fields(names)
+	for _, f := range families {
+		if !slices.Contains(sets, f.set) {
+			d.add("ipset "+f.set, true)
+		}
+		rules, chain, jump, err := t.saved(f.tables + "-save")
+		if err != nil {
+			return d, err
+		}
+		if !chain {
+			d.add(f.tables+" chain "+IPTablesChain, false)
+			continue
+		}
+		if !jump {
+			d.add(f.tables+" jump from INPUT", false)
+		}
+		want := chainRules(r, f.set)
+		same := len(rules) == len(want)
+		for i := 0; same && i < len(rules); i++ {
+			same = lastField(rules[i]) == lastField(want[i])
+		}
+		if !same {
+			d.add(f.tables+" chain "+IPTablesChain+" rules", false)
+		}
+	}
+	return d, nil
+}
+
+func lastField(rule string) string {
+	f := strings.Fields(rule)
+	return f[len(f)-1]
+}
+
+// Installed implements Backend from the IPv4 chain's protected-port rules.
+func (t *IPTables) Installed() ([]port.Spec, bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rules, chain, _, err := t.saved("iptables-save")
+	if err != nil || !chain {
+		return nil, false, err
+	}
+	var out []port.Spec
+	for _, line := range rules {
+		if !strings.Contains(line, protectedComment) {
+			continue
+		}
+		f := strings.Fields(line)
+		p, num := slices.Index(f, "-p"), slices.Index(f, "--dport")
+		if p < 0 || num < 0 || p+1 >= len(f) || num+1 >= len(f) {
+			continue
+		}
+		if spec, err := port.Parse(f[p+1] + "/" + f[num+1]); err == nil {
+			out = append(out, spec)
+		}
+	}
+	return out, true, nil
+}

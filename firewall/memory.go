@@ -3,27 +3,67 @@ package firewall
 import (
 	"sync"
 	"time"
+
+	"postern/port"
 )
 
 // Memory is a backend that enforces nothing and remembers grants in memory.
 // It is the "none" backend (dry runs: the log shows every decision) and the
 // fake that unit tests use in place of a kernel.
 type Memory struct {
-	mu     sync.Mutex
-	rules  Rules
-	grants map[Grant]time.Time
-	now    func() time.Time
+	mu        sync.Mutex
+	rules     Rules
+	installed bool
+	grants    map[Grant]time.Time
+	names     map[Grant]string
+	now       func() time.Time
 }
 
 // NewMemory returns an empty Memory backend.
-func NewMemory() *Memory { return &Memory{grants: make(map[Grant]time.Time), now: time.Now} }
+func NewMemory() *Memory {
+	return &Memory{grants: make(map[Grant]time.Time), names: make(map[Grant]string), now: time.Now}
+}
 
 // Setup implements Backend.
 func (m *Memory) Setup(r Rules) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.rules = r
+	m.rules, m.installed = r, true
 	return nil
+}
+
+// Flush forgets everything, as `nft flush ruleset` does to a kernel
+// backend: for tests of what notices and restores it.
+func (m *Memory) Flush() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rules, m.installed = Rules{}, false
+	clear(m.grants)
+}
+
+// Rules returns what is installed.
+func (m *Memory) Rules() Rules {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rules
+}
+
+// Audit implements Backend: after Flush, everything is missing.
+func (m *Memory) Audit(Rules) (Damage, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var d Damage
+	if !m.installed {
+		d.add("rules", true)
+	}
+	return d, nil
+}
+
+// Installed implements Backend.
+func (m *Memory) Installed() ([]port.Spec, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rules.Protected, m.installed, nil
 }
 
 // Grant implements Backend.
@@ -32,10 +72,8 @@ func (m *Memory) Grant(gs []Grant) error {
 	defer m.mu.Unlock()
 	now := m.now()
 	for _, g := range gs {
-		k := Grant{Addr: g.Addr.Unmap(), Port: g.Port}
-		if until := now.Add(g.Timeout); until.After(m.grants[k]) {
-			m.grants[k] = until
-		}
+		m.grants[g.key()] = now.Add(g.Timeout)
+		m.names[g.key()] = g.Name
 	}
 	return nil
 }
@@ -45,7 +83,7 @@ func (m *Memory) Revoke(gs []Grant) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, g := range gs {
-		delete(m.grants, Grant{Addr: g.Addr.Unmap(), Port: g.Port})
+		delete(m.grants, g.key())
 	}
 	return nil
 }
@@ -58,7 +96,7 @@ func (m *Memory) List() ([]Grant, error) {
 	var out []Grant
 	for k, until := range m.grants {
 		if left := until.Sub(now); left > 0 {
-			k.Timeout = left
+			k.Timeout, k.Name = left, m.names[k]
 			out = append(out, k)
 		}
 	}
@@ -69,7 +107,7 @@ func (m *Memory) List() ([]Grant, error) {
 func (m *Memory) Cleanup() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.rules = Rules{}
+	m.rules, m.installed = Rules{}, false
 	clear(m.grants)
 	return nil
 }

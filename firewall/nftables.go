@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,14 +48,12 @@ type NFTables struct {
 	sets  struct{ grants4, grants6, protected, knock *nftables.Set }
 	chain *nftables.Chain
 
-	mu     sync.Mutex
-	expiry expiries
-	now    func() time.Time
+	mu sync.Mutex
 }
 
 // NewNFTables returns a backend that uses conn.
 func NewNFTables(conn *nftables.Conn) *NFTables {
-	n := &NFTables{conn: conn, expiry: expiries{}, now: time.Now}
+	n := &NFTables{conn: conn}
 	n.table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 	svc := nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
 	n.sets.grants4 = &nftables.Set{Table: n.table, Name: "grants4", HasTimeout: true, Concatenation: true,
@@ -69,9 +69,11 @@ func NewNFTables(conn *nftables.Conn) *NFTables {
 	return n
 }
 
-// OpenNFTables connects to the current network namespace's nftables.
+// OpenNFTables connects to the current network namespace's nftables. The
+// connection lasts: opening and closing a netlink socket per change costs
+// milliseconds of kernel time each.
 func OpenNFTables() (*NFTables, error) {
-	c, err := nftables.New()
+	c, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -200,19 +202,12 @@ func (n *NFTables) grantSetAndKey(g Grant) (*nftables.Set, []byte) {
 func (n *NFTables) Grant(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	now := n.now()
-	var changed []Grant
 	for _, g := range gs {
 		if g.Timeout < time.Millisecond {
 			return fmt.Errorf("nftables: grant %v: timeout too short", g)
 		}
-		key := grantKey(g)
-		until, later := n.expiry.extends(g, now)
-		if !later {
-			continue // already open for longer
-		}
 		set, k := n.grantSetAndKey(g)
-		e := []nftables.SetElement{{Key: k, Timeout: g.Timeout}}
+		e := []nftables.SetElement{{Key: k, Timeout: g.Timeout, Comment: g.Name}}
 		if err := n.conn.SetAddElements(set, e); err != nil {
 			return err
 		}
@@ -222,16 +217,10 @@ func (n *NFTables) Grant(gs []Grant) error {
 		if err := n.conn.SetAddElements(set, e); err != nil {
 			return err
 		}
-		changed = append(changed, key)
-		n.expiry[key] = until
 	}
 	if err := n.conn.Flush(); err != nil {
-		for _, k := range changed {
-			delete(n.expiry, k)
-		}
 		return fmt.Errorf("nftables: granting: %w", err)
 	}
-	n.expiry.forgetExpired(now)
 	return nil
 }
 
@@ -248,7 +237,6 @@ func (n *NFTables) Revoke(gs []Grant) error {
 		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
 			return err
 		}
-		delete(n.expiry, grantKey(g))
 	}
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("nftables: revoking: %w", err)
@@ -278,7 +266,7 @@ func (n *NFTables) List() ([]Grant, error) {
 				continue
 			}
 			a, _ := netip.AddrFromSlice(e.Key[:alen])
-			out = append(out, Grant{Addr: a, Timeout: e.Expires,
+			out = append(out, Grant{Addr: a, Timeout: e.Expires, Name: e.Comment,
 				Port: port.Spec{Proto: port.Protocol(e.Key[alen]), Num: binary.BigEndian.Uint16(e.Key[alen+4:])}})
 		}
 	}
@@ -296,9 +284,124 @@ func (n *NFTables) Cleanup() error {
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("nftables: deleting table inet %s: %w", TableName, err)
 	}
-	clear(n.expiry)
 	return nil
 }
 
 // Close releases the netlink connection.
 func (n *NFTables) Close() error { return n.conn.CloseLasting() }
+
+// Audit implements Backend: the table, its four sets, the port sets'
+// contents and the chain's rules (their number and verdicts, in order) are
+// compared with what Setup installs for r.
+func (n *NFTables) Audit(r Rules) (Damage, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var d Damage
+	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return d, fmt.Errorf("nftables: listing tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		d.add("table inet "+TableName, true)
+		return d, nil
+	}
+	sets, err := n.conn.GetSets(n.table)
+	if err != nil {
+		return d, fmt.Errorf("nftables: listing sets: %w", err)
+	}
+	have := map[string]bool{}
+	for _, s := range sets {
+		have[s.Name] = true
+	}
+	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6} {
+		if !have[s.Name] {
+			d.add("set "+s.Name, true)
+		}
+	}
+	for _, ps := range []struct {
+		set   *nftables.Set
+		ports []port.Spec
+	}{{n.sets.protected, r.Protected}, {n.sets.knock, r.Knock}} {
+		if !have[ps.set.Name] {
+			d.add("set "+ps.set.Name, false)
+			continue
+		}
+		elems, err := n.conn.GetSetElements(ps.set)
+		if err != nil {
+			return d, fmt.Errorf("nftables: listing %s: %w", ps.set.Name, err)
+		}
+		got := make(map[string]bool, len(elems))
+		for _, e := range elems {
+			got[string(e.Key)] = true
+		}
+		want := make(map[string]bool, len(ps.ports))
+		for _, p := range ps.ports {
+			want[string(serviceKey(p))] = true
+		}
+		if !maps.Equal(got, want) {
+			d.add("set "+ps.set.Name+" elements", false)
+		}
+	}
+	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return d, fmt.Errorf("nftables: listing chains: %w", err)
+	}
+	i := slices.IndexFunc(chains, func(c *nftables.Chain) bool {
+		return c.Table.Name == TableName && c.Name == n.chain.Name
+	})
+	if i < 0 {
+		d.add("chain input", false)
+		return d, nil
+	}
+	if c := chains[i]; c.Hooknum == nil || *c.Hooknum != *n.chain.Hooknum || c.Policy == nil || *c.Policy != *n.chain.Policy {
+		d.add("chain input hook or policy", false)
+	}
+	rules, err := n.conn.GetRules(n.table, n.chain)
+	if err != nil {
+		return d, fmt.Errorf("nftables: listing rules: %w", err)
+	}
+	want := n.rules(r.KnockRanges)
+	same := len(rules) == len(want)
+	for j := 0; same && j < len(rules); j++ {
+		same = verdictOf(rules[j].Exprs) == verdictOf(want[j])
+	}
+	if !same {
+		d.add("chain input rules", false)
+	}
+	return d, nil
+}
+
+func verdictOf(exprs []expr.Any) expr.VerdictKind {
+	if len(exprs) == 0 {
+		return -100
+	}
+	if v, ok := exprs[len(exprs)-1].(*expr.Verdict); ok {
+		return v.Kind
+	}
+	return -100
+}
+
+// Installed implements Backend from the protected set.
+func (n *NFTables) Installed() ([]port.Spec, bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, false, fmt.Errorf("nftables: listing tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil, false, nil
+	}
+	elems, err := n.conn.GetSetElements(n.sets.protected)
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrNotExist) {
+		return nil, true, fmt.Errorf("nftables: listing protected: %w", err)
+	}
+	var out []port.Spec
+	for _, e := range elems {
+		if len(e.Key) >= 8 {
+			out = append(out, port.Spec{Proto: port.Protocol(e.Key[0]), Num: binary.BigEndian.Uint16(e.Key[4:])})
+		}
+	}
+	slices.SortFunc(out, func(a, b port.Spec) int { return int(a.Num) - int(b.Num) })
+	return out, true, nil
+}

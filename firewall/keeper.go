@@ -1,0 +1,245 @@
+package firewall
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"postern/port"
+)
+
+// Keeper wraps a Backend and keeps what postern installed in place:
+//
+//   - It remembers the rules it set up and the grants it made (a ledger of
+//     address, port, end and name), so that when someone flushes the
+//     ruleset, deletes the table or destroys the sets, Check re-installs the
+//     rules atomically and puts back the grants that were lost, each with
+//     only its remaining time. A restore never widens access: it adds back
+//     nothing that was not live.
+//   - A re-grant extends a grant to the later of its two ends and never
+//     shortens it. The kernel is the truth about what is live: the ledger
+//     is only trusted to skip a grant after the kernel confirms it holds
+//     the grant, so a grant removed behind postern's back is installed again.
+//
+// Its zero value is not usable; use NewKeeper. Safe for concurrent use.
+type Keeper struct {
+	b   Backend
+	log *slog.Logger
+	now func() time.Time
+
+	mu       sync.Mutex
+	rules    Rules
+	set      bool // Setup has run: Check has something to keep
+	ledger   map[Grant]entry
+	restores int
+}
+
+type entry struct {
+	until time.Time
+	name  string
+}
+
+// NewKeeper wraps b; log receives restores (nil: discarded).
+func NewKeeper(b Backend, log *slog.Logger) *Keeper {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Keeper{b: b, log: log, now: time.Now, ledger: map[Grant]entry{}}
+}
+
+// Backend returns the wrapped backend.
+func (k *Keeper) Backend() Backend { return k.b }
+
+// Setup installs r and learns the grants the kernel already holds (from
+// an earlier run), so they too are restored if lost.
+func (k *Keeper) Setup(r Rules) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.b.Setup(r); err != nil {
+		return err
+	}
+	k.rules, k.set = r, true
+	live, err := k.b.List()
+	if err != nil {
+		return err
+	}
+	now := k.now()
+	for _, g := range live {
+		if e, ok := k.ledger[g.key()]; !ok || e.until.Before(now.Add(g.Timeout)) {
+			k.ledger[g.key()] = entry{until: now.Add(g.Timeout), name: g.Name}
+		}
+	}
+	return nil
+}
+
+// Grant opens ports; a grant already live for longer is left as it is, if
+// the kernel still holds it.
+func (k *Keeper) Grant(gs []Grant) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	todo := make([]Grant, 0, len(gs))
+	var longer []Grant
+	for _, g := range gs {
+		if e, ok := k.ledger[g.key()]; ok && e.until.After(now.Add(g.Timeout)) {
+			longer = append(longer, g)
+			continue
+		}
+		todo = append(todo, g)
+	}
+	if len(longer) > 0 {
+		live, err := k.liveKeys()
+		if err != nil {
+			return err
+		}
+		for _, g := range longer {
+			if !live[g.key()] {
+				delete(k.ledger, g.key()) // removed behind our back
+				todo = append(todo, g)
+			}
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if err := k.b.Grant(todo); err != nil {
+		return err
+	}
+	for _, g := range todo {
+		k.ledger[g.key()] = entry{until: now.Add(g.Timeout), name: g.Name}
+	}
+	return nil
+}
+
+func (k *Keeper) liveKeys() (map[Grant]bool, error) {
+	live, err := k.b.List()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[Grant]bool, len(live))
+	for _, g := range live {
+		m[g.key()] = true
+	}
+	return m, nil
+}
+
+// Revoke closes ports now.
+func (k *Keeper) Revoke(gs []Grant) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.b.Revoke(gs); err != nil {
+		return err
+	}
+	for _, g := range gs {
+		delete(k.ledger, g.key())
+	}
+	return nil
+}
+
+// List returns what the kernel holds.
+func (k *Keeper) List() ([]Grant, error) { return k.b.List() }
+
+// Audit is the backend's audit.
+func (k *Keeper) Audit(r Rules) (Damage, error) { return k.b.Audit(r) }
+
+// Installed is the backend's.
+func (k *Keeper) Installed() ([]port.Spec, bool, error) { return k.b.Installed() }
+
+// Cleanup removes everything and forgets the ledger: nothing is restored.
+func (k *Keeper) Cleanup() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.set = false
+	clear(k.ledger)
+	return k.b.Cleanup()
+}
+
+// Close closes the backend.
+func (k *Keeper) Close() error { return k.b.Close() }
+
+// Restores returns how many times Check has restored the rules.
+func (k *Keeper) Restores() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.restores
+}
+
+// Check audits the installed rules and restores them if anything is
+// missing or altered. It returns what was restored (nil if intact).
+func (k *Keeper) Check() (Damage, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	for key, e := range k.ledger {
+		if !e.until.After(now) {
+			delete(k.ledger, key)
+		}
+	}
+	if !k.set {
+		return Damage{}, nil
+	}
+	d, err := k.b.Audit(k.rules)
+	if err != nil || d.Intact() {
+		return Damage{}, err
+	}
+	if err := k.b.Setup(k.rules); err != nil {
+		return d, fmt.Errorf("restoring %s: %w", strings.Join(d.What, ", "), err)
+	}
+	k.restores++
+	if !d.GrantsLost {
+		return d, nil
+	}
+	live, err := k.liveKeys()
+	if err != nil {
+		return d, err
+	}
+	var back []Grant
+	for key, e := range k.ledger {
+		if left := e.until.Sub(now); !live[key] && left >= time.Second {
+			g := key
+			g.Timeout, g.Name = left, e.name
+			back = append(back, g)
+		}
+	}
+	slices.SortFunc(back, func(a, b Grant) int { return a.Addr.Compare(b.Addr) })
+	if len(back) > 0 {
+		if err := k.b.Grant(back); err != nil {
+			return d, fmt.Errorf("restoring %d grants: %w", len(back), err)
+		}
+	}
+	return d, nil
+}
+
+// Watch runs Check every interval until ctx ends, logging each restore at
+// warning level and calling restored (a metric) with what was missing.
+func (k *Keeper) Watch(ctx context.Context, every time.Duration, restored func(Damage)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d, err := k.Check()
+		switch {
+		case err != nil && !failing:
+			k.log.Error("firewall audit", "err", err)
+			failing = true
+		case err == nil && failing:
+			k.log.Info("firewall audit works again")
+			failing = false
+		}
+		if !d.Intact() && err == nil {
+			k.log.Warn("firewall restored", "missing", strings.Join(d.What, ", "), "grants_restored", d.GrantsLost)
+			if restored != nil {
+				restored(d)
+			}
+		}
+	}
+}

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,42 +21,50 @@ import (
 // packets before netfilter, so the firewall can drop knocks (the host never
 // answers one) and postern still reads them. Protocol-specific packet sockets
 // receive incoming packets only, never the host's own outgoing ones.
+//
+// The sockets are bound to every interface and the filter picks the
+// configured ones by index, so capture outlives the network: a link that
+// goes down and up, an interface deleted and created again (a new index),
+// or one that appears only after start-up never needs a new socket — which
+// could not be had anyway once CAP_NET_RAW is dropped. Watch follows the
+// interfaces' indexes and swaps the filter.
 type AFPacket struct {
-	conns []*packet.Conn
+	conns   []*packet.Conn
+	fams    []Family
+	matches []Match
+	names   []string // nil: every interface
+
+	mu      sync.Mutex
+	indexes []int // of names, as last seen
+	closed  bool
 }
 
-// OpenAFPacket opens the sockets on interface ifname ("any" for all
-// interfaces), passing only packets that fit matches. It needs CAP_NET_RAW,
-// only here: the sockets stay usable after the capability is dropped.
+// OpenAFPacket opens the sockets for the interface ifname: a name, several
+// names separated by commas, or "any" for all interfaces. Interfaces that do
+// not exist yet are waited for (see Watch). It needs CAP_NET_RAW, only here:
+// the sockets stay usable after the capability is dropped.
 func OpenAFPacket(ifname string, matches []Match) (*AFPacket, error) {
 	if len(matches) == 0 {
 		return nil, errors.New("capture: no knock ports to listen for")
 	}
-	ifi := &net.Interface{Index: 0, Name: "any"}
+	a := &AFPacket{matches: matches}
 	if ifname != "any" {
-		var err error
-		if ifi, err = net.InterfaceByName(ifname); err != nil {
-			return nil, fmt.Errorf("capture: interface %q: %w", ifname, err)
-		}
+		a.names = strings.Split(ifname, ",")
 	}
-	a := &AFPacket{}
+	a.indexes = a.lookup()
+	all := &net.Interface{Index: 0, Name: "any"}
 	for _, fam := range []struct {
 		family    Family
 		ethertype int
 	}{{IPv4, unix.ETH_P_IP}, {IPv6, unix.ETH_P_IPV6}} {
-		prog, err := Filter(fam.family, matches)
+		raw, err := a.filter(fam.family, a.indexes)
 		if err != nil {
 			a.Close()
 			return nil, err
 		}
-		raw, err := bpf.Assemble(prog)
-		if err != nil {
-			a.Close()
-			return nil, fmt.Errorf("capture: assembling filter: %w", err)
-		}
 		// The filter is attached before bind, so no unfiltered packet is
 		// ever queued on the socket.
-		c, err := packet.Listen(ifi, packet.Datagram, fam.ethertype, &packet.Config{Filter: raw})
+		c, err := packet.Listen(all, packet.Datagram, fam.ethertype, &packet.Config{Filter: raw})
 		if err != nil {
 			a.Close()
 			return nil, fmt.Errorf("capture: AF_PACKET on %s: %w", ifname, err)
@@ -66,23 +77,146 @@ func OpenAFPacket(ifname string, matches []Match) (*AFPacket, error) {
 			})
 		}
 		a.conns = append(a.conns, c)
+		a.fams = append(a.fams, fam.family)
 	}
 	return a, nil
 }
 
-// Run reads from every socket until ctx ends.
+// Missing returns the configured interfaces that do not exist now.
+func (a *AFPacket) Missing() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for i, n := range a.names {
+		if a.indexes[i] == 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// lookup returns the index of each named interface, 0 for one that does
+// not exist.
+func (a *AFPacket) lookup() []int {
+	out := make([]int, len(a.names))
+	for i, n := range a.names {
+		if ifi, err := net.InterfaceByName(n); err == nil {
+			out[i] = ifi.Index
+		}
+	}
+	return out
+}
+
+// filter is the knock filter behind a check of the receiving interface.
+func (a *AFPacket) filter(fam Family, indexes []int) ([]bpf.RawInstruction, error) {
+	prog, err := Filter(fam, a.matches)
+	if err != nil {
+		return nil, err
+	}
+	if a.names != nil {
+		var live []int
+		for _, ix := range indexes {
+			if ix != 0 {
+				live = append(live, ix)
+			}
+		}
+		prog = append(InterfaceFilter(live), prog...)
+	}
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		return nil, fmt.Errorf("capture: assembling filter: %w", err)
+	}
+	return raw, nil
+}
+
+// InterfaceFilter returns instructions that drop every packet not received
+// on one of the interfaces with these indexes (all packets, if none), and
+// fall through to what follows otherwise.
+func InterfaceFilter(indexes []int) []bpf.Instruction {
+	prog := []bpf.Instruction{bpf.LoadExtension{Num: bpf.ExtInterfaceIndex}}
+	for i, ix := range indexes {
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(ix), SkipTrue: uint8(len(indexes) - i)})
+	}
+	return append(prog, bpf.RetConstant{Val: 0})
+}
+
+// Watch follows the configured interfaces every interval until ctx ends:
+// when one appears, disappears or comes back with a new index, the filter
+// is swapped on every socket. changed is told each time (for the log).
+func (a *AFPacket) Watch(ctx context.Context, every time.Duration, changed func(name string, index int)) error {
+	if a.names == nil {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		now := a.lookup()
+		a.mu.Lock()
+		if slices.Equal(now, a.indexes) || a.closed {
+			a.mu.Unlock()
+			continue
+		}
+		for i, c := range a.conns {
+			raw, err := a.filter(a.fams[i], now)
+			if err == nil {
+				err = c.SetBPF(raw)
+			}
+			if err != nil {
+				a.mu.Unlock()
+				return fmt.Errorf("capture: swapping the filter: %w", err)
+			}
+		}
+		before := a.indexes
+		a.indexes = now
+		a.mu.Unlock()
+		for i, n := range a.names {
+			if before[i] != now[i] {
+				changed(n, now[i])
+			}
+		}
+	}
+}
+
+// Run reads from every socket until ctx ends. A read error never ends it
+// (an interface going away reports one): it is passed to transient, and
+// reading goes on after a short pause.
 func (a *AFPacket) Run(ctx context.Context, h Handler) error {
+	return a.RunWithErrors(ctx, h, nil)
+}
+
+// RunWithErrors is Run, telling transient of read errors (nil: ignored).
+func (a *AFPacket) RunWithErrors(ctx context.Context, h Handler, transient func(error)) error {
 	var mu sync.Mutex // Handlers are never called concurrently.
-	errs := make(chan error, len(a.conns))
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { a.Close() })
+	defer stop()
 	for _, c := range a.conns {
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			buf := make([]byte, snapLen)
 			var f Frame
 			for {
 				n, _, err := c.ReadFrom(buf)
 				if err != nil {
-					errs <- err
-					return
+					if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+						return
+					}
+					if transient != nil {
+						transient(err)
+					}
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					continue
 				}
 				mu.Lock()
 				f.Time = time.Now()
@@ -92,21 +226,15 @@ func (a *AFPacket) Run(ctx context.Context, h Handler) error {
 			}
 		}()
 	}
-	select {
-	case <-ctx.Done():
-		a.Close()
-		return nil
-	case err := <-errs:
-		a.Close()
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("capture: %w", err)
-	}
+	wg.Wait()
+	return nil
 }
 
 // Close closes the sockets.
 func (a *AFPacket) Close() error {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
 	for _, c := range a.conns {
 		c.Close()
 	}

@@ -29,7 +29,8 @@ import (
 // Config is a validated configuration.
 type Config struct {
 	Path           string
-	Interface      string // capture interface, or "any"
+	Interface      string   // capture interfaces, comma-separated, or "any"
+	Interfaces     []string // the same, one name each
 	Capture        string // "afpacket" or "udp"
 	PrivateKeyFile string
 	StateDir       string
@@ -114,7 +115,7 @@ const (
 )
 
 type rawConfig struct {
-	Interface      string      `toml:"interface"`
+	Interface      any         `toml:"interface"` // a name, or a list of names
 	Capture        string      `toml:"capture"`
 	PrivateKeyFile string      `toml:"private_key_file"`
 	StateDir       string      `toml:"state_dir"`
@@ -299,9 +300,40 @@ func (v *validator) duration(key, s string, def time.Duration) time.Duration {
 	return def
 }
 
+// interfaces reads interface = "eth0" or interface = ["eth0", "wg0"].
+func (v *validator) interfaces(raw any) []string {
+	var names []string
+	switch x := raw.(type) {
+	case nil:
+	case string:
+		if x != "" {
+			names = []string{x}
+		}
+	case []any:
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok || s == "" {
+				v.fail("interface", "%v: want interface names", e)
+				return nil
+			}
+			if !slices.Contains(names, s) {
+				names = append(names, s)
+			}
+		}
+	default:
+		v.fail("interface", "%v: want a name or a list of names", raw)
+	}
+	for _, n := range names {
+		if len(n) > 15 || strings.ContainsAny(n, "/ \t,") {
+			v.fail("interface", "%q: not an interface name", n)
+		}
+	}
+	return names
+}
+
 func (v *validator) validate(raw *rawConfig) *Config {
 	cfg := &Config{
-		Interface:      raw.Interface,
+		Interfaces:     v.interfaces(raw.Interface),
 		Capture:        raw.Capture,
 		PrivateKeyFile: raw.PrivateKeyFile,
 		StateDir:       raw.StateDir,
@@ -318,9 +350,9 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		} else {
 			cfg.Knockd = kc
 			cfg.Doors = append(cfg.Doors, kc.Doors...)
-			if cfg.Interface == "" {
+			if len(cfg.Interfaces) == 0 {
 				// knockd's rule: the file's Interface, else eth0.
-				cfg.Interface = cmp.Or(kc.Interface, "eth0")
+				cfg.Interfaces = []string{cmp.Or(kc.Interface, "eth0")}
 			}
 		}
 	}
@@ -352,6 +384,10 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		} else {
 			cfg.MaxTracked = n
 		}
+	}
+	cfg.Interface = strings.Join(cfg.Interfaces, ",")
+	if len(cfg.Interfaces) > 1 && slices.Contains(cfg.Interfaces, "any") {
+		v.fail("interface", "\"any\" already means every interface: list names, or \"any\" alone")
 	}
 	switch cfg.Capture {
 	case "afpacket":

@@ -74,10 +74,13 @@ func newCovertHandler(s *Server) (*covertHandler, error) {
 	return h, nil
 }
 
-func (h *covertHandler) ports() []port.Spec {
+// covertPorts returns the covert doors' TCP ports, which postern closes.
+func covertPorts(cfg *config.Config) []port.Spec {
 	var out []port.Spec
-	for p := range h.doors {
-		out = append(out, port.Spec{Proto: port.TCP, Num: p})
+	for _, c := range cfg.Covert {
+		if sp := (port.Spec{Proto: port.TCP, Num: c.Port}); !slices.Contains(out, sp) {
+			out = append(out, sp)
+		}
 	}
 	slices.SortFunc(out, func(a, b port.Spec) int { return int(a.Num) - int(b.Num) })
 	return out

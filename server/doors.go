@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"postern/capture"
+	"postern/config"
 	"postern/firewall"
 	"postern/knock"
 	"postern/port"
@@ -40,16 +41,22 @@ type doorHandler struct {
 
 func newDoorHandler(s *Server) (*doorHandler, error) {
 	cfg := s.cfg
-	h := &doorHandler{s: s, native: map[*knock.Door]bool{}}
+	h := &doorHandler{s: s, native: nativeDoors(cfg)}
+	h.engine = knock.NewEngine(cfg.Doors, cfg.MaxTracked, h.event)
+	return h, nil
+}
+
+// nativeDoors tells [[door]]s (true) from knockd_file doors (false).
+func nativeDoors(cfg *config.Config) map[*knock.Door]bool {
 	var fromKnockd []*knock.Door
 	if cfg.Knockd != nil {
 		fromKnockd = cfg.Knockd.Doors
 	}
+	native := make(map[*knock.Door]bool, len(cfg.Doors))
 	for _, d := range cfg.Doors {
-		h.native[d] = !slices.Contains(fromKnockd, d)
+		native[d] = !slices.Contains(fromKnockd, d)
 	}
-	h.engine = knock.NewEngine(cfg.Doors, cfg.MaxTracked, h.event)
-	return h, nil
+	return native
 }
 
 // Example knockers, to ask a door which commands it would run.
@@ -58,14 +65,15 @@ var (
 	ipv6Example = netip.MustParseAddr("2001:db8::1")
 )
 
-// ports returns what capture must pass, which ports postern closes (the
+// doorPorts returns what capture must pass, which ports postern closes (the
 // sequences of [[door]]s; knockd_file doors are only listened to, as
 // knockd does) and the closed ranges of rotating doors.
-func (h *doorHandler) ports() (matches []capture.Match, closed []port.Spec, ranges []firewall.PortRange) {
-	for _, d := range h.s.cfg.Doors {
+func doorPorts(cfg *config.Config) (matches []capture.Match, closed []port.Spec, ranges []firewall.PortRange) {
+	native := nativeDoors(cfg)
+	for _, d := range cfg.Doors {
 		if r := d.Rotating; r != nil {
 			matches = append(matches, capture.Match{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
-			if h.native[d] {
+			if native[d] {
 				ranges = append(ranges, firewall.PortRange{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
 			}
 			continue
@@ -79,7 +87,7 @@ func (h *doorHandler) ports() (matches []capture.Match, closed []port.Spec, rang
 				matches = append(matches, m)
 			}
 			sp := port.Spec{Proto: hit.Proto, Num: hit.Num}
-			if h.native[d] && hit.Proto != knock.ICMP && !slices.Contains(closed, sp) {
+			if native[d] && hit.Proto != knock.ICMP && !slices.Contains(closed, sp) {
 				closed = append(closed, sp)
 			}
 		}

@@ -13,8 +13,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"postern/capture"
 	"postern/command"
@@ -28,7 +32,7 @@ import (
 type Server struct {
 	cfg     *config.Config
 	log     *slog.Logger
-	fw      firewall.Backend
+	fw      *firewall.Keeper
 	spa     *spaHandler     // nil without [[client]]s
 	doors   *doorHandler    // nil without doors
 	fwknop  *fwknopHandler  // nil without [fwknop]
@@ -36,14 +40,16 @@ type Server struct {
 	runner  *command.Runner // commands of doors and fwknop stanzas; nil if none
 	metrics *Metrics
 	logs    logLimiter
-	mu      sync.Mutex // serialises packets and the expiry timer
+	mu      sync.Mutex   // serialises packets and the expiry timer
+	alive   atomic.Int64 // when the expiry timer last got the packet lock (unix ns)
 }
 
 // New loads keys and state and prepares the pipeline. It does not touch the
-// firewall or the network.
-func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, error) {
+// firewall or the network: the caller installs the closed state (Rules)
+// before, so that nothing New can fail on leaves a port open.
+func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, fw: fw}
-	reasons := []string{mMalformed, mFirewallError}
+	reasons := []string{mMalformed, mFirewallError, mCaptureError}
 	if len(cfg.Clients) > 0 {
 		h, err := newSPAHandler(s)
 		if err != nil {
@@ -95,54 +101,64 @@ func New(cfg *config.Config, fw firewall.Backend, log *slog.Logger) (*Server, er
 		s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
 			s.covert.evictions)
 	}
+	s.metrics.gauge("postern_firewall_restores", "Times postern's firewall rules were found missing or altered and restored.",
+		func() float64 { return float64(fw.Restores()) })
 	return s, nil
 }
 
 // Metrics returns the server's counters.
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
-// rules and matches derive the firewall rules and the capture filter from
-// the configuration.
-func (s *Server) rules() (firewall.Rules, []capture.Match) {
-	rules := firewall.Rules{Protected: s.cfg.Protected()}
+// Rules derives, from the configuration alone, what the firewall closes
+// and what capture must pass. It needs no key or state file, so the closed
+// state can be installed before anything that may fail is loaded.
+func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
+	rules := firewall.Rules{Protected: cfg.Protected()}
 	var matches []capture.Match
-	if s.spa != nil {
-		knockPort := port.Spec{Proto: port.UDP, Num: s.cfg.SPA.Port}
-		matches = append(matches, capture.PortMatches([]port.Spec{knockPort})...)
-		if s.cfg.Capture == "afpacket" {
-			rules.Knock = append(rules.Knock, knockPort)
+	closeKnock := func(ps ...port.Spec) {
+		if cfg.Capture == "afpacket" {
+			rules.Knock = append(rules.Knock, ps...)
 		}
 	}
-	if s.fwknop != nil {
+	if len(cfg.Clients) > 0 {
+		knockPort := port.Spec{Proto: port.UDP, Num: cfg.SPA.Port}
+		matches = append(matches, capture.PortMatches([]port.Spec{knockPort})...)
+		closeKnock(knockPort)
+	}
+	if cfg.Fwknop != nil {
 		// The fwknop port may be the SPA port: capture and close it once.
-		p := port.Spec{Proto: port.UDP, Num: s.cfg.Fwknop.Port}
+		p := port.Spec{Proto: port.UDP, Num: cfg.Fwknop.Port}
 		if m := (capture.Match{Proto: p.Proto, Lo: p.Num, Hi: p.Num}); !slices.Contains(matches, m) {
 			matches = append(matches, m)
-			if s.cfg.Capture == "afpacket" {
-				rules.Knock = append(rules.Knock, p)
-			}
+			closeKnock(p)
 		}
 	}
-	if s.covert != nil {
-		ps := s.covert.ports()
+	if ps := covertPorts(cfg); len(ps) > 0 {
 		matches = append(matches, capture.PortMatches(ps)...)
 		rules.Knock = append(rules.Knock, ps...)
 	}
-	if s.doors != nil {
-		m, closed, ranges := s.doors.ports()
-		matches = append(matches, m...)
-		rules.Knock = append(rules.Knock, closed...)
-		rules.KnockRanges = ranges
-	}
+	m, closed, ranges := doorPorts(cfg)
+	matches = append(matches, m...)
+	rules.Knock = append(rules.Knock, closed...)
+	rules.KnockRanges = ranges
 	return rules, matches
 }
 
-// Run opens the capture, installs the firewall rules, reports readiness and
-// handles knocks until ctx ends. Capture opens first: if it cannot, the
-// firewall is left as it was.
+// Intervals of the daemon's housekeeping.
+const (
+	auditEvery     = 250 * time.Millisecond // firewall audit: a flushed ruleset is back within a second
+	interfaceEvery = 250 * time.Millisecond // capture interfaces: a re-created one is read within a second
+)
+
+// Run opens the capture, installs the firewall rules (again: the caller
+// installed them before New), reports readiness and handles knocks until
+// ctx ends. Its goroutines run as one task group: readiness is reported
+// when all are up, and Run returns only after every one has stopped, so no
+// packet is handled after the grants are removed on exit.
 func (s *Server) Run(ctx context.Context) error {
-	rules, matches := s.rules()
+	rules, matches := Rules(s.cfg)
 	var src capture.Source
+	var afp *capture.AFPacket
 	switch s.cfg.Capture {
 	case "udp":
 		var srcs []capture.Source
@@ -162,7 +178,10 @@ func (s *Server) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		src = a
+		src, afp = a, a
+		if missing := a.Missing(); len(missing) > 0 {
+			s.log.Warn("waiting for interface", "interface", strings.Join(missing, ","))
+		}
 	}
 	defer src.Close()
 	if dropped, err := dropNetRaw(); err != nil {
@@ -186,13 +205,35 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
-	go s.expireLoop(ctx)
 	if s.runner != nil {
 		defer s.runner.Close()
 	}
 	if s.fwknop != nil {
 		defer s.fwknop.replay.Close()
 	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.expireLoop(gctx); return nil })
+	g.Go(func() error { s.fw.Watch(gctx, auditEvery, nil); return nil })
+	if afp != nil {
+		g.Go(func() error {
+			return afp.Watch(gctx, interfaceEvery, func(name string, index int) {
+				if index == 0 {
+					s.log.Warn("interface gone; waiting for it", "interface", name)
+				} else {
+					s.log.Info("interface up; capturing", "interface", name, "index", index)
+				}
+			})
+		})
+	}
+	g.Go(func() error { return s.watchdog(gctx) })
+	g.Go(func() error {
+		if afp != nil {
+			return afp.RunWithErrors(gctx, s.handle, s.captureError)
+		}
+		return src.Run(gctx, s.handle)
+	})
+
 	fwknopStanzas := 0
 	if s.fwknop != nil {
 		fwknopStanzas = len(s.cfg.Fwknop.Stanzas)
@@ -200,9 +241,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.spaPort(),
 		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "doors", len(s.cfg.Doors),
 		"fwknop_stanzas", fwknopStanzas, "backend", s.cfg.Firewall.Backend)
-	notifyReady()
+	notify("READY=1")
 
-	err := src.Run(ctx, s.handle)
+	err := g.Wait()
 	if s.cfg.Firewall.RemoveOnExit {
 		if gs, lerr := s.fw.List(); lerr == nil && len(gs) > 0 {
 			if rerr := s.fw.Revoke(gs); rerr != nil {
@@ -213,6 +254,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// captureError logs a read error of the capture, which goes on reading:
+// an interface that goes down or away reports one.
+func (s *Server) captureError(err error) {
+	if ok, suppressed := s.count(mCaptureError); ok {
+		s.log.Warn("capture read failed; still reading", "err", err, "suppressed", suppressed)
+	}
 }
 
 func (s *Server) spaPort() any {
@@ -258,7 +307,8 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 	}
 }
 
-// expireLoop drops timed-out knock attempts and stale covert SYNs.
+// expireLoop drops timed-out knock attempts and stale covert SYNs. Each
+// tick also proves to the watchdog that the packet lock is not wedged.
 func (s *Server) expireLoop(ctx context.Context) {
 	t := time.NewTicker(expireEvery)
 	defer t.Stop()
@@ -275,6 +325,7 @@ func (s *Server) expireLoop(ctx context.Context) {
 				s.covert.expire(now)
 			}
 			s.mu.Unlock()
+			s.alive.Store(time.Now().UnixNano())
 		}
 	}
 }
@@ -336,9 +387,9 @@ func (s *Server) refuse(src netip.Addr, client, reason string, attrs ...slog.Att
 	s.log.Warn("refused", args...)
 }
 
-// notifyReady tells systemd (Type=notify) that the daemon is up, if it runs
+// notify sends a state line to systemd (Type=notify), if the daemon runs
 // under systemd.
-func notifyReady() {
+func notify(state string) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
 		return
@@ -351,5 +402,5 @@ func notifyReady() {
 		return
 	}
 	defer c.Close()
-	c.Write([]byte("READY=1"))
+	c.Write([]byte(state))
 }

@@ -36,7 +36,7 @@ func TestHandle(t *testing.T) {
 	}
 	fw := firewall.NewMemory()
 	var logs bytes.Buffer
-	s, err := New(cfg, fw, slog.New(slog.NewTextHandler(&logs, nil)))
+	s, err := New(cfg, firewall.NewKeeper(fw, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestRefusesReadableKey(t *testing.T) {
 	os.WriteFile(keyFile, []byte(server.String()), 0o640)
 	alice, _ := spa.GenerateClientKey()
 	_, err := New(&config.Config{PrivateKeyFile: keyFile, StateDir: dir,
-		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public()}}}, firewall.NewMemory(), slog.Default())
+		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public()}}}, firewall.NewKeeper(firewall.NewMemory(), nil), slog.Default())
 	if err == nil || !strings.Contains(err.Error(), "0640") {
 		t.Fatalf("New with a group-readable key: %v", err)
 	}
@@ -121,12 +121,12 @@ func TestDoors(t *testing.T) {
 		Doors: []*knock.Door{d}, MaxTracked: 100}
 	fw := firewall.NewMemory()
 	var logs bytes.Buffer
-	s, err := New(cfg, fw, slog.New(slog.NewTextHandler(&logs, nil)))
+	s, err := New(cfg, firewall.NewKeeper(fw, nil), slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.runner.Close()
-	rules, matches := s.rules()
+	rules, matches := Rules(cfg)
 	if len(rules.Knock) != 2 || len(rules.Protected) != 1 || len(matches) != 3 {
 		t.Fatalf("rules %+v, matches %+v", rules, matches)
 	}
@@ -218,11 +218,10 @@ func TestSharedKnockPort(t *testing.T) {
 			Clients: []config.Client{{Name: "alice", PublicKey: alice.Public(), Allow: []port.Spec{{Proto: port.TCP, Num: 22}}}},
 			Fwknop:  &config.Fwknop{Port: 62201, MaxPacketAge: time.Minute},
 		}
-		s, err := New(cfg, firewall.NewMemory(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
+		if _, err := New(cfg, firewall.NewKeeper(firewall.NewMemory(), nil), slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 			t.Fatal(err)
 		}
-		rules, matches := s.rules()
+		rules, matches := Rules(cfg)
 		wantKnock := map[string]int{"afpacket": 1, "udp": 0}[mode]
 		if len(matches) != 1 || len(rules.Knock) != wantKnock {
 			t.Fatalf("%s: matches %v, knock %v", mode, matches, rules.Knock)
@@ -238,7 +237,7 @@ func TestFloodHitAllocatesNothing(t *testing.T) {
 	d := &knock.Door{Name: "ssh", Sequence: []knock.Hit{{Proto: port.TCP, Num: 7000}, {Proto: port.TCP, Num: 8000}},
 		SeqTimeout: time.Minute, Open: []port.Spec{{Proto: port.TCP, Num: 22}}, Duration: time.Second}
 	cfg := &config.Config{Interface: "any", Capture: "afpacket", StateDir: t.TempDir(), Doors: []*knock.Door{d}, MaxTracked: 64}
-	s, err := New(cfg, firewall.NewMemory(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s, err := New(cfg, firewall.NewKeeper(firewall.NewMemory(), nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ const (
 	mGranted       = "granted"
 	mMalformed     = "malformed packet"
 	mFirewallError = "firewall error"
+	mCaptureError  = "capture error"
 )
 
 func spaMetricNames() []string {

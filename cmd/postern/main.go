@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"postern/client"
 	"postern/config"
 	"postern/firewall"
+	"postern/internal/pidlock"
 	"postern/knock"
 	"postern/port"
 	"postern/server"
@@ -46,8 +48,11 @@ Usage:
   postern fwknop [fwknop options]     knock like the fwknop client (reads ~/.fwknoprc)
   postern proxy HOST PORT             knock (a [[spa]] profile for HOST), then relay: ssh's ProxyCommand
   postern ssh NAME [ssh options]      knock the [[spa]] profile NAME, then run ssh to its host
-  postern status                      list live grants
-  postern cleanup                     remove everything postern installed in the firewall
+  postern setup -c FILE               install the closed state only (for ExecStartPre= or early boot)
+  postern status [--json]             say whether the daemon runs, what is protected, live grants
+  postern cleanup [--force]           remove everything postern installed (refused while the daemon runs)
+
+Every command takes -h or --help and then does nothing else.
 `
 
 // errUsage marks errors that deserve exit status 2.
@@ -78,7 +83,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "genkey":
 		return genkey(args, stdout, stderr)
 	case "pubkey":
-		return pubkey(stdin, stdout)
+		return pubkey(args, stdin, stdout, stderr)
 	case "server":
 		return serve(args, stderr)
 	case "check-config":
@@ -92,9 +97,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "ssh":
 		return sshCmd(args, stdout, stderr)
 	case "status":
-		return status(stdout)
+		return status(args, stdout, stderr)
 	case "cleanup":
-		return cleanup(stdout)
+		return cleanup(args, stdout, stderr)
+	case "setup":
+		return setupCmd(args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -166,7 +173,10 @@ func genkey(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-func pubkey(stdin io.Reader, stdout io.Writer) error {
+func pubkey(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if err := noArgs(newFlags("pubkey", stderr), args, "pubkey"); err != nil {
+		return err
+	}
 	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
@@ -204,16 +214,21 @@ func openBackend(cfg *config.Config) (firewall.Backend, error) {
 	return firewall.OpenNFTables()
 }
 
+type namedBackend struct {
+	name string
+	fw   firewall.Backend
+}
+
 // installedBackends returns the kernel backends whose programs or netlink
 // are available here, for status and cleanup, which need no configuration.
-func installedBackends() []firewall.Backend {
-	var out []firewall.Backend
+func installedBackends() []namedBackend {
+	var out []namedBackend
 	if nft, err := firewall.OpenNFTables(); err == nil {
-		out = append(out, nft)
+		out = append(out, namedBackend{"nftables", nft})
 	}
 	if _, err := exec.LookPath("ipset"); err == nil {
 		if _, err := exec.LookPath("iptables"); err == nil {
-			out = append(out, firewall.NewIPTables(nil))
+			out = append(out, namedBackend{"iptables", firewall.NewIPTables(nil)})
 		}
 	}
 	return out
@@ -244,14 +259,22 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer logs.Close()
 	log := logs.Logger
-	fw, err := openBackend(cfg)
+	lock, err := pidlock.Acquire()
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	// Closed before anything can fail: from here on, whatever goes wrong
+	// (a key, a state file, capture), the protected ports stay dropped.
+	fw, err := closeFirewall(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer fw.Close()
 	s, err := server.New(cfg, fw, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
+			err, port.Join(cfg.Protected()))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -270,9 +293,43 @@ func serve(args []string, stderr io.Writer) error {
 		}
 	}()
 	if err := s.Run(ctx); err != nil {
-		return err
+		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
+			err, port.Join(cfg.Protected()))
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// closeFirewall opens the configured backend and installs the closed state:
+// protected and knock ports dropped, live grants kept.
+func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, error) {
+	b, err := openBackend(cfg)
+	if err != nil {
+		return nil, err
+	}
+	fw := firewall.NewKeeper(b, log)
+	rules, _ := server.Rules(cfg)
+	if err := fw.Setup(rules); err != nil {
+		fw.Close()
+		return nil, err
+	}
+	return fw, nil
+}
+
+// setupCmd installs the closed state only, for an ExecStartPre= or an early
+// boot unit: the protected ports are dropped even if the daemon never runs.
+func setupCmd(args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, "setup", stderr)
+	if err != nil {
+		return err
+	}
+	fw, err := closeFirewall(cfg, nil)
+	if err != nil {
+		return err
+	}
+	fw.Close()
+	fmt.Fprintf(stdout, "closed: protected %s (backend %s); grants need the daemon\n",
+		port.Join(cfg.Protected()), cfg.Firewall.Backend)
 	return nil
 }
 
@@ -503,41 +560,136 @@ func readServerKey(s string) (spa.ServerPublicKey, error) {
 	return k, fmt.Errorf("--server-key: %w", err)
 }
 
-func status(stdout io.Writer) error {
-	var gs []firewall.Grant
-	for _, fw := range installedBackends() {
-		more, err := fw.List()
-		fw.Close()
-		if err != nil {
-			return err
-		}
-		gs = append(gs, more...)
+// daemonState says whether a daemon runs in this network namespace.
+func daemonState() string {
+	switch pid, err := pidlock.Running(); {
+	case err != nil:
+		return "unknown (" + err.Error() + ")"
+	case pid == 0:
+		return "not running"
+	case pid < 0:
+		return "running"
+	default:
+		return fmt.Sprintf("running (pid %d)", pid)
 	}
-	if len(gs) == 0 {
+}
+
+type statusGrant struct {
+	Address   string  `json:"address"`
+	Port      string  `json:"port"`
+	Name      string  `json:"name,omitempty"`
+	ExpiresIn float64 `json:"expires_in_seconds"`
+	Backend   string  `json:"backend"`
+}
+
+type statusReport struct {
+	Daemon    string        `json:"daemon"`
+	Installed []string      `json:"installed"` // backends with postern's rules in place
+	Protected []string      `json:"protected"`
+	Grants    []statusGrant `json:"grants"`
+}
+
+func status(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := noArgs(fs, args, "status"); err != nil {
+		return err
+	}
+	rep := statusReport{Daemon: daemonState(), Installed: []string{}, Protected: []string{}, Grants: []statusGrant{}}
+	for _, b := range installedBackends() {
+		protected, ok, err := b.fw.Installed()
+		if err == nil && ok {
+			rep.Installed = append(rep.Installed, b.name)
+			for _, p := range protected {
+				if s := p.String(); !slices.Contains(rep.Protected, s) {
+					rep.Protected = append(rep.Protected, s)
+				}
+			}
+		}
+		gs, lerr := b.fw.List()
+		b.fw.Close()
+		if err = cmp.Or(err, lerr); err != nil {
+			return fmt.Errorf("%s: %w", b.name, err)
+		}
+		for _, g := range gs {
+			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
+				ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
+		}
+	}
+	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "daemon: %s\n", rep.Daemon)
+	if len(rep.Installed) == 0 {
+		fmt.Fprintln(stdout, "firewall: nothing of postern's installed (no table inet postern, no chain POSTERN): nothing is protected")
+		return nil
+	}
+	fmt.Fprintf(stdout, "firewall: %s; protected %s\n", strings.Join(rep.Installed, ", "), strings.Join(rep.Protected, ","))
+	if len(rep.Grants) == 0 {
 		fmt.Fprintln(stdout, "no live grants")
 		return nil
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ADDRESS\tPORT\tEXPIRES IN")
-	for _, g := range gs {
-		fmt.Fprintf(w, "%v\t%v\t%v\n", g.Addr, g.Port, g.Timeout.Round(time.Second))
+	fmt.Fprintln(w, "ADDRESS\tPORT\tNAME\tEXPIRES IN\tBACKEND")
+	for _, g := range rep.Grants {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.Name, "-"),
+			time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
 	}
 	return w.Flush()
 }
 
-func cleanup(stdout io.Writer) error {
+func cleanup(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("cleanup", stderr)
+	force := fs.Bool("force", false, "remove postern's rules even while a daemon runs (opens its protected ports to everyone)")
+	if err := noArgs(fs, args, "cleanup"); err != nil {
+		return err
+	}
+	backends := installedBackends()
+	defer func() {
+		for _, b := range backends {
+			b.fw.Close()
+		}
+	}()
+	var opens []string
+	for _, b := range backends {
+		if ps, ok, err := b.fw.Installed(); err == nil && ok {
+			opens = append(opens, b.name+": "+cmp.Or(port.Join(ps), "no protected port"))
+		}
+	}
+	if state := daemonState(); strings.HasPrefix(state, "running") && !*force {
+		return fmt.Errorf("a postern daemon is %s in this network namespace; stop it first, or use --force "+
+			"(it would open to everyone: %s)", state, cmp.Or(strings.Join(opens, "; "), "nothing"))
+	}
 	// Whatever backend ran, all of postern's rules go: table inet postern,
 	// chain POSTERN and the postern4/postern6 sets.
 	var errs []error
-	for _, fw := range installedBackends() {
-		errs = append(errs, fw.Cleanup())
-		fw.Close()
+	for _, b := range backends {
+		errs = append(errs, b.fw.Cleanup())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present\n",
-		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6)
+	if len(opens) == 0 {
+		fmt.Fprintln(stdout, "nothing of postern's was installed")
+		return nil
+	}
+	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present; now open to everyone: %s\n",
+		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6, strings.Join(opens, "; "))
+	return nil
+}
+
+// noArgs parses flags of a command that takes no arguments.
+func noArgs(fs *flag.FlagSet, args []string, name string) error {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return errUsage{fmt.Errorf("%s takes no arguments", name)}
+	}
 	return nil
 }
 
@@ -762,7 +914,13 @@ func proxyCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 // sshCmd knocks a [[spa]] profile and replaces itself with ssh to the
 // profile's host, passing the given ssh options on.
 func sshCmd(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
+	const sshUsage = "Usage: postern ssh NAME [ssh options]\n  knock the [[spa]] profile NAME of the client config, then run ssh to its host\n"
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		fmt.Fprint(stdout, sshUsage)
+		return flag.ErrHelp
+	}
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprint(stderr, sshUsage)
 		return errUsage{errors.New("ssh takes a profile NAME, then ssh options")}
 	}
 	p, err := profileFor(client.DefaultProfiles(), args[0])

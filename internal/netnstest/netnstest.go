@@ -199,6 +199,15 @@ func NewPair(t TB) *Pair {
 		Server6:  netip.MustParseAddr("2001:db8::1"), Client6: netip.MustParseAddr("2001:db8::2"),
 		Client6b: netip.MustParseAddr("2001:db8::3"),
 	}
+	p.Link(t)
+	return p
+}
+
+// Link (re)creates the veth pair between the namespaces with the pair's
+// addresses; after DelLink it stands for an interface re-created with the
+// same name and a new index.
+func (p *Pair) Link(t TB) {
+	t.Helper()
 	run(t, "ip", "link", "add", Interface, "netns", p.Server.Name, "type", "veth", "peer", "name", Interface, "netns", p.Client.Name)
 	p.Server.IP(t, "addr", "add", p.Server4.String()+"/24", "dev", Interface)
 	p.Server.IP(t, "addr", "add", p.Server6.String()+"/64", "dev", Interface, "nodad")
@@ -210,7 +219,12 @@ func NewPair(t TB) *Pair {
 	p.Client.IP(t, "addr", "add", p.Client6b.String()+"/64", "dev", Interface, "nodad", "preferred_lft", "0")
 	p.Server.IP(t, "link", "set", Interface, "up")
 	p.Client.IP(t, "link", "set", Interface, "up")
-	return p
+}
+
+// DelLink deletes the veth pair (both ends go).
+func (p *Pair) DelLink(t TB) {
+	t.Helper()
+	p.Server.IP(t, "link", "del", Interface)
 }
 
 // Output collects a process's output safely while it runs.

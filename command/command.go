@@ -77,12 +77,16 @@ type Runner struct {
 	closed  bool
 	stop    chan struct{}
 	wg      sync.WaitGroup
+
+	ctx    context.Context // ends at Close: running commands are killed
+	cancel context.CancelFunc
 }
 
 // Open loads the pending stop commands from path (which need not exist) and
 // schedules them: overdue ones run at once.
 func Open(path string, log *slog.Logger) (*Runner, error) {
 	r := &Runner{path: path, log: log, pending: make(map[uint64]Pending), stop: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	data, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -208,11 +212,19 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 		r.log.Error(which+" command not run", append(args, "err", err)...)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	ctx, cancel := context.WithTimeout(r.ctx, runTimeout)
 	defer cancel()
 	c = withContext(ctx, c)
-	out, err := c.CombinedOutput()
-	if s := strings.TrimSpace(string(out)); s != "" {
+	var out boundedBuffer
+	c.Stdout, c.Stderr = &out, &out
+	err = c.Run()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// It exited; a child it started in the background still holds
+		// its output. That child goes on, as with knockd.
+		args = append(args, "background", "still running")
+		err = nil
+	}
+	if s := strings.TrimSpace(out.String()); s != "" {
 		if len(s) > 300 {
 			s = s[:300] + "…"
 		}
@@ -237,16 +249,42 @@ func (r *Runner) save() error {
 	return atomicfile.Write(r.path, data, 0o600)
 }
 
-// Close stops waiting: running commands finish, pending stop commands stay
-// recorded and run when the state is opened again.
+// Close stops waiting: running commands are killed with their process
+// groups, pending stop commands stay recorded and run when the state is
+// opened again.
 func (r *Runner) Close() {
 	r.mu.Lock()
 	if !r.closed {
 		r.closed = true
 		close(r.stop)
+		r.cancel()
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// boundedBuffer keeps the first outputLimit bytes of a command's output
+// and discards the rest, so a chatty command cannot grow the daemon.
+type boundedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const outputLimit = 4096
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := outputLimit - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (b *boundedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
 }
 
 // command builds the process for cmd.
@@ -274,10 +312,22 @@ func command(cmd string, how How) (*exec.Cmd, error) {
 	return c, nil
 }
 
+// withContext runs c in a process group of its own that a timeout or
+// shutdown kills whole. A command that leaves a child holding its output
+// (knockd configs often end in "&") is waited for only briefly after it
+// exits: the child goes on, the daemon does not wait for it.
 func withContext(ctx context.Context, c *exec.Cmd) *exec.Cmd {
 	cc := exec.CommandContext(ctx, c.Path, c.Args[1:]...)
-	cc.SysProcAttr, cc.Env, cc.Dir = c.SysProcAttr, c.Env, c.Dir
+	cc.Env, cc.Dir = c.Env, c.Dir
 	cc.Err = c.Err
+	attr := syscall.SysProcAttr{}
+	if c.SysProcAttr != nil {
+		attr = *c.SysProcAttr
+	}
+	attr.Setpgid = true
+	cc.SysProcAttr = &attr
+	cc.Cancel = func() error { return syscall.Kill(-cc.Process.Pid, syscall.SIGKILL) }
+	cc.WaitDelay = time.Second
 	return cc
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +89,22 @@ allow = ["tcp/22", "tcp/22", "udp/53"]
 	}
 }
 
+func TestInterfaceList(t *testing.T) {
+	cfg, err := Parse("p.toml", []byte(`interface = ["eth0", "wg0", "eth0"]
+private_key_file = "/k"
+[[client]]
+name = "a"
+public_key = "`+clientKey(t)+`"
+allow = ["tcp/22"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.Interfaces, []string{"eth0", "wg0"}) || cfg.Interface != "eth0,wg0" {
+		t.Fatalf("interfaces %q, interface %q", cfg.Interfaces, cfg.Interface)
+	}
+}
+
 func TestErrorsNameFileLineKey(t *testing.T) {
 	good := clientKey(t)
 	tests := []struct {
@@ -106,6 +123,9 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
 		{"bad missing private key", "interface = \"eth0\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml: private_key_file: missing"},
 		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]"},
+		{"bad interface type", "interface = 7\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},
+		{"bad interface name", "interface = [\"eth0\", \"a/b\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface: \"a/b\""},
+		{"bad any in a list", "interface = [\"eth0\", \"any\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
 	}

@@ -351,3 +351,17 @@ func (t *IPTables) Installed() ([]port.Spec, bool, error) {
 	}
 	return out, true, nil
 }
+
+// HostPolicyWarnings names the INPUT chains whose policy drops: postern's
+// chain only returns, so granted traffic still needs an accept there.
+func (t *IPTables) HostPolicyWarnings() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for _, f := range families {
+		if text, err := t.run("", f.tables, "-S", "INPUT"); err == nil && strings.HasPrefix(text, "-P INPUT DROP") {
+			out = append(out, f.tables+" INPUT has policy DROP")
+		}
+	}
+	return out
+}

@@ -248,6 +248,9 @@ func (n *NFTables) Revoke(gs []Grant) error {
 func (n *NFTables) List() ([]Grant, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if ok, err := n.tableExists(); err != nil || !ok {
+		return nil, err
+	}
 	var out []Grant
 	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6} {
 		elems, err := n.conn.GetSetElements(s)
@@ -277,8 +280,8 @@ func (n *NFTables) List() ([]Grant, error) {
 func (n *NFTables) Cleanup() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, err := n.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-		return nil // nothing installed
+	if ok, err := n.tableExists(); err != nil || !ok {
+		return err // nil: nothing installed
 	}
 	n.conn.DelTable(n.table)
 	if err := n.conn.Flush(); err != nil {
@@ -297,11 +300,9 @@ func (n *NFTables) Audit(r Rules) (Damage, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var d Damage
-	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return d, fmt.Errorf("nftables: listing tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	if ok, err := n.tableExists(); err != nil {
+		return d, err
+	} else if !ok {
 		d.add("table inet "+TableName, true)
 		return d, nil
 	}
@@ -381,16 +382,20 @@ func verdictOf(exprs []expr.Any) expr.VerdictKind {
 	return -100
 }
 
+func (n *NFTables) tableExists() (bool, error) {
+	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: listing tables: %w", err)
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }), nil
+}
+
 // Installed implements Backend from the protected set.
 func (n *NFTables) Installed() ([]port.Spec, bool, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	tables, err := n.conn.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, false, fmt.Errorf("nftables: listing tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
-		return nil, false, nil
+	if ok, err := n.tableExists(); err != nil || !ok {
+		return nil, false, err
 	}
 	elems, err := n.conn.GetSetElements(n.sets.protected)
 	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrNotExist) {
@@ -404,4 +409,37 @@ func (n *NFTables) Installed() ([]port.Spec, bool, error) {
 	}
 	slices.SortFunc(out, func(a, b port.Spec) int { return int(a.Num) - int(b.Num) })
 	return out, true, nil
+}
+
+// HostPolicyWarnings names the administrator's input chains that drop by
+// default: postern's accept ends only its own chain, so granted traffic
+// still needs an accept there.
+func (n *NFTables) HostPolicyWarnings() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	chains, err := n.conn.ListChains()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, c := range chains {
+		if c.Table.Name == TableName || c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookInput ||
+			c.Policy == nil || *c.Policy != nftables.ChainPolicyDrop {
+			continue
+		}
+		out = append(out, fmt.Sprintf("chain %s %s %s has policy drop", familyName(c.Table.Family), c.Table.Name, c.Name))
+	}
+	return out
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	}
+	return fmt.Sprint(f)
 }

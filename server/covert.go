@@ -74,6 +74,15 @@ func newCovertHandler(s *Server) (*covertHandler, error) {
 	return h, nil
 }
 
+// maxSkew is the widest freshness window of the covert doors.
+func (h *covertHandler) maxSkew() time.Duration {
+	var m time.Duration
+	for _, d := range h.doors {
+		m = max(m, d.cfg.MaxSkew)
+	}
+	return m
+}
+
 // covertPorts returns the covert doors' TCP ports, which postern closes.
 func covertPorts(cfg *config.Config) []port.Spec {
 	var out []port.Spec

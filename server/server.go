@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -192,6 +193,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.fw.Setup(rules); err != nil {
 		return err
 	}
+	s.warnHostPolicy(rules)
 	if s.cfg.MetricsListen != "" {
 		hs, err := s.metrics.serve(s.cfg.MetricsListen)
 		if err != nil {
@@ -254,6 +256,20 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// warnHostPolicy warns when the host's own ruleset drops by default: a
+// grant then opens nothing unless that ruleset accepts the protected ports
+// (postern drops them for everyone without a grant before it runs).
+func (s *Server) warnHostPolicy(rules firewall.Rules) {
+	w, ok := s.fw.Backend().(interface{ HostPolicyWarnings() []string })
+	if !ok || len(rules.Protected) == 0 {
+		return
+	}
+	for _, msg := range w.HostPolicyWarnings() {
+		s.log.Warn("the host's firewall may drop granted traffic: accept the protected ports in it "+
+			"(postern already drops them for everyone without a grant)", "where", msg, "protected", port.Join(rules.Protected))
+	}
 }
 
 // captureError logs a read error of the capture, which goes on reading:
@@ -325,7 +341,25 @@ func (s *Server) expireLoop(ctx context.Context) {
 				s.covert.expire(now)
 			}
 			s.mu.Unlock()
+			s.clampClocks(now)
 			s.alive.Store(time.Now().UnixNano())
+		}
+	}
+}
+
+// clampClocks lowers stored client timestamps that lie beyond the
+// freshness window: after a clock that ran ahead is corrected, no client
+// stays locked out as "replay" for longer than max_skew.
+func (s *Server) clampClocks(now time.Time) {
+	if s.spa != nil {
+		if n := s.spa.replay.ClampFuture(now.Add(s.cfg.SPA.MaxSkew).UnixNano()); n > 0 {
+			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
+				"clients", n, "max_skew", s.cfg.SPA.MaxSkew)
+		}
+	}
+	if s.covert != nil {
+		if n := s.covert.replay.ClampFuture(now.Add(s.covert.maxSkew()).UnixNano()); n > 0 {
+			s.log.Warn("covert client timestamps ahead of this clock; clamped", "clients", n)
 		}
 	}
 }
@@ -351,6 +385,9 @@ func needsCommands(cfg *config.Config) bool {
 
 // grant opens ports through the firewall, counting and logging a failure.
 func (s *Server) grant(gs []firewall.Grant, src netip.Addr, who string) bool {
+	for i := range gs {
+		gs[i].Name = cmp.Or(gs[i].Name, who)
+	}
 	if err := s.fw.Grant(gs); err != nil {
 		s.metrics.inc(mFirewallError)
 		s.log.Error("grant failed", "src", src, "client", who, "err", err)

@@ -39,6 +39,7 @@ func spaMetricNames() []string {
 // spaHandler checks postern SPA knocks and grants what policy allows.
 type spaHandler struct {
 	s        *Server
+	replay   *spa.Timestamps
 	verifier *spa.Verifier
 	policy   *policy.Policy
 	knock    spa.Knock // scratch, reused for every packet
@@ -78,7 +79,7 @@ func newSPAHandler(s *Server) (*spaHandler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &spaHandler{s: s, verifier: v, policy: policy.New(pol)}, nil
+	return &spaHandler{s: s, replay: replay, verifier: v, policy: policy.New(pol)}, nil
 }
 
 func (h *spaHandler) handle(f *capture.Frame) {

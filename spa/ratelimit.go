@@ -44,7 +44,9 @@ func (l *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 		b = &bucket{tokens: l.burst, last: now}
 		l.buckets[src] = b
 	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	// A clock stepped back must not drain the bucket for as long as the
+	// step (frames carry monotonic time, but be safe without it).
+	b.tokens = min(l.burst, b.tokens+max(0, now.Sub(b.last).Seconds())*l.rate)
 	b.last = now
 	if b.tokens < 1 {
 		return false

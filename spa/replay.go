@@ -86,3 +86,24 @@ func (t *Timestamps) save() error {
 	}
 	return atomicfile.Write(t.path, []byte(b.String()), 0o600)
 }
+
+// ClampFuture lowers every stored timestamp later than limit to limit and
+// returns how many it lowered. The server calls it with now + max_skew: a
+// timestamp stored while this clock (and the clients') ran ahead would
+// otherwise refuse every knock as a replay for as long as the error was,
+// once the clocks are corrected. No knock that the window still accepts
+// passes because of it: those ≤ limit are refused as before. What is given
+// up is only a knock sent during the error, now in the future, that would
+// become fresh again later; max_skew bounds the lock-out instead.
+func (t *Timestamps) ClampFuture(limit int64) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for c, ts := range t.last {
+		if ts > limit {
+			t.last[c] = limit
+			n++
+		}
+	}
+	return n
+}

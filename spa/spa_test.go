@@ -224,6 +224,40 @@ func TestReplay(t *testing.T) {
 	}
 }
 
+// Server and client clocks ran an hour ahead together, then were both
+// corrected: after ClampFuture(now + max_skew) the client gets in again,
+// and nothing at or before the clamp passes.
+func TestClockCorrectedAfterRunningAhead(t *testing.T) {
+	f := newFixture(t, "")
+	ahead := f.now.Add(time.Hour)
+	f.now = ahead
+	k := f.knock()
+	k.Time = ahead
+	if _, r := f.verify(f.seal(t, k)); r != Accepted {
+		t.Fatalf("knock with both clocks ahead: %v", r)
+	}
+	f.now = ahead.Add(-time.Hour) // corrected
+	k.Time = f.now
+	if _, r := f.verify(f.seal(t, k)); r != Replayed {
+		t.Fatalf("before the clamp: %v, want replay (the lock-out ClampFuture ends)", r)
+	}
+	limit := f.now.Add(30 * time.Second)
+	if n := f.ts.ClampFuture(limit.UnixNano()); n != 1 {
+		t.Fatalf("ClampFuture clamped %d, want 1", n)
+	}
+	if n := f.ts.ClampFuture(limit.UnixNano()); n != 0 {
+		t.Fatalf("second ClampFuture clamped %d, want 0", n)
+	}
+	if _, r := f.verify(f.seal(t, k)); r != Replayed {
+		t.Fatalf("knock at or before the clamp: %v, want replay", r)
+	}
+	f.now = limit.Add(time.Second) // max_skew later the client is in
+	k.Time = f.now
+	if _, r := f.verify(f.seal(t, k)); r != Accepted {
+		t.Fatalf("after max_skew: %v", r)
+	}
+}
+
 func TestCorruptReplayStateRefusesToLoad(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "timestamps")
 	if err := atomicfile.Write(state, []byte("garbage\n"), 0o600); err != nil {

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,7 +64,7 @@ table inet filter {
 
 func TestNFTablesTamperingIsRestored(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, rigOptions{extra: "allow_addresses = \"any\"\n"})
+	r := newRig(t, rigOptions{})
 	r.start()
 	file := filepath.Join(r.dir, "nftables.conf")
 	os.WriteFile(file, []byte(distroRuleset), 0o644)
@@ -76,7 +79,7 @@ func TestNFTablesTamperingIsRestored(t *testing.T) {
 func TestIPTablesTamperingIsRestored(t *testing.T) {
 	t.Parallel()
 	netnstest.Require(t, "iptables", "ip6tables", "ipset", "iptables-restore")
-	r := newRig(t, rigOptions{extra: "allow_addresses = \"any\"\n[firewall]\nbackend = \"iptables\"\n"})
+	r := newRig(t, rigOptions{extra: "[firewall]\nbackend = \"iptables\"\n"})
 	r.start()
 	ns := r.p.Server
 	r.tamperAndCheck("iptables -F", func() { ns.Exec(t, "iptables", "-F") })
@@ -125,7 +128,7 @@ func TestIPTablesAdminBanStillCuts(t *testing.T) {
 	r := newRig(t, rigOptions{extra: "[firewall]\nbackend = \"iptables\"\n"})
 	r.p.Server.Echo(t, "[::]:8080")
 	r.start()
-	c, err := r.p.Client.Dial("tcp", r.p.Client4b, netip4(r.p.Server4, 8080), time.Second)
+	c, err := r.p.Client.Dial("tcp", r.p.Client4b, netip.AddrPortFrom(r.p.Server4, 8080), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +183,7 @@ func (r *rig) knockUntilOpen(within time.Duration, what string) {
 	deadline := time.Now().Add(within)
 	for {
 		r.knock(r.p.Server4, "--for", "3s")
-		c, err := r.p.Client.Dial("tcp", r.p.Client4, netip4(r.p.Server4, 22), 200*time.Millisecond)
+		c, err := r.p.Client.Dial("tcp", r.p.Client4, netip.AddrPortFrom(r.p.Server4, 22), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return
@@ -195,22 +198,20 @@ func TestReadOnlyStateDirRefusesThenRecovers(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{})
 	r.start()
+	// The daemon has a mount namespace of its own (ip netns exec makes
+	// one): remount inside it.
 	state := filepath.Join(r.dir, "state")
-	netnstest.Run(t, "mount", "--bind", state, state)
-	mounted := true
-	t.Cleanup(func() {
-		if mounted {
-			exec.Command("umount", state).Run()
-		}
-	})
-	netnstest.Run(t, "mount", "-o", "remount,ro,bind", state)
+	inDaemon := func(args ...string) []string {
+		return append([]string{"--target", strconv.Itoa(r.daemon.Process.Pid), "--mount"}, args...)
+	}
+	netnstest.Run(t, "nsenter", inDaemon("mount", "--bind", state, state)...)
+	netnstest.Run(t, "nsenter", inDaemon("mount", "-o", "remount,ro,bind", state)...)
 	mark := r.out.Mark()
 	r.knock(r.p.Server4)
 	r.out.WaitAfter(t, mark, time.Second, "refused", "reason=\"state error\"")
 	r.requireClosed(r.p.Client4, r.p.Server4, "knock with a read-only state_dir")
 	r.alive()
-	netnstest.Run(t, "umount", state)
-	mounted = false
+	netnstest.Run(t, "nsenter", inDaemon("umount", state)...)
 	r.knock(r.p.Server4)
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after state_dir is writable again").Close()
 }
@@ -261,7 +262,10 @@ func TestHelpNeverActsAndCleanupRefuses(t *testing.T) {
 	r.start()
 	r.knock(r.p.Server4, "--for", "60s")
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
-	before := r.p.Server.Exec(t, "nft", "list", "ruleset")
+	ruleset := func() string { // without the ticking "expires 59s880ms"
+		return regexp.MustCompile(`expires [0-9a-z.]+`).ReplaceAllString(r.p.Server.Exec(t, "nft", "list", "ruleset"), "")
+	}
+	before := ruleset()
 	for _, cmd := range []string{"genkey", "pubkey", "server", "check-config", "setup", "knock", "fwknop", "proxy",
 		"ssh", "status", "cleanup"} {
 		for _, h := range []string{"-h", "--help"} {
@@ -276,7 +280,7 @@ func TestHelpNeverActsAndCleanupRefuses(t *testing.T) {
 			}
 		}
 	}
-	if after := r.p.Server.Exec(t, "nft", "list", "ruleset"); after != before {
+	if after := ruleset(); after != before {
 		t.Fatalf("a --help changed the ruleset:\n%s\nthen:\n%s", before, after)
 	}
 	out, err := r.p.Server.Command(context.Background(), posternBin, "cleanup").CombinedOutput()
@@ -324,7 +328,7 @@ start_command = "sleep 120 &"
 	r.start()
 	mark := r.out.Mark()
 	for _, p := range []uint16{7000, 8000} {
-		r.p.Client.Dial("tcp", r.p.Client4, netip4(r.p.Server4, p), 100*time.Millisecond)
+		r.p.Client.Dial("tcp", r.p.Client4, netip.AddrPortFrom(r.p.Server4, p), 100*time.Millisecond)
 	}
 	r.out.WaitAfter(t, mark, 3*time.Second, "start command ran")
 	start := time.Now()
@@ -363,4 +367,37 @@ func TestWatchdogPings(t *testing.T) {
 	if got["READY=1"] != 1 {
 		t.Fatalf("notifications %v: want READY=1 once", got)
 	}
+}
+
+// gauge scrapes one metric without labels from the daemon.
+func (r *rig) gauge(name string) float64 {
+	r.t.Helper()
+	for _, line := range strings.Split(r.scrape(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscanf(v, "%g", &f)
+			return f
+		}
+	}
+	r.t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// A host ruleset that drops by default is warned about at start-up, and
+// the one rule the warning asks for makes grants work, still for the
+// granted address only.
+func TestHostDropPolicyWarns(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	ns := r.p.Server
+	ns.Exec(t, "nft", "add", "table", "inet", "filter")
+	ns.Exec(t, "nft", "add", "chain", "inet", "filter", "input", "{ type filter hook input priority 0; policy drop; }")
+	ns.Exec(t, "nft", "add", "rule", "inet", "filter", "input", "ct", "state", "established,related", "accept")
+	r.start()
+	r.out.WaitFor(t, time.Second, "may drop granted traffic", "inet filter input")
+	ns.Exec(t, "nft", "add", "rule", "inet", "filter", "input", "tcp", "dport", "22", "accept")
+	r.requireClosed(r.p.Client4, r.p.Server4, "before the knock, with the accept rule")
+	r.knock(r.p.Server4)
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.requireClosed(r.p.Client4b, r.p.Server4, "another address")
 }

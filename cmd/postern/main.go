@@ -347,6 +347,13 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: private_key_file %s: %w", cfg.Path, cfg.PrivateKeyFile, err)
 		}
 	}
+	if cfg.Capture == "afpacket" && cfg.Interface != "any" {
+		for _, name := range cfg.Interfaces {
+			if _, err := net.InterfaceByName(name); err != nil {
+				fmt.Fprintf(stderr, "%s: warning: interface %q does not exist (yet): the daemon will wait for it\n", cfg.Path, name)
+			}
+		}
+	}
 	fmt.Fprintf(stdout, "%s: OK: %d clients, %d doors, protected %s\n",
 		cfg.Path, len(cfg.Clients), len(cfg.Doors), port.Join(cfg.Protected()))
 	return nil

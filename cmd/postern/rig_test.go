@@ -60,6 +60,7 @@ type rig struct {
 	alice    string // key files
 	stranger string
 	daemon   *exec.Cmd
+	env      []string // added to the daemon's environment
 	out      *netnstest.Output
 	exited   chan error
 }
@@ -137,6 +138,7 @@ func (r *rig) start() {
 	r.out = netnstest.NewOutput()
 	r.daemon = r.p.Server.Command(context.Background(), posternBin, "server", "-c", r.cfgPath)
 	r.daemon.Stdout, r.daemon.Stderr = r.out, r.out
+	r.daemon.Env = append(os.Environ(), r.env...)
 	if err := r.daemon.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -306,8 +308,8 @@ func (r *rig) sendRaw(from, to netip.Addr, payloads ...[]byte) {
 	}
 }
 
-// metric scrapes one counter from the daemon's metrics endpoint.
-func (r *rig) metric(outcome string) int {
+// scrape reads the daemon's metrics endpoint.
+func (r *rig) scrape() string {
 	r.t.Helper()
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -319,8 +321,15 @@ func (r *rig) metric(outcome string) int {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+// metric scrapes one counter from the daemon's metrics endpoint.
+func (r *rig) metric(outcome string) int {
+	r.t.Helper()
+	body := r.scrape()
 	var n int
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, fmt.Sprintf("postern_knocks_total{outcome=%q} ", outcome)) {
 			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &n)
 			return n

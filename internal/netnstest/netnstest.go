@@ -76,6 +76,13 @@ func New(t TB, role string) *NS {
 	return ns
 }
 
+// Run runs a command in the test's own namespace, failing the test if it
+// fails, and returns its combined output.
+func Run(t TB, name string, args ...string) string {
+	t.Helper()
+	return run(t, name, args...)
+}
+
 func run(t TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()

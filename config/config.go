@@ -31,7 +31,7 @@ type Config struct {
 	Path           string
 	Interface      string   // capture interfaces, comma-separated, or "any"
 	Interfaces     []string // the same, one name each
-	Capture        string // "afpacket" or "udp"
+	Capture        string   // "afpacket" or "udp"
 	PrivateKeyFile string
 	StateDir       string
 	MetricsListen  string // empty: no metrics endpoint

@@ -148,6 +148,7 @@ func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 // Intervals of the daemon's housekeeping.
 const (
 	auditEvery     = 250 * time.Millisecond // firewall audit: a flushed ruleset is back within a second
+	auditIPTables  = 500 * time.Millisecond // the same by running iptables-save and ipset: a few ms each
 	interfaceEvery = 250 * time.Millisecond // capture interfaces: a re-created one is read within a second
 )
 
@@ -216,7 +217,11 @@ func (s *Server) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.expireLoop(gctx); return nil })
-	g.Go(func() error { s.fw.Watch(gctx, auditEvery, nil); return nil })
+	audit := auditEvery
+	if s.cfg.Firewall.Backend == "iptables" {
+		audit = auditIPTables
+	}
+	g.Go(func() error { s.fw.Watch(gctx, audit, nil); return nil })
 	if afp != nil {
 		g.Go(func() error {
 			return afp.Watch(gctx, interfaceEvery, func(name string, index int) {

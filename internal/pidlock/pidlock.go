@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,16 @@ func Acquire() (*Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	// status and cleanup hold the lock shared for an instant to test it:
+	// try for a moment before calling it another daemon's.
+	var err2 error
+	for range 50 {
+		if err2 = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); !errors.Is(err2, unix.EWOULDBLOCK) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := err2; err != nil {
 		pid, _ := readPID(f)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {

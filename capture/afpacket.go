@@ -140,6 +140,29 @@ func InterfaceFilter(indexes []int) []bpf.Instruction {
 	return append(prog, bpf.RetConstant{Val: 0})
 }
 
+// SetMatches swaps the filter on every socket for one passing matches
+// (a door's sequence changed).
+func (a *AFPacket) SetMatches(matches []Match) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.matches = matches
+	return a.swap(a.indexes)
+}
+
+// swap installs the filter for indexes on every socket; a.mu is held.
+func (a *AFPacket) swap(indexes []int) error {
+	for i, c := range a.conns {
+		raw, err := a.filter(a.fams[i], indexes)
+		if err == nil {
+			err = c.SetBPF(raw)
+		}
+		if err != nil {
+			return fmt.Errorf("capture: swapping the filter: %w", err)
+		}
+	}
+	return nil
+}
+
 // Watch follows the configured interfaces every interval until ctx ends:
 // when one appears, disappears or comes back with a new index, the filter
 // is swapped on every socket. changed is told each time (for the log).
@@ -162,15 +185,9 @@ func (a *AFPacket) Watch(ctx context.Context, every time.Duration, changed func(
 			a.mu.Unlock()
 			continue
 		}
-		for i, c := range a.conns {
-			raw, err := a.filter(a.fams[i], now)
-			if err == nil {
-				err = c.SetBPF(raw)
-			}
-			if err != nil {
-				a.mu.Unlock()
-				return fmt.Errorf("capture: swapping the filter: %w", err)
-			}
+		if err := a.swap(now); err != nil {
+			a.mu.Unlock()
+			return err
 		}
 		before := a.indexes
 		a.indexes = now

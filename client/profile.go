@@ -239,7 +239,7 @@ func LoadProfile(path, name string) (*Profile, error) {
 // NewRotating reads a rotating door's settings; empty values take the
 // server's defaults, so the two sides agree unless configured otherwise.
 func NewRotating(secretFile, period string, length int, portRange, protocol string) (*knock.Rotating, error) {
-	secret, err := spa.ReadPrivateKeyFile(secretFile)
+	secret, err := spa.ReadSecretFile(secretFile)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"postern/covert"
 	"postern/fko"
 	"postern/internal/conferr"
 	"postern/knock"
@@ -51,20 +52,10 @@ type Config struct {
 
 // Covert is a [[covert]] door: SYNs to a closed TCP port that carry an
 // authenticated request in their header fields.
-type Covert struct {
-	Name    string
-	Port    uint16
-	MaxSkew time.Duration
-	Clients []CovertClient
-}
+type Covert = covert.Door
 
 // CovertClient is one client of a covert door.
-type CovertClient struct {
-	Name     string
-	Secret   []byte
-	Allow    []port.Spec
-	Duration time.Duration
-}
+type CovertClient = covert.Client
 
 // Fwknop configures fwknop (FKO 3.0.0) compatibility.
 type Fwknop struct {

@@ -96,7 +96,7 @@ func (v *validator) doors(cfg *Config, raws []rawDoor) {
 
 func (v *validator) rotating(at func(string) string, rd rawDoor) *knock.Rotating {
 	r := &knock.Rotating{Proto: port.TCP, Length: DefaultLength}
-	secret, err := spa.ReadPrivateKeyFile(rd.SecretFile)
+	secret, err := spa.ReadSecretFile(rd.SecretFile)
 	if err != nil {
 		v.fail(at("secret_file"), "%v", err)
 	}
@@ -161,7 +161,7 @@ func (v *validator) covert(cfg *Config, raws []rawCovert) {
 			}
 			if rcl.SecretFile == "" {
 				v.fail(cat("secret_file"), "missing")
-			} else if secret, err := spa.ReadPrivateKeyFile(rcl.SecretFile); err != nil {
+			} else if secret, err := spa.ReadSecretFile(rcl.SecretFile); err != nil {
 				v.fail(cat("secret_file"), "%v", err)
 			} else if cl.Secret = []byte(strings.TrimSpace(secret)); len(cl.Secret) < 16 {
 				v.fail(cat("secret_file"), "the secret must be at least 16 bytes")

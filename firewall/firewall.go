@@ -6,27 +6,17 @@
 package firewall
 
 import (
-	"fmt"
-	"net/netip"
-	"time"
-
+	"postern/policy"
 	"postern/port"
 )
 
-// Grant opens Port for Addr. In Backend.Grant, Timeout is how long; in
-// Backend.List, how long is left. Name says who asked (a client, door or
-// stanza); kernel backends keep it beside the element, for status.
-type Grant struct {
-	Addr    netip.Addr
-	Port    port.Spec
-	Timeout time.Duration
-	Name    string
-}
+// Grant opens Port for Addr (policy decides them; it is the same type).
+// In Backend.Grant, Timeout is how long; in Backend.List, how long is
+// left. Name says who asked; kernel backends keep it beside the element.
+type Grant = policy.Grant
 
-func (g Grant) String() string { return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout) }
-
-// key is what identifies a grant in the kernel: address and port.
-func (g Grant) key() Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
+// keyOf is what identifies a grant in the kernel: address and port.
+func keyOf(g Grant) Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
 
 // Rules are what the firewall closes.
 type Rules struct {

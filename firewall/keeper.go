@@ -69,8 +69,8 @@ func (k *Keeper) Setup(r Rules) error {
 	}
 	now := k.now()
 	for _, g := range live {
-		if e, ok := k.ledger[g.key()]; !ok || e.until.Before(now.Add(g.Timeout)) {
-			k.ledger[g.key()] = entry{until: now.Add(g.Timeout), name: g.Name}
+		if e, ok := k.ledger[keyOf(g)]; !ok || e.until.Before(now.Add(g.Timeout)) {
+			k.ledger[keyOf(g)] = entry{until: now.Add(g.Timeout), name: g.Name}
 		}
 	}
 	return nil
@@ -85,7 +85,7 @@ func (k *Keeper) Grant(gs []Grant) error {
 	todo := make([]Grant, 0, len(gs))
 	var longer []Grant
 	for _, g := range gs {
-		if e, ok := k.ledger[g.key()]; ok && e.until.After(now.Add(g.Timeout)) {
+		if e, ok := k.ledger[keyOf(g)]; ok && e.until.After(now.Add(g.Timeout)) {
 			longer = append(longer, g)
 			continue
 		}
@@ -97,8 +97,8 @@ func (k *Keeper) Grant(gs []Grant) error {
 			return err
 		}
 		for _, g := range longer {
-			if !live[g.key()] {
-				delete(k.ledger, g.key()) // removed behind our back
+			if !live[keyOf(g)] {
+				delete(k.ledger, keyOf(g)) // removed behind our back
 				todo = append(todo, g)
 			}
 		}
@@ -110,7 +110,7 @@ func (k *Keeper) Grant(gs []Grant) error {
 		return err
 	}
 	for _, g := range todo {
-		k.ledger[g.key()] = entry{until: now.Add(g.Timeout), name: g.Name}
+		k.ledger[keyOf(g)] = entry{until: now.Add(g.Timeout), name: g.Name}
 	}
 	return nil
 }
@@ -122,7 +122,7 @@ func (k *Keeper) liveKeys() (map[Grant]bool, error) {
 	}
 	m := make(map[Grant]bool, len(live))
 	for _, g := range live {
-		m[g.key()] = true
+		m[keyOf(g)] = true
 	}
 	return m, nil
 }
@@ -135,7 +135,7 @@ func (k *Keeper) Revoke(gs []Grant) error {
 		return err
 	}
 	for _, g := range gs {
-		delete(k.ledger, g.key())
+		delete(k.ledger, keyOf(g))
 	}
 	return nil
 }

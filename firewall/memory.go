@@ -72,8 +72,8 @@ func (m *Memory) Grant(gs []Grant) error {
 	defer m.mu.Unlock()
 	now := m.now()
 	for _, g := range gs {
-		m.grants[g.key()] = now.Add(g.Timeout)
-		m.names[g.key()] = g.Name
+		m.grants[keyOf(g)] = now.Add(g.Timeout)
+		m.names[keyOf(g)] = g.Name
 	}
 	return nil
 }
@@ -83,7 +83,7 @@ func (m *Memory) Revoke(gs []Grant) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, g := range gs {
-		delete(m.grants, g.key())
+		delete(m.grants, keyOf(g))
 	}
 	return nil
 }

@@ -93,10 +93,17 @@ func (c *ReplayCache) Len() int {
 	return len(c.seen)
 }
 
-// Add records digest durably.
+// ErrReplayed is Add's answer for a digest already recorded.
+var ErrReplayed = errors.New("fwknop packet seen before")
+
+// Add records digest durably, or returns ErrReplayed if it is there: the
+// check and the record are one step, for decoders running concurrently.
 func (c *ReplayCache) Add(digest string, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if _, ok := c.seen[digest]; ok {
+		return ErrReplayed
+	}
 	c.seen[digest] = now.Unix()
 	if _, err := fmt.Fprintf(c.f, "%s %d\n", digest, now.Unix()); err != nil {
 		return err

@@ -37,7 +37,8 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			gs, r := p.Decide(&tt.req)
+			dec, r := p.Decide(&tt.req)
+			gs := dec.Grants
 			if r != tt.want {
 				t.Fatalf("refusal %q, want %q", r, tt.want)
 			}

@@ -135,9 +135,12 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 	case "ready":
 		line = "starting up, listening on " + kv["interface"]
 	case "knock progress":
-		line = kv["src"] + ": " + kv["door"] + ": Stage " + kv["stage"]
-	case "door opened":
-		line = kv["src"] + ": " + kv["door"] + ": OPEN SESAME"
+		line = kv["src"] + ": " + kv["client"] + ": Stage " + kv["stage"]
+	case "granted":
+		if kv["language"] != "door" {
+			return nil
+		}
+		line = kv["src"] + ": " + kv["client"] + ": OPEN SESAME"
 	case "start command ran", "stop command ran", "start command failed", "stop command failed":
 		line = kv["door"] + ": running command: " + kv["command"]
 	default:

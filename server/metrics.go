@@ -1,22 +1,31 @@
 package server
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"postern/policy"
 )
 
-// Metrics counts every decision by outcome and reason. The set of names is
-// fixed at start, so counting on the packet path is a map lookup and an
-// atomic add, with no allocation.
+// Metrics counts every decision by language and outcome (granted, or the
+// reason of a refusal). The set of names is fixed at start, so counting on
+// the packet path is a map lookup and an atomic add, with no allocation.
 type Metrics struct {
-	counts map[string]*atomic.Uint64
+	counts map[outcome]*atomic.Uint64
 	gauges []gauge
+}
+
+// outcome is one counter: a language and what became of its knocks.
+type outcome struct {
+	lang policy.Language
+	name string
 }
 
 type gauge struct {
@@ -24,8 +33,8 @@ type gauge struct {
 	read       func() float64
 }
 
-func newMetrics(names []string) *Metrics {
-	m := &Metrics{counts: make(map[string]*atomic.Uint64)}
+func newMetrics(names []outcome) *Metrics {
+	m := &Metrics{counts: make(map[outcome]*atomic.Uint64)}
 	for _, r := range names {
 		m.counts[r] = new(atomic.Uint64)
 	}
@@ -37,15 +46,15 @@ func (m *Metrics) gauge(name, help string, read func() float64) {
 	m.gauges = append(m.gauges, gauge{name, help, read})
 }
 
-func (m *Metrics) inc(name string) {
-	if c := m.counts[name]; c != nil {
+func (m *Metrics) inc(o outcome) {
+	if c := m.counts[o]; c != nil {
 		c.Add(1)
 	}
 }
 
 // Get returns a counter's value.
-func (m *Metrics) Get(name string) uint64 {
-	if c := m.counts[name]; c != nil {
+func (m *Metrics) Get(lang policy.Language, name string) uint64 {
+	if c := m.counts[outcome{lang, name}]; c != nil {
 		return c.Load()
 	}
 	return 0
@@ -53,20 +62,22 @@ func (m *Metrics) Get(name string) uint64 {
 
 // WriteTo writes the counters in Prometheus text format.
 func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
-	names := make([]string, 0, len(m.counts))
+	names := make([]outcome, 0, len(m.counts))
 	for n := range m.counts {
 		names = append(names, n)
 	}
-	sort.Strings(names)
+	slices.SortFunc(names, func(a, b outcome) int {
+		return cmp.Or(cmp.Compare(a.lang, b.lang), cmp.Compare(a.name, b.name))
+	})
 	var total int64
 	write := func(format string, args ...any) {
 		n, _ := fmt.Fprintf(w, format, args...)
 		total += int64(n)
 	}
-	write("# HELP postern_knocks_total Knock packets by outcome: granted, or the reason they were refused.\n")
+	write("# HELP postern_knocks_total Knocks by language and outcome: granted, or the reason they were refused.\n")
 	write("# TYPE postern_knocks_total counter\n")
 	for _, n := range names {
-		write("postern_knocks_total{outcome=%q} %d\n", n, m.counts[n].Load())
+		write("postern_knocks_total{language=%q,outcome=%q} %d\n", n.lang, n.name, m.counts[n].Load())
 	}
 	for _, g := range m.gauges {
 		write("# HELP %s %s\n# TYPE %s gauge\n%s %g\n", g.name, g.help, g.name, g.name, g.read())
@@ -94,7 +105,7 @@ func (m *Metrics) serve(addr string) (*http.Server, error) {
 // are counted and the count rides on the next line of that reason.
 type logLimiter struct {
 	mu      sync.Mutex
-	buckets map[string]*logBucket
+	buckets map[outcome]*logBucket
 }
 
 type logBucket struct {
@@ -108,11 +119,11 @@ const (
 	logRate  = 10 // lines a second per reason
 )
 
-func (l *logLimiter) allow(reason string, now time.Time) (ok bool, suppressed int) {
+func (l *logLimiter) allow(reason outcome, now time.Time) (ok bool, suppressed int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.buckets == nil {
-		l.buckets = make(map[string]*logBucket)
+		l.buckets = make(map[outcome]*logBucket)
 	}
 	b := l.buckets[reason]
 	if b == nil {

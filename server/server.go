@@ -1,21 +1,21 @@
-// Package server is the daemon: it wires capture → decode → policy →
-// firewall for SPA knocks and knock sequences, writes one log line per
-// decision and keeps the counters. It owns no protocol logic of its own.
+// Package server is the daemon. It routes each captured frame to the
+// decoder of its knock language (package spa, fko, knock or covert), asks
+// package policy about every request a decoder makes, applies what policy
+// grants (firewall grants through the Keeper, commands through the runner)
+// and writes one log line and one counter per decision, the same shape for
+// every language. It owns no protocol logic of its own.
 package server
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,9 +24,21 @@ import (
 	"postern/capture"
 	"postern/command"
 	"postern/config"
+	"postern/covert"
 	"postern/firewall"
+	"postern/fko"
+	"postern/knock"
+	"postern/policy"
 	"postern/port"
 	"postern/spa"
+)
+
+// Files in state_dir.
+const (
+	ReplayFile          = "spa-timestamps"        // postern SPA clients' last timestamps
+	CovertReplayFile    = "covert-timestamps"     // covert clients' last timestamps
+	FwknopReplayFile    = "fwknop-digests"        // fwknop replay cache
+	PendingCommandsFile = "pending-commands.json" // stop commands waiting for their time
 )
 
 // Server is a configured daemon, ready to Run.
@@ -34,77 +46,184 @@ type Server struct {
 	cfg     *config.Config
 	log     *slog.Logger
 	fw      *firewall.Keeper
-	spa     *spaHandler     // nil without [[client]]s
-	doors   *doorHandler    // nil without doors
-	fwknop  *fwknopHandler  // nil without [fwknop]
-	covert  *covertHandler  // nil without [[covert]]
-	runner  *command.Runner // commands of doors and fwknop stanzas; nil if none
+	policy  *policy.Policy
+	runner  *command.Runner // nil if nothing runs commands
 	metrics *Metrics
 	logs    logLimiter
-	mu      sync.Mutex   // serialises packets and the expiry timer
-	alive   atomic.Int64 // when the expiry timer last got the packet lock (unix ns)
+
+	// Decoders, nil where the configuration has none of the language.
+	spa          *spa.Decoder
+	spaReplay    *spa.Timestamps
+	fwknop       *fko.Decoder
+	fwknopReplay *fko.ReplayCache
+	covert       *covert.Decoder
+	covertReplay *spa.Timestamps
+	doors        *knock.Decoder
+	routes       routes
+	sink         policy.Sink // s.decided, made once: a method value per packet would allocate
+
+	// Source, if set before Run, is read instead of opening capture (an
+	// in-memory source in tests).
+	Source capture.Source
+	afp    *capture.AFPacket // to follow doors whose ports change
+
+	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
 }
 
-// New loads keys and state and prepares the pipeline. It does not touch the
+// routes say which decoder a frame goes to. They are computed once, from
+// the configuration: a frame's protocol and destination port decide.
+type routes struct {
+	spaPort, fwknopPort uint16 // UDP; 0: none
+	covert              map[uint16]bool
+}
+
+// New loads keys and state and prepares the decoders. It does not touch the
 // firewall or the network: the caller installs the closed state (Rules)
 // before, so that nothing New can fail on leaves a port open.
 func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, fw: fw}
-	reasons := []string{mMalformed, mFirewallError, mCaptureError}
+	s.sink = s.decided
+	if err := s.openState(); err != nil {
+		return nil, err
+	}
+	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}}
+	var clients []policy.Client
+	add := func(lang policy.Language, reasons ...string) {
+		outcomes = append(outcomes, outcome{lang, mGranted}, outcome{lang, mFirewallError}, outcome{lang, mCommandNotRun})
+		for _, r := range reasons {
+			outcomes = append(outcomes, outcome{lang, r})
+		}
+		for _, r := range policy.Refusals {
+			outcomes = append(outcomes, outcome{lang, string(r)})
+		}
+	}
 	if len(cfg.Clients) > 0 {
-		h, err := newSPAHandler(s)
+		v, err := s.newVerifier()
 		if err != nil {
 			return nil, err
 		}
-		s.spa = h
-		reasons = append(reasons, spaMetricNames()...)
+		s.spa = spa.NewDecoder(v)
+		s.routes.spaPort = cfg.SPA.Port
+		for _, c := range cfg.Clients {
+			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
+				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource})
+		}
+		add(policy.SPA, spaReasons()...)
 	}
-	if needsCommands(cfg) {
-		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-			return nil, fmt.Errorf("state_dir: %w", err)
+	if f := cfg.Fwknop; f != nil {
+		for _, st := range f.Stanzas {
+			if st.OpenPorts == nil && st.CmdCycleOpen == "" {
+				log.Warn("fwknop stanza has no OPEN_PORTS: it may open any port, but postern closes only the ports listed somewhere",
+					"stanza", fko.StanzaName(st))
+			}
 		}
-		r, err := command.Open(filepath.Join(cfg.StateDir, PendingCommandsFile), log)
-		if err != nil {
-			return nil, err
-		}
-		s.runner = r
-	}
-	if cfg.Fwknop != nil {
-		h, err := newFwknopHandler(s)
-		if err != nil {
-			return nil, err
-		}
-		s.fwknop = h
-		reasons = append(reasons, fwknopMetricNames...)
+		s.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
+			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4})
+		s.routes.fwknopPort = f.Port
+		clients = append(clients, fko.PolicyClients(f.Stanzas)...)
+		add(policy.Fwknop, fko.Reasons...)
 	}
 	if len(cfg.Covert) > 0 {
-		h, err := newCovertHandler(s)
+		d, err := covert.NewDecoder(cfg.Covert, s.covertReplay)
 		if err != nil {
 			return nil, err
 		}
-		s.covert = h
-		reasons = append(reasons, covertMetricNames...)
+		s.covert = d
+		s.routes.covert = map[uint16]bool{}
+		for _, p := range covert.Ports(cfg.Covert) {
+			s.routes.covert[p.Num] = true
+		}
+		clients = append(clients, covert.PolicyClients(cfg.Covert)...)
+		add(policy.Covert, covert.Reasons...)
 	}
 	if len(cfg.Doors) > 0 {
-		h, err := newDoorHandler(s)
-		if err != nil {
-			return nil, err
+		s.doors = knock.NewDecoder(cfg.Doors, cfg.MaxTracked)
+		for _, d := range cfg.Doors {
+			clients = append(clients, knock.PolicyClient(d))
 		}
-		s.doors = h
-		reasons = append(reasons, doorMetricNames...)
+		add(policy.Door, knock.Reasons...)
 	}
-	s.metrics = newMetrics(reasons)
+	s.policy = policy.New(clients)
+	s.metrics = newMetrics(outcomes)
 	if s.doors != nil {
 		s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
-			s.doors.tracked)
+			func() float64 { return float64(s.doors.Tracked()) })
 	}
 	if s.covert != nil {
 		s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
-			s.covert.evictions)
+			func() float64 { return float64(s.covert.Evictions()) })
 	}
 	s.metrics.gauge("postern_firewall_restores", "Times postern's firewall rules were found missing or altered and restored.",
 		func() float64 { return float64(fw.Restores()) })
 	return s, nil
+}
+
+// openState opens the state files each language needs and the command
+// runner (which runs overdue stop commands at once).
+func (s *Server) openState() error {
+	cfg := s.cfg
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	state := func(name string) string { return filepath.Join(cfg.StateDir, name) }
+	var err error
+	if len(cfg.Clients) > 0 {
+		if s.spaReplay, err = spa.LoadTimestamps(state(ReplayFile)); err != nil {
+			return fmt.Errorf("state_dir: %w", err)
+		}
+	}
+	if len(cfg.Covert) > 0 {
+		if s.covertReplay, err = spa.LoadTimestamps(state(CovertReplayFile)); err != nil {
+			return fmt.Errorf("state_dir: %w", err)
+		}
+	}
+	if f := cfg.Fwknop; f != nil {
+		// A packet is refused once its timestamp is max_packet_age away
+		// from the clock in either direction, so a digest need not be kept
+		// longer than twice that, plus a margin.
+		if s.fwknopReplay, err = fko.OpenReplayCache(state(FwknopReplayFile), 2*f.MaxPacketAge+time.Minute, 1_000_000); err != nil {
+			return err
+		}
+	}
+	if needsCommands(cfg) {
+		if s.runner, err = command.Open(state(PendingCommandsFile), s.log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) newVerifier() (*spa.Verifier, error) {
+	cfg := s.cfg
+	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("private_key_file: %w", err)
+	}
+	key, err := spa.ParseServerPrivateKey(text)
+	if err != nil {
+		return nil, fmt.Errorf("private_key_file %s: %w", cfg.PrivateKeyFile, err)
+	}
+	clients := make(map[spa.ClientPublicKey]string, len(cfg.Clients))
+	for _, c := range cfg.Clients {
+		clients[c.PublicKey] = c.Name
+	}
+	return spa.NewVerifier(spa.VerifierConfig{
+		Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
+		Replay: s.spaReplay,
+		// Five knocks a second with bursts of ten per source is far above
+		// what a person does and far below what costs the CPU anything.
+		Limiter: spa.NewRateLimiter(5, 10, 65536),
+	})
+}
+
+func spaReasons() []string {
+	var names []string
+	for _, r := range spa.AllReasons() {
+		if r != spa.Accepted {
+			names = append(names, r.String())
+		}
+	}
+	return names
 }
 
 // Metrics returns the server's counters.
@@ -134,7 +253,7 @@ func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 			closeKnock(p)
 		}
 	}
-	if ps := covertPorts(cfg); len(ps) > 0 {
+	if ps := covert.Ports(cfg.Covert); len(ps) > 0 {
 		matches = append(matches, capture.PortMatches(ps)...)
 		rules.Knock = append(rules.Knock, ps...)
 	}
@@ -145,8 +264,60 @@ func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 	return rules, matches
 }
 
+// doorPorts returns what capture must pass for doors, which ports postern
+// closes (the sequences of [[door]]s; knockd_file doors are only listened
+// to, as knockd does) and the closed ranges of rotating doors.
+func doorPorts(cfg *config.Config) (matches []capture.Match, closed []port.Spec, ranges []firewall.PortRange) {
+	var fromKnockd []*knock.Door
+	if cfg.Knockd != nil {
+		fromKnockd = cfg.Knockd.Doors
+	}
+	for _, d := range cfg.Doors {
+		native := !slices.Contains(fromKnockd, d)
+		if r := d.Rotating; r != nil {
+			matches = append(matches, capture.Match{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
+			if native {
+				ranges = append(ranges, firewall.PortRange{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
+			}
+			continue
+		}
+		for _, hit := range d.Hits() {
+			m := capture.Match{Proto: hit.Proto, Lo: hit.Num, Hi: hit.Num}
+			if hit.Proto == knock.ICMP {
+				m = capture.Match{Proto: capture.ICMP}
+			}
+			if !slices.Contains(matches, m) {
+				matches = append(matches, m)
+			}
+			sp := port.Spec{Proto: hit.Proto, Num: hit.Num}
+			if native && hit.Proto != knock.ICMP && !slices.Contains(closed, sp) {
+				closed = append(closed, sp)
+			}
+		}
+	}
+	return matches, closed, ranges
+}
+
+// needsCommands reports whether any door or fwknop stanza runs commands.
+func needsCommands(cfg *config.Config) bool {
+	for _, d := range cfg.Doors {
+		if knock.PolicyClient(d).Commands {
+			return true
+		}
+	}
+	if cfg.Fwknop != nil {
+		for _, st := range cfg.Fwknop.Stanzas {
+			if st.CmdCycleOpen != "" || st.EnableCmdExec {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Intervals of the daemon's housekeeping.
 const (
+	expireEvery    = 250 * time.Millisecond // knock attempts and covert SYNs time out
 	auditEvery     = 250 * time.Millisecond // firewall audit: a flushed ruleset is back within a second
 	auditIPTables  = 500 * time.Millisecond // the same by running iptables-save and ipset: a few ms each
 	interfaceEvery = 250 * time.Millisecond // capture interfaces: a re-created one is read within a second
@@ -155,41 +326,23 @@ const (
 // Run opens the capture, installs the firewall rules (again: the caller
 // installed them before New), reports readiness and handles knocks until
 // ctx ends. Its goroutines run as one task group: readiness is reported
-// when all are up, and Run returns only after every one has stopped, so no
-// packet is handled after the grants are removed on exit.
+// when all are up, and Run returns only after every one has stopped (and
+// the GnuPG workers have finished), so no knock is granted after the
+// grants are removed on exit.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.closeState()
 	rules, matches := Rules(s.cfg)
-	var src capture.Source
-	var afp *capture.AFPacket
-	switch s.cfg.Capture {
-	case "udp":
-		var srcs []capture.Source
-		for _, m := range matches {
-			u, err := capture.ListenUDP(m.Lo)
-			if err != nil {
-				for _, o := range srcs {
-					o.Close()
-				}
-				return err
-			}
-			srcs = append(srcs, u)
-		}
-		src = capture.Multi(srcs...)
-	default:
-		a, err := capture.OpenAFPacket(s.cfg.Interface, matches)
-		if err != nil {
-			return err
-		}
-		src, afp = a, a
-		if missing := a.Missing(); len(missing) > 0 {
-			s.log.Warn("waiting for interface", "interface", strings.Join(missing, ","))
-		}
+	src, err := s.openCapture(matches)
+	if err != nil {
+		return err
 	}
 	defer src.Close()
-	if dropped, err := dropNetRaw(); err != nil {
-		return fmt.Errorf("dropping CAP_NET_RAW: %w", err)
-	} else if dropped {
-		s.log.Debug("dropped CAP_NET_RAW")
+	if s.Source == nil {
+		if dropped, err := dropNetRaw(); err != nil {
+			return fmt.Errorf("dropping CAP_NET_RAW: %w", err)
+		} else if dropped {
+			s.log.Debug("dropped CAP_NET_RAW")
+		}
 	}
 	if err := s.fw.Setup(rules); err != nil {
 		return err
@@ -208,13 +361,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
-	if s.runner != nil {
-		defer s.runner.Close()
-	}
-	if s.fwknop != nil {
-		defer s.fwknop.replay.Close()
-	}
 
+	s.alive.Store(time.Now().UnixNano())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.expireLoop(gctx); return nil })
 	audit := auditEvery
@@ -222,9 +370,9 @@ func (s *Server) Run(ctx context.Context) error {
 		audit = auditIPTables
 	}
 	g.Go(func() error { s.fw.Watch(gctx, audit, nil); return nil })
-	if afp != nil {
+	if s.afp != nil {
 		g.Go(func() error {
-			return afp.Watch(gctx, interfaceEvery, func(name string, index int) {
+			return s.afp.Watch(gctx, interfaceEvery, func(name string, index int) {
 				if index == 0 {
 					s.log.Warn("interface gone; waiting for it", "interface", name)
 				} else {
@@ -235,22 +383,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.watchdog(gctx) })
 	g.Go(func() error {
-		if afp != nil {
-			return afp.RunWithErrors(gctx, s.handle, s.captureError)
+		if s.afp != nil {
+			return s.afp.RunWithErrors(gctx, s.handle, s.captureError)
 		}
 		return src.Run(gctx, s.handle)
 	})
 
-	fwknopStanzas := 0
-	if s.fwknop != nil {
-		fwknopStanzas = len(s.cfg.Fwknop.Stanzas)
-	}
 	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.spaPort(),
 		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "doors", len(s.cfg.Doors),
-		"fwknop_stanzas", fwknopStanzas, "backend", s.cfg.Firewall.Backend)
+		"fwknop_stanzas", s.fwknopStanzas(), "backend", s.cfg.Firewall.Backend)
 	notify("READY=1")
 
-	err := g.Wait()
+	err = g.Wait()
+	if s.fwknop != nil {
+		s.fwknop.Close() // no GnuPG verdict after this
+	}
 	if s.cfg.Firewall.RemoveOnExit {
 		if gs, lerr := s.fw.List(); lerr == nil && len(gs) > 0 {
 			if rerr := s.fw.Revoke(gs); rerr != nil {
@@ -261,6 +408,160 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// openCapture opens the configured capture, unless a Source was given.
+func (s *Server) openCapture(matches []capture.Match) (capture.Source, error) {
+	if s.Source != nil {
+		return s.Source, nil
+	}
+	if s.cfg.Capture == "udp" {
+		var srcs []capture.Source
+		for _, m := range matches {
+			u, err := capture.ListenUDP(m.Lo)
+			if err != nil {
+				for _, o := range srcs {
+					o.Close()
+				}
+				return nil, err
+			}
+			srcs = append(srcs, u)
+		}
+		return capture.Multi(srcs...), nil
+	}
+	a, err := capture.OpenAFPacket(s.cfg.Interface, matches)
+	if err != nil {
+		return nil, err
+	}
+	s.afp = a
+	if missing := a.Missing(); len(missing) > 0 {
+		s.log.Warn("waiting for interface", "interface", strings.Join(missing, ","))
+	}
+	return a, nil
+}
+
+// closeState stops the runner (pending stop commands stay recorded) and
+// closes the fwknop replay cache.
+func (s *Server) closeState() {
+	if s.fwknop != nil {
+		s.fwknop.Close()
+	}
+	if s.runner != nil {
+		s.runner.Close()
+	}
+	if s.fwknopReplay != nil {
+		s.fwknopReplay.Close()
+	}
+}
+
+func (s *Server) spaPort() any {
+	if s.spa == nil {
+		return "none"
+	}
+	return s.cfg.SPA.Port
+}
+
+func (s *Server) fwknopStanzas() int {
+	if s.cfg.Fwknop == nil {
+		return 0
+	}
+	return len(s.cfg.Fwknop.Stanzas)
+}
+
+// handle routes one frame to its language's decoder. Capture calls it
+// from one goroutine at a time; decoders with state shared with the
+// expiry timer (doors, covert) lock it themselves, so one language never
+// waits for another.
+func (s *Server) handle(f *capture.Frame, perr error) {
+	if perr != nil {
+		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mMalformed}, slog.String("detail", perr.Error()))
+		return
+	}
+	switch f.Proto {
+	case capture.ProtoUDP:
+		isSPA := s.routes.spaPort != 0 && f.DstPort == s.routes.spaPort
+		isFwknop := s.routes.fwknopPort != 0 && f.DstPort == s.routes.fwknopPort
+		if isSPA && isFwknop {
+			// postern SPA and fwknop may share a port: a postern knock is
+			// binary with a fixed size and first byte, an fwknop packet is
+			// base64 text.
+			isSPA = spa.IsKnock(f.Payload)
+			isFwknop = !isSPA
+		}
+		switch {
+		case isSPA:
+			s.spa.Decode(f, s.sink)
+			return
+		case isFwknop:
+			s.fwknop.Decode(f, s.sink)
+			return
+		}
+	case capture.ProtoTCP:
+		if s.routes.covert[f.DstPort] {
+			s.covert.Decode(f, s.sink)
+			return
+		}
+	}
+	if s.doors != nil {
+		s.doors.Decode(f, s.sink)
+		if s.doors.PortsChanged() {
+			s.followDoorPorts()
+		}
+	}
+}
+
+// followDoorPorts re-derives the closed ports and the capture filter after
+// a door's sequence changed (a one-time sequence was used).
+func (s *Server) followDoorPorts() {
+	rules, matches := Rules(s.cfg)
+	if err := s.fw.Setup(rules); err != nil {
+		s.log.Error("closing the next one-time sequence's ports", "err", err)
+	}
+	if s.afp != nil {
+		if err := s.afp.SetMatches(matches); err != nil {
+			s.log.Error("capturing the next one-time sequence's ports", "err", err)
+		}
+	}
+}
+
+// expireLoop drops timed-out knock attempts and stale covert SYNs, and
+// clamps client timestamps ahead of the clock. Each tick also tells the
+// watchdog that the daemon is not wedged.
+func (s *Server) expireLoop(ctx context.Context) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if s.doors != nil {
+				s.doors.Expire(now, s.sink)
+			}
+			if s.covert != nil {
+				s.covert.Expire(now)
+			}
+			s.clampClocks(now)
+			s.alive.Store(time.Now().UnixNano())
+		}
+	}
+}
+
+// clampClocks lowers stored client timestamps that lie beyond the
+// freshness window: after a clock that ran ahead is corrected, no client
+// stays locked out as "replay" for longer than max_skew.
+func (s *Server) clampClocks(now time.Time) {
+	if s.spaReplay != nil {
+		if n := s.spaReplay.ClampFuture(now.Add(s.cfg.SPA.MaxSkew).UnixNano()); n > 0 {
+			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
+				"clients", n, "max_skew", s.cfg.SPA.MaxSkew)
+		}
+	}
+	if s.covertReplay != nil {
+		if n := s.covertReplay.ClampFuture(now.Add(covert.MaxSkew(s.cfg.Covert)).UnixNano()); n > 0 {
+			s.log.Warn("covert client timestamps ahead of this clock; clamped", "clients", n)
+		}
+	}
 }
 
 // warnHostPolicy warns when the host's own ruleset drops by default: a
@@ -280,153 +581,9 @@ func (s *Server) warnHostPolicy(rules firewall.Rules) {
 // captureError logs a read error of the capture, which goes on reading:
 // an interface that goes down or away reports one.
 func (s *Server) captureError(err error) {
-	if ok, suppressed := s.count(mCaptureError); ok {
+	if ok, suppressed := s.count(outcome{"capture", mCaptureError}); ok {
 		s.log.Warn("capture read failed; still reading", "err", err, "suppressed", suppressed)
 	}
-}
-
-func (s *Server) spaPort() any {
-	if s.spa == nil {
-		return "none"
-	}
-	return s.cfg.SPA.Port
-}
-
-// handle routes one packet. It runs on the capture goroutine; s.mu keeps
-// the expiry timer out of the stateful handlers meanwhile.
-func (s *Server) handle(f *capture.Frame, perr error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if perr != nil {
-		s.refuse(f.Src, "", mMalformed, slog.String("detail", perr.Error()))
-		return
-	}
-	if f.Proto == capture.ProtoUDP {
-		// postern SPA and fwknop may share a port: a postern knock is
-		// binary with a fixed size and first byte, an fwknop packet is
-		// base64 text.
-		isSPA := s.spa != nil && f.DstPort == s.cfg.SPA.Port
-		isFwknop := s.fwknop != nil && f.DstPort == s.cfg.Fwknop.Port
-		if isSPA && isFwknop {
-			isSPA = spa.IsKnock(f.Payload)
-			isFwknop = !isSPA
-		}
-		switch {
-		case isSPA:
-			s.spa.handle(f)
-			return
-		case isFwknop:
-			s.fwknop.handle(f)
-			return
-		}
-	}
-	if s.covert != nil && s.covert.handle(f) {
-		return
-	}
-	if s.doors != nil {
-		s.doors.handle(f)
-	}
-}
-
-// expireLoop drops timed-out knock attempts and stale covert SYNs. Each
-// tick also proves to the watchdog that the packet lock is not wedged.
-func (s *Server) expireLoop(ctx context.Context) {
-	t := time.NewTicker(expireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			s.mu.Lock()
-			if s.doors != nil {
-				s.doors.engine.Expire(now)
-			}
-			if s.covert != nil {
-				s.covert.expire(now)
-			}
-			s.mu.Unlock()
-			s.clampClocks(now)
-			s.alive.Store(time.Now().UnixNano())
-		}
-	}
-}
-
-// clampClocks lowers stored client timestamps that lie beyond the
-// freshness window: after a clock that ran ahead is corrected, no client
-// stays locked out as "replay" for longer than max_skew.
-func (s *Server) clampClocks(now time.Time) {
-	if s.spa != nil {
-		if n := s.spa.replay.ClampFuture(now.Add(s.cfg.SPA.MaxSkew).UnixNano()); n > 0 {
-			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
-				"clients", n, "max_skew", s.cfg.SPA.MaxSkew)
-		}
-	}
-	if s.covert != nil {
-		if n := s.covert.replay.ClampFuture(now.Add(s.covert.maxSkew()).UnixNano()); n > 0 {
-			s.log.Warn("covert client timestamps ahead of this clock; clamped", "clients", n)
-		}
-	}
-}
-
-// needsCommands reports whether any door or fwknop stanza runs commands.
-func needsCommands(cfg *config.Config) bool {
-	for _, d := range cfg.Doors {
-		start4, stop4 := d.Commands(ipv4Example)
-		start6, stop6 := d.Commands(ipv6Example)
-		if start4 != "" || stop4 != "" || start6 != "" || stop6 != "" {
-			return true
-		}
-	}
-	if cfg.Fwknop != nil {
-		for _, st := range cfg.Fwknop.Stanzas {
-			if st.CmdCycleOpen != "" || st.EnableCmdExec {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// grant opens ports through the firewall, counting and logging a failure.
-func (s *Server) grant(gs []firewall.Grant, src netip.Addr, who string) bool {
-	for i := range gs {
-		gs[i].Name = cmp.Or(gs[i].Name, who)
-	}
-	if err := s.fw.Grant(gs); err != nil {
-		s.metrics.inc(mFirewallError)
-		s.log.Error("grant failed", "src", src, "client", who, "err", err)
-		return false
-	}
-	return true
-}
-
-// count counts a decision of this kind and says whether to log it: each
-// kind logs a burst, then about ten lines a second, and the next line
-// carries how many were held back. Every path that refuses or fails uses
-// it, so a flood of any one kind is counted in full and logged in brief.
-func (s *Server) count(kind string) (log bool, suppressed int) {
-	s.metrics.inc(kind)
-	return s.logs.allow(kind, time.Now())
-}
-
-// refuse counts a refusal and logs it, unless this reason is flooding.
-func (s *Server) refuse(src netip.Addr, client, reason string, attrs ...slog.Attr) {
-	ok, suppressed := s.count(reason)
-	if !ok {
-		return
-	}
-	args := []any{"src", src, "reason", reason}
-	if client != "" {
-		args = append(args, "client", client)
-	}
-	for _, a := range attrs {
-		args = append(args, a)
-	}
-	if suppressed > 0 {
-		args = append(args, "suppressed", suppressed)
-	}
-	s.log.Warn("refused", args...)
 }
 
 // notify sends a state line to systemd (Type=notify), if the daemon runs

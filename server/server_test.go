@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -14,19 +15,60 @@ import (
 	"postern/capture"
 	"postern/config"
 	"postern/firewall"
+	"postern/internal/netnstest"
 	"postern/knock"
+	"postern/policy"
 	"postern/port"
 	"postern/spa"
 )
 
-// The pipeline without a kernel: frames in, grants into the in-memory
-// backend, one log line per decision.
-func TestHandle(t *testing.T) {
+// pipeline runs a Server on an in-memory capture source and the in-memory
+// firewall, as the daemon runs on real ones.
+type pipeline struct {
+	s    *Server
+	src  *capture.Memory
+	fw   *firewall.Memory
+	logs *netnstest.Output
+}
+
+func runPipeline(t *testing.T, cfg *config.Config, level slog.Level) *pipeline {
+	t.Helper()
+	p := &pipeline{src: capture.NewMemory(), fw: firewall.NewMemory(), logs: netnstest.NewOutput()}
+	var err error
+	p.s, err = New(cfg, firewall.NewKeeper(p.fw, nil), slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: level})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.s.Source = p.src
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	p.logs.WaitFor(t, 2*time.Second, "msg=ready")
+	return p
+}
+
+func (p *pipeline) send(t *testing.T, f capture.Frame) {
+	t.Helper()
+	if err := p.src.Send(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The pipeline without a kernel: frames in through the capture source,
+// grants into the in-memory backend, one log line and one counter per
+// decision.
+func TestPipelineSPA(t *testing.T) {
 	dir := t.TempDir()
 	server, _ := spa.GenerateServerKey()
 	alice, _ := spa.GenerateClientKey()
 	keyFile := filepath.Join(dir, "server.key")
-	os.WriteFile(keyFile, []byte(server.String()), 0o600)
+	os.WriteFile(keyFile, []byte(server.Encode()), 0o600)
 	cfg := &config.Config{
 		Interface: "any", Capture: "afpacket", PrivateKeyFile: keyFile, StateDir: filepath.Join(dir, "state"),
 		SPA:      config.SPA{Port: 62201, MaxSkew: 30 * time.Second},
@@ -34,42 +76,44 @@ func TestHandle(t *testing.T) {
 		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public(), Allow: []port.Spec{{Proto: port.TCP, Num: 22}},
 			MaxDuration: time.Minute, DefaultDuration: 10 * time.Second}},
 	}
-	fw := firewall.NewMemory()
-	var logs bytes.Buffer
-	s, err := New(cfg, firewall.NewKeeper(fw, nil), slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := runPipeline(t, cfg, slog.LevelInfo)
 	src := netip.MustParseAddr("198.18.0.2")
-	frame := func(k spa.Knock) *capture.Frame {
+	frame := func(k spa.Knock) capture.Frame {
 		pkt, err := spa.Seal(alice, server.Public(), k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &capture.Frame{Src: src, Dst: netip.MustParseAddr("198.18.0.1"), Proto: capture.ProtoUDP,
+		return capture.Frame{Src: src, Dst: netip.MustParseAddr("198.18.0.1"), Proto: capture.ProtoUDP,
 			DstPort: 62201, Payload: pkt, Time: time.Now()}
 	}
 	ssh := []port.Spec{{Proto: port.TCP, Num: 22}}
 
-	s.handle(frame(spa.Knock{Time: time.Now(), Allow: src, Ports: ssh}), nil)
-	gs, _ := fw.List()
-	if len(gs) != 1 || gs[0].Addr != src || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
-		t.Fatalf("grants after a valid knock: %v\n%s", gs, logs.String())
+	p.send(t, frame(spa.Knock{Time: time.Now(), Allow: src, Ports: ssh}))
+	gs, _ := p.fw.List()
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Name != "alice" || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
+		t.Fatalf("grants after a valid knock: %v\n%s", gs, p.logs)
 	}
-	s.handle(frame(spa.Knock{Time: time.Now(), Allow: src, Ports: []port.Spec{{Proto: port.TCP, Num: 23}}}), nil)
-	s.handle(&capture.Frame{Src: src}, capture.ErrTruncated)
-	for _, want := range []string{"msg=granted src=198.18.0.2 client=alice", `reason="port not allowed" client=alice`,
-		`reason="malformed packet"`} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, logs.String())
+	if rs := p.fw.Rules(); len(rs.Protected) != 1 || len(rs.Knock) != 1 {
+		t.Fatalf("rules installed: %+v", rs)
+	}
+	p.send(t, frame(spa.Knock{Time: time.Now(), Allow: src, Ports: []port.Spec{{Proto: port.TCP, Num: 23}}}))
+	if err := p.src.SendPacket([]byte{0x45, 0}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"msg=granted language=spa src=198.18.0.2 client=alice allow=198.18.0.2 ports=tcp/22",
+		`msg=refused language=spa src=198.18.0.2 reason="port not allowed" client=alice`,
+		`msg=refused language=capture`, `reason="malformed packet"`} {
+		if !strings.Contains(p.logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, p.logs)
 		}
 	}
-	if s.Metrics().Get(mGranted) != 1 || s.Metrics().Get("port not allowed") != 1 || s.Metrics().Get(mMalformed) != 1 {
+	m := p.s.Metrics()
+	if m.Get(policy.SPA, mGranted) != 1 || m.Get(policy.SPA, "port not allowed") != 1 || m.Get("capture", mMalformed) != 1 {
 		t.Fatal("counters wrong")
 	}
 	var b strings.Builder
-	s.Metrics().WriteTo(&b)
-	if !strings.Contains(b.String(), `postern_knocks_total{outcome="granted"} 1`) {
+	m.WriteTo(&b)
+	if !strings.Contains(b.String(), `postern_knocks_total{language="spa",outcome="granted"} 1`) {
 		t.Fatalf("metrics:\n%s", b.String())
 	}
 }
@@ -79,17 +123,17 @@ func TestLogLimiter(t *testing.T) {
 	now := time.Unix(0, 0)
 	logged := 0
 	for range 1000 {
-		if ok, _ := l.allow("bad mac1", now); ok {
+		if ok, _ := l.allow(outcome{policy.SPA, "bad mac1"}, now); ok {
 			logged++
 		}
 	}
 	if logged != logBurst {
 		t.Fatalf("logged %d lines of a burst of 1000, want %d", logged, logBurst)
 	}
-	if ok, _ := l.allow("bad length", now); !ok {
+	if ok, _ := l.allow(outcome{policy.SPA, "bad length"}, now); !ok {
 		t.Fatal("one flooding reason silenced another")
 	}
-	ok, suppressed := l.allow("bad mac1", now.Add(time.Second))
+	ok, suppressed := l.allow(outcome{policy.SPA, "bad mac1"}, now.Add(time.Second))
 	if !ok || suppressed != 1000-logBurst {
 		t.Fatalf("after a second: ok=%v suppressed=%d", ok, suppressed)
 	}
@@ -99,7 +143,7 @@ func TestRefusesReadableKey(t *testing.T) {
 	dir := t.TempDir()
 	server, _ := spa.GenerateServerKey()
 	keyFile := filepath.Join(dir, "server.key")
-	os.WriteFile(keyFile, []byte(server.String()), 0o640)
+	os.WriteFile(keyFile, []byte(server.Encode()), 0o640)
 	alice, _ := spa.GenerateClientKey()
 	_, err := New(&config.Config{PrivateKeyFile: keyFile, StateDir: dir,
 		Clients: []config.Client{{Name: "alice", PublicKey: alice.Public()}}}, firewall.NewKeeper(firewall.NewMemory(), nil), slog.Default())
@@ -108,9 +152,9 @@ func TestRefusesReadableKey(t *testing.T) {
 	}
 }
 
-// Doors without a kernel: hits in, a grant in the in-memory backend and a
-// real start command through /bin/sh.
-func TestDoors(t *testing.T) {
+// Doors without a kernel: hits in through the capture source, a grant in
+// the in-memory backend and a real start command through /bin/sh.
+func TestPipelineDoors(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	ssh := port.Spec{Proto: port.TCP, Num: 22}
@@ -119,17 +163,11 @@ func TestDoors(t *testing.T) {
 		Open: []port.Spec{ssh}, Duration: 10 * time.Second, StartCommand: "echo %IP% > " + out}
 	cfg := &config.Config{Interface: "any", Capture: "afpacket", StateDir: filepath.Join(dir, "state"),
 		Doors: []*knock.Door{d}, MaxTracked: 100}
-	fw := firewall.NewMemory()
-	var logs bytes.Buffer
-	s, err := New(cfg, firewall.NewKeeper(fw, nil), slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.runner.Close()
 	rules, matches := Rules(cfg)
 	if len(rules.Knock) != 2 || len(rules.Protected) != 1 || len(matches) != 3 {
 		t.Fatalf("rules %+v, matches %+v", rules, matches)
 	}
+	p := runPipeline(t, cfg, slog.LevelInfo)
 	src := netip.MustParseAddr("198.18.0.2")
 	now := time.Now()
 	frames := []capture.Frame{
@@ -137,29 +175,31 @@ func TestDoors(t *testing.T) {
 		{Proto: capture.ProtoUDP, DstPort: 8000},
 		{Proto: capture.ProtoICMP, ICMPType: 8, Payload: make([]byte, 32)},
 	}
-	for i := range frames {
-		frames[i].Src, frames[i].Dst, frames[i].Time = src, netip.MustParseAddr("198.18.0.1"), now
-		s.handle(&frames[i], nil)
+	for _, f := range frames {
+		f.Src, f.Dst, f.Time = src, netip.MustParseAddr("198.18.0.1"), now
+		p.send(t, f)
 	}
-	gs, _ := fw.List()
-	if len(gs) != 1 || gs[0].Addr != src || gs[0].Port != ssh {
-		t.Fatalf("grants %v\n%s", gs, logs.String())
+	gs, _ := p.fw.List()
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Port != ssh || gs[0].Name != "ssh" {
+		t.Fatalf("grants %v\n%s", gs, p.logs)
 	}
+	p.logs.WaitFor(t, 2*time.Second, "msg=granted language=door src=198.18.0.2 client=ssh allow=198.18.0.2 ports=tcp/22 duration=10s commands=1")
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		if b, _ := os.ReadFile(out); string(b) == "198.18.0.2\n" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("start command did not run\n%s", logs.String())
+			t.Fatalf("start command did not run\n%s", p.logs)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Out of order: logged with source and stage, counted.
-	s.handle(&capture.Frame{Src: src, Proto: capture.ProtoTCP, DstPort: 7000, TCPFlags: knock.SYN, Time: now}, nil)
-	s.handle(&capture.Frame{Src: src, Proto: capture.ProtoICMP, ICMPType: 8, Payload: make([]byte, 32), Time: now}, nil)
-	if s.Metrics().Get(mKnockFailed) != 1 || !strings.Contains(logs.String(), `msg="knock failed" door=ssh src=198.18.0.2 stage=1 got=icmp/32 want=udp/8000`) {
-		t.Fatalf("failure not logged:\n%s", logs.String())
+	p.send(t, capture.Frame{Src: src, Proto: capture.ProtoTCP, DstPort: 7000, TCPFlags: knock.SYN, Time: now})
+	p.send(t, capture.Frame{Src: src, Proto: capture.ProtoICMP, ICMPType: 8, Payload: make([]byte, 32), Time: now})
+	if p.s.Metrics().Get(policy.Door, knock.ReasonFailed) != 1 ||
+		!strings.Contains(p.logs.String(), `msg=refused language=door src=198.18.0.2 reason="knock failed" client=ssh stage=1 got=icmp/32 want=udp/8000`) {
+		t.Fatalf("failure not logged:\n%s", p.logs)
 	}
 }
 
@@ -172,8 +212,9 @@ func TestKnockdLogFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.Info("ready", "interface", "veth0")
-	log.Debug("knock progress", "door", "openSSH", "src", "198.18.0.2", "stage", 1)
-	log.Info("door opened", "door", "openSSH", "src", "198.18.0.2")
+	log.Debug("knock progress", "language", "door", "src", "198.18.0.2", "client", "openSSH", "stage", 1)
+	log.Info("granted", "language", "door", "src", "198.18.0.2", "client", "openSSH")
+	log.Info("granted", "language", "spa", "src", "198.18.0.2", "client", "alice")
 	// logrotate moves the file away and sends SIGHUP: the next line goes
 	// to a new file under the old name.
 	os.Rename(path, path+".1")
@@ -211,7 +252,7 @@ func TestSharedKnockPort(t *testing.T) {
 	server, _ := spa.GenerateServerKey()
 	alice, _ := spa.GenerateClientKey()
 	keyFile := filepath.Join(dir, "server.key")
-	os.WriteFile(keyFile, []byte(server.String()), 0o600)
+	os.WriteFile(keyFile, []byte(server.Encode()), 0o600)
 	for _, mode := range []string{"afpacket", "udp"} {
 		cfg := &config.Config{Interface: "any", Capture: mode, PrivateKeyFile: keyFile, StateDir: filepath.Join(dir, mode),
 			SPA:     config.SPA{Port: 62201, MaxSkew: 30 * time.Second},
@@ -257,7 +298,7 @@ func TestFloodHitAllocatesNothing(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, hit); n != 0 {
 		t.Fatalf("%v allocations per flooding hit", n)
 	}
-	if s.Metrics().Get(mKnockEvicted) < 1000 {
-		t.Fatalf("evictions counted: %d", s.Metrics().Get(mKnockEvicted))
+	if s.Metrics().Get(policy.Door, knock.ReasonEvicted) < 1000 {
+		t.Fatalf("evictions counted: %d", s.Metrics().Get(policy.Door, knock.ReasonEvicted))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -85,13 +86,21 @@ func (c ClientPrivateKey) Public() ClientPublicKey {
 	return p
 }
 
-func (s ServerPrivateKey) String() string {
-	b, _ := s.k.Bytes()
+// Encode returns the key's text form, as written to a key file. Private
+// keys print nothing secret through String or %v: only Encode reveals them.
+func (s ServerPrivateKey) Encode() string {
+	b, _ := s.k.Bytes() // not cleared: for suite 2 it is the key's own seed
 	if s.suite == SuiteXWing {
 		return encodeKey(tagXWingPrivate, b)
 	}
 	return encodeKey(tagServerPrivate, b)
 }
+
+// String hides the key: it names only its public half.
+func (s ServerPrivateKey) String() string { return "server private key for " + s.Public().String() }
+
+// GoString hides the key from %#v too.
+func (s ServerPrivateKey) GoString() string { return s.String() }
 
 func (p ServerPublicKey) String() string {
 	if p.suite == SuiteXWing {
@@ -99,11 +108,25 @@ func (p ServerPublicKey) String() string {
 	}
 	return encodeKey(tagServerPublic, []byte(p.b))
 }
-func (c ClientPrivateKey) String() string { return encodeKey(tagClientPrivate, c.k.Seed()) }
-func (p ClientPublicKey) String() string  { return encodeKey(tagClientPublic, p[:]) }
+
+// Encode returns the key's text form, as written to a key file.
+func (c ClientPrivateKey) Encode() string {
+	seed := c.k.Seed()
+	defer clear(seed)
+	return encodeKey(tagClientPrivate, seed)
+}
+
+// String hides the key: it names only its public half.
+func (c ClientPrivateKey) String() string { return "client private key for " + c.Public().String() }
+
+// GoString hides the key from %#v too.
+func (c ClientPrivateKey) GoString() string { return c.String() }
+func (p ClientPublicKey) String() string    { return encodeKey(tagClientPublic, p[:]) }
 
 func encodeKey(tag byte, key []byte) string {
-	return base64.StdEncoding.EncodeToString(append([]byte{tag}, key...))
+	raw := append([]byte{tag}, key...)
+	defer clear(raw)
+	return base64.StdEncoding.EncodeToString(raw)
 }
 
 var kindNames = map[byte]string{
@@ -167,6 +190,7 @@ func ParseClientPrivateKey(s string) (ClientPrivateKey, error) {
 	if err != nil {
 		return ClientPrivateKey{}, err
 	}
+	defer clear(b) // the seed; the key keeps its own copy
 	return ClientPrivateKey{ed25519.NewKeyFromSeed(b)}, nil
 }
 
@@ -192,18 +216,35 @@ func PublicKeyOf(private string) (string, error) {
 }
 
 // ReadPrivateKeyFile reads a private key file, refusing one that group or
-// others can read: a key others could read is a key that is no longer private.
-func ReadPrivateKeyFile(path string) (string, error) {
-	st, err := os.Stat(path)
+// others may read.
+func ReadPrivateKeyFile(path string) (string, error) { return readSecret(path, "private key") }
+
+// ReadSecretFile reads a shared-secret file (covert and rotating doors),
+// refusing one that group or others may read.
+func ReadSecretFile(path string) (string, error) { return readSecret(path, "secret") }
+
+// readSecret opens first and checks the mode of what it opened, so the
+// file checked is the file read (no stat-then-open race).
+func readSecret(path, what string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: %s file is not a regular file", path, what)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("%s: private key file has mode %04o; it must not be readable by group or others (chmod 600 %s)", path, perm, path)
+		return "", fmt.Errorf("%s: %s file has mode %04o; it must not be readable by group or others (chmod 600 %s)", path, what, perm, path)
 	}
-	b, err := os.ReadFile(path)
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
 		return "", err
 	}
+	defer clear(b)
 	return string(b), nil
 }

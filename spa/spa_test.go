@@ -1,9 +1,11 @@
 package spa
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -331,17 +333,25 @@ func TestSealRefusesBadRequests(t *testing.T) {
 func TestKeys(t *testing.T) {
 	s, _ := GenerateServerKey()
 	c, _ := GenerateClientKey()
-	if got, err := ParseServerPrivateKey(s.String()); err != nil || got.Public() != s.Public() {
+	if got, err := ParseServerPrivateKey(s.Encode()); err != nil || got.Public() != s.Public() {
 		t.Fatalf("server private round trip: %v", err)
 	}
-	if got, err := ParseClientPrivateKey(c.String() + "\n"); err != nil || got.Public() != c.Public() {
+	if got, err := ParseClientPrivateKey(c.Encode() + "\n"); err != nil || got.Public() != c.Public() {
 		t.Fatalf("client private round trip: %v", err)
 	}
-	if pub, err := PublicKeyOf(s.String()); err != nil || pub != s.Public().String() {
+	if pub, err := PublicKeyOf(s.Encode()); err != nil || pub != s.Public().String() {
 		t.Fatalf("PublicKeyOf(server) = %q, %v", pub, err)
 	}
-	if pub, err := PublicKeyOf(c.String()); err != nil || pub != c.Public().String() {
+	if pub, err := PublicKeyOf(c.Encode()); err != nil || pub != c.Public().String() {
 		t.Fatalf("PublicKeyOf(client) = %q, %v", pub, err)
+	}
+	// Nothing secret through String, %v, %+v or %#v.
+	for _, text := range []string{fmt.Sprint(s), fmt.Sprintf("%+v", s), fmt.Sprintf("%#v", s), s.String(),
+		fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), c.String()} {
+		if strings.Contains(text, s.Encode()) || strings.Contains(text, c.Encode()) ||
+			strings.Contains(text, strings.TrimSuffix(c.Encode()[4:], "=")[:20]) {
+			t.Fatalf("a private key printed its secret: %q", text)
+		}
 	}
 	if _, err := ParseServerPublicKey(c.Public().String()); err == nil {
 		t.Fatal("client public key accepted as server public key")
@@ -378,7 +388,10 @@ func TestXWing(t *testing.T) {
 	if _, r := f.verify(p1); r != BadLength {
 		t.Fatalf("suite-1 packet to a suite-2 server: %v", r)
 	}
-	priv, err := ParseServerPrivateKey(f.server.String())
+	if f.server.Encode() != f.server.Encode() {
+		t.Fatal("encoding the key changed it")
+	}
+	priv, err := ParseServerPrivateKey(f.server.Encode())
 	if err != nil || priv.Public() != f.server.Public() {
 		t.Fatalf("private key round trip: %v", err)
 	}
@@ -386,7 +399,7 @@ func TestXWing(t *testing.T) {
 	if err != nil || pub != f.server.Public() || pub.Suite() != SuiteXWing {
 		t.Fatalf("public key round trip: %v", err)
 	}
-	if got, err := PublicKeyOf(f.server.String()); err != nil || got != f.server.Public().String() {
+	if got, err := PublicKeyOf(f.server.Encode()); err != nil || got != f.server.Public().String() {
 		t.Fatalf("PublicKeyOf: %v", err)
 	}
 }

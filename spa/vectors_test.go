@@ -115,8 +115,8 @@ func writeVectors(t *testing.T) {
 	client, _ := GenerateClientKey()
 	now := time.Unix(1_795_000_000, 123_456_789)
 	base := vector{
-		ServerKey: server.String(), ServerPublic: server.Public().String(),
-		ClientKey: client.String(), ClientPublic: client.Public().String(),
+		ServerKey: server.Encode(), ServerPublic: server.Public().String(),
+		ClientKey: client.Encode(), ClientPublic: client.Public().String(),
 		Now: now.UnixNano(), Src: "198.18.0.2", Dst: "198.18.0.1",
 	}
 	var vs []vector

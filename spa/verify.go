@@ -139,6 +139,7 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	if err != nil {
 		return DecryptFailed
 	}
+	defer clear(pt) // the decrypted request: nothing of it outlives Verify but what k copied
 	var client ClientPublicKey
 	copy(client[:], pt[ptClient:])
 	if _, ok := v.cfg.Clients[client]; !ok {

@@ -58,7 +58,7 @@ func TestCovertKnock(t *testing.T) {
 			}
 			knocked := time.Now()
 			r.waitOpen(cli, srv, time.Second, "after the covert knock").Close()
-			r.out.WaitFor(t, time.Second, `msg="covert granted"`, "src="+cli.String(), "client=alice", "ports=tcp/22")
+			r.out.WaitFor(t, time.Second, `msg=granted language=covert`, "src="+cli.String(), "client=ssh-covert/alice", "ports=tcp/22")
 			r.requireClosed(other, srv, "another address")
 			pkts := dump.stop(t)
 			if len(pkts) != 1+covert.SYNs {
@@ -91,12 +91,12 @@ func covertAttacks(t *testing.T, r *rig, captured [][]byte, secret string) {
 		t.Helper()
 		mark := r.out.Mark()
 		send()
-		r.out.WaitAfter(t, mark, 2*time.Second, `msg=refused`, `reason="`+reason+`"`)
+		r.out.WaitAfter(t, mark, 2*time.Second, `msg=refused`, reasonField(reason))
 		r.requireClosed(cli, srv, name)
 		r.requireClosed(r.p.Client4b, srv, name)
 	}
-	refused("replay from the same source", "covert replay", func() { r.sendRawIP(captured...) })
-	refused("replay from another source", "covert bad knock", func() {
+	refused("replay from the same source", "replay", func() { r.sendRawIP(captured...) })
+	refused("replay from another source", "bad knock", func() {
 		var moved [][]byte
 		for _, p := range captured {
 			moved = append(moved, withSource(p, r.p.Client4b))
@@ -139,7 +139,7 @@ func covertAttacks(t *testing.T, r *rig, captured [][]byte, secret string) {
 
 	// A wrong secret.
 	wrong := r.writeFile("wrong.covert", "not the secret the server has\n")
-	refused("wrong secret", "covert bad knock", func() {
+	refused("wrong secret", "bad knock", func() {
 		if out, err := r.postern("knock", "--covert", "--door", "ssh-covert", "--secret-file", wrong, "--port", "4444", srv.String()); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}

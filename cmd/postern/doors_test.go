@@ -54,12 +54,12 @@ func TestRealKnockWithDebianKnockdConf(t *testing.T) {
 	r.requireClosed(cli, srv, "before the knock")
 
 	r.clientRun("knock", srv.String(), "7100", "8100", "9100")
-	r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "door=openSSH", "src="+cli.String())
+	r.out.WaitFor(t, 2*time.Second, "msg=granted language=door", "client=openSSH", "src="+cli.String())
 	r.waitOpen(cli, srv, 2*time.Second, "after knock 7100 8100 9100").Close()
 	r.requireClosed(r.p.Client4b, srv, "another client address")
 
 	r.clientRun("knock", srv.String(), "9100", "8100", "7100")
-	r.out.WaitFor(t, 2*time.Second, "door=closeSSH")
+	r.out.WaitFor(t, 2*time.Second, "client=closeSSH")
 	r.waitClosed(cli, srv, 2*time.Second, "after the closing knock")
 }
 
@@ -197,8 +197,8 @@ duration = "30s"
 			r.hit(a, srv, h)
 			r.hit(b, srv, h)
 		}
-		r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "src="+a.String())
-		r.out.WaitFor(t, 2*time.Second, "msg=\"door opened\"", "src="+b.String())
+		r.out.WaitFor(t, 2*time.Second, "msg=granted language=door", "src="+a.String())
+		r.out.WaitFor(t, 2*time.Second, "msg=granted language=door", "src="+b.String())
 		r.waitOpen(a, srv, time.Second, "first knocker").Close()
 		r.waitOpen(b, srv, time.Second, "second knocker").Close()
 	})
@@ -209,14 +209,14 @@ duration = "30s"
 	t.Run("out of order fails and is logged", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.hits(c6, srv6, tcpHit(7000), tcpHit(9000), udpHit(8000))
-		r.out.WaitAfter(t, mark, 2*time.Second, `msg="knock failed"`, "src="+c6.String(), "stage=1", "got=tcp/9000", "want=udp/8000")
+		r.out.WaitAfter(t, mark, 2*time.Second, `reason="knock failed"`, "src="+c6.String(), "stage=1", "got=tcp/9000", "want=udp/8000")
 		r.requireClosed(c6, srv6, "out-of-order sequence")
 	})
 	t.Run("slower than seq_timeout fails and is logged", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.hits(c6, srv6, tcpHit(7000), udpHit(8000))
 		time.Sleep(2500 * time.Millisecond)
-		r.out.WaitAfter(t, mark, time.Second, `msg="knock timed out"`, "src="+c6.String(), "stage=2")
+		r.out.WaitAfter(t, mark, time.Second, `reason="knock timed out"`, "src="+c6.String(), "stage=2")
 		r.hit(c6, srv6, tcpHit(9000))
 		r.requireClosed(c6, srv6, "slow sequence")
 	})
@@ -227,7 +227,7 @@ duration = "30s"
 	t.Run("retransmitted middle hit still succeeds", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.hits(b, srv, tcpHit(7000), udpHit(8000), udpHit(8000), tcpHit(9000), tcpHit(9000))
-		r.out.WaitAfter(t, mark, 2*time.Second, "msg=\"door opened\"", "src="+b.String())
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=door", "src="+b.String())
 	})
 	if strings.Contains(r.out.String(), "src="+r.p.Client6b.String()) {
 		t.Fatal("a source that never knocked appears in the log")
@@ -288,7 +288,7 @@ duration = "30s"
 	knockSeq("7001", "8001:udp")
 	time.Sleep(300 * time.Millisecond)
 	r.requireClosed(r.p.Client4, srv, "reused line")
-	if strings.Contains(r.out.String()[mark:], "door opened") {
+	if strings.Contains(r.out.String()[mark:], "msg=granted language=door") {
 		t.Fatal("a used one-time sequence opened the door")
 	}
 	knockSeq("7002", "8002:udp")
@@ -334,7 +334,7 @@ duration = "30s"
 	r.hits(b, srv, rot.Sequence("rot", w-2)...)
 	time.Sleep(300 * time.Millisecond)
 	r.requireClosed(b, srv, "sequence from two windows ago")
-	if strings.Contains(r.out.String()[mark:], "door opened") {
+	if strings.Contains(r.out.String()[mark:], "msg=granted language=door") {
 		t.Fatal("sequence from two windows ago opened")
 	}
 
@@ -343,14 +343,14 @@ duration = "30s"
 
 	mark = r.out.Mark()
 	r.hits(a, srv, rot.Sequence("rot", w-1)...)
-	r.out.WaitAfter(t, mark, 2*time.Second, `msg="knock refused"`, "src="+a.String(), "already used")
+	r.out.WaitAfter(t, mark, 2*time.Second, `reason="knock refused"`, "src="+a.String(), "already used")
 
 	// The client derives the current window's sequence itself.
 	if out, err := r.postern("knock", "--door", "rot", "--secret-file", secret, "--period", "60s",
 		"--length", "4", "--port-range", "20000-20999", "-v", srv.String()); err != nil {
 		t.Fatalf("postern knock --door: %v\n%s", err, out)
 	}
-	r.out.WaitAfter(t, mark, 2*time.Second, `msg="door opened"`, "src="+a.String())
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=door", "src="+a.String())
 }
 
 // A stop command outlives the daemon: SIGKILL after the start command ran,

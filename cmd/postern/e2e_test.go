@@ -84,7 +84,7 @@ func TestReplayRefusedAlsoAfterRestart(t *testing.T) {
 	r.sendRaw(r.p.Client4, r.p.Server4, pkt)
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", `reason=replay`)
 	r.requireClosed(r.p.Client4, r.p.Server4, "replay after restart")
-	if strings.Contains(r.out.String(), "msg=granted src="+r.p.Client4b.String()) {
+	if strings.Contains(r.out.String(), "msg=granted language=spa src="+r.p.Client4b.String()) {
 		t.Fatal("a replay was granted")
 	}
 }
@@ -180,10 +180,10 @@ func TestFlood(t *testing.T) {
 	r.knock(r.p.Server4)
 	r.waitOpen(r.p.Client4, r.p.Server4, 2*time.Second, "valid knock after the flood").Close()
 	r.alive()
-	junk := r.metric("bad length") + r.metric("bad header") + r.metric("bad mac1")
+	junk := r.metric("spa", "bad length") + r.metric("spa", "bad header") + r.metric("spa", "bad mac1")
 	t.Logf("junk counted: bad length %d, bad header %d, bad mac1 %d, granted %d",
-		r.metric("bad length"), r.metric("bad header"), r.metric("bad mac1"), r.metric("granted"))
-	if junk < 50_000 || r.metric("bad mac1") == 0 {
+		r.metric("spa", "bad length"), r.metric("spa", "bad header"), r.metric("spa", "bad mac1"), r.metric("spa", "granted"))
+	if junk < 50_000 || r.metric("spa", "bad mac1") == 0 {
 		t.Fatalf("only %d junk packets counted", junk)
 	}
 	if strings.Count(r.out.String(), "msg=refused") > 200 {

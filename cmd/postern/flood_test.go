@@ -141,7 +141,7 @@ open = ["tcp/22"]
 	r.waitOpen(r.p.Client4, r.p.Server4, 2*time.Second, "legitimate knocker during the flood").Close()
 	time.Sleep(500 * time.Millisecond) // let the daemon drain its socket
 	after := rssKiB(t, r.daemon.Process.Pid)
-	evicted := r.metric("knock evicted")
+	evicted := r.metric("door", "knock evicted")
 	t.Logf("%d spoofed sources in %v; evicted %d; daemon RSS %d KiB before, %d KiB after", sources, sent.Round(time.Millisecond), evicted, before, after)
 	if evicted < sources/2 {
 		t.Fatalf("only %d evictions from %d spoofed sources with max_tracked %d", evicted, sources, maxTracked)

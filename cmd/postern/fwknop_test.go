@@ -90,12 +90,12 @@ FW_ACCESS_TIMEOUT   2
 			mark := r.out.Mark()
 			r.fwknop(append(base, tt.args...)...)
 			r.waitOpen(cli, srv, time.Second, "after fwknop").Close()
-			r.out.WaitAfter(t, mark, time.Second, `msg="fwknop granted"`, "allow="+cli.String(), "ports=tcp/22", "timeout=2s")
+			r.out.WaitAfter(t, mark, time.Second, `msg=granted language=fwknop`, "allow="+cli.String(), "ports=tcp/22", "duration=2s")
 			r.requireClosed(r.p.Client4b, srv, "another address")
 			r.waitClosed(cli, srv, 3*time.Second, "after FW_ACCESS_TIMEOUT")
 		})
 	}
-	if n := strings.Count(r.out.String(), "fwknop refused"); n != 0 {
+	if n := strings.Count(r.out.String(), "msg=refused language=fwknop"); n != 0 {
 		t.Fatalf("%d refusals while trying stanzas (one packet, one log line):\n%s", n, r.out)
 	}
 }
@@ -125,42 +125,42 @@ FW_ACCESS_TIMEOUT   1
 		t.Helper()
 		mark := r.out.Mark()
 		send()
-		r.out.WaitAfter(t, mark, 2*time.Second, `msg="fwknop refused"`, `reason="`+reason+`"`)
+		r.out.WaitAfter(t, mark, 2*time.Second, `msg=refused language=fwknop`, reasonField(reason))
 		r.requireClosed(cli, srv, reason)
 	}
 	t.Run("replay from the client", func(t *testing.T) {
-		refused(t, "fwknop replay", func() { r.sendRaw(cli, srv, pkt) })
+		refused(t, "replay", func() { r.sendRaw(cli, srv, pkt) })
 	})
 	t.Run("replay from another address", func(t *testing.T) {
-		refused(t, "fwknop replay", func() { r.sendRaw(r.p.Client4b, srv, pkt) })
+		refused(t, "replay", func() { r.sendRaw(r.p.Client4b, srv, pkt) })
 	})
 	t.Run("5 minutes old", func(t *testing.T) {
-		refused(t, "fwknop stale timestamp", func() { knock("-A", "tcp/22", "--time-offset-minus", "300") })
+		refused(t, "stale timestamp", func() { knock("-A", "tcp/22", "--time-offset-minus", "300") })
 	})
 	t.Run("one character changed", func(t *testing.T) {
 		bad := []byte(string(pkt))
 		bad[50] = map[bool]byte{true: 'A', false: 'B'}[bad[50] != 'A']
-		refused(t, "fwknop no matching stanza", func() { r.sendRaw(cli, srv, bad) })
+		refused(t, "no matching stanza", func() { r.sendRaw(cli, srv, bad) })
 	})
 	t.Run("two low bits of the last character changed", func(t *testing.T) {
 		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 		bad := []byte(string(pkt))
 		i := strings.IndexByte(alphabet, bad[len(bad)-1])
 		bad[len(bad)-1] = alphabet[i^3]
-		refused(t, "fwknop no matching stanza", func() { r.sendRaw(cli, srv, bad) })
+		refused(t, "no matching stanza", func() { r.sendRaw(cli, srv, bad) })
 	})
 	t.Run("port in RESTRICT_PORTS", func(t *testing.T) {
-		refused(t, "fwknop port not allowed", func() { knock("-A", "tcp/23") })
+		refused(t, "port not allowed", func() { knock("-A", "tcp/23") })
 	})
 	t.Run("port outside OPEN_PORTS", func(t *testing.T) {
-		refused(t, "fwknop port not allowed", func() { knock("-A", "tcp/80") })
+		refused(t, "port not allowed", func() { knock("-A", "tcp/80") })
 	})
 	t.Run("replay after a restart", func(t *testing.T) {
 		r.signal(syscall.SIGTERM)
 		r.start()
-		refused(t, "fwknop replay", func() { r.sendRaw(cli, srv, pkt) })
+		refused(t, "replay", func() { r.sendRaw(cli, srv, pkt) })
 	})
-	if strings.Contains(r.out.String()[strings.Index(r.out.String(), "fwknop granted")+1:], "fwknop granted") {
+	if strings.Contains(r.out.String()[strings.Index(r.out.String(), "msg=granted language=fwknop")+1:], "msg=granted language=fwknop") {
 		t.Fatal("something besides the first packet was granted")
 	}
 }
@@ -240,7 +240,7 @@ FW_ACCESS_TIMEOUT 2
 	t.Run("signed by a key not in GPG_REMOTE_ID", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.fwknop(gpgArgs(filepath.Join(dir, "stranger-gnupg"), strangerFpr)...)
-		r.out.WaitAfter(t, mark, 3*time.Second, `msg="fwknop refused"`, `reason="fwknop signature refused"`)
+		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`)
 		r.requireClosed(cli, srv, "stranger's signature")
 	})
 }

@@ -161,13 +161,13 @@ func genkey(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		text = k.String()
+		text = k.Encode()
 	} else {
 		k, err := spa.GenerateClientKey()
 		if err != nil {
 			return err
 		}
-		text = k.String()
+		text = k.Encode()
 	}
 	_, err := fmt.Fprintln(stdout, text)
 	return err
@@ -827,7 +827,7 @@ func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, 
 	if secretFile == "" {
 		return errUsage{errors.New("--covert needs --secret-file")}
 	}
-	secret, err := spa.ReadPrivateKeyFile(secretFile)
+	secret, err := spa.ReadSecretFile(secretFile)
 	if err != nil {
 		return err
 	}

@@ -86,9 +86,9 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	}
 	alice, _ := spa.GenerateClientKey()
 	stranger, _ := spa.GenerateClientKey()
-	r.alice = r.writeKey("alice.key", alice.String())
-	r.stranger = r.writeKey("stranger.key", stranger.String())
-	serverKey := r.writeKey("server.key", r.server.String())
+	r.alice = r.writeKey("alice.key", alice.Encode())
+	r.stranger = r.writeKey("stranger.key", stranger.Encode())
+	serverKey := r.writeKey("server.key", r.server.Encode())
 	capture := o.capture
 	if capture == "" {
 		capture = "afpacket"
@@ -325,12 +325,12 @@ func (r *rig) scrape() string {
 }
 
 // metric scrapes one counter from the daemon's metrics endpoint.
-func (r *rig) metric(outcome string) int {
+func (r *rig) metric(language, outcome string) int {
 	r.t.Helper()
 	body := r.scrape()
 	var n int
 	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, fmt.Sprintf("postern_knocks_total{outcome=%q} ", outcome)) {
+		if strings.HasPrefix(line, fmt.Sprintf("postern_knocks_total{language=%q,outcome=%q} ", language, outcome)) {
 			fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &n)
 			return n
 		}
@@ -343,4 +343,13 @@ func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// reasonField is how the daemon's log writes a refusal reason (quoted only
+// when it has a space).
+func reasonField(reason string) string {
+	if strings.ContainsAny(reason, " =\"") {
+		return fmt.Sprintf("reason=%q", reason)
+	}
+	return "reason=" + reason
 }

@@ -1,0 +1,307 @@
+package fko
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"postern/capture"
+	"postern/policy"
+	"postern/port"
+	"postern/spa"
+)
+
+// Refusal reasons of the fwknop language.
+const (
+	ReasonMalformed  = "malformed"
+	ReasonReplay     = "replay"
+	ReasonNoStanza   = "no matching stanza"
+	ReasonStale      = "stale timestamp"
+	ReasonSignature  = "signature refused"
+	ReasonSource     = "source address required"
+	ReasonUser       = "username refused"
+	ReasonNAT        = "NAT not supported"
+	ReasonPort       = "port not allowed"
+	ReasonCmdRefused = "command refused"
+	ReasonState      = "state error"
+	ReasonGPGBusy    = "gnupg queue full"
+	ReasonGPGLimited = "gnupg rate limited"
+)
+
+// Reasons lists the refusal reasons, for metrics.
+var Reasons = []string{ReasonMalformed, ReasonReplay, ReasonNoStanza, ReasonStale, ReasonSignature, ReasonSource,
+	ReasonUser, ReasonNAT, ReasonPort, ReasonCmdRefused, ReasonState, ReasonGPGBusy, ReasonGPGLimited}
+
+// DecoderConfig configures a Decoder.
+type DecoderConfig struct {
+	Stanzas []*Stanza
+	MaxAge  time.Duration // fwknopd's MAX_SPA_PACKET_AGE
+	Replay  *ReplayCache
+	// Async receives the verdicts of GnuPG packets, which are decrypted
+	// on worker goroutines; it must be safe for concurrent use.
+	Async policy.Sink
+	// Workers and Queue bound GnuPG work: that many gpg processes at
+	// once, that many packets waiting; more are refused and counted.
+	Workers, Queue int
+	// PerSource limits GnuPG packets per source address (rate a second,
+	// burst); one source cannot fill the queue.
+	PerSourceRate, PerSourceBurst float64
+}
+
+// Decoder is the fwknop language in the daemon's pipeline: it accepts FKO
+// 3.0.0 packets as fwknopd does — the first stanza whose SOURCE and
+// DESTINATION match and whose keys open the packet decides; its signer,
+// age, NAT, username and source rules are checked; CMD_CYCLE commands get
+// fwknop's substitutions — and turns each into a policy Request. Replay
+// entries are made only for authenticated packets. GnuPG packets never
+// wait on the capture goroutine: they go to a bounded worker pool.
+type Decoder struct {
+	cfg   DecoderConfig
+	out   policy.Verdict // the capture goroutine's
+	gpg   bool           // some stanza takes GnuPG
+	jobs  chan gpgJob
+	limit *spa.RateLimiter
+	wg    sync.WaitGroup
+}
+
+type gpgJob struct {
+	wire, digest string
+	src, dst     netip.Addr
+	at           time.Time
+}
+
+// NewDecoder starts the GnuPG workers if a stanza needs them.
+func NewDecoder(c DecoderConfig) *Decoder {
+	d := &Decoder{cfg: c}
+	for _, st := range c.Stanzas {
+		d.gpg = d.gpg || st.GPG != nil
+	}
+	if d.gpg {
+		d.jobs = make(chan gpgJob, max(c.Queue, 1))
+		rate, burst := c.PerSourceRate, c.PerSourceBurst
+		if rate <= 0 {
+			rate, burst = 2, 4
+		}
+		d.limit = spa.NewRateLimiter(rate, burst, 65536)
+		for range max(c.Workers, 1) {
+			d.wg.Add(1)
+			go d.worker()
+		}
+	}
+	return d
+}
+
+// Close stops the workers after the packets they hold.
+func (d *Decoder) Close() {
+	if d.jobs != nil {
+		close(d.jobs)
+		d.wg.Wait()
+		d.jobs = nil
+	}
+}
+
+// Decode takes one packet to the fwknop port.
+func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
+	v := &d.out
+	if err := Preprocess(f.Payload); err != nil {
+		v.Refuse(policy.Fwknop, f.Src, "", ReasonMalformed, slog.String("detail", err.Error()))
+		emit(v)
+		return
+	}
+	digest := ReplayDigest(f.Payload)
+	if d.cfg.Replay.Seen(digest) {
+		v.Refuse(policy.Fwknop, f.Src, "", ReasonReplay)
+		emit(v)
+		return
+	}
+	wire := string(f.Payload)
+	if IsGPG(wire) && d.gpg {
+		switch {
+		case !d.limit.Allow(f.Src, f.Time):
+			v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGLimited)
+		default:
+			select {
+			case d.jobs <- gpgJob{wire: wire, digest: digest, src: f.Src, dst: f.Dst, at: f.Time}:
+				return // its verdict comes from a worker
+			default:
+				v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGBusy)
+			}
+		}
+		emit(v)
+		return
+	}
+	d.decode(wire, digest, f.Src, f.Dst, f.Time, v)
+	emit(v)
+}
+
+func (d *Decoder) worker() {
+	defer d.wg.Done()
+	var v policy.Verdict
+	for j := range d.jobs {
+		d.decode(j.wire, j.digest, j.src, j.dst, j.at, &v)
+		d.cfg.Async(&v)
+	}
+}
+
+// decode tries the stanzas in order; the first that opens the packet
+// decides it.
+func (d *Decoder) decode(wire, digest string, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
+	gpg := IsGPG(wire)
+	tried := 0
+	for _, st := range d.cfg.Stanzas {
+		if !st.Matches(src, dst, at) {
+			continue
+		}
+		keys := st.Rijndael
+		if gpg {
+			keys = st.GPG
+		}
+		if keys == nil {
+			continue
+		}
+		tried++
+		m, signer, err := keys.Open(wire)
+		if err != nil {
+			continue
+		}
+		// Authenticated: from here on the packet is never accepted again,
+		// whatever the decision (fwknopd caches before its checks too).
+		switch err := d.cfg.Replay.Add(digest, at); {
+		case errors.Is(err, ErrReplayed):
+			v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonReplay)
+		case err != nil:
+			v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonState, slog.String("detail", err.Error()))
+		default:
+			d.decide(st, m, signer, gpg, src, dst, at, v)
+		}
+		return
+	}
+	v.Refuse(policy.Fwknop, src, "", ReasonNoStanza, slog.Int("stanzas_tried", tried), slog.Bool("gpg", gpg))
+}
+
+// StanzaName is a stanza's identity in policy and logs: FILE:LINE.
+func StanzaName(st *Stanza) string { return st.File + ":" + strconv.Itoa(st.Line) }
+
+func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
+	who := StanzaName(st)
+	user := slog.String("user", m.User)
+	if gpg && st.GPGRequireSig {
+		s := signer
+		if s != nil && st.GPGIgnoreSigError {
+			c := *s
+			c.Good = true
+			s = &c
+		}
+		if !s.Matches(st.GPGRemoteIDs, st.GPGFingerprints) {
+			signedBy := "unsigned"
+			if signer != nil {
+				signedBy = signer.Fingerprint + signer.KeyID
+			}
+			v.Refuse(policy.Fwknop, src, who, ReasonSignature, user, slog.String("signer", signedBy))
+			return
+		}
+	}
+	if age := at.Sub(time.Unix(m.Timestamp, 0)); age > d.cfg.MaxAge || age < -d.cfg.MaxAge {
+		v.Refuse(policy.Fwknop, src, who, ReasonStale, user, slog.Duration("age", age.Round(time.Second)))
+		return
+	}
+	if m.Type.HasNAT() {
+		v.Refuse(policy.Fwknop, src, who, ReasonNAT, user, slog.Int("type", int(m.Type)))
+		return
+	}
+	if st.RequireUsername != "" && m.User != st.RequireUsername {
+		v.Refuse(policy.Fwknop, src, who, ReasonUser, user)
+		return
+	}
+	timeout := st.FWAccessTimeout
+	if m.ClientTimeout > 0 {
+		timeout = min(m.ClientTimeout, st.MaxFWTimeout)
+	}
+	if m.Type == CommandMsg {
+		d.command(st, m, src, v)
+		return
+	}
+	acc, err := ParseAccessMessage(m.Message)
+	if err != nil {
+		v.Refuse(policy.Fwknop, src, who, ReasonMalformed, user, slog.String("detail", err.Error()))
+		return
+	}
+	allow := acc.Allow
+	if allow.IsUnspecified() {
+		// 0.0.0.0: "use the packet's source" (fwknop -s).
+		if st.RequireSource {
+			v.Refuse(policy.Fwknop, src, who, ReasonSource, user)
+			return
+		}
+		allow = src
+	}
+	for _, p := range acc.Ports {
+		if !st.PortAllowed(p) {
+			v.Refuse(policy.Fwknop, src, who, ReasonPort, user, slog.String("ports", port.Join(acc.Ports)))
+			return
+		}
+	}
+	r := policy.Request{Language: policy.Fwknop, Client: who, Src: src, Allow: allow, Ports: acc.Ports,
+		Duration: time.Duration(timeout) * time.Second}
+	if st.CmdCycleOpen != "" {
+		// CMD_CYCLE runs its commands instead of a grant, once per port.
+		r.Commands = cycleCommands(st, src, dst, allow, acc.Ports, timeout)
+		r.Ports = nil
+		v.Grant(r, user, slog.String("allow", allow.String()), slog.String("ports", port.Join(acc.Ports)))
+		return
+	}
+	v.Grant(r, user)
+}
+
+// cycleCommands are CMD_CYCLE_OPEN now and CMD_CYCLE_CLOSE after
+// CMD_CYCLE_TIMER, once per requested port, with fwknop's substitutions.
+func cycleCommands(st *Stanza, src, dst, allow netip.Addr, ports []port.Spec, timeout int) []policy.Command {
+	out := make([]policy.Command, 0, len(ports))
+	for _, p := range ports {
+		r := strings.NewReplacer("$PKT_SRC", src.String(), "$SRC", allow.String(), "$IP", allow.String(),
+			"$DST", dst.String(), "$PORT", strconv.Itoa(int(p.Num)), "$PROTO", p.Proto.String(),
+			"$TIMEOUT", strconv.Itoa(timeout))
+		c := policy.Command{Start: r.Replace(st.CmdCycleOpen), StopAfter: time.Duration(st.CmdCycleTimer) * time.Second,
+			NoShell: true, Addr: allow}
+		if st.CmdCycleClose != "" {
+			c.Stop = r.Replace(st.CmdCycleClose)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// command is a command message (ENABLE_CMD_EXEC): run as an argument
+// vector, never through a shell, as CMD_EXEC_USER/GROUP when set.
+func (d *Decoder) command(st *Stanza, m *Message, src netip.Addr, v *policy.Verdict) {
+	who, user := StanzaName(st), slog.String("user", m.User)
+	if !st.EnableCmdExec {
+		v.Refuse(policy.Fwknop, src, who, ReasonCmdRefused, user)
+		return
+	}
+	_, cmd, err := ParseCommandMessage(m.Message)
+	if err != nil {
+		v.Refuse(policy.Fwknop, src, who, ReasonMalformed, user, slog.String("detail", err.Error()))
+		return
+	}
+	v.Grant(policy.Request{Language: policy.Fwknop, Client: who, Src: src, Commands: []policy.Command{{
+		Start: cmd, NoShell: true, User: st.CmdExecUser, Group: st.CmdExecGroup, Addr: src}}}, user)
+}
+
+// PolicyClients are what each stanza may do, for package policy: its
+// ports (OPEN_PORTS less RESTRICT_PORTS), up to MAX_FW_TIMEOUT, and its
+// commands.
+func PolicyClients(stanzas []*Stanza) []policy.Client {
+	out := make([]policy.Client, 0, len(stanzas))
+	for _, st := range stanzas {
+		out = append(out, policy.Client{Language: policy.Fwknop, Name: StanzaName(st), AllowPort: st.PortAllowed,
+			MaxDuration:     time.Duration(max(st.MaxFWTimeout, st.FWAccessTimeout)) * time.Second,
+			DefaultDuration: time.Duration(st.FWAccessTimeout) * time.Second, AllowSource: true,
+			Commands: st.CmdCycleOpen != "" || st.EnableCmdExec})
+	}
+	return out
+}

@@ -1,0 +1,128 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"postern/command"
+	"postern/policy"
+	"postern/port"
+)
+
+// Outcomes that are not a decoder's refusal reason.
+const (
+	mGranted       = "granted"
+	mMalformed     = "malformed packet"
+	mCaptureError  = "capture error"
+	mFirewallError = "firewall error"
+	mCommandNotRun = "command not run"
+)
+
+// decided takes every verdict of every decoder — from the capture
+// goroutine, the expiry timer and the GnuPG workers, so it is safe for
+// concurrent use — and turns it into one log line and one counter:
+//
+//	msg=granted language=… src=… client=… allow=… ports=… duration=… [commands=N] …
+//	msg=refused language=… src=… reason=… [client=…] …
+func (s *Server) decided(v *policy.Verdict) {
+	switch {
+	case v.Note != "":
+		s.note(v)
+	case v.Reason != "":
+		s.refuse(v)
+	default:
+		s.apply(v)
+	}
+}
+
+// apply asks policy, then installs the grants and runs the commands.
+func (s *Server) apply(v *policy.Verdict) {
+	r := &v.Request
+	dec, refusal := s.policy.Decide(r)
+	if refusal != "" {
+		v.Reason = string(refusal)
+		s.refuse(v, slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration))
+		return
+	}
+	if len(dec.Grants) > 0 {
+		if err := s.fw.Grant(dec.Grants); err != nil {
+			s.metrics.inc(outcome{v.Language, mFirewallError})
+			s.log.Error("grant failed", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
+			return
+		}
+	}
+	for _, c := range dec.Commands {
+		how := command.How{NoShell: c.NoShell, User: c.User, Group: c.Group}
+		name := v.Client // a door's name, as knockd's log lines have it
+		if v.Language != policy.Door {
+			name = string(v.Language) + " " + v.Client
+		}
+		if err := s.runner.RunExpanded(name, c.Addr, c.Start, c.Stop, c.StopAfter, how); err != nil {
+			s.metrics.inc(outcome{v.Language, mCommandNotRun})
+			s.log.Error("command not run", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
+			return
+		}
+	}
+	s.metrics.inc(outcome{v.Language, mGranted})
+	args := []any{"language", v.Language, "src", v.Src, "client", v.Client}
+	if len(dec.Grants) > 0 {
+		g := dec.Grants[0]
+		args = append(args, "allow", g.Addr, "ports", port.Join(r.Ports), "duration", g.Timeout)
+	}
+	if len(dec.Commands) > 0 {
+		args = append(args, "commands", len(dec.Commands))
+	}
+	for _, a := range v.Attrs() {
+		args = append(args, a)
+	}
+	s.log.Info("granted", args...)
+}
+
+// count counts a decision of this kind and says whether to log it: each
+// kind logs a burst, then about ten lines a second, and the next line
+// carries how many were held back. Every path that refuses or fails uses
+// it, so a flood of any one kind is counted in full and logged in brief.
+func (s *Server) count(o outcome) (log bool, suppressed int) {
+	s.metrics.inc(o)
+	return s.logs.allow(o, time.Now())
+}
+
+// refuse counts a refusal and logs it, unless its reason is flooding;
+// nothing is built for a line that is not written.
+func (s *Server) refuse(v *policy.Verdict, extra ...slog.Attr) {
+	ok, suppressed := s.count(outcome{v.Language, v.Reason})
+	if !ok {
+		return
+	}
+	args := []any{"language", v.Language, "src", v.Src, "reason", v.Reason}
+	if v.Client != "" {
+		args = append(args, "client", v.Client)
+	}
+	for _, a := range v.Attrs() {
+		args = append(args, a)
+	}
+	for _, a := range extra {
+		args = append(args, a)
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	s.log.Warn("refused", args...)
+}
+
+// note logs a step that decides nothing (a door's progress) at debug
+// level; a knockd LogFile gets every one as its "Stage N" line. A flood of
+// spoofed first hits must not become a flood of disk writes: rate-limited.
+func (s *Server) note(v *policy.Verdict) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	if ok, _ := s.logs.allow(outcome{v.Language, v.Note}, time.Now()); ok {
+		args := []any{"language", v.Language, "src", v.Src, "client", v.Client}
+		for _, a := range v.Attrs() {
+			args = append(args, a)
+		}
+		s.log.Debug(v.Note, args...)
+	}
+}

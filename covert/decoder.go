@@ -195,4 +195,3 @@ func (d *Decoder) Evictions() uint64 {
 	}
 	return n
 }
-

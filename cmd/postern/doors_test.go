@@ -297,6 +297,16 @@ duration = "30s"
 	if !strings.Contains(string(data), "\n#7002,8002:udp\n 7003,8003:udp\n") {
 		t.Fatalf("sequence file:\n%s", data)
 	}
+	// The next line works in the same run, as with knockd: capture and
+	// the closed ports followed the door's new sequence.
+	r.out.WaitFor(t, time.Second, "msg=granted language=door")
+	if knockSet := r.p.Server.Exec(t, "nft", "list", "set", "inet", "postern", "knock"); !strings.Contains(knockSet, "udp . 8003") {
+		t.Fatalf("the third line's ports are not closed:\n%s", knockSet)
+	}
+	mark = r.out.Mark()
+	knockSeq("7003", "8003:udp")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=door", "client=ot")
+	waitFile(t, seqFile, "\n#7003,8003:udp\n", time.Second)
 }
 
 func TestRotatingSequences(t *testing.T) {

@@ -62,6 +62,11 @@ func NewNFTables(conn *nftables.Conn) *NFTables {
 		KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)}
 	n.sets.protected = &nftables.Set{Table: n.table, Name: "protected", Concatenation: true, KeyType: svc}
 	n.sets.knock = &nftables.Set{Table: n.table, Name: "knock", Concatenation: true, KeyType: svc}
+	// Fixed transaction-local IDs (rules refer to sets by them within a
+	// batch), so the messages Setup sends are the same in every process.
+	for i, set := range []*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock} {
+		set.ID = uint32(i + 1)
+	}
 	prio := *nftables.ChainPriorityFilter - 10
 	policy := nftables.ChainPolicyAccept
 	n.chain = &nftables.Chain{Table: n.table, Name: "input", Type: nftables.ChainTypeFilter,

@@ -1,0 +1,89 @@
+package firewall
+
+import (
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+
+	"postern/port"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden netlink files")
+
+// recorder is a netlink connection that answers every request with an
+// acknowledgement and remembers what was sent: the nftables backend's
+// messages can be checked byte for byte without root or a kernel (the
+// namespace tests check what the kernel makes of them).
+type recorder struct{ msgs []netlink.Message }
+
+func (r *recorder) dial(req []netlink.Message) ([]netlink.Message, error) {
+	r.msgs = append(r.msgs, req...)
+	var acks []netlink.Message
+	for _, m := range req {
+		acks = append(acks, netlink.Message{Header: netlink.Header{Type: netlink.Error, Sequence: m.Header.Sequence,
+			PID: m.Header.PID}, Data: make([]byte, 4)})
+	}
+	return acks, nil
+}
+
+// dump prints the messages without what changes from run to run
+// (sequence numbers and port IDs).
+func (r *recorder) dump() string {
+	var b strings.Builder
+	for _, m := range r.msgs {
+		fmt.Fprintf(&b, "type=%#04x flags=%#04x\n", uint16(m.Header.Type), uint16(m.Header.Flags))
+		for d := m.Data; len(d) > 0; d = d[min(32, len(d)):] {
+			fmt.Fprintf(&b, "  %s\n", hex.EncodeToString(d[:min(32, len(d))]))
+		}
+	}
+	return b.String()
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./firewall -run %s -update writes it)", err, t.Name())
+	}
+	if got != string(want) {
+		t.Fatalf("netlink messages differ from %s:\n%s", path, got)
+	}
+}
+
+func TestNFTablesMessagesByteForByte(t *testing.T) {
+	var rec recorder
+	c, err := nftables.New(nftables.WithTestDial(rec.dial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := NewNFTables(c)
+	rules := Rules{Protected: []port.Spec{{Proto: port.TCP, Num: 22}}, Knock: []port.Spec{{Proto: port.UDP, Num: 62201}},
+		KnockRanges: []PortRange{{Proto: port.TCP, Lo: 20000, Hi: 20009}}}
+	if err := n.Setup(rules); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "nftables-setup.golden", rec.dump())
+
+	rec.msgs = nil
+	if err := n.Grant([]Grant{{Addr: netip.MustParseAddr("198.18.0.2"), Port: port.Spec{Proto: port.TCP, Num: 22},
+		Timeout: 30 * time.Second, Name: "alice"}, {Addr: netip.MustParseAddr("2001:db8::2"),
+		Port: port.Spec{Proto: port.TCP, Num: 22}, Timeout: 30 * time.Second, Name: "alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "nftables-grant.golden", rec.dump())
+}

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -253,139 +254,20 @@ type FwknopPacket struct {
 
 // BuildFwknop builds the packet the settings describe.
 func BuildFwknop(s FwknopSettings, now time.Time) (*FwknopPacket, *fko.Keys, error) {
-	bad := func(name, format string, args ...any) error {
-		v := s[name]
-		where := v.File
-		if v.Line > 0 {
-			where = fmt.Sprintf("%s:%d", v.File, v.Line)
-		}
-		return fmt.Errorf("%s: %s: %s", where, name, fmt.Sprintf(format, args...))
-	}
-	for name, v := range s {
-		if harmless, ok := fwknopUnsupported[name]; ok && !strings.EqualFold(v.Value, harmless) {
-			return nil, nil, bad(name, "not supported by postern fwknop")
-		}
-		if _, ok := fwknopUnsupported[name]; !ok && !fwknopIgnored[name] && !knownFwknopVar[name] {
-			return nil, nil, bad(name, "unknown variable")
-		}
-	}
-	get := func(name string) string { return s[name].Value }
-	yes := func(name string) bool {
-		return strings.EqualFold(get(name), "Y") || strings.EqualFold(get(name), "YES")
-	}
-
-	if p := get("SPA_SERVER_PROTO"); p != "" && !strings.EqualFold(p, "udp") {
-		return nil, nil, bad("SPA_SERVER_PROTO", "%q: postern fwknop sends over udp only", p)
-	}
-	server := get("SPA_SERVER")
-	if server == "" {
-		return nil, nil, errors.New("no SPA server: use -D HOST (or SPA_SERVER in the rc stanza)")
-	}
-	portNum := 62201
-	if p := get("SPA_SERVER_PORT"); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return nil, nil, bad("SPA_SERVER_PORT", "%q is not a port", p)
-		}
-		portNum = n
-	}
-
-	keys := &fko.Keys{}
-	var err error
-	if k := get("KEY"); k != "" {
-		keys.Key = []byte(k)
-	} else if k := get("KEY_BASE64"); k != "" {
-		if keys.Key, err = base64.StdEncoding.DecodeString(k); err != nil {
-			return nil, nil, bad("KEY_BASE64", "not valid base64")
-		}
-	}
-	if k := get("HMAC_KEY"); k != "" {
-		keys.HMACKey = []byte(k)
-	} else if k := get("HMAC_KEY_BASE64"); k != "" {
-		if keys.HMACKey, err = base64.StdEncoding.DecodeString(k); err != nil {
-			return nil, nil, bad("HMAC_KEY_BASE64", "not valid base64")
-		}
-	}
-	if !yes("USE_HMAC") {
-		keys.HMACKey = nil
-	} else if len(keys.HMACKey) == 0 {
-		return nil, nil, errors.New("--use-hmac needs an HMAC key (--key-hmac or --key-base64-hmac)")
-	}
-	if t := get("HMAC_DIGEST_TYPE"); t != "" {
-		if keys.HMACType, err = fko.ParseDigestType(t); err != nil {
-			return nil, nil, bad("HMAC_DIGEST_TYPE", "%v", err)
-		}
-	}
-	if m := get("ENCRYPTION_MODE"); m != "" {
-		if keys.Mode, err = fko.ParseMode(m); err != nil {
-			return nil, nil, bad("ENCRYPTION_MODE", "%v", err)
-		}
-	}
-	if r := get("GPG_RECIPIENT"); r != "" {
-		keys.GPG = &fko.GPG{Recipient: r, Signer: get("GPG_SIGNER"), HomeDir: expandHome(get("GPG_HOMEDIR"))}
-		keys.Key = nil
-	} else if len(keys.Key) == 0 {
-		return nil, nil, errors.New("no encryption key: use --key-rijndael, --key-base64-rijndael or --gpg-recipient (postern fwknop does not prompt)")
-	}
-
-	m := &fko.Message{Timestamp: now.Unix(), Type: fko.AccessMsg, Digest: fko.SHA256}
-	if m.Rand, err = fko.NewRand(); err != nil {
+	if err := s.check(); err != nil {
 		return nil, nil, err
 	}
-	if d := get("DIGEST_TYPE"); d != "" {
-		if m.Digest, err = fko.ParseDigestType(d); err != nil {
-			return nil, nil, bad("DIGEST_TYPE", "%v", err)
-		}
+	to, err := s.destination()
+	if err != nil {
+		return nil, nil, err
 	}
-	if off := get("TIME_OFFSET"); off != "" {
-		d, err := parseOffset(off)
-		if err != nil {
-			return nil, nil, bad("TIME_OFFSET", "%v", err)
-		}
-		m.Timestamp += int64(d / time.Second)
+	keys, err := s.keys()
+	if err != nil {
+		return nil, nil, err
 	}
-	m.User = get("SPOOF_USER")
-	if m.User == "" {
-		m.User = localUser()
-	}
-	allow := get("ALLOW_IP")
-	switch strings.ToLower(allow) {
-	case "":
-		return nil, nil, errors.New("must use one of -s (source) or -a ADDRESS (-R is not supported)")
-	case "source":
-		allow = "0.0.0.0"
-	case "resolve":
-		return nil, nil, bad("ALLOW_IP", "\"resolve\" (-R) needs a web service; give the address with -a")
-	}
-	if cmd := get("SERVER_CMD"); cmd != "" {
-		m.Type, m.Message = fko.CommandMsg, allow+","+cmd
-	} else {
-		access := strings.ReplaceAll(get("ACCESS"), " ", "")
-		if access == "" {
-			return nil, nil, errors.New("nothing to ask for: use -A proto/port[,…] (or -C CMD)")
-		}
-		m.Message = allow + "," + access
-		if _, err := fko.ParseAccessMessage(m.Message); err != nil {
-			return nil, nil, err
-		}
-	}
-	if nat := get("NAT_ACCESS"); nat != "" && m.Type != fko.CommandMsg {
-		h, p, ok := strings.Cut(nat, ":")
-		if !ok {
-			return nil, nil, bad("NAT_ACCESS", "%q: want host:port", nat)
-		}
-		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
-	}
-	if t := get("FW_TIMEOUT"); t != "" && m.Type != fko.CommandMsg {
-		n, err := strconv.Atoi(t)
-		if err != nil || n < 0 || n > 65535 {
-			return nil, nil, bad("FW_TIMEOUT", "%q: want seconds", t)
-		}
-		if n > 0 {
-			m.ClientTimeout = n
-			m.Type = map[fko.MessageType]fko.MessageType{fko.AccessMsg: fko.ClientTimeoutAccessMsg,
-				fko.NATAccessMsg: fko.ClientTimeoutNATAccessMsg}[m.Type]
-		}
+	m, err := s.message(now)
+	if err != nil {
+		return nil, nil, err
 	}
 	pt, err := m.Encode()
 	if err != nil {
@@ -396,7 +278,162 @@ func BuildFwknop(s FwknopSettings, now time.Time) (*FwknopPacket, *fko.Keys, err
 		return nil, nil, err
 	}
 	m.Version = fko.Version
-	return &FwknopPacket{Wire: wire, Message: m, To: net.JoinHostPort(server, strconv.Itoa(portNum))}, keys, nil
+	return &FwknopPacket{Wire: wire, Message: m, To: to}, keys, nil
+}
+
+// bad names where a setting came from (the command line, or an rc file
+// and line) in an error.
+func (s FwknopSettings) bad(name, format string, args ...any) error {
+	v := s[name]
+	where := v.File
+	if v.Line > 0 {
+		where = fmt.Sprintf("%s:%d", v.File, v.Line)
+	}
+	return fmt.Errorf("%s: %s: %s", where, name, fmt.Sprintf(format, args...))
+}
+
+func (s FwknopSettings) get(name string) string { return s[name].Value }
+
+func (s FwknopSettings) yes(name string) bool {
+	return strings.EqualFold(s.get(name), "Y") || strings.EqualFold(s.get(name), "YES")
+}
+
+// check refuses unknown variables and those postern does not support.
+func (s FwknopSettings) check() error {
+	for name, v := range s {
+		if harmless, ok := fwknopUnsupported[name]; ok && !strings.EqualFold(v.Value, harmless) {
+			return s.bad(name, "not supported by postern fwknop")
+		}
+		if _, ok := fwknopUnsupported[name]; !ok && !fwknopIgnored[name] && !knownFwknopVar[name] {
+			return s.bad(name, "unknown variable")
+		}
+	}
+	return nil
+}
+
+// destination is the server's host:port.
+func (s FwknopSettings) destination() (string, error) {
+	if p := s.get("SPA_SERVER_PROTO"); p != "" && !strings.EqualFold(p, "udp") {
+		return "", s.bad("SPA_SERVER_PROTO", "%q: postern fwknop sends over udp only", p)
+	}
+	server := s.get("SPA_SERVER")
+	if server == "" {
+		return "", errors.New("no SPA server: use -D HOST (or SPA_SERVER in the rc stanza)")
+	}
+	portNum := 62201
+	if p := s.get("SPA_SERVER_PORT"); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return "", s.bad("SPA_SERVER_PORT", "%q is not a port", p)
+		}
+		portNum = n
+	}
+	return net.JoinHostPort(server, strconv.Itoa(portNum)), nil
+}
+
+// keys are the Rijndael and HMAC keys, or GnuPG's recipient and signer.
+func (s FwknopSettings) keys() (*fko.Keys, error) {
+	keys := &fko.Keys{}
+	var err error
+	if k := s.get("KEY"); k != "" {
+		keys.Key = []byte(k)
+	} else if k := s.get("KEY_BASE64"); k != "" {
+		if keys.Key, err = base64.StdEncoding.DecodeString(k); err != nil {
+			return nil, s.bad("KEY_BASE64", "not valid base64")
+		}
+	}
+	if k := s.get("HMAC_KEY"); k != "" {
+		keys.HMACKey = []byte(k)
+	} else if k := s.get("HMAC_KEY_BASE64"); k != "" {
+		if keys.HMACKey, err = base64.StdEncoding.DecodeString(k); err != nil {
+			return nil, s.bad("HMAC_KEY_BASE64", "not valid base64")
+		}
+	}
+	if !s.yes("USE_HMAC") {
+		keys.HMACKey = nil
+	} else if len(keys.HMACKey) == 0 {
+		return nil, errors.New("--use-hmac needs an HMAC key (--key-hmac or --key-base64-hmac)")
+	}
+	if t := s.get("HMAC_DIGEST_TYPE"); t != "" {
+		if keys.HMACType, err = fko.ParseDigestType(t); err != nil {
+			return nil, s.bad("HMAC_DIGEST_TYPE", "%v", err)
+		}
+	}
+	if m := s.get("ENCRYPTION_MODE"); m != "" {
+		if keys.Mode, err = fko.ParseMode(m); err != nil {
+			return nil, s.bad("ENCRYPTION_MODE", "%v", err)
+		}
+	}
+	if r := s.get("GPG_RECIPIENT"); r != "" {
+		keys.GPG = &fko.GPG{Recipient: r, Signer: s.get("GPG_SIGNER"), HomeDir: expandHome(s.get("GPG_HOMEDIR"))}
+		keys.Key = nil
+	} else if len(keys.Key) == 0 {
+		return nil, errors.New("no encryption key: use --key-rijndael, --key-base64-rijndael or --gpg-recipient (postern fwknop does not prompt)")
+	}
+	return keys, nil
+}
+
+// message is the SPA message: what to open (or the command), for whom, for
+// how long, NAT, user and timestamp.
+func (s FwknopSettings) message(now time.Time) (*fko.Message, error) {
+	m := &fko.Message{Timestamp: now.Unix(), Type: fko.AccessMsg, Digest: fko.SHA256}
+	var err error
+	if m.Rand, err = fko.NewRand(); err != nil {
+		return nil, err
+	}
+	if d := s.get("DIGEST_TYPE"); d != "" {
+		if m.Digest, err = fko.ParseDigestType(d); err != nil {
+			return nil, s.bad("DIGEST_TYPE", "%v", err)
+		}
+	}
+	if off := s.get("TIME_OFFSET"); off != "" {
+		d, err := parseOffset(off)
+		if err != nil {
+			return nil, s.bad("TIME_OFFSET", "%v", err)
+		}
+		m.Timestamp += int64(d / time.Second)
+	}
+	m.User = cmp.Or(s.get("SPOOF_USER"), localUser())
+	allow := s.get("ALLOW_IP")
+	switch strings.ToLower(allow) {
+	case "":
+		return nil, errors.New("must use one of -s (source) or -a ADDRESS (-R is not supported)")
+	case "source":
+		allow = "0.0.0.0"
+	case "resolve":
+		return nil, s.bad("ALLOW_IP", "\"resolve\" (-R) needs a web service; give the address with -a")
+	}
+	if cmd := s.get("SERVER_CMD"); cmd != "" {
+		m.Type, m.Message = fko.CommandMsg, allow+","+cmd
+		return m, nil
+	}
+	access := strings.ReplaceAll(s.get("ACCESS"), " ", "")
+	if access == "" {
+		return nil, errors.New("nothing to ask for: use -A proto/port[,…] (or -C CMD)")
+	}
+	m.Message = allow + "," + access
+	if _, err := fko.ParseAccessMessage(m.Message); err != nil {
+		return nil, err
+	}
+	if nat := s.get("NAT_ACCESS"); nat != "" {
+		h, p, ok := strings.Cut(nat, ":")
+		if !ok {
+			return nil, s.bad("NAT_ACCESS", "%q: want host:port", nat)
+		}
+		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
+	}
+	if t := s.get("FW_TIMEOUT"); t != "" {
+		n, err := strconv.Atoi(t)
+		if err != nil || n < 0 || n > 65535 {
+			return nil, s.bad("FW_TIMEOUT", "%q: want seconds", t)
+		}
+		if n > 0 {
+			m.ClientTimeout = n
+			m.Type = map[fko.MessageType]fko.MessageType{fko.AccessMsg: fko.ClientTimeoutAccessMsg,
+				fko.NATAccessMsg: fko.ClientTimeoutNATAccessMsg}[m.Type]
+		}
+	}
+	return m, nil
 }
 
 var knownFwknopVar = map[string]bool{

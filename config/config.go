@@ -325,49 +325,15 @@ func (v *validator) interfaces(raw any) []string {
 func (v *validator) validate(raw *rawConfig) *Config {
 	cfg := &Config{
 		Interfaces:     v.interfaces(raw.Interface),
-		Capture:        raw.Capture,
+		Capture:        cmp.Or(raw.Capture, "afpacket"),
 		PrivateKeyFile: raw.PrivateKeyFile,
-		StateDir:       raw.StateDir,
+		StateDir:       cmp.Or(raw.StateDir, DefaultStateDir),
 		MetricsListen:  raw.MetricsListen,
 	}
-	if cfg.Capture == "" {
-		cfg.Capture = "afpacket"
-	}
-	if raw.KnockdFile != "" {
-		kc, err := knock.ReadKnockdConf(raw.KnockdFile)
-		if err != nil {
-			// Errors inside the knockd file name their own file and line.
-			v.fail("knockd_file", "%v", err)
-		} else {
-			cfg.Knockd = kc
-			cfg.Doors = append(cfg.Doors, kc.Doors...)
-			if len(cfg.Interfaces) == 0 {
-				// knockd's rule: the file's Interface, else eth0.
-				cfg.Interfaces = []string{cmp.Or(kc.Interface, "eth0")}
-			}
-		}
-	}
+	v.knockdFile(cfg, raw.KnockdFile)
 	v.doors(cfg, raw.Doors)
 	v.covert(cfg, raw.Covert)
-	if raw.Fwknop != nil {
-		f := &Fwknop{AccessFile: raw.Fwknop.AccessFile, Port: DefaultSPAPort}
-		if f.AccessFile == "" {
-			v.fail("fwknop.access_file", "missing: the fwknopd access.conf to read")
-		} else if ss, err := fko.ReadAccess(f.AccessFile); err != nil {
-			v.fail("fwknop.access_file", "%v", err)
-		} else {
-			f.Stanzas = ss
-		}
-		if raw.Fwknop.Port != nil {
-			if p := *raw.Fwknop.Port; p < 1 || p > 65535 {
-				v.fail("fwknop.port", "%d: must be 1 to 65535", p)
-			} else {
-				f.Port = uint16(p)
-			}
-		}
-		f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.Fwknop.MaxPacketAge, DefaultMaxPacketAge)
-		cfg.Fwknop = f
-	}
+	v.fwknop(cfg, raw.Fwknop)
 	cfg.MaxTracked = DefaultMaxTracked
 	if raw.Knock.MaxTracked != nil {
 		if n := *raw.Knock.MaxTracked; n < 16 || n > 50_000_000 {
@@ -376,6 +342,68 @@ func (v *validator) validate(raw *rawConfig) *Config {
 			cfg.MaxTracked = n
 		}
 	}
+	v.capture(cfg)
+	if cfg.PrivateKeyFile == "" && len(raw.Clients) > 0 {
+		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
+	}
+	if cfg.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
+			v.fail("metrics_listen", "%q: want host:port, such as \"127.0.0.1:9101\"", cfg.MetricsListen)
+		}
+	}
+	v.spa(cfg, raw.SPA)
+	v.firewall(cfg, raw.Firewall)
+	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 {
+		v.fail("client", "no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
+	}
+	v.clients(cfg, raw.Clients)
+	return cfg
+}
+
+// knockdFile reads a knockd.conf; its doors join the [[door]]s.
+func (v *validator) knockdFile(cfg *Config, path string) {
+	if path == "" {
+		return
+	}
+	kc, err := knock.ReadKnockdConf(path)
+	if err != nil {
+		// Errors inside the knockd file name their own file and line.
+		v.fail("knockd_file", "%v", err)
+		return
+	}
+	cfg.Knockd = kc
+	cfg.Doors = append(cfg.Doors, kc.Doors...)
+	if len(cfg.Interfaces) == 0 {
+		// knockd's rule: the file's Interface, else eth0.
+		cfg.Interfaces = []string{cmp.Or(kc.Interface, "eth0")}
+	}
+}
+
+func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
+	if raw == nil {
+		return
+	}
+	f := &Fwknop{AccessFile: raw.AccessFile, Port: DefaultSPAPort}
+	if f.AccessFile == "" {
+		v.fail("fwknop.access_file", "missing: the fwknopd access.conf to read")
+	} else if ss, err := fko.ReadAccess(f.AccessFile); err != nil {
+		v.fail("fwknop.access_file", "%v", err)
+	} else {
+		f.Stanzas = ss
+	}
+	if raw.Port != nil {
+		if p := *raw.Port; p < 1 || p > 65535 {
+			v.fail("fwknop.port", "%d: must be 1 to 65535", p)
+		} else {
+			f.Port = uint16(p)
+		}
+	}
+	f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.MaxPacketAge, DefaultMaxPacketAge)
+	cfg.Fwknop = f
+}
+
+// capture checks the capture mode against the interfaces and doors.
+func (v *validator) capture(cfg *Config) {
 	cfg.Interface = strings.Join(cfg.Interfaces, ",")
 	if len(cfg.Interfaces) > 1 && slices.Contains(cfg.Interfaces, "any") {
 		v.fail("interface", "\"any\" already means every interface: list names, or \"any\" alone")
@@ -392,28 +420,19 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	default:
 		v.fail("capture", "%q: want \"afpacket\" or \"udp\"", cfg.Capture)
 	}
-	if cfg.PrivateKeyFile == "" && len(raw.Clients) > 0 {
-		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
-	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = DefaultStateDir
-	}
-	if cfg.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
-			v.fail("metrics_listen", "%q: want host:port, such as \"127.0.0.1:9101\"", cfg.MetricsListen)
-		}
-	}
+}
 
+func (v *validator) spa(cfg *Config, raw rawSPA) {
 	cfg.SPA.Port = DefaultSPAPort
-	if raw.SPA.Port != nil {
-		if p := *raw.SPA.Port; p < 1 || p > 65535 {
+	if raw.Port != nil {
+		if p := *raw.Port; p < 1 || p > 65535 {
 			v.fail("spa.port", "%d: must be 1 to 65535", p)
 		} else {
 			cfg.SPA.Port = uint16(p)
 		}
 	}
-	cfg.SPA.MaxSkew = v.duration("spa.max_skew", raw.SPA.MaxSkew, DefaultMaxSkew)
-	for _, d := range raw.SPA.Destinations {
+	cfg.SPA.MaxSkew = v.duration("spa.max_skew", raw.MaxSkew, DefaultMaxSkew)
+	for _, d := range raw.Destinations {
 		a, err := netip.ParseAddr(d)
 		if err != nil {
 			v.fail("spa.destinations", "%q is not an IP address", d)
@@ -421,30 +440,30 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		}
 		cfg.SPA.Destinations = append(cfg.SPA.Destinations, a.Unmap())
 	}
+}
 
-	cfg.Firewall.Backend = raw.Firewall.Backend
-	if cfg.Firewall.Backend == "" {
-		cfg.Firewall.Backend = "nftables"
-	}
+func (v *validator) firewall(cfg *Config, raw rawFirewall) {
+	cfg.Firewall.Backend = cmp.Or(raw.Backend, "nftables")
 	switch cfg.Firewall.Backend {
 	case "nftables", "iptables", "none":
 	default:
 		v.fail("firewall.backend", "%q: want \"nftables\", \"iptables\" or \"none\"", cfg.Firewall.Backend)
 	}
-	switch raw.Firewall.OnExit {
+	switch raw.OnExit {
 	case "", "keep":
 	case "remove":
 		cfg.Firewall.RemoveOnExit = true
 	default:
-		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.Firewall.OnExit)
+		v.fail("firewall.on_exit", "%q: want \"keep\" (grants expire on their own) or \"remove\"", raw.OnExit)
 	}
+}
 
-	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 {
-		v.fail("client", "no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
-	}
+// clients reads the [[client]]s: unique names and keys, what each may
+// open, for how long; none may open the knock port.
+func (v *validator) clients(cfg *Config, raw []rawClient) {
 	names := map[string]bool{}
 	keys := map[spa.ClientPublicKey]string{}
-	for i, rc := range raw.Clients {
+	for i, rc := range raw {
 		at := func(k string) string { return fmt.Sprintf("client[%d].%s", i, k) }
 		c := Client{Name: rc.Name, AllowSource: rc.AllowSource}
 		switch {
@@ -478,6 +497,9 @@ func (v *validator) validate(raw *rawConfig) *Config {
 			if !slices.Contains(c.Allow, p) {
 				c.Allow = append(c.Allow, p)
 			}
+			if p.Proto == port.UDP && p.Num == cfg.SPA.Port {
+				v.fail("spa.port", "udp/%d is both the knock port and a port client %q may open", p.Num, c.Name)
+			}
 		}
 		c.MaxDuration = v.duration(at("max_duration"), rc.MaxDuration, DefaultMaxDuration)
 		c.DefaultDuration = v.duration(at("default_duration"), rc.DefaultDuration, min(DefaultDuration, c.MaxDuration))
@@ -486,16 +508,6 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		}
 		cfg.Clients = append(cfg.Clients, c)
 	}
-	if cfg.Capture == "afpacket" || cfg.Capture == "udp" {
-		for _, c := range cfg.Clients {
-			for _, p := range c.Allow {
-				if p.Proto == port.UDP && p.Num == cfg.SPA.Port {
-					v.fail("spa.port", "udp/%d is both the knock port and a port client %q may open", p.Num, c.Name)
-				}
-			}
-		}
-	}
-	return cfg
 }
 
 // Protected returns every port a client or a door may open: the ports

@@ -262,205 +262,254 @@ func (r *accessReader) finish() error {
 		return nil
 	}
 	r.cur = nil
-	fail := func(kw, format string, args ...any) error {
-		v := raw[kw]
-		if v.line == 0 {
-			v = raw["SOURCE"]
-			kw = "SOURCE"
+	f := fields(raw)
+	for _, step := range []func(*Stanza, fields) error{readAddresses, readKeys, readGPG, readLimits, readCommands} {
+		if err := step(s, f); err != nil {
+			return err
 		}
-		return &conferr.Error{File: v.file, Line: v.line, Key: kw, Msg: fmt.Sprintf(format, args...)}
 	}
-	yes := func(kw string, def bool) (bool, error) {
-		v, ok := raw[kw]
-		if !ok {
-			return def, nil
-		}
-		switch strings.ToUpper(v.value) {
-		case "Y", "YES":
-			return true, nil
-		case "N", "NO":
-			return false, nil
-		}
-		return false, fail(kw, "%q: want Y or N", v.value)
+	r.stanzas = append(r.stanzas, s)
+	return nil
+}
+
+// fields are one stanza's keywords with helpers that read them, each error
+// naming the file, line and keyword.
+type fields map[string]rawValue
+
+func (f fields) has(kw string) bool { _, ok := f[kw]; return ok }
+
+func (f fields) fail(kw, format string, args ...any) error {
+	v := f[kw]
+	if v.line == 0 {
+		v = f["SOURCE"]
+		kw = "SOURCE"
 	}
-	prefixes := func(kw string) ([]netip.Prefix, error) {
-		var out []netip.Prefix
-		for _, f := range strings.Split(raw[kw].value, ",") {
-			f = strings.TrimSpace(f)
-			if strings.EqualFold(f, "ANY") {
-				out = append(out, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
-				continue
-			}
-			if p, err := netip.ParsePrefix(f); err == nil {
-				out = append(out, p.Masked())
-				continue
-			}
-			a, err := netip.ParseAddr(f)
-			if err != nil {
-				return nil, fail(kw, "%q is not an address, CIDR block or ANY", f)
-			}
-			out = append(out, netip.PrefixFrom(a, a.BitLen()))
-		}
-		return out, nil
+	return &conferr.Error{File: v.file, Line: v.line, Key: kw, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (f fields) yes(kw string, def bool) (bool, error) {
+	v, ok := f[kw]
+	if !ok {
+		return def, nil
 	}
-	ports := func(kw string) ([]port.Spec, error) {
-		var out []port.Spec
-		for _, f := range strings.Split(raw[kw].value, ",") {
-			p, err := port.Parse(f)
-			if err != nil || (p.Proto != port.TCP && p.Proto != port.UDP) {
-				return nil, fail(kw, "%q: want tcp/PORT or udp/PORT", strings.TrimSpace(f))
-			}
-			out = append(out, p)
-		}
-		return out, nil
+	switch strings.ToUpper(v.value) {
+	case "Y", "YES":
+		return true, nil
+	case "N", "NO":
+		return false, nil
 	}
-	seconds := func(kw string, def int) (int, error) {
-		v, ok := raw[kw]
-		if !ok {
-			return def, nil
+	return false, f.fail(kw, "%q: want Y or N", v.value)
+}
+
+func (f fields) prefixes(kw string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, e := range strings.Split(f[kw].value, ",") {
+		e = strings.TrimSpace(e)
+		if strings.EqualFold(e, "ANY") {
+			out = append(out, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
+			continue
 		}
-		n, err := strconv.Atoi(v.value)
-		if err != nil || n < 1 || n > 1<<24 {
-			return 0, fail(kw, "%q: want a number of seconds", v.value)
+		if p, err := netip.ParsePrefix(e); err == nil {
+			out = append(out, p.Masked())
+			continue
 		}
-		return n, nil
+		a, err := netip.ParseAddr(e)
+		if err != nil {
+			return nil, f.fail(kw, "%q is not an address, CIDR block or ANY", e)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
+	return out, nil
+}
+
+func (f fields) ports(kw string) ([]port.Spec, error) {
+	var out []port.Spec
+	for _, e := range strings.Split(f[kw].value, ",") {
+		p, err := port.Parse(e)
+		if err != nil || (p.Proto != port.TCP && p.Proto != port.UDP) {
+			return nil, f.fail(kw, "%q: want tcp/PORT or udp/PORT", strings.TrimSpace(e))
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (f fields) seconds(kw string, def int) (int, error) {
+	v, ok := f[kw]
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v.value)
+	if err != nil || n < 1 || n > 1<<24 {
+		return 0, f.fail(kw, "%q: want a number of seconds", v.value)
+	}
+	return n, nil
+}
+
+// readAddresses reads SOURCE, DESTINATION, OPEN_PORTS and RESTRICT_PORTS.
+func readAddresses(s *Stanza, f fields) error {
 	var err error
-	if s.Source, err = prefixes("SOURCE"); err != nil {
+	if s.Source, err = f.prefixes("SOURCE"); err != nil {
 		return err
 	}
-	if _, ok := raw["DESTINATION"]; ok {
-		if s.Destination, err = prefixes("DESTINATION"); err != nil {
+	if f.has("DESTINATION") {
+		if s.Destination, err = f.prefixes("DESTINATION"); err != nil {
 			return err
 		}
 	}
-	if _, ok := raw["OPEN_PORTS"]; ok {
-		if s.OpenPorts, err = ports("OPEN_PORTS"); err != nil {
+	if f.has("OPEN_PORTS") {
+		if s.OpenPorts, err = f.ports("OPEN_PORTS"); err != nil {
 			return err
 		}
 	}
-	if _, ok := raw["RESTRICT_PORTS"]; ok {
-		if s.Restrict, err = ports("RESTRICT_PORTS"); err != nil {
+	if f.has("RESTRICT_PORTS") {
+		if s.Restrict, err = f.ports("RESTRICT_PORTS"); err != nil {
 			return err
 		}
 	}
-	key, keyKW, err := keyValue(raw, "KEY", "KEY_BASE64", fail)
+	return nil
+}
+
+// readKeys reads the Rijndael and HMAC keys, digest and mode.
+func readKeys(s *Stanza, f fields) error {
+	key, keyKW, err := keyValue(f, "KEY", "KEY_BASE64", f.fail)
 	if err != nil {
 		return err
 	}
-	hkey, hkeyKW, err := keyValue(raw, "HMAC_KEY", "HMAC_KEY_BASE64", fail)
+	hkey, hkeyKW, err := keyValue(f, "HMAC_KEY", "HMAC_KEY_BASE64", f.fail)
 	if err != nil {
 		return err
 	}
 	if len(key) > maxRijndaelKey {
-		return fail(keyKW, "a Rijndael key is at most %d bytes", maxRijndaelKey)
+		return f.fail(keyKW, "a Rijndael key is at most %d bytes", maxRijndaelKey)
 	}
 	if len(hkey) > 136 {
-		return fail(hkeyKW, "an HMAC key is at most 136 bytes")
+		return f.fail(hkeyKW, "an HMAC key is at most 136 bytes")
 	}
 	if key != nil && hkey != nil && bytes.Equal(key, hkey) {
-		return fail(hkeyKW, "the HMAC key must differ from the encryption key")
+		return f.fail(hkeyKW, "the HMAC key must differ from the encryption key")
 	}
 	htype := SHA256
-	if v, ok := raw["HMAC_DIGEST_TYPE"]; ok {
+	if v, ok := f["HMAC_DIGEST_TYPE"]; ok {
 		if htype, err = ParseDigestType(v.value); err != nil {
-			return fail("HMAC_DIGEST_TYPE", "%v", err)
+			return f.fail("HMAC_DIGEST_TYPE", "%v", err)
 		}
 	}
 	mode := CBC
-	if v, ok := raw["ENCRYPTION_MODE"]; ok {
+	if v, ok := f["ENCRYPTION_MODE"]; ok {
 		if mode, err = ParseMode(v.value); err != nil {
-			return fail("ENCRYPTION_MODE", "%v", err)
+			return f.fail("ENCRYPTION_MODE", "%v", err)
 		}
 	}
 	if key != nil {
 		s.Rijndael = &Keys{Key: key, Mode: mode, HMACKey: hkey, HMACType: htype}
 	}
-	if v, ok := raw["GPG_DECRYPT_ID"]; ok {
-		g := &GPG{DecryptID: v.value, HomeDir: raw["GPG_HOME_DIR"].value, Exe: raw["GPG_EXE"].value,
-			DecryptPW: raw["GPG_DECRYPT_PW"].value}
-		noPW, err := yes("GPG_ALLOW_NO_PW", false)
-		if err != nil {
-			return err
-		}
-		if g.DecryptPW == "" && !noPW {
-			return fail("GPG_DECRYPT_ID", "needs GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y")
-		}
-		s.GPG = &Keys{GPG: g, HMACKey: hkey, HMACType: htype}
-		disable, err := yes("GPG_DISABLE_SIG", false)
-		if err != nil {
-			return err
-		}
-		if s.GPGRequireSig, err = yes("GPG_REQUIRE_SIG", !disable); err != nil {
-			return err
-		}
-		if s.GPGIgnoreSigError, err = yes("GPG_IGNORE_SIG_VERIFY_ERROR", false); err != nil {
-			return err
-		}
-		if v, ok := raw["GPG_REMOTE_ID"]; ok {
-			s.GPGRemoteIDs = splitList(v.value)
-		}
-		if v, ok := raw["GPG_FINGERPRINT_ID"]; ok {
-			s.GPGFingerprints = splitList(v.value)
-		}
-		if s.GPGRequireSig && len(s.GPGRemoteIDs) == 0 && len(s.GPGFingerprints) == 0 {
-			return fail("GPG_DECRYPT_ID", "signatures are required: name the signers with GPG_REMOTE_ID or GPG_FINGERPRINT_ID (or GPG_REQUIRE_SIG N)")
-		}
-	} else {
+	// GnuPG stanzas share the HMAC settings.
+	s.GPG = &Keys{HMACKey: hkey, HMACType: htype}
+	return nil
+}
+
+// readGPG reads the GPG_* keywords; a stanza needs a Rijndael key or
+// GPG_DECRYPT_ID.
+func readGPG(s *Stanza, f fields) error {
+	v, ok := f["GPG_DECRYPT_ID"]
+	if !ok {
+		s.GPG = nil
 		for _, kw := range []string{"GPG_HOME_DIR", "GPG_DECRYPT_PW", "GPG_REMOTE_ID", "GPG_FINGERPRINT_ID", "GPG_REQUIRE_SIG"} {
-			if _, ok := raw[kw]; ok {
-				return fail(kw, "needs GPG_DECRYPT_ID in the same stanza")
+			if f.has(kw) {
+				return f.fail(kw, "needs GPG_DECRYPT_ID in the same stanza")
 			}
 		}
+		if s.Rijndael == nil {
+			return f.fail("SOURCE", "stanza has no KEY, KEY_BASE64 or GPG_DECRYPT_ID")
+		}
+		return nil
 	}
-	if s.Rijndael == nil && s.GPG == nil {
-		return fail("SOURCE", "stanza has no KEY, KEY_BASE64 or GPG_DECRYPT_ID")
-	}
-	if s.FWAccessTimeout, err = seconds("FW_ACCESS_TIMEOUT", DefaultFWAccessTimeout); err != nil {
+	g := &GPG{DecryptID: v.value, HomeDir: f["GPG_HOME_DIR"].value, Exe: f["GPG_EXE"].value,
+		DecryptPW: f["GPG_DECRYPT_PW"].value}
+	noPW, err := f.yes("GPG_ALLOW_NO_PW", false)
+	if err != nil {
 		return err
 	}
-	if s.MaxFWTimeout, err = seconds("MAX_FW_TIMEOUT", DefaultMaxFWTimeout); err != nil {
+	if g.DecryptPW == "" && !noPW {
+		return f.fail("GPG_DECRYPT_ID", "needs GPG_DECRYPT_PW or GPG_ALLOW_NO_PW Y")
+	}
+	s.GPG.GPG = g
+	disable, err := f.yes("GPG_DISABLE_SIG", false)
+	if err != nil {
 		return err
 	}
-	if v, ok := raw["REQUIRE_SOURCE"]; ok {
-		raw["REQUIRE_SOURCE_ADDRESS"] = v
-	}
-	if s.RequireSource, err = yes("REQUIRE_SOURCE_ADDRESS", false); err != nil {
+	if s.GPGRequireSig, err = f.yes("GPG_REQUIRE_SIG", !disable); err != nil {
 		return err
 	}
-	s.RequireUsername = raw["REQUIRE_USERNAME"].value
-	if v, ok := raw["ACCESS_EXPIRE"]; ok {
+	if s.GPGIgnoreSigError, err = f.yes("GPG_IGNORE_SIG_VERIFY_ERROR", false); err != nil {
+		return err
+	}
+	if v, ok := f["GPG_REMOTE_ID"]; ok {
+		s.GPGRemoteIDs = splitList(v.value)
+	}
+	if v, ok := f["GPG_FINGERPRINT_ID"]; ok {
+		s.GPGFingerprints = splitList(v.value)
+	}
+	if s.GPGRequireSig && len(s.GPGRemoteIDs) == 0 && len(s.GPGFingerprints) == 0 {
+		return f.fail("GPG_DECRYPT_ID", "signatures are required: name the signers with GPG_REMOTE_ID or GPG_FINGERPRINT_ID (or GPG_REQUIRE_SIG N)")
+	}
+	return nil
+}
+
+// readLimits reads timeouts, source and username requirements and expiry.
+func readLimits(s *Stanza, f fields) error {
+	var err error
+	if s.FWAccessTimeout, err = f.seconds("FW_ACCESS_TIMEOUT", DefaultFWAccessTimeout); err != nil {
+		return err
+	}
+	if s.MaxFWTimeout, err = f.seconds("MAX_FW_TIMEOUT", DefaultMaxFWTimeout); err != nil {
+		return err
+	}
+	if v, ok := f["REQUIRE_SOURCE"]; ok {
+		f["REQUIRE_SOURCE_ADDRESS"] = v
+	}
+	if s.RequireSource, err = f.yes("REQUIRE_SOURCE_ADDRESS", false); err != nil {
+		return err
+	}
+	s.RequireUsername = f["REQUIRE_USERNAME"].value
+	if v, ok := f["ACCESS_EXPIRE"]; ok {
 		t, err := time.ParseInLocation("01/02/2006", v.value, time.Local)
 		if err != nil {
-			return fail("ACCESS_EXPIRE", "%q: want MM/DD/YYYY", v.value)
+			return f.fail("ACCESS_EXPIRE", "%q: want MM/DD/YYYY", v.value)
 		}
 		s.AccessExpire = t
 	}
-	if v, ok := raw["ACCESS_EXPIRE_EPOCH"]; ok {
+	if v, ok := f["ACCESS_EXPIRE_EPOCH"]; ok {
 		n, err := strconv.ParseInt(v.value, 10, 64)
 		if err != nil {
-			return fail("ACCESS_EXPIRE_EPOCH", "%q: want seconds since 1970", v.value)
+			return f.fail("ACCESS_EXPIRE_EPOCH", "%q: want seconds since 1970", v.value)
 		}
 		s.AccessExpire = time.Unix(n, 0)
 	}
-	s.CmdCycleOpen, s.CmdCycleClose = raw["CMD_CYCLE_OPEN"].value, raw["CMD_CYCLE_CLOSE"].value
+	return nil
+}
+
+// readCommands reads CMD_CYCLE_* and ENABLE_CMD_EXEC with its identity.
+func readCommands(s *Stanza, f fields) error {
+	s.CmdCycleOpen, s.CmdCycleClose = f["CMD_CYCLE_OPEN"].value, f["CMD_CYCLE_CLOSE"].value
 	if strings.EqualFold(s.CmdCycleClose, "NONE") {
 		s.CmdCycleClose = ""
 	}
-	if s.CmdCycleTimer, err = seconds("CMD_CYCLE_TIMER", 0); err != nil {
+	var err error
+	if s.CmdCycleTimer, err = f.seconds("CMD_CYCLE_TIMER", 0); err != nil {
 		return err
 	}
-	if (s.CmdCycleOpen == "") != (raw["CMD_CYCLE_CLOSE"].value == "") {
-		return fail("CMD_CYCLE_OPEN", "CMD_CYCLE_OPEN and CMD_CYCLE_CLOSE go together (CLOSE may be NONE)")
+	if (s.CmdCycleOpen == "") != (f["CMD_CYCLE_CLOSE"].value == "") {
+		return f.fail("CMD_CYCLE_OPEN", "CMD_CYCLE_OPEN and CMD_CYCLE_CLOSE go together (CLOSE may be NONE)")
 	}
 	if s.CmdCycleClose != "" && s.CmdCycleTimer == 0 {
-		return fail("CMD_CYCLE_CLOSE", "needs CMD_CYCLE_TIMER")
+		return f.fail("CMD_CYCLE_CLOSE", "needs CMD_CYCLE_TIMER")
 	}
-	if s.EnableCmdExec, err = yes("ENABLE_CMD_EXEC", false); err != nil {
+	if s.EnableCmdExec, err = f.yes("ENABLE_CMD_EXEC", false); err != nil {
 		return err
 	}
-	s.CmdExecUser, s.CmdExecGroup = raw["CMD_EXEC_USER"].value, raw["CMD_EXEC_GROUP"].value
-	r.stanzas = append(r.stanzas, s)
+	s.CmdExecUser, s.CmdExecGroup = f["CMD_EXEC_USER"].value, f["CMD_EXEC_GROUP"].value
 	return nil
 }
 

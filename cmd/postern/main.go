@@ -359,45 +359,62 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func knockCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("knock", stderr)
+// knockFlags are postern knock's flags: SPA, knock(1)'s sequence flags,
+// covert, and the ones they share.
+type knockFlags struct {
+	fs *flag.FlagSet
 	// postern SPA
-	keyFile := fs.String("key", "", "SPA: client private key `file` (postern genkey)")
-	serverKey := fs.String("server-key", "", "SPA: the server's public `key`, or a file holding it")
-	open := fs.String("open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
-	dur := fs.Duration("for", 0, "SPA: how long to open it (default: the server's default for this client)")
-	allow := fs.String("allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
-	knockPort := fs.Uint("port", config.DefaultSPAPort, "SPA: the server's knock `port`")
-	bind := fs.Bool("bind", false, "SPA: bind the knock to the server address it is sent to")
-	offset := fs.Duration("time-offset", 0, "SPA: shift the knock's timestamp by this `duration` (negative: into the past)")
+	keyFile, serverKey, open, allow, profile string
+	dur, offset                              time.Duration
+	knockPort                                uint
+	bind                                     bool
 	// port-knock sequences, knock(1)'s flags
-	var udp, only4, only6, verbose bool
-	var delayMS int
+	udp                                      bool
+	delayMS, length                          int
+	door, secretFile, period, portRange, cfg string
+	// covert
+	covert    bool
+	decoys    int
+	decoyFrom string
+	// all
+	only4, only6, verbose bool
+}
+
+func newKnockFlags(stderr io.Writer) *knockFlags {
+	k := &knockFlags{fs: newFlags("knock", stderr)}
+	fs := k.fs
+	fs.StringVar(&k.keyFile, "key", "", "SPA: client private key `file` (postern genkey)")
+	fs.StringVar(&k.serverKey, "server-key", "", "SPA: the server's public `key`, or a file holding it")
+	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
+	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	fs.UintVar(&k.knockPort, "port", config.DefaultSPAPort, "SPA: the server's knock `port`")
+	fs.BoolVar(&k.bind, "bind", false, "SPA: bind the knock to the server address it is sent to")
+	fs.DurationVar(&k.offset, "time-offset", 0, "SPA: shift the knock's timestamp by this `duration` (negative: into the past)")
+	fs.StringVar(&k.profile, "profile", "", "SPA: knock as the client config's [[spa]] profile `name` says (flags override)")
 	for _, n := range []string{"u", "udp"} {
-		fs.BoolVar(&udp, n, false, "sequence: ports without :tcp or :udp are UDP")
+		fs.BoolVar(&k.udp, n, false, "sequence: ports without :tcp or :udp are UDP")
 	}
 	for _, n := range []string{"d", "delay"} {
-		fs.IntVar(&delayMS, n, 0, "sequence: wait this many `ms` between hits")
+		fs.IntVar(&k.delayMS, n, 0, "sequence: wait this many `ms` between hits")
 	}
-	door := fs.String("door", "", "sequence: knock the door `name`d in the client config, or a rotating door with --secret-file")
-	secretFile := fs.String("secret-file", "", "sequence: the rotating door's shared secret `file`")
-	period := fs.String("period", "", "sequence: the rotating door's period (default 30s)")
-	length := fs.Int("length", 0, "sequence: the rotating door's sequence length (default 4)")
-	portRange := fs.String("port-range", "", "sequence: the rotating door's port range (default 20000-39999)")
-	profiles := fs.String("config", client.DefaultProfiles(), "sequence, covert: client config `file` with [[door]] and [[covert]] profiles")
-	covertMode := fs.Bool("covert", false, "covert: hide the knock in the header fields of TCP SYNs (needs CAP_NET_RAW)")
-	decoys := fs.Int("decoys", 0, "covert: also send this many SYNs with random fields to other ports")
-	decoyFrom := fs.String("decoy-from", "", "covert: other `addresses` of this host to send one decoy SYN each from")
-	profile := fs.String("profile", "", "SPA: knock as the client config's [[spa]] profile `name` says (flags override)")
-	// both
+	fs.StringVar(&k.door, "door", "", "sequence: knock the door `name`d in the client config, or a rotating door with --secret-file")
+	fs.StringVar(&k.secretFile, "secret-file", "", "sequence: the rotating door's shared secret `file`")
+	fs.StringVar(&k.period, "period", "", "sequence: the rotating door's period (default 30s)")
+	fs.IntVar(&k.length, "length", 0, "sequence: the rotating door's sequence length (default 4)")
+	fs.StringVar(&k.portRange, "port-range", "", "sequence: the rotating door's port range (default 20000-39999)")
+	fs.StringVar(&k.cfg, "config", client.DefaultProfiles(), "sequence, covert: client config `file` with [[door]] and [[covert]] profiles")
+	fs.BoolVar(&k.covert, "covert", false, "covert: hide the knock in the header fields of TCP SYNs (needs CAP_NET_RAW)")
+	fs.IntVar(&k.decoys, "decoys", 0, "covert: also send this many SYNs with random fields to other ports")
+	fs.StringVar(&k.decoyFrom, "decoy-from", "", "covert: other `addresses` of this host to send one decoy SYN each from")
 	for _, n := range []string{"4", "ipv4"} {
-		fs.BoolVar(&only4, n, false, "use IPv4 only")
+		fs.BoolVar(&k.only4, n, false, "use IPv4 only")
 	}
 	for _, n := range []string{"6", "ipv6"} {
-		fs.BoolVar(&only6, n, false, "use IPv6 only")
+		fs.BoolVar(&k.only6, n, false, "use IPv6 only")
 	}
 	for _, n := range []string{"v", "verbose"} {
-		fs.BoolVar(&verbose, n, false, "say what is sent")
+		fs.BoolVar(&k.verbose, n, false, "say what is sent")
 	}
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `Usage:
@@ -407,141 +424,169 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
   postern knock --covert --door NAME --secret-file FILE [--port P] [--open tcp/22] HOST   a covert knock`)
 		fs.PrintDefaults()
 	}
-	pos, err := parse(fs, args)
+	return k
+}
+
+// network returns "ip", "ip4" or "ip6" (with prefix "udp": "udp4"…) as -4/-6 say.
+func (k *knockFlags) network(base string) string {
+	switch {
+	case k.only4:
+		return base + "4"
+	case k.only6:
+		return base + "6"
+	}
+	return base
+}
+
+func (k *knockFlags) set(name string) bool {
+	found := false
+	k.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+func knockCmd(args []string, stdout, stderr io.Writer) error {
+	k := newKnockFlags(stderr)
+	pos, err := parse(k.fs, args)
 	if err != nil {
 		return err
 	}
-	if only4 && only6 {
+	if k.only4 && k.only6 {
 		return errUsage{errors.New("-4 and -6 exclude each other")}
 	}
 	var out io.Writer
-	if verbose {
+	if k.verbose {
 		out = stdout
+	}
+	switch {
+	case k.covert:
+		return covertKnock(k.fs, pos, k.door, k.secretFile, k.open, k.allow, k.cfg, k.decoys, k.decoyFrom,
+			time.Duration(k.delayMS)*time.Millisecond, k.only4, k.only6, out)
+	case k.profile != "":
+		if pos, err = k.applyProfile(pos); err != nil {
+			return err
+		}
+	}
+	if k.keyFile == "" && k.serverKey == "" && k.open == "" {
+		return k.sequence(pos, out)
+	}
+	return k.spaKnock(pos, stdout)
+}
+
+// applyProfile fills what the flags left unset from a [[spa]] profile.
+func (k *knockFlags) applyProfile(pos []string) ([]string, error) {
+	p, err := profileFor(k.cfg, k.profile)
+	if err != nil {
+		return nil, err
+	}
+	k.keyFile, k.serverKey = cmp.Or(k.keyFile, p.KeyFile), cmp.Or(k.serverKey, p.ServerKey)
+	if k.open == "" {
+		k.open = port.Join(p.Open)
+	}
+	if k.dur == 0 {
+		k.dur = p.Duration
+	}
+	k.allow = cmp.Or(k.allow, p.Allow)
+	if len(pos) == 0 {
+		pos = []string{p.Host}
+	}
+	if !k.set("port") {
+		k.knockPort = uint(p.Port)
+	}
+	return pos, nil
+}
+
+// sequence sends a port-knock sequence: knock(1)'s arguments, a door
+// profile, or a rotating door.
+func (k *knockFlags) sequence(pos []string, out io.Writer) error {
+	o := client.SequenceOptions{Network: k.network("ip"), Delay: time.Duration(k.delayMS) * time.Millisecond, Verbose: out}
+	var err error
+	switch {
+	case k.door != "":
+		if len(pos) > 1 {
+			return errUsage{errors.New("--door takes at most a HOST, no ports")}
+		}
+		var rot *knock.Rotating
+		if k.secretFile != "" {
+			proto := ""
+			if k.udp {
+				proto = "udp"
+			}
+			if rot, err = client.NewRotating(k.secretFile, k.period, k.length, k.portRange, proto); err != nil {
+				return err
+			}
+		} else {
+			p, err := client.LoadProfile(k.cfg, k.door)
+			if err != nil {
+				return err
+			}
+			rot, o.Hits, o.Host = p.Rotating, p.Hits, p.Host
+			if k.delayMS == 0 {
+				o.Delay = p.Delay
+			}
+		}
+		if len(pos) == 1 {
+			o.Host = pos[0]
+		}
+		if rot != nil {
+			o.Hits = rot.Sequence(k.door, rot.Window(time.Now()))
+		}
+		if o.Host == "" {
+			return errUsage{fmt.Errorf("door %q names no host: give HOST", k.door)}
+		}
+	case len(pos) < 2:
+		k.fs.Usage()
+		return errUsage{errors.New("knock takes HOST and at least one PORT (or --key … for SPA)")}
+	default:
+		o.Host = pos[0]
+		if o.Hits, err = client.ParseKnockArgs(pos[1:], k.udp); err != nil {
+			return errUsage{err}
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	return client.Sequence(ctx, o)
+}
 
-	if *covertMode {
-		return covertKnock(fs, pos, *door, *secretFile, *open, *allow, *profiles, *decoys, *decoyFrom,
-			time.Duration(delayMS)*time.Millisecond, only4, only6, out)
-	}
-	if *profile != "" {
-		p, err := profileFor(*profiles, *profile)
-		if err != nil {
-			return err
-		}
-		*keyFile, *serverKey = cmp.Or(*keyFile, p.KeyFile), cmp.Or(*serverKey, p.ServerKey)
-		if *open == "" {
-			*open = port.Join(p.Open)
-		}
-		if *dur == 0 {
-			*dur = p.Duration
-		}
-		*allow = cmp.Or(*allow, p.Allow)
-		if len(pos) == 0 {
-			pos = []string{p.Host}
-		}
-		portSet := false
-		fs.Visit(func(f *flag.Flag) { portSet = portSet || f.Name == "port" })
-		if !portSet {
-			*knockPort = uint(p.Port)
-		}
-	}
-	if *keyFile == "" && *serverKey == "" && *open == "" {
-		network := "ip"
-		if only4 {
-			network = "ip4"
-		} else if only6 {
-			network = "ip6"
-		}
-		o := client.SequenceOptions{Network: network, Delay: time.Duration(delayMS) * time.Millisecond, Verbose: out}
-		switch {
-		case *door != "":
-			if len(pos) > 1 {
-				return errUsage{errors.New("--door takes at most a HOST, no ports")}
-			}
-			var rot *knock.Rotating
-			if *secretFile != "" {
-				proto := ""
-				if udp {
-					proto = "udp"
-				}
-				if rot, err = client.NewRotating(*secretFile, *period, *length, *portRange, proto); err != nil {
-					return err
-				}
-			} else {
-				p, err := client.LoadProfile(*profiles, *door)
-				if err != nil {
-					return err
-				}
-				rot, o.Hits, o.Host = p.Rotating, p.Hits, p.Host
-				if delayMS == 0 {
-					o.Delay = p.Delay
-				}
-			}
-			if len(pos) == 1 {
-				o.Host = pos[0]
-			}
-			if rot != nil {
-				o.Hits = rot.Sequence(*door, rot.Window(time.Now()))
-			}
-			if o.Host == "" {
-				return errUsage{fmt.Errorf("door %q names no host: give HOST", *door)}
-			}
-		case len(pos) < 2:
-			fs.Usage()
-			return errUsage{errors.New("knock takes HOST and at least one PORT (or --key … for SPA)")}
-		default:
-			o.Host = pos[0]
-			if o.Hits, err = client.ParseKnockArgs(pos[1:], udp); err != nil {
-				return errUsage{err}
-			}
-		}
-		return client.Sequence(ctx, o)
-	}
-
+// spaKnock sends one postern SPA knock.
+func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	switch {
 	case len(pos) != 1:
 		return errUsage{errors.New("knock takes one HOST")}
-	case *keyFile == "":
+	case k.keyFile == "":
 		return errUsage{errors.New("--key is required")}
-	case *serverKey == "":
+	case k.serverKey == "":
 		return errUsage{errors.New("--server-key is required")}
-	case *open == "":
+	case k.open == "":
 		return errUsage{errors.New("--open is required, such as --open tcp/22")}
-	case *knockPort < 1 || *knockPort > 65535:
+	case k.knockPort < 1 || k.knockPort > 65535:
 		return errUsage{errors.New("--port must be 1 to 65535")}
 	}
-	ports, err := port.ParseList(*open)
+	ports, err := port.ParseList(k.open)
 	if err != nil {
 		return errUsage{fmt.Errorf("--open: %w", err)}
 	}
-	text, err := spa.ReadPrivateKeyFile(*keyFile)
+	text, err := spa.ReadPrivateKeyFile(k.keyFile)
 	if err != nil {
 		return err
 	}
 	key, err := spa.ParseClientPrivateKey(text)
 	if err != nil {
-		return fmt.Errorf("--key %s: %w", *keyFile, err)
+		return fmt.Errorf("--key %s: %w", k.keyFile, err)
 	}
-	srv, err := readServerKey(*serverKey)
+	srv, err := readServerKey(k.serverKey)
 	if err != nil {
 		return err
 	}
-	network := "udp"
-	if only4 {
-		network = "udp4"
-	} else if only6 {
-		network = "udp6"
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	sent, err := client.Knock(ctx, client.Options{
-		Key: key, ServerKey: srv, Host: pos[0], Port: uint16(*knockPort), Network: network,
-		Open: ports, Duration: *dur, Allow: *allow, BindDest: *bind, TimeOffset: *offset,
+		Key: key, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
+		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset,
 	})
 	if err != nil {
 		return err
 	}
-	if verbose {
+	if k.verbose {
 		who := "source address"
 		if !sent.Knock.UseSource {
 			who = sent.Knock.Allow.String()

@@ -1,7 +1,6 @@
 package firewall_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -137,11 +136,7 @@ func TestIPTablesInNamespace(t *testing.T) {
 				p.Server.Exec(t, "ipset", "destroy", "postern6")
 			},
 			"restore without postern": func() {
-				cmd := p.Server.Command(context.Background(), "iptables-restore")
-				cmd.Stdin = strings.NewReader("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
-				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("iptables-restore: %v\n%s", err, out)
-				}
+				p.Server.ExecInput(t, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "iptables-restore")
 			},
 		},
 	})

@@ -98,11 +98,7 @@ func TestIPTablesTamperingIsRestored(t *testing.T) {
 		ns.Exec(t, "ipset", "destroy", "postern6")
 	})
 	r.tamperAndCheck("iptables-restore without postern", func() {
-		cmd := ns.Command(context.Background(), "iptables-restore")
-		cmd.Stdin = strings.NewReader("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("iptables-restore: %v\n%s", err, out)
-		}
+		ns.ExecInput(t, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "iptables-restore")
 	})
 }
 
@@ -112,8 +108,7 @@ func TestRegrantAfterGrantRemovedBehindTheDaemon(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{})
 	r.start()
-	r.knock(r.p.Server4, "--for", "60s")
-	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.knockOpen("60s")
 	r.p.Server.Exec(t, "nft", "flush", "set", "inet", "postern", "grants4")
 	r.requireClosed(r.p.Client4, r.p.Server4, "after the set was flushed")
 	r.knock(r.p.Server4, "--for", "5s")
@@ -260,8 +255,7 @@ func TestHelpNeverActsAndCleanupRefuses(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{})
 	r.start()
-	r.knock(r.p.Server4, "--for", "60s")
-	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.knockOpen("60s")
 	ruleset := func() string { // without the ticking "expires 59s880ms"
 		return regexp.MustCompile(`expires [0-9a-z.]+`).ReplaceAllString(r.p.Server.Exec(t, "nft", "list", "ruleset"), "")
 	}
@@ -309,8 +303,7 @@ func TestIPTablesStatusJSON(t *testing.T) {
 	netnstest.Require(t, "iptables", "ip6tables", "ipset")
 	r := newRig(t, rigOptions{extra: "[firewall]\nbackend = \"iptables\"\n"})
 	r.start()
-	r.knock(r.p.Server4, "--for", "60s")
-	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+	r.knockOpen("60s")
 	r.checkStatusJSON("iptables")
 }
 

@@ -193,6 +193,13 @@ func (r *rig) knock(host netip.Addr, extra ...string) {
 	r.knockWith(r.alice, r.server.Public().String(), host, extra...)
 }
 
+// knockOpen knocks as alice for dur and waits until her port is open.
+func (r *rig) knockOpen(dur string) {
+	r.t.Helper()
+	r.knock(r.p.Server4, "--for", dur)
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after the knock").Close()
+}
+
 func (r *rig) knockWith(keyFile, serverPub string, host netip.Addr, extra ...string) {
 	r.t.Helper()
 	args := append([]string{"knock", "--key", keyFile, "--server-key", serverPub, "--open", "tcp/22"}, extra...)

@@ -104,6 +104,18 @@ func (ns *NS) Exec(t TB, name string, args ...string) string {
 	return run(t, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 }
 
+// ExecInput runs a command inside the namespace with stdin as its input.
+func (ns *NS) ExecInput(t TB, stdin, name string, args ...string) string {
+	t.Helper()
+	cmd := ns.Command(context.Background(), name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // Command prepares a command that runs inside the namespace.
 func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)

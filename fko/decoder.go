@@ -30,11 +30,12 @@ const (
 	ReasonState      = "state error"
 	ReasonGPGBusy    = "gnupg queue full"
 	ReasonGPGLimited = "gnupg rate limited"
+	ReasonGPGBudget  = "gnupg budget exhausted"
 )
 
 // Reasons lists the refusal reasons, for metrics.
 var Reasons = []string{ReasonMalformed, ReasonReplay, ReasonNoStanza, ReasonStale, ReasonSignature, ReasonSource,
-	ReasonUser, ReasonNAT, ReasonPort, ReasonCmdRefused, ReasonState, ReasonGPGBusy, ReasonGPGLimited}
+	ReasonUser, ReasonNAT, ReasonPort, ReasonCmdRefused, ReasonState, ReasonGPGBusy, ReasonGPGLimited, ReasonGPGBudget}
 
 // DecoderConfig configures a Decoder.
 type DecoderConfig struct {
@@ -50,6 +51,9 @@ type DecoderConfig struct {
 	// PerSource limits GnuPG packets per source address (rate a second,
 	// burst); one source cannot fill the queue.
 	PerSourceRate, PerSourceBurst float64
+	// Rate and Burst bound GnuPG work from all sources together: a flood
+	// from many sources costs at most this many gpg runs a second.
+	Rate, Burst float64
 }
 
 // Decoder is the fwknop language in the daemon's pipeline: it accepts FKO
@@ -64,7 +68,8 @@ type Decoder struct {
 	out   policy.Verdict // the capture goroutine's
 	gpg   bool           // some stanza takes GnuPG
 	jobs  chan gpgJob
-	limit *spa.RateLimiter
+	limit  *spa.RateLimiter // per source
+	budget *spa.RateLimiter // all sources: one bucket
 	wg    sync.WaitGroup
 }
 
@@ -87,6 +92,11 @@ func NewDecoder(c DecoderConfig) *Decoder {
 			rate, burst = 2, 4
 		}
 		d.limit = spa.NewRateLimiter(rate, burst, 65536)
+		rate, burst = c.Rate, c.Burst
+		if rate <= 0 {
+			rate, burst = 20, 40
+		}
+		d.budget = spa.NewRateLimiter(rate, burst, 1)
 		for range max(c.Workers, 1) {
 			d.wg.Add(1)
 			go d.worker()
@@ -123,6 +133,8 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		switch {
 		case !d.limit.Allow(f.Src, f.Time):
 			v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGLimited)
+		case !d.budget.Allow(netip.Addr{}, f.Time):
+			v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGBudget)
 		default:
 			select {
 			case d.jobs <- gpgJob{wire: wire, digest: digest, src: f.Src, dst: f.Dst, at: f.Time}:

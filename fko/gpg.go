@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -60,7 +61,41 @@ func (s *GPGSigner) Matches(ids, fingerprints []string) bool {
 	return false
 }
 
+// maxPlaintext bounds what gpg may produce when decrypting: a valid FKO
+// plaintext is under 1 500 bytes, while a few hundred bytes of compressed
+// zeros encrypted to the server's key expand to gigabytes (a decompression
+// bomb that anyone holding the public key can send).
+const maxPlaintext = 4096
+
+// errTooLarge is decrypt's answer when gpg's output passed maxPlaintext.
+var errTooLarge = errors.New("fko: gpg output too large: not an fwknop message")
+
+// capWriter keeps at most limit bytes and calls over once when more come.
+type capWriter struct {
+	buf   bytes.Buffer
+	limit int
+	over  func()
+	hit   bool
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	if w.limit > 0 && w.buf.Len()+len(p) > w.limit {
+		if !w.hit {
+			w.hit = true
+			w.over()
+		}
+		return 0, errTooLarge
+	}
+	return w.buf.Write(p)
+}
+
 func (g *GPG) run(stdin []byte, passphrase string, args ...string) (stdout, status []byte, err error) {
+	return g.runLimited(stdin, passphrase, 0, args...)
+}
+
+// runLimited runs gpg; with limit > 0, gpg is killed as soon as its output
+// passes limit bytes (its status output is bounded as well).
+func (g *GPG) runLimited(stdin []byte, passphrase string, limit int, args ...string) (stdout, status []byte, err error) {
 	exe := g.Exe
 	if exe == "" {
 		exe = "gpg"
@@ -82,11 +117,21 @@ func (g *GPG) run(stdin []byte, passphrase string, args ...string) (stdout, stat
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if limit > 0 {
+		base = append(base, "--max-output", strconv.Itoa(limit))
+	}
 	cmd := exec.CommandContext(ctx, exe, append(base, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = bytes.NewReader(stdin), &out, &errb, extra
+	out := &capWriter{limit: limit, over: cancel}
+	errb := &capWriter{limit: 64 << 10, over: cancel}
+	if limit == 0 {
+		errb.limit = 0
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = bytes.NewReader(stdin), out, errb, extra
 	err = cmd.Run()
-	return out.Bytes(), errb.Bytes(), err
+	if out.hit || errb.hit {
+		return nil, nil, errTooLarge
+	}
+	return out.buf.Bytes(), errb.buf.Bytes(), err
 }
 
 // encrypt encrypts and (with a signer) signs pt, returning unpadded base64.
@@ -121,7 +166,10 @@ func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
 	if g.DecryptID != "" {
 		args = append(args, "--try-secret-key", g.DecryptID)
 	}
-	out, status, err := g.run(raw, g.DecryptPW, args...)
+	out, status, err := g.runLimited(raw, g.DecryptPW, maxPlaintext, args...)
+	if errors.Is(err, errTooLarge) {
+		return "", nil, errDecrypt
+	}
 	var signer *GPGSigner
 	decrypted := false
 	for _, line := range strings.Split(string(status), "\n") {

@@ -116,6 +116,10 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 				log.Warn("fwknop stanza has no OPEN_PORTS: it may open any port, but postern closes only the ports listed somewhere",
 					"stanza", fko.StanzaName(st))
 			}
+			if st.GPG != nil && len(st.GPG.HMACKey) == 0 {
+				log.Warn("fwknop GnuPG stanza without HMAC_KEY: anyone with the server's GnuPG public key can make postern run gpg "+
+					"(bounded per source and in total, output capped); add an HMAC key", "stanza", fko.StanzaName(st))
+			}
 		}
 		s.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
 			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4})

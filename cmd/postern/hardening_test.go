@@ -1,0 +1,71 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"postern/internal/netnstest"
+)
+
+// The red-team review's findings, each against the real daemon.
+
+// daemonStatus reads a field of /proc/PID/status of the running daemon.
+func (r *rig) daemonStatus(field string) string {
+	r.t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.daemon.Process.Pid))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	r.t.Fatalf("no %s in /proc status", field)
+	return ""
+}
+
+// A GnuPG decompression bomb (200 MB of zeros, bzip2, encrypted to the
+// server's key: one UDP packet) must neither grow the daemon nor stall an
+// SPA knock sent right after it.
+func TestGnuPGBomb(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "gpg")
+	dir := t.TempDir()
+	home := filepath.Join(dir, "server-gnupg")
+	fpr := gpgKey(t, home, "postern server <server@postern.test>")
+	bomb := exec.Command("sh", "-c", fmt.Sprintf("head -c 200000000 /dev/zero | gpg --homedir %s --batch --trust-model always "+
+		"--compress-algo bzip2 --bzip2-compress-level 9 -e -r %s", home, fpr))
+	ct, err := bomb.Output()
+	if err != nil {
+		t.Fatalf("making the bomb: %v", err)
+	}
+	text := base64.RawStdEncoding.EncodeToString(ct)
+	if !strings.HasPrefix(text, "hQ") || len(text) > 1500 {
+		t.Fatalf("bomb packet: %d base64 characters, prefix %q", len(text), text[:2])
+	}
+	wire := text[2:] // fwknop strips GnuPG's "hQ" on the wire
+	access := filepath.Join(dir, "access.conf")
+	os.WriteFile(access, []byte(fmt.Sprintf("SOURCE ANY\nGPG_HOME_DIR %s\nGPG_DECRYPT_ID %s\nGPG_ALLOW_NO_PW Y\nGPG_REQUIRE_SIG N\nOPEN_PORTS tcp/22\n",
+		home, fpr)), 0o644)
+	r := newRig(t, rigOptions{extra: fmt.Sprintf("\n[fwknop]\naccess_file = %q\n", access)})
+	r.start()
+	r.out.WaitFor(t, time.Second, "GnuPG stanza without HMAC_KEY")
+	r.sendRaw(r.p.Client6, r.p.Server6, []byte(wire))
+	r.knock(r.p.Server4)
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "SPA knock right after the bomb").Close()
+	r.out.WaitFor(t, 30*time.Second, "msg=refused language=fwknop", "src="+r.p.Client6.String())
+	hwm := r.daemonStatus("VmHWM")
+	kb, _ := strconv.Atoi(strings.Fields(hwm)[0])
+	if kb > 64<<10 {
+		t.Fatalf("daemon peak RSS %s after the bomb, want under 64 MB", hwm)
+	}
+	t.Logf("daemon peak RSS after the bomb: %s", hwm)
+}

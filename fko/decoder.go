@@ -64,19 +64,19 @@ type DecoderConfig struct {
 // entries are made only for authenticated packets. GnuPG packets never
 // wait on the capture goroutine: they go to a bounded worker pool.
 type Decoder struct {
-	cfg   DecoderConfig
-	out   policy.Verdict // the capture goroutine's
-	gpg   bool           // some stanza takes GnuPG
-	jobs  chan gpgJob
+	cfg    DecoderConfig
+	out    policy.Verdict // the capture goroutine's
+	gpg    bool           // some stanza takes GnuPG
+	jobs   chan gpgJob
 	limit  *spa.RateLimiter // per source
 	budget *spa.RateLimiter // all sources: one bucket
-	wg    sync.WaitGroup
+	wg     sync.WaitGroup
 }
 
 type gpgJob struct {
-	wire, digest string
-	src, dst     netip.Addr
-	at           time.Time
+	wire     string
+	src, dst netip.Addr
+	at       time.Time
 }
 
 // NewDecoder starts the GnuPG workers if a stanza needs them.
@@ -122,12 +122,6 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		emit(v)
 		return
 	}
-	digest := ReplayDigest(f.Payload)
-	if d.cfg.Replay.Seen(digest) {
-		v.Refuse(policy.Fwknop, f.Src, "", ReasonReplay)
-		emit(v)
-		return
-	}
 	wire := string(f.Payload)
 	if IsGPG(wire) && d.gpg {
 		switch {
@@ -137,7 +131,7 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 			v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGBudget)
 		default:
 			select {
-			case d.jobs <- gpgJob{wire: wire, digest: digest, src: f.Src, dst: f.Dst, at: f.Time}:
+			case d.jobs <- gpgJob{wire: wire, src: f.Src, dst: f.Dst, at: f.Time}:
 				return // its verdict comes from a worker
 			default:
 				v.Refuse(policy.Fwknop, f.Src, "", ReasonGPGBusy)
@@ -146,7 +140,7 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		emit(v)
 		return
 	}
-	d.decode(wire, digest, f.Src, f.Dst, f.Time, v)
+	d.decode(wire, f.Src, f.Dst, f.Time, v)
 	emit(v)
 }
 
@@ -154,14 +148,14 @@ func (d *Decoder) worker() {
 	defer d.wg.Done()
 	var v policy.Verdict
 	for j := range d.jobs {
-		d.decode(j.wire, j.digest, j.src, j.dst, j.at, &v)
+		d.decode(j.wire, j.src, j.dst, j.at, &v)
 		d.cfg.Async(&v)
 	}
 }
 
 // decode tries the stanzas in order; the first that opens the packet
 // decides it.
-func (d *Decoder) decode(wire, digest string, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
+func (d *Decoder) decode(wire string, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
 	gpg := IsGPG(wire)
 	tried := 0
 	for _, st := range d.cfg.Stanzas {
@@ -182,7 +176,9 @@ func (d *Decoder) decode(wire, digest string, src, dst netip.Addr, at time.Time,
 		}
 		// Authenticated: from here on the packet is never accepted again,
 		// whatever the decision (fwknopd caches before its checks too).
-		switch err := d.cfg.Replay.Add(digest, at); {
+		// The cache holds what was authenticated, not the wire text: the
+		// same message in other base64 is the same knock.
+		switch err := d.cfg.Replay.Add(ContentDigest(m), at); {
 		case errors.Is(err, ErrReplayed):
 			v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonReplay)
 		case err != nil:

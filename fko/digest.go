@@ -84,7 +84,9 @@ func b64Decode(s string) ([]byte, error) {
 	if i := strings.IndexByte(s, '='); i >= 0 {
 		s = s[:i]
 	}
-	return b64.DecodeString(s)
+	// Strict: the unused low bits of the last character must be zero, so
+	// one ciphertext has one text (fwknop's encoder writes them so).
+	return b64.Strict().DecodeString(s)
 }
 
 func sum(d DigestType, data string) string {

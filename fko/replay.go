@@ -22,6 +22,19 @@ func ReplayDigest(wire []byte) string {
 	return b64.EncodeToString(s[:])
 }
 
+// ContentDigest is the replay key of an authenticated message: a hash of
+// its decoded content (random value, fields, inner digest), so that a
+// packet re-encoded on the way (other base64 for the same ciphertext, a
+// re-padded GnuPG message) is still the same knock.
+func ContentDigest(m *Message) string {
+	pt, err := m.Encode()
+	if err != nil {
+		pt = fmt.Sprintf("%+v", *m)
+	}
+	s := sha256.Sum256([]byte("fwknop content\x00" + pt))
+	return b64.EncodeToString(s[:])
+}
+
 // ReplayCache remembers the digests of accepted fwknop packets. Its
 // contract, fixing what fwknopd gets wrong:
 //   - only authenticated packets are added (the caller adds after the HMAC

@@ -69,3 +69,34 @@ func TestGnuPGBomb(t *testing.T) {
 	}
 	t.Logf("daemon peak RSS after the bomb: %s", hwm)
 }
+
+// An fwknop knock re-encoded on the way (the unused low bits of its last
+// base64 character flipped: other text, the same ciphertext) is the same
+// knock: refused as a replay or as malformed, never granted.
+func TestFwknopReplayByReencoding(t *testing.T) {
+	t.Parallel()
+	r := fwknopRig(t, "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 30\n")
+	r.start()
+	srv := r.p.Server4
+	sniffed := r.sniff()
+	r.fwknop("-A", "tcp/22", "-s", "-D", srv.String(), "--key-base64-rijndael", fwKey)
+	pkt := <-sniffed
+	r.waitOpen(r.p.Client4, srv, time.Second, "the original knock").Close()
+	// fwknop strips the 10 characters of "Salted__" from the text: the
+	// last character carries len%4 of the whole text's unused low bits.
+	unused := map[int]byte{2: 0x0f, 3: 0x03}[(len(pkt)+10)%4]
+	if unused == 0 {
+		t.Fatalf("packet of %d characters: its last character has no unused bits", len(pkt))
+	}
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	moved := append([]byte(nil), pkt...)
+	i := strings.IndexByte(alphabet, moved[len(moved)-1])
+	moved[len(moved)-1] = alphabet[i^int(unused&1)]
+	mark := r.out.Mark()
+	r.sendRaw(r.p.Client4b, srv, moved)
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused language=fwknop", "src="+r.p.Client4b.String())
+	r.requireClosed(r.p.Client4b, srv, "the observer after re-encoding the knock")
+	if strings.Contains(r.out.String()[mark:], "msg=granted") {
+		t.Fatalf("the re-encoded knock was granted:\n%s", r.out.String()[mark:])
+	}
+}

@@ -66,13 +66,35 @@ type Pending struct {
 	How     How       `json:"how,omitzero"`
 }
 
-// Runner runs commands and keeps the pending stop commands in a file.
+// Bounds on pending stop commands: a flood of spoofed door completions
+// (door sequences are not authenticated) must not grow the journal, the
+// timers or the processes without limit.
+const (
+	MaxPending        = 10_000 // in all
+	MaxPendingPerDoor = 1_000
+)
+
+// Refusals of RunExpanded when a bound is reached.
+var (
+	ErrPendingFull   = errors.New("too many stop commands pending")
+	ErrPendingSource = errors.New("a stop command for this address and door is already pending")
+)
+
+// Runner runs commands and keeps the pending stop commands in a journal:
+// one appended, synced line per new stop command ("+{json}") and per stop
+// command done ("-ID"), rewritten compactly from the stop side when it has
+// grown to twice what is live, so adding one costs one small write whatever
+// the number pending.
 type Runner struct {
 	path string
 	log  *slog.Logger
 
 	mu      sync.Mutex
 	pending map[uint64]Pending
+	bySrc   map[string]uint64 // door + "\x00" + addr → pending ID
+	perDoor map[string]int
+	journal *os.File
+	lines   int // in the journal
 	nextID  uint64
 	closed  bool
 	stop    chan struct{}
@@ -85,22 +107,17 @@ type Runner struct {
 // Open loads the pending stop commands from path (which need not exist) and
 // schedules them: overdue ones run at once.
 func Open(path string, log *slog.Logger) (*Runner, error) {
-	r := &Runner{path: path, log: log, pending: make(map[uint64]Pending), stop: make(chan struct{})}
+	r := &Runner{path: path, log: log, pending: make(map[uint64]Pending), bySrc: map[string]uint64{},
+		perDoor: map[string]int{}, stop: make(chan struct{})}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	data, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
+	if err := r.load(); err != nil {
 		return nil, err
-	default:
-		var ps []Pending
-		if err := json.Unmarshal(data, &ps); err != nil {
-			return nil, fmt.Errorf("%s: corrupt pending-command state: %w", path, err)
-		}
-		for _, p := range ps {
-			r.pending[p.ID] = p
-			r.nextID = max(r.nextID, p.ID)
-		}
+	}
+	r.mu.Lock()
+	err := r.compact()
+	r.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	for _, p := range r.pending {
 		if late := time.Since(p.Due); late > 0 {
@@ -110,6 +127,111 @@ func Open(path string, log *slog.Logger) (*Runner, error) {
 		go r.runStop(p, nil)
 	}
 	return r, nil
+}
+
+// load reads the journal (or the JSON array older versions wrote).
+func (r *Runner) load() error {
+	data, err := os.ReadFile(r.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	corrupt := func(line int, err error) error {
+		return fmt.Errorf("%s:%d: corrupt pending-command journal: %v", r.path, line, err)
+	}
+	if len(data) > 0 && data[0] == '[' {
+		var ps []Pending
+		if err := json.Unmarshal(data, &ps); err != nil {
+			return corrupt(1, err)
+		}
+		for _, p := range ps {
+			r.track(p)
+		}
+		return nil
+	}
+	for n, line := range strings.Split(string(data), "\n") {
+		switch {
+		case line == "":
+		case line[0] == '+':
+			var p Pending
+			if err := json.Unmarshal([]byte(line[1:]), &p); err != nil {
+				return corrupt(n+1, err)
+			}
+			r.track(p)
+		case line[0] == '-':
+			id, err := strconv.ParseUint(line[1:], 10, 64)
+			if err != nil {
+				return corrupt(n+1, err)
+			}
+			r.untrack(id)
+		default:
+			return corrupt(n+1, errors.New("want +{…} or -ID"))
+		}
+	}
+	return nil
+}
+
+func srcKey(door, addr string) string { return door + "\x00" + addr }
+
+func (r *Runner) track(p Pending) {
+	r.pending[p.ID] = p
+	r.bySrc[srcKey(p.Door, p.Addr)] = p.ID
+	r.perDoor[p.Door]++
+	r.nextID = max(r.nextID, p.ID)
+}
+
+func (r *Runner) untrack(id uint64) {
+	p, ok := r.pending[id]
+	if !ok {
+		return
+	}
+	delete(r.pending, id)
+	if r.bySrc[srcKey(p.Door, p.Addr)] == id {
+		delete(r.bySrc, srcKey(p.Door, p.Addr))
+	}
+	if r.perDoor[p.Door]--; r.perDoor[p.Door] <= 0 {
+		delete(r.perDoor, p.Door)
+	}
+}
+
+// appendLine writes one journal line and syncs it; r.mu is held.
+func (r *Runner) appendLine(line string) error {
+	if r.journal == nil {
+		f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return err
+		}
+		r.journal = f
+	}
+	if _, err := r.journal.WriteString(line + "\n"); err != nil {
+		return err
+	}
+	r.lines++
+	return r.journal.Sync()
+}
+
+// compact rewrites the journal with only the live entries, atomically;
+// r.mu is held.
+func (r *Runner) compact() error {
+	var b strings.Builder
+	for _, p := range r.pending {
+		line, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		b.WriteString("+" + string(line) + "\n")
+	}
+	if err := atomicfile.Write(r.path, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	if r.journal != nil {
+		r.journal.Close()
+		r.journal = nil
+	}
+	r.lines = len(r.pending)
+	return nil
 }
 
 // Pending returns the stop commands not yet run.
@@ -140,21 +262,49 @@ func (r *Runner) Run(door string, addr netip.Addr, start, stop string, delay tim
 	return r.RunExpanded(door, addr, startCmd, stopCmd, delay, How{})
 }
 
+// Admit says whether a stop command for door and addr would be accepted
+// now (ErrPendingFull, ErrPendingSource), so a caller can refuse a knock
+// before acting on it.
+func (r *Runner) Admit(door string, addr netip.Addr) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case len(r.pending) >= MaxPending || r.perDoor[door] >= MaxPendingPerDoor:
+		return ErrPendingFull
+	case r.bySrc[srcKey(door, addr.String())] != 0:
+		return ErrPendingSource
+	}
+	return nil
+}
+
 // RunExpanded is Run for commands whose placeholders the caller has already
 // replaced (fwknop's $IP, $PORT, …), run as how says.
 func (r *Runner) RunExpanded(door string, addr netip.Addr, startCmd, stopCmd string, delay time.Duration, how How) error {
 	var p *Pending
 	if stopCmd != "" {
-		var err error
 		r.mu.Lock()
-		if r.closed {
-			r.mu.Unlock()
-			return errors.New("command runner closed")
+		var err error
+		switch {
+		case r.closed:
+			err = errors.New("command runner closed")
+		case len(r.pending) >= MaxPending || r.perDoor[door] >= MaxPendingPerDoor:
+			err = ErrPendingFull
+		case r.bySrc[srcKey(door, addr.String())] != 0:
+			err = ErrPendingSource
 		}
-		r.nextID++
-		p = &Pending{ID: r.nextID, Door: door, Addr: addr.String(), Command: stopCmd, Due: time.Now().Add(delay), How: how}
-		r.pending[p.ID] = *p
-		err = r.save()
+		if err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		p = &Pending{ID: r.nextID + 1, Door: door, Addr: addr.String(), Command: stopCmd, Due: time.Now().Add(delay), How: how}
+		line, err := json.Marshal(p)
+		if err == nil {
+			err = r.appendLine("+" + string(line))
+		}
+		if err == nil {
+			r.nextID++
+			r.track(*p)
+		}
 		r.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("recording stop command: %w", err)
@@ -197,8 +347,11 @@ func (r *Runner) runStop(p Pending, started <-chan struct{}) {
 	}
 	r.exec("stop", p.Door, p.Addr, p.Command, p.How)
 	r.mu.Lock()
-	delete(r.pending, p.ID)
-	err := r.save()
+	r.untrack(p.ID)
+	err := r.appendLine("-" + strconv.FormatUint(p.ID, 10))
+	if err == nil && r.lines > 2*len(r.pending)+64 {
+		err = r.compact() // here, on the stop side, not when a door opens
+	}
 	r.mu.Unlock()
 	if err != nil {
 		r.log.Error("recording a stop command as done", "door", p.Door, "src", p.Addr, "err", err)
@@ -237,18 +390,6 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 	r.log.Info(which+" command ran", args...)
 }
 
-func (r *Runner) save() error {
-	ps := make([]Pending, 0, len(r.pending))
-	for _, p := range r.pending {
-		ps = append(ps, p)
-	}
-	data, err := json.MarshalIndent(ps, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(r.path, data, 0o600)
-}
-
 // Close stops waiting: running commands are killed with their process
 // groups, pending stop commands stay recorded and run when the state is
 // opened again.
@@ -261,6 +402,12 @@ func (r *Runner) Close() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	r.mu.Lock()
+	if r.journal != nil {
+		r.journal.Close()
+		r.journal = nil
+	}
+	r.mu.Unlock()
 }
 
 // boundedBuffer keeps the first outputLimit bytes of a command's output

@@ -2,6 +2,7 @@ package command
 
 import (
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -89,10 +90,11 @@ func TestStopSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Close()
-	var ps []Pending
+	var p Pending
 	data, _ := os.ReadFile(state)
-	if err := json.Unmarshal(data, &ps); err != nil || len(ps) != 1 || !strings.Contains(ps[0].Command, "198.18.0.2") {
-		t.Fatalf("state after close: %s %v", data, err)
+	if line, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "+"); !ok || json.Unmarshal([]byte(line), &p) != nil ||
+		!strings.Contains(p.Command, "198.18.0.2") {
+		t.Fatalf("journal after close: %s", data)
 	}
 	r2, err := Open(state, slog.Default())
 	if err != nil {
@@ -110,7 +112,7 @@ func TestStopSurvivesRestart(t *testing.T) {
 		t.Fatal("stop still pending after it ran")
 	}
 
-	// Overdue: runs immediately.
+	// Overdue (in the JSON array older versions wrote): runs immediately.
 	overdue, _ := json.Marshal([]Pending{{ID: 7, Door: "d", Addr: "198.18.0.9", Command: "echo late >> " + out, Due: time.Now().Add(-time.Hour)}})
 	os.WriteFile(state, overdue, 0o600)
 	r3, err := Open(state, slog.Default())
@@ -177,5 +179,62 @@ func TestNoShellAndUser(t *testing.T) {
 	}
 	if _, err := os.Stat(out); err == nil {
 		t.Fatal("';' was interpreted by a shell")
+	}
+}
+
+// Pending stop commands are bounded: one per address and door, at most
+// MaxPendingPerDoor per door; the journal is compacted as stops complete.
+func TestPendingBounds(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "pending")
+	r, err := Open(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.RunExpanded("d", addr, "", "true", time.Hour, How{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RunExpanded("d", addr, "", "true", time.Hour, How{}); !errors.Is(err, ErrPendingSource) {
+		t.Fatalf("second stop for the same address and door: %v", err)
+	}
+	if err := r.RunExpanded("other", addr, "", "true", time.Hour, How{}); err != nil {
+		t.Fatalf("same address, another door: %v", err)
+	}
+	for i := 1; i < MaxPendingPerDoor; i++ {
+		a := netip.AddrFrom4([4]byte{198, 20, byte(i >> 8), byte(i)})
+		if err := r.RunExpanded("d", a, "", "true", time.Hour, How{}); err != nil {
+			t.Fatalf("stop %d: %v", i, err)
+		}
+	}
+	if err := r.RunExpanded("d", netip.MustParseAddr("198.19.0.1"), "", "true", time.Hour, How{}); !errors.Is(err, ErrPendingFull) {
+		t.Fatalf("one over MaxPendingPerDoor: %v", err)
+	}
+	if n := len(r.Pending()); n != MaxPendingPerDoor+1 {
+		t.Fatalf("%d pending", n)
+	}
+}
+
+// The journal stays compact: after many stops ran, it holds about what is
+// live, not every line ever written.
+func TestJournalCompacted(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "pending")
+	r, err := Open(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := range 300 {
+		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		if err := r.RunExpanded("d", a, "", "true", time.Millisecond, How{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.Pending()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	data, _ := os.ReadFile(state)
+	if lines := strings.Count(string(data), "\n"); len(r.Pending()) != 0 || lines > 200 {
+		t.Fatalf("%d pending, journal of %d lines after 300 stops ran", len(r.Pending()), lines)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"postern/command"
 	"postern/policy"
 	"postern/port"
+	"postern/spa"
 )
 
 // Refusal reasons and notes of the door language.
@@ -18,12 +19,21 @@ const (
 	ReasonTimedOut = "knock timed out"
 	ReasonEvicted  = "knock evicted"
 	ReasonRefused  = "knock refused"
+	ReasonFlood    = "door rate limited"
 	NoteProgress   = "knock progress"
 	NoteDuplicate  = "knock duplicate"
 )
 
 // Reasons lists the refusal reasons, for metrics.
-var Reasons = []string{ReasonFailed, ReasonTimedOut, ReasonEvicted, ReasonRefused}
+var Reasons = []string{ReasonFailed, ReasonTimedOut, ReasonEvicted, ReasonRefused, ReasonFlood}
+
+// Completions a door may have: door sequences are not authenticated, so a
+// flood of spoofed completions is bounded here, before any grant or
+// command (a person completes a door a few times a minute).
+const (
+	completionRate  = 10 // a second, per door
+	completionBurst = 20
+)
 
 // Decoder is the door language in the daemon's pipeline: it feeds hits to
 // the Engine and turns its events into verdicts — a completed sequence
@@ -33,14 +43,18 @@ var Reasons = []string{ReasonFailed, ReasonTimedOut, ReasonEvicted, ReasonRefuse
 type Decoder struct {
 	mu      sync.Mutex
 	engine  *Engine
-	emit    policy.Sink // during Decode and Expire
+	limits  map[*Door]*spa.RateLimiter // completions per door
+	emit    policy.Sink                // during Decode and Expire
 	out     policy.Verdict
 	changed bool // a one-time sequence moved on: the door's ports changed
 }
 
 // NewDecoder tracks at most maxTracked attempts at doors.
 func NewDecoder(doors []*Door, maxTracked int) *Decoder {
-	d := &Decoder{}
+	d := &Decoder{limits: map[*Door]*spa.RateLimiter{}}
+	for _, door := range doors {
+		d.limits[door] = spa.NewRateLimiter(completionRate, completionBurst, 1)
+	}
 	d.engine = NewEngine(doors, maxTracked, d.event)
 	return d
 }
@@ -106,6 +120,10 @@ func (d *Decoder) event(ev Event) {
 	case Completed:
 		if door.OneTime != nil {
 			d.changed = true
+		}
+		if l := d.limits[door]; l != nil && !l.Allow(netip.Addr{}, time.Now()) {
+			v.Refuse(policy.Door, ev.Src, door.Name, ReasonFlood)
+			break
 		}
 		r, err := doorRequest(door, ev.Src)
 		if err != nil {

@@ -17,6 +17,7 @@ const (
 	mCaptureError  = "capture error"
 	mFirewallError = "firewall error"
 	mCommandNotRun = "command not run"
+	mPendingFull   = "commands pending"
 )
 
 // decided takes every verdict of every decoder — from the capture
@@ -45,6 +46,18 @@ func (s *Server) apply(v *policy.Verdict) {
 		s.refuse(v, slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration))
 		return
 	}
+	for _, c := range dec.Commands {
+		if c.Stop == "" {
+			continue
+		}
+		if err := s.runner.Admit(commandName(v), c.Addr); err != nil {
+			// A flood of (spoofed) door completions meets the bound on
+			// pending stop commands: refused, counted, logged in brief.
+			v.Reason = mPendingFull
+			s.refuse(v, slog.String("detail", err.Error()))
+			return
+		}
+	}
 	if len(dec.Grants) > 0 {
 		if err := s.fw.Grant(dec.Grants); err != nil {
 			s.metrics.inc(outcome{v.Language, mFirewallError})
@@ -54,13 +67,11 @@ func (s *Server) apply(v *policy.Verdict) {
 	}
 	for _, c := range dec.Commands {
 		how := command.How{NoShell: c.NoShell, User: c.User, Group: c.Group}
-		name := v.Client // a door's name, as knockd's log lines have it
-		if v.Language != policy.Door {
-			name = string(v.Language) + " " + v.Client
-		}
-		if err := s.runner.RunExpanded(name, c.Addr, c.Start, c.Stop, c.StopAfter, how); err != nil {
-			s.metrics.inc(outcome{v.Language, mCommandNotRun})
-			s.log.Error("command not run", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
+		if err := s.runner.RunExpanded(commandName(v), c.Addr, c.Start, c.Stop, c.StopAfter, how); err != nil {
+			if ok, suppressed := s.count(outcome{v.Language, mCommandNotRun}); ok {
+				s.log.Error("command not run", "language", v.Language, "src", v.Src, "client", v.Client, "err", err,
+					"suppressed", suppressed)
+			}
 			return
 		}
 	}
@@ -77,6 +88,16 @@ func (s *Server) apply(v *policy.Verdict) {
 		args = append(args, a)
 	}
 	s.log.Info("granted", args...)
+}
+
+// commandName is what the runner and its log lines call a knock's
+// commands: a door's name, as knockd's log lines have it, or the language
+// and the client.
+func commandName(v *policy.Verdict) string {
+	if v.Language == policy.Door {
+		return v.Client
+	}
+	return string(v.Language) + " " + v.Client
 }
 
 // count counts a decision of this kind and says whether to log it: each

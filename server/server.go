@@ -89,7 +89,8 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}}
 	var clients []policy.Client
 	add := func(lang policy.Language, reasons ...string) {
-		outcomes = append(outcomes, outcome{lang, mGranted}, outcome{lang, mFirewallError}, outcome{lang, mCommandNotRun})
+		outcomes = append(outcomes, outcome{lang, mGranted}, outcome{lang, mFirewallError}, outcome{lang, mCommandNotRun},
+			outcome{lang, mPendingFull})
 		for _, r := range reasons {
 			outcomes = append(outcomes, outcome{lang, r})
 		}

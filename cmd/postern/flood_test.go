@@ -49,6 +49,40 @@ func synFrom(buf []byte, src, dst netip.Addr, dport uint16) []byte {
 	return b
 }
 
+// spoofer returns a function that sends raw IPv6 packets from the client
+// namespace to the server's interface, whatever their source address.
+func (r *rig) spoofer() func(pkt []byte) {
+	r.t.Helper()
+	var mac net.HardwareAddr
+	if err := r.p.Server.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		if err == nil {
+			mac = ifi.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		r.t.Fatal(err)
+	}
+	var conn *packet.Conn
+	if err := r.p.Client.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		if err != nil {
+			return err
+		}
+		conn, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, nil)
+		return err
+	}); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { conn.Close() })
+	to := &packet.Addr{HardwareAddr: mac}
+	return func(pkt []byte) {
+		if _, err := conn.WriteTo(pkt, to); err != nil {
+			r.t.Fatalf("sending a spoofed packet: %v", err)
+		}
+	}
+}
+
 func rssKiB(t *testing.T, pid int) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -85,29 +119,7 @@ open = ["tcp/22"]
 	r.start()
 	before := rssKiB(t, r.daemon.Process.Pid)
 
-	var mac net.HardwareAddr
-	if err := r.p.Server.Do(func() error {
-		ifi, err := net.InterfaceByName(netnstest.Interface)
-		if err == nil {
-			mac = ifi.HardwareAddr
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var conn *packet.Conn
-	if err := r.p.Client.Do(func() error {
-		ifi, err := net.InterfaceByName(netnstest.Interface)
-		if err != nil {
-			return err
-		}
-		conn, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	to := &packet.Addr{HardwareAddr: mac}
+	spoof := r.spoofer()
 
 	const sources = 1_000_000
 	buf := make([]byte, 64)
@@ -116,9 +128,7 @@ open = ["tcp/22"]
 	legitDone := make(chan error, 1)
 	for i := range sources {
 		src[12], src[13], src[14], src[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
-		if _, err := conn.WriteTo(synFrom(buf, netip.AddrFrom16(src), r.p.Server6, 7000), to); err != nil {
-			t.Fatalf("sending spoofed SYN %d: %v", i, err)
-		}
+		spoof(synFrom(buf, netip.AddrFrom16(src), r.p.Server6, 7000))
 		if i%1000 == 999 {
 			// Bounded: at most about 100 000 packets a second.
 			time.Sleep(time.Until(start.Add(time.Duration(i+1) * 10 * time.Microsecond)))

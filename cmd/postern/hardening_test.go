@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,5 +99,48 @@ func TestFwknopReplayByReencoding(t *testing.T) {
 	r.requireClosed(r.p.Client4b, srv, "the observer after re-encoding the knock")
 	if strings.Contains(r.out.String()[mark:], "msg=granted") {
 		t.Fatalf("the re-encoded knock was granted:\n%s", r.out.String()[mark:])
+	}
+}
+
+// 3 000 spoofed sources each complete a door with start and stop commands
+// (6 000 packets in about 3 s): completions are rate-limited per door and
+// pending stop commands bounded, the journal stays small, and an SPA knock
+// sent in the middle opens within a second.
+func TestSpoofedCompletionFlood(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{extra: `
+[[door]]
+name = "cmd"
+sequence = ["tcp/7000", "tcp/8000"]
+seq_timeout = "5s"
+start_command = "true"
+stop_command = "true"
+cmd_timeout = "60s"
+`})
+	r.start()
+	spoof := r.spoofer()
+	buf := make([]byte, 64)
+	src := netip.MustParseAddr("2001:db8:ee::").As16()
+	start := time.Now()
+	for i := range 3000 {
+		src[14], src[15] = byte(i>>8), byte(i)
+		s := netip.AddrFrom16(src)
+		spoof(synFrom(buf, s, r.p.Server6, 7000))
+		spoof(synFrom(buf, s, r.p.Server6, 8000))
+		time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Millisecond)))
+		if i == 1500 {
+			knocked := time.Now()
+			r.knock(r.p.Server4)
+			r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "SPA knock during the completion flood").Close()
+			t.Logf("SPA knock opened %v after it was sent, mid-flood", time.Since(knocked).Round(time.Millisecond))
+		}
+	}
+	r.alive()
+	if n := r.metric("door", "door rate limited"); n < 2000 {
+		t.Fatalf("only %d completions rate-limited of 3 000", n)
+	}
+	journal, _ := os.ReadFile(filepath.Join(r.dir, "state", "pending-commands.json"))
+	if lines := strings.Count(string(journal), "\n"); lines > 200 {
+		t.Fatalf("pending-command journal of %d lines after the flood", lines)
 	}
 }

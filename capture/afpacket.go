@@ -122,11 +122,27 @@ func (a *AFPacket) filter(fam Family, indexes []int) ([]bpf.RawInstruction, erro
 		}
 		prog = append(InterfaceFilter(live), prog...)
 	}
+	prog = append(HostFilter(), prog...)
 	raw, err := bpf.Assemble(prog)
 	if err != nil {
 		return nil, fmt.Errorf("capture: assembling filter: %w", err)
 	}
 	return raw, nil
+}
+
+// HostFilter returns instructions that drop every frame the host itself
+// would not take: addressed to another MAC (promiscuous mode, a bridge),
+// sent out, or carrying a VLAN tag (a VLAN the host may not be on: the
+// kernel hands tagged frames to packet sockets on the parent interface).
+func HostFilter() []bpf.Instruction {
+	return []bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtType},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_HOST, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.LoadExtension{Num: bpf.ExtVLANTagPresent},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+	}
 }
 
 // InterfaceFilter returns instructions that drop every packet not received

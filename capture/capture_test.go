@@ -24,6 +24,13 @@ func ipv4UDP(src, dst [4]byte, sport, dport uint16, payload []byte) []byte {
 	binary.BigEndian.PutUint16(b[22:], dport)
 	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
 	copy(b[28:], payload)
+	return setHeaderSum(b)
+}
+
+// setHeaderSum writes an IPv4 header's checksum.
+func setHeaderSum(b []byte) []byte {
+	b[10], b[11] = 0, 0
+	binary.BigEndian.PutUint16(b[10:], ^headerSum(b[:int(b[0]&0x0f)*4]))
 	return b
 }
 
@@ -75,6 +82,9 @@ func TestParseRejects(t *testing.T) {
 	good := ipv4UDP(v4a, v4b, 1, 2, []byte("x"))
 	frag := append([]byte(nil), good...)
 	frag[6] = 0x20 // more fragments
+	setHeaderSum(frag)
+	badSum := append([]byte(nil), good...)
+	badSum[10] ^= 0x01
 	badIHL := append([]byte(nil), good...)
 	badIHL[0] = 0x44
 	longTotal := append([]byte(nil), good...)
@@ -94,6 +104,7 @@ func TestParseRejects(t *testing.T) {
 		{"bad ihl", badIHL, ErrBadHeader},
 		{"bad total length", longTotal, ErrBadHeader},
 		{"bad fragment", frag, ErrFragment},
+		{"bad header checksum", badSum, ErrChecksum},
 		{"bad udp length", udpLen, ErrBadL4},
 		{"bad v6 fragment", v6frag, ErrFragment},
 		{"bad v6 short", ipv6TCP(v6a, v6b, 1, 2, 0, nil)[:50], ErrBadHeader},

@@ -48,6 +48,7 @@ var (
 	ErrFragment    = errors.New("IP fragment")
 	ErrBadL4       = errors.New("malformed transport header")
 	ErrUnsupported = errors.New("unsupported transport protocol")
+	ErrChecksum    = errors.New("bad IPv4 header checksum")
 )
 
 // Parse reads an IP packet (starting at the IP header) into f. It fills as
@@ -70,6 +71,11 @@ func Parse(b []byte, f *Frame) error {
 			return ErrBadHeader
 		}
 		f.Src = netip.AddrFrom4([4]byte(b[12:16]))
+		// The host drops a packet whose header checksum is wrong; a knock
+		// in one must not count either.
+		if headerSum(b[:ihl]) != 0xffff {
+			return ErrChecksum
+		}
 		f.Dst = netip.AddrFrom4([4]byte(b[16:20]))
 		f.IPID = binary.BigEndian.Uint16(b[4:])
 		f.TTL = b[8]
@@ -161,4 +167,17 @@ func parseL4(b []byte, f *Frame) error {
 		return ErrUnsupported
 	}
 	return nil
+}
+
+// headerSum is the ones'-complement sum of an IPv4 header (0xffff when its
+// checksum is right).
+func headerSum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(h[i])<<8 | uint32(h[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
 }

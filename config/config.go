@@ -36,6 +36,7 @@ type Config struct {
 	PrivateKeyFile string
 	StateDir       string
 	MetricsListen  string // empty: no metrics endpoint
+	AnyDestination bool   // count knocks to addresses not on this host (afpacket capture)
 	SPA            SPA
 	Firewall       Firewall
 	Clients        []Client // empty: no SPA
@@ -111,6 +112,7 @@ type rawConfig struct {
 	PrivateKeyFile string      `toml:"private_key_file"`
 	StateDir       string      `toml:"state_dir"`
 	MetricsListen  string      `toml:"metrics_listen"`
+	AnyDestination bool        `toml:"any_destination"`
 	SPA            rawSPA      `toml:"spa"`
 	Firewall       rawFirewall `toml:"firewall"`
 	Clients        []rawClient `toml:"client"`
@@ -329,6 +331,7 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		PrivateKeyFile: raw.PrivateKeyFile,
 		StateDir:       cmp.Or(raw.StateDir, DefaultStateDir),
 		MetricsListen:  raw.MetricsListen,
+		AnyDestination: raw.AnyDestination,
 	}
 	v.knockdFile(cfg, raw.KnockdFile)
 	v.doors(cfg, raw.Doors)

@@ -18,6 +18,7 @@ const (
 	mFirewallError = "firewall error"
 	mCommandNotRun = "command not run"
 	mPendingFull   = "commands pending"
+	mNotLocal      = "not for this host"
 )
 
 // decided takes every verdict of every decoder — from the capture

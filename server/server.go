@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,6 +69,10 @@ type Server struct {
 	afp    *capture.AFPacket // to follow doors whose ports change
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
+
+	// local holds this host's addresses, refreshed by the expiry timer:
+	// with raw capture, a knock to another address does not count.
+	local atomic.Pointer[map[netip.Addr]bool]
 }
 
 // routes say which decoder a frame goes to. They are computed once, from
@@ -86,7 +91,7 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	if err := s.openState(); err != nil {
 		return nil, err
 	}
-	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}}
+	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}, {"capture", mNotLocal}}
 	var clients []policy.Client
 	add := func(lang policy.Language, reasons ...string) {
 		outcomes = append(outcomes, outcome{lang, mGranted}, outcome{lang, mFirewallError}, outcome{lang, mCommandNotRun},
@@ -368,6 +373,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	s.alive.Store(time.Now().UnixNano())
+	s.refreshLocal()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.expireLoop(gctx); return nil })
 	audit := auditEvery
@@ -482,6 +488,10 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mMalformed}, slog.String("detail", perr.Error()))
 		return
 	}
+	if local := s.local.Load(); local != nil && !(*local)[f.Dst] {
+		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mNotLocal}, slog.String("dst", f.Dst.String()))
+		return
+	}
 	switch f.Proto {
 	case capture.ProtoUDP:
 		isSPA := s.routes.spaPort != 0 && f.DstPort == s.routes.spaPort
@@ -547,9 +557,29 @@ func (s *Server) expireLoop(ctx context.Context) {
 				s.covert.Expire(now)
 			}
 			s.clampClocks(now)
+			s.refreshLocal()
 			s.alive.Store(time.Now().UnixNano())
 		}
 	}
+}
+
+// refreshLocal re-reads this host's addresses when raw capture sees
+// packets for any destination.
+func (s *Server) refreshLocal() {
+	if s.afp == nil || s.cfg.AnyDestination {
+		return
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return // keep the last known set
+	}
+	m := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			m[p.Addr().Unmap()] = true
+		}
+	}
+	s.local.Store(&m)
 }
 
 // clampClocks lowers stored client timestamps that lie beyond the

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/packet"
+	"golang.org/x/sys/unix"
 
 	"postern/internal/netnstest"
 )
@@ -142,5 +147,108 @@ cmd_timeout = "60s"
 	journal, _ := os.ReadFile(filepath.Join(r.dir, "state", "pending-commands.json"))
 	if lines := strings.Count(string(journal), "\n"); lines > 200 {
 		t.Fatalf("pending-command journal of %d lines after the flood", lines)
+	}
+}
+
+// syn4Frame builds an Ethernet frame carrying an IPv4 TCP SYN, optionally
+// with an 802.1Q tag and a corrupted IPv4 header checksum.
+func syn4Frame(dstMAC, srcMAC net.HardwareAddr, vlan uint16, src, dst netip.Addr, dport uint16, badSum bool) []byte {
+	var f []byte
+	f = append(f, dstMAC...)
+	f = append(f, srcMAC...)
+	if vlan != 0 {
+		f = binary.BigEndian.AppendUint16(f, 0x8100)
+		f = binary.BigEndian.AppendUint16(f, vlan)
+	}
+	f = binary.BigEndian.AppendUint16(f, 0x0800)
+	ip := make([]byte, 40)
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(ip[2:], 40)
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip[:20]))
+	if badSum {
+		ip[10] ^= 0x40
+	}
+	t := ip[20:]
+	binary.BigEndian.PutUint16(t[0:], 40001)
+	binary.BigEndian.PutUint16(t[2:], dport)
+	t[12], t[13] = 5<<4, 0x02
+	binary.BigEndian.PutUint16(t[14:], 64240)
+	pseudo := append(append(append([]byte{}, s4[:]...), d4[:]...), 0, unix.IPPROTO_TCP, 0, 20)
+	binary.BigEndian.PutUint16(t[16:], ^onesSum(onesSum(0, pseudo), t))
+	return append(f, ip...)
+}
+
+func onesSum(start uint16, b []byte) uint16 {
+	sum := uint32(start)
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}
+
+// Frames the host itself would discard must not count as knocks: to
+// another MAC, on a VLAN the host is not on, to an address that is not the
+// host's, with a bad IPv4 header checksum. A control knock from another
+// address, sent after them on the same link, proves they were read.
+func TestDiscardedFramesAreNotKnocks(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "seq"
+sequence = ["tcp/7000", "tcp/8000"]
+seq_timeout = "5s"
+open = ["tcp/22"]
+duration = "30s"
+`})
+	r.start()
+	var srvMAC, cliMAC net.HardwareAddr
+	r.p.Server.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		srvMAC = ifi.HardwareAddr
+		return err
+	})
+	var conn *packet.Conn
+	if err := r.p.Client.Do(func() error {
+		ifi, err := net.InterfaceByName(netnstest.Interface)
+		if err != nil {
+			return err
+		}
+		cliMAC = ifi.HardwareAddr
+		conn, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	send := func(dstMAC net.HardwareAddr, vlan uint16, src, dst netip.Addr, badSum bool) {
+		for _, p := range []uint16{7000, 8000} {
+			if _, err := conn.WriteTo(syn4Frame(dstMAC, cliMAC, vlan, src, dst, p, badSum), &packet.Addr{HardwareAddr: dstMAC}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a, b, srv := r.p.Client4, r.p.Client4b, r.p.Server4
+	send(other, 0, a, srv, false)                                 // another MAC
+	send(srvMAC, 42, a, srv, false)                               // a foreign VLAN
+	send(srvMAC, 0, a, netip.MustParseAddr("198.18.0.99"), false) // not the host's address
+	send(srvMAC, 0, a, srv, true)                                 // bad header checksum
+	send(srvMAC, 0, b, srv, false)                                // control
+	r.out.WaitFor(t, 2*time.Second, "msg=granted language=door", "src="+b.String())
+	r.waitOpen(b, srv, time.Second, "the control knock").Close()
+	r.requireClosed(a, srv, "knocks in frames the host would discard")
+	if strings.Contains(r.out.String(), "msg=granted language=door src="+a.String()) {
+		t.Fatalf("a discarded frame counted as a knock:\n%s", r.out)
+	}
+	for _, reason := range []string{"not for this host", "malformed packet"} {
+		if r.metric("capture", reason) == 0 {
+			t.Errorf("no %q counted", reason)
+		}
 	}
 }

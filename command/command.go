@@ -480,7 +480,9 @@ func withContext(ctx context.Context, c *exec.Cmd) *exec.Cmd {
 
 // credential looks up a user (and its primary group) and an optional group.
 func credential(userName, groupName string) (*syscall.Credential, error) {
-	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), NoSetGroups: true}
+	// The supplementary groups are the user's own, never the daemon's
+	// (root's groups must not follow a command into another identity).
+	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), Groups: []uint32{}}
 	if userName != "" {
 		u, err := user.Lookup(userName)
 		if err != nil {
@@ -489,6 +491,15 @@ func credential(userName, groupName string) (*syscall.Credential, error) {
 		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
+		ids, err := u.GroupIds()
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range ids {
+			if n, err := strconv.ParseUint(id, 10, 32); err == nil {
+				cred.Groups = append(cred.Groups, uint32(n))
+			}
+		}
 	}
 	if groupName != "" {
 		g, err := user.LookupGroup(groupName)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -510,6 +511,18 @@ func readCommands(s *Stanza, f fields) error {
 		return err
 	}
 	s.CmdExecUser, s.CmdExecGroup = f["CMD_EXEC_USER"].value, f["CMD_EXEC_GROUP"].value
+	// An unknown identity is found now, not when a command would run (and
+	// never falls back to the daemon's own, root).
+	if s.CmdExecUser != "" {
+		if _, err := user.Lookup(s.CmdExecUser); err != nil {
+			return f.fail("CMD_EXEC_USER", "%q: no such user", s.CmdExecUser)
+		}
+	}
+	if s.CmdExecGroup != "" {
+		if _, err := user.LookupGroup(s.CmdExecGroup); err != nil {
+			return f.fail("CMD_EXEC_GROUP", "%q: no such group", s.CmdExecGroup)
+		}
+	}
 	return nil
 }
 

@@ -80,6 +80,8 @@ func TestAccessErrors(t *testing.T) {
 		{"bad source", "SOURCE nowhere\nKEY k\n", "a.conf:1: SOURCE"},
 		{"bad digest", "SOURCE ANY\nKEY k\nHMAC_DIGEST_TYPE sha999\n", "a.conf:3: HMAC_DIGEST_TYPE"},
 		{"bad mode", "SOURCE ANY\nKEY k\nENCRYPTION_MODE ecb\n", "a.conf:3: ENCRYPTION_MODE: encryption mode \"ecb\" is not supported"},
+		{"bad unknown exec user", "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_EXEC_USER no-such-user-here\n", "a.conf:4: CMD_EXEC_USER: \"no-such-user-here\": no such user"},
+		{"bad unknown exec group", "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_EXEC_GROUP no-such-group-here\n", "a.conf:4: CMD_EXEC_GROUP"},
 		{"bad before source", "KEY k\nSOURCE ANY\n", "a.conf:1: KEY: keyword before the first SOURCE"},
 		{"bad long key", "SOURCE ANY\nKEY 012345678901234567890123456789012\n", "a.conf:2: KEY: a Rijndael key is at most 32 bytes"},
 		{"bad gpg without signer", "SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nGPG_ALLOW_NO_PW Y\n", "a.conf:2: GPG_DECRYPT_ID: signatures are required"},

@@ -347,13 +347,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer src.Close()
-	if s.Source == nil {
-		if dropped, err := dropNetRaw(); err != nil {
-			return fmt.Errorf("dropping CAP_NET_RAW: %w", err)
-		} else if dropped {
-			s.log.Debug("dropped CAP_NET_RAW")
-		}
-	}
 	if err := s.fw.Setup(rules); err != nil {
 		return err
 	}
@@ -370,6 +363,15 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("PidFile: %w", err)
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
+	}
+	// Sockets, listeners and files are open: keep only what the daemon
+	// needs from here on (not in tests that inject a capture source).
+	if s.Source == nil {
+		if dropped, err := privilegesFor(s.cfg).drop(); err != nil {
+			return fmt.Errorf("dropping privileges: %w", err)
+		} else if dropped {
+			s.log.Debug("dropped privileges")
+		}
 	}
 
 	s.alive.Store(time.Now().UnixNano())

@@ -326,40 +326,96 @@ func mustReadT(t *testing.T, path string) string {
 	return string(data)
 }
 
-// TestCapabilities: once its capture sockets are open the daemon keeps
-// CAP_NET_ADMIN (netlink needs it for its whole life) and has dropped
-// CAP_NET_RAW on every thread.
+// capsOf reads the capability sets and no_new_privs from a /proc status
+// file.
+func capsOf(t *testing.T, status string) map[string]uint64 {
+	t.Helper()
+	data, err := os.ReadFile(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return capsIn(t, string(data))
+}
+
+func capsIn(t *testing.T, status string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, line := range strings.Split(status, "\n") {
+		name, val, ok := strings.Cut(line, ":\t")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb":
+			v, err := strconv.ParseUint(val, 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[name] = v
+		case "NoNewPrivs":
+			v, _ := strconv.ParseUint(val, 10, 64)
+			out[name] = v
+		}
+	}
+	return out
+}
+
+const netAdmin = 1 << 12 // CAP_NET_ADMIN
+
+// TestCapabilities: once its capture sockets are open every thread of the
+// daemon holds CAP_NET_ADMIN and nothing else (netlink needs it for its
+// whole life), its bounding set is the same, so nothing it runs can get
+// more, and no_new_privs is set (it runs no commands).
 func TestCapabilities(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{})
 	r.start()
-	const netAdmin, netRaw = 12, 13
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", r.daemon.Process.Pid))
 	if err != nil || len(tasks) < 2 {
 		t.Fatalf("threads of the daemon: %v %v", tasks, err)
 	}
 	for _, status := range tasks {
-		data, err := os.ReadFile(status)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			name, hex, ok := strings.Cut(line, ":\t")
-			if !ok || (name != "CapEff" && name != "CapPrm") {
-				continue
-			}
-			v, err := strconv.ParseUint(hex, 16, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if v&(1<<netRaw) != 0 || v&(1<<netAdmin) == 0 {
-				t.Fatalf("%s %s = %s: want CAP_NET_ADMIN without CAP_NET_RAW", status, name, hex)
-			}
+		c := capsOf(t, status)
+		if c["CapEff"] != netAdmin || c["CapPrm"] != netAdmin || c["CapBnd"] != netAdmin || c["CapInh"] != 0 ||
+			c["NoNewPrivs"] != 1 {
+			t.Fatalf("%s: %x", status, c)
 		}
 	}
 	// And it still works: capture sockets were opened before the drop.
 	r.knock(r.p.Server4)
-	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after dropping CAP_NET_RAW").Close()
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after dropping privileges").Close()
+}
+
+// A door command runs with CAP_NET_ADMIN at most (the bounding set), so a
+// command cannot regain what the daemon dropped.
+func TestCommandCapabilities(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true})
+	out := filepath.Join(r.dir, "status")
+	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
+state_dir = %q
+[[door]]
+name = "caps"
+sequence = ["tcp/7000", "tcp/8000"]
+seq_timeout = "5s"
+start_command = "cat /proc/self/status > %s"
+`, netnstest.Interface, r.dir+"/state", out))
+	r.start()
+	c := capsOf(t, fmt.Sprintf("/proc/%d/status", r.daemon.Process.Pid))
+	if c["CapEff"] != netAdmin || c["CapBnd"] != netAdmin {
+		t.Fatalf("daemon with commands: %x", c)
+	}
+	for _, p := range []uint16{7000, 8000} {
+		r.p.Client.Dial("tcp", r.p.Client4, netip.AddrPortFrom(r.p.Server4, p), 100*time.Millisecond)
+	}
+	r.out.WaitFor(t, 3*time.Second, "start command ran")
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := capsIn(t, string(data)); c["CapEff"]&^netAdmin != 0 || c["CapBnd"] != netAdmin {
+		t.Fatalf("door command: %x", c)
+	}
 }
 
 // The iptables+ipset backend with the real daemon: a grant for one address

@@ -252,3 +252,41 @@ duration = "30s"
 		}
 	}
 }
+
+// A command run as CMD_EXEC_USER has that user's groups, never the
+// daemon's supplementary groups (here the daemon runs with group 4).
+func TestCommandUserHasOwnGroups(t *testing.T) {
+	t.Parallel()
+	out, err := os.MkdirTemp("", "postern-groups")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(out)
+	os.Chmod(out, 0o777)
+	r := fwknopRig(t, "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nHMAC_KEY_BASE64 "+fwHMAC+"\nENABLE_CMD_EXEC Y\nCMD_EXEC_USER nobody\n")
+	r.groups = []uint32{4}
+	r.start()
+	if g := r.daemonStatus("Groups"); g != "4" {
+		t.Fatalf("the daemon's groups are %q; the test needs 4", g)
+	}
+	file := filepath.Join(out, "status")
+	r.fwknop("-C", "/bin/sh -c 'cat /proc/self/status > "+file+"'", "-a", r.p.Client4.String(), "-D", r.p.Server4.String(),
+		"--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac")
+	r.out.WaitFor(t, 3*time.Second, "start command ran")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("the command wrote nothing: %v\n%s", err, r.out)
+	}
+	var uid, groups string
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			uid = strings.Fields(v)[0]
+		}
+		if v, ok := strings.CutPrefix(line, "Groups:"); ok {
+			groups = strings.TrimSpace(v)
+		}
+	}
+	if uid != "65534" || groups != "65534" {
+		t.Fatalf("command ran as uid %s with groups %q; want nobody (65534) with its own group only", uid, groups)
+	}
+}

@@ -61,6 +61,7 @@ type rig struct {
 	stranger string
 	daemon   *exec.Cmd
 	env      []string // added to the daemon's environment
+	groups   []uint32 // supplementary groups for the daemon
 	out      *netnstest.Output
 	exited   chan error
 }
@@ -139,6 +140,9 @@ func (r *rig) start() {
 	r.daemon = r.p.Server.Command(context.Background(), posternBin, "server", "-c", r.cfgPath)
 	r.daemon.Stdout, r.daemon.Stderr = r.out, r.out
 	r.daemon.Env = append(os.Environ(), r.env...)
+	if r.groups != nil {
+		r.daemon.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Groups: r.groups}}
+	}
 	if err := r.daemon.Start(); err != nil {
 		r.t.Fatal(err)
 	}

@@ -317,3 +317,20 @@ func TestDigestSizes(t *testing.T) {
 		}
 	}
 }
+
+// A username with a newline or a terminal escape is refused on the way
+// in, as fwknopd's validate_username() does: it would forge log lines.
+func TestDecodeRefusesBadUsername(t *testing.T) {
+	for _, user := range []string{"a\nb", "x\x1b[31m", "a;b", "NO USER"} {
+		enc := "1234567890123456:" + b64.EncodeToString([]byte(user)) + ":1800000000:3.0.0:1:" +
+			b64.EncodeToString([]byte("198.18.0.2,tcp/22"))
+		if _, err := Decode(enc + ":" + sum(SHA256, enc)); err == nil {
+			t.Errorf("username %q accepted", user)
+		}
+	}
+	enc := "1234567890123456:" + b64.EncodeToString([]byte("alice")) + ":1800000000:3.0.0:1:" +
+		b64.EncodeToString([]byte("198.18.0.2,tcp/22"))
+	if _, err := Decode(enc + ":" + sum(SHA256, enc)); err != nil {
+		t.Fatalf("a good username refused: %v", err)
+	}
+}

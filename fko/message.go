@@ -162,6 +162,11 @@ func Decode(pt string) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
+	// fwknopd's rule on the way in too: a username is printable and has
+	// none of the characters logs and commands could misread.
+	if err := validUser(user); err != nil {
+		return nil, err
+	}
 	m.User = user
 	if len(f[2]) == 0 || len(f[2]) > maxTimestamp || !allDigits(f[2]) {
 		return nil, errFormat

@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"log/syslog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"postern/config"
 )
@@ -122,8 +124,9 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 	kv := map[string]string{}
 	var rest strings.Builder
 	add := func(a slog.Attr) bool {
-		kv[a.Key] = a.Value.String()
-		fmt.Fprintf(&rest, " %s=%v", a.Key, a.Value)
+		v := printable(a.Value.String())
+		kv[a.Key] = v
+		fmt.Fprintf(&rest, " %s=%s", a.Key, v)
 		return true
 	}
 	for _, a := range h.attrs {
@@ -147,7 +150,7 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 		if r.Level < slog.LevelInfo {
 			return nil
 		}
-		line = r.Message + rest.String()
+		line = printable(r.Message) + rest.String()
 	}
 	if h.stamp {
 		line = r.Time.Format("[2006-01-02 15:04] ") + line
@@ -156,6 +159,25 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 	defer h.mu.Unlock()
 	_, err := io.WriteString(h.w, line+"\n")
 	return err
+}
+
+// printable escapes what a line-oriented log must not carry: control
+// characters (a newline would forge a line), terminal escapes, invalid
+// UTF-8. Text from packets (an fwknop username, a door detail) reaches
+// these sinks.
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
 }
 
 func (h *lineHandler) WithAttrs(as []slog.Attr) slog.Handler {

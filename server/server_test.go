@@ -302,3 +302,22 @@ func TestFloodHitAllocatesNothing(t *testing.T) {
 		t.Fatalf("evictions counted: %d", s.Metrics().Get(policy.Door, knock.ReasonEvicted))
 	}
 }
+
+// Text from packets reaches the knockd LogFile and syslog escaped: a
+// newline cannot forge a line, a terminal escape cannot reach a terminal.
+func TestLogLinesEscaped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "knockd.log")
+	log, err := NewLogger(&config.Config{Knockd: &knock.KnockdConf{LogFile: path}}, io.Discard, slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Warn("refused", "language", "fwknop", "src", "198.18.0.2", "reason", "x", "user", "eve\n[2026-01-01 00:00] 198.18.0.9: openSSH: OPEN SESAME\x1b[2J")
+	log.Close()
+	data, _ := os.ReadFile(path)
+	if strings.Count(string(data), "\n") != 1 || strings.Contains(string(data), "\x1b") {
+		t.Fatalf("log file:\n%q", data)
+	}
+	if !strings.Contains(string(data), `user=eve\n[2026-01-01`) {
+		t.Fatalf("newline not escaped visibly: %q", data)
+	}
+}

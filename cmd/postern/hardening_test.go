@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
+	"postern/fko"
 	"postern/internal/netnstest"
 )
 
@@ -288,5 +290,30 @@ func TestCommandUserHasOwnGroups(t *testing.T) {
 	}
 	if uid != "65534" || groups != "65534" {
 		t.Fatalf("command ran as uid %s with groups %q; want nobody (65534) with its own group only", uid, groups)
+	}
+}
+
+// An fwknop packet whose username carries a newline and a forged knockd
+// log line (made with the stanza's real keys, so it decrypts) is refused,
+// and nothing of it reaches the knockd LogFile unescaped.
+func TestFwknopUsernameInjection(t *testing.T) {
+	t.Parallel()
+	r := fwknopRig(t, "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nHMAC_KEY_BASE64 "+fwHMAC+"\nOPEN_PORTS tcp/22\n")
+	r.start()
+	key, _ := base64.StdEncoding.DecodeString(fwKey)
+	hkey, _ := base64.StdEncoding.DecodeString(fwHMAC)
+	raw := base64.RawStdEncoding
+	enc := "1234567890123456:" + raw.EncodeToString([]byte("eve\n198.18.0.9: openSSH: OPEN SESAME")) + ":" +
+		strconv.FormatInt(time.Now().Unix(), 10) + ":3.0.0:1:" + raw.EncodeToString([]byte(r.p.Client4.String()+",tcp/22"))
+	sum := sha256.Sum256([]byte(enc))
+	wire, err := (&fko.Keys{Key: key, HMACKey: hkey}).Seal(enc + ":" + raw.EncodeToString(sum[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.sendRaw(r.p.Client4, r.p.Server4, []byte(wire))
+	r.out.WaitFor(t, 2*time.Second, "msg=refused language=fwknop", "src="+r.p.Client4.String())
+	r.requireClosed(r.p.Client4, r.p.Server4, "a knock with a forged username")
+	if strings.Contains(r.out.String(), "OPEN SESAME") {
+		t.Fatalf("the username reached the log:\n%s", r.out)
 	}
 }

@@ -68,9 +68,10 @@ type Fwknop struct {
 
 // SPA configures postern SPA v1.
 type SPA struct {
-	Port         uint16
-	MaxSkew      time.Duration
-	Destinations []netip.Addr
+	Port          uint16
+	MaxSkew       time.Duration
+	Destinations  []netip.Addr
+	SourcePrefix6 int // IPv6 sources share a rate limit per prefix of this length
 }
 
 // Firewall configures the backend.
@@ -169,9 +170,10 @@ type rawDoor struct {
 }
 
 type rawSPA struct {
-	Port         *int     `toml:"port"`
-	MaxSkew      string   `toml:"max_skew"`
-	Destinations []string `toml:"destinations"`
+	Port          *int     `toml:"port"`
+	MaxSkew       string   `toml:"max_skew"`
+	Destinations  []string `toml:"destinations"`
+	SourcePrefix6 *int     `toml:"source_prefix6"`
 }
 
 type rawFirewall struct {
@@ -435,6 +437,14 @@ func (v *validator) spa(cfg *Config, raw rawSPA) {
 		}
 	}
 	cfg.SPA.MaxSkew = v.duration("spa.max_skew", raw.MaxSkew, DefaultMaxSkew)
+	cfg.SPA.SourcePrefix6 = 64
+	if raw.SourcePrefix6 != nil {
+		if n := *raw.SourcePrefix6; n < 32 || n > 128 {
+			v.fail("spa.source_prefix6", "%d: want 32 to 128 (64: one limit per /64)", n)
+		} else {
+			cfg.SPA.SourcePrefix6 = n
+		}
+	}
 	for _, d := range raw.Destinations {
 		a, err := netip.ParseAddr(d)
 		if err != nil {

@@ -217,12 +217,13 @@ func (s *Server) newVerifier() (*spa.Verifier, error) {
 	for _, c := range cfg.Clients {
 		clients[c.PublicKey] = c.Name
 	}
+	// Five knocks a second with bursts of ten per source is far above what
+	// a person does and far below what costs the CPU anything.
+	limiter := spa.NewRateLimiter(5, 10, 65536)
+	limiter.SetIPv6Prefix(cfg.SPA.SourcePrefix6)
 	return spa.NewVerifier(spa.VerifierConfig{
 		Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
-		Replay: s.spaReplay,
-		// Five knocks a second with bursts of ten per source is far above
-		// what a person does and far below what costs the CPU anything.
-		Limiter: spa.NewRateLimiter(5, 10, 65536),
+		Replay: s.spaReplay, Limiter: limiter,
 	})
 }
 

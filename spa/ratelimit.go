@@ -8,17 +8,25 @@ import (
 
 // RateLimiter is a per-source token bucket that runs before any public-key
 // work, so one source sending packets with a valid mac1 (it knows the server
-// public key) cannot spend more than Rate decryptions a second. The table is
-// bounded: when it is full, idle sources are swept out; if none is idle the
-// new source is refused, which under a spoofed flood protects the CPU at the
-// price of new sources until the flood's entries go idle. Safe for concurrent
-// use.
+// public key) cannot spend more than Rate decryptions a second. Its contract:
+//   - IPv6 sources are keyed by their /64 (SetIPv6Prefix changes it): one
+//     host's /64 holds 2^64 addresses, each would otherwise bring a fresh
+//     budget;
+//   - at most max sources are tracked; when the table is full the source
+//     tracked longest is evicted (a flood of new sources cannot lock out
+//     new legitimate ones, it only recycles the oldest entries);
+//   - a clock stepped back never drains a bucket.
+//
+// The zero value is not usable; use NewRateLimiter. Safe for concurrent use.
 type RateLimiter struct {
 	rate, burst float64
 	max         int
+	prefix6     int
 
 	mu      sync.Mutex
 	buckets map[netip.Addr]*bucket
+	order   []netip.Addr // ring of tracked keys, oldest at next
+	next    int
 }
 
 type bucket struct {
@@ -29,20 +37,41 @@ type bucket struct {
 // NewRateLimiter allows each source rate packets a second with bursts of
 // burst, tracking at most max sources.
 func NewRateLimiter(rate, burst float64, max int) *RateLimiter {
-	return &RateLimiter{rate: rate, burst: burst, max: max, buckets: make(map[netip.Addr]*bucket)}
+	return &RateLimiter{rate: rate, burst: burst, max: max, prefix6: 64, buckets: make(map[netip.Addr]*bucket)}
+}
+
+// SetIPv6Prefix keys IPv6 sources by their first bits (32 to 128; other
+// values leave the /64 in place).
+func (l *RateLimiter) SetIPv6Prefix(bits int) {
+	if bits < 32 || bits > 128 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.prefix6 = bits
 }
 
 // Allow takes a token from src's bucket.
 func (l *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.buckets[src]
-	if b == nil {
-		if len(l.buckets) >= l.max && !l.sweep(now) {
-			return false
+	key := src.Unmap()
+	if key.Is6() && l.prefix6 < 128 {
+		if p, err := key.Prefix(l.prefix6); err == nil {
+			key = p.Addr()
 		}
+	}
+	b := l.buckets[key]
+	if b == nil {
 		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[src] = b
+		if len(l.buckets) >= l.max {
+			delete(l.buckets, l.order[l.next]) // the source tracked longest
+			l.order[l.next] = key
+			l.next = (l.next + 1) % l.max
+		} else {
+			l.order = append(l.order, key)
+		}
+		l.buckets[key] = b
 	}
 	// A clock stepped back must not drain the bucket for as long as the
 	// step (frames carry monotonic time, but be safe without it).
@@ -53,17 +82,4 @@ func (l *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
 	}
 	b.tokens--
 	return true
-}
-
-// sweep drops buckets that have refilled completely (their sources have been
-// quiet long enough that forgetting them changes nothing) and reports whether
-// there is room now.
-func (l *RateLimiter) sweep(now time.Time) bool {
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for a, b := range l.buckets {
-		if now.Sub(b.last) >= full {
-			delete(l.buckets, a)
-		}
-	}
-	return len(l.buckets) < l.max
 }

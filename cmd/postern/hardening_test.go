@@ -317,3 +317,49 @@ func TestFwknopUsernameInjection(t *testing.T) {
 		t.Fatalf("the username reached the log:\n%s", r.out)
 	}
 }
+
+// udp6From builds an IPv6 UDP packet with a correct checksum from any
+// source address.
+func udp6From(src, dst netip.Addr, dport uint16, payload []byte) []byte {
+	b := make([]byte, 48+len(payload))
+	binary.BigEndian.PutUint32(b[0:], 6<<28)
+	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
+	b[6], b[7] = unix.IPPROTO_UDP, 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	u := b[40:]
+	binary.BigEndian.PutUint16(u[0:], 40002)
+	binary.BigEndian.PutUint16(u[2:], dport)
+	binary.BigEndian.PutUint16(u[4:], uint16(8+len(payload)))
+	copy(u[8:], payload)
+	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, 0, byte((8+len(payload))>>8), byte(8+len(payload)), 0, 0, 0, unix.IPPROTO_UDP)
+	binary.BigEndian.PutUint16(u[6:], ^onesSum(onesSum(0, pseudo), u))
+	return b
+}
+
+// 2 000 packets with a valid mac1 (a sniffed knock, resent) from 2 000
+// addresses of one /64 get the budget of one source: all but a burst are
+// refused before any public-key work.
+func TestIPv6PrefixRateLimit(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	sniffed := r.sniff()
+	r.knock(r.p.Server6)
+	pkt := <-sniffed
+	spoof := r.spoofer()
+	a := netip.MustParseAddr("2001:db8::").As16()
+	for i := range 2000 {
+		a[12], a[13], a[14], a[15] = 0xaa, 0xbb, byte(i>>8), byte(i)
+		spoof(udp6From(netip.AddrFrom16(a), r.p.Server6, knockPort, pkt))
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for r.metric("spa", "rate limited") < 1900 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 2 000 rate-limited, want all but a burst; replay %d, bad mac1 %d",
+				r.metric("spa", "rate limited"), r.metric("spa", "replay"), r.metric("spa", "bad mac1"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -196,7 +196,19 @@ func longOption(name string) (string, error) {
 // stanza, then the command line. A key given in one form replaces the other
 // form from a lower layer.
 func (r *FwknopRequest) Resolve() (FwknopSettings, error) {
+	return r.ResolveWarn(nil)
+}
+
+// ResolveWarn is Resolve, telling warn (if not nil) about an rc file that
+// group or others may read, as fwknop does: it holds keys.
+func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 	out := FwknopSettings{}
+	if r.RCFile != "" && warn != nil {
+		if st, err := os.Stat(r.RCFile); err == nil && st.Mode().Perm()&0o077 != 0 {
+			warn(fmt.Sprintf("[-] %s permissions should only be user read/write (0600, -rw-------), not %04o",
+				r.RCFile, st.Mode().Perm()))
+		}
+	}
 	apply := func(layer map[string]fko.RCValue) {
 		for k, v := range layer {
 			for _, pair := range [][2]string{{"KEY", "KEY_BASE64"}, {"HMAC_KEY", "HMAC_KEY_BASE64"}} {

@@ -165,11 +165,11 @@ func (d *Decoder) decide(f *capture.Frame, dr *door, i int, req Request) {
 		return
 	}
 	if err := d.replay.Advance(dr.ids[i], req.Time.UnixNano()); err != nil {
-		reason := ReasonReplay
-		if err != spa.ErrReplay {
-			reason = ReasonState
+		if err == spa.ErrReplay {
+			d.out.Refuse(policy.Covert, f.Src, who, ReasonReplay)
+		} else {
+			d.out.Refuse(policy.Covert, f.Src, who, ReasonState, slog.String("detail", err.Error()))
 		}
-		d.out.Refuse(policy.Covert, f.Src, who, reason)
 		return
 	}
 	d.out.Grant(policy.Request{Language: policy.Covert, Client: who, Src: f.Src, UseSource: true,

@@ -28,6 +28,7 @@ import (
 	"postern/covert"
 	"postern/firewall"
 	"postern/fko"
+	"postern/internal/atomicfile"
 	"postern/knock"
 	"postern/policy"
 	"postern/port"
@@ -176,6 +177,16 @@ func (s *Server) openState() error {
 		return fmt.Errorf("state_dir: %w", err)
 	}
 	state := func(name string) string { return filepath.Join(cfg.StateDir, name) }
+	// The daemon runs what its state says (pending stop commands) with its
+	// privileges: state that someone else could have written is refused.
+	if err := atomicfile.CheckTrusted(cfg.StateDir, true); err != nil {
+		return fmt.Errorf("state_dir: %w", err)
+	}
+	for _, name := range []string{ReplayFile, CovertReplayFile, FwknopReplayFile, PendingCommandsFile} {
+		if err := atomicfile.CheckTrusted(state(name), false); err != nil {
+			return fmt.Errorf("state_dir: %w", err)
+		}
+	}
 	var err error
 	if len(cfg.Clients) > 0 {
 		if s.spaReplay, err = spa.LoadTimestamps(state(ReplayFile)); err != nil {
@@ -360,8 +371,8 @@ func (s *Server) Run(ctx context.Context) error {
 		defer hs.Close()
 	}
 	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
-		if err := os.WriteFile(s.cfg.Knockd.PidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-			return fmt.Errorf("PidFile: %w", err)
+		if err := writePidFile(s.cfg.Knockd.PidFile); err != nil {
+			return fmt.Errorf("%s: PidFile: %w", s.cfg.Knockd.Path, err)
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
@@ -422,6 +433,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// writePidFile writes the pid through a new file renamed into place, never
+// following a symbolic link (as root, that would write wherever it points).
+func writePidFile(path string) error {
+	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symbolic link; refusing to write through it", path)
+	}
+	return atomicfile.Write(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 }
 
 // openCapture opens the configured capture, unless a Source was given.

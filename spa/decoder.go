@@ -1,6 +1,8 @@
 package spa
 
 import (
+	"log/slog"
+
 	"postern/capture"
 	"postern/policy"
 )
@@ -24,6 +26,9 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 	k := &d.knock
 	if r := d.v.Verify(f.Src, f.Dst, f.Payload, f.Time, k); r != Accepted {
 		d.out.Refuse(policy.SPA, f.Src, "", r.String())
+		if err := d.v.cfg.Replay.Err(); r == StateError && err != nil {
+			d.out.Add(slog.String("detail", err.Error()))
+		}
 		emit(&d.out)
 		return
 	}

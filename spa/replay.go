@@ -24,8 +24,17 @@ var ErrReplay = errors.New("timestamp not later than the last accepted one")
 // State is O(clients); no nonce cache is needed. Safe for concurrent use.
 type Timestamps struct {
 	path string // empty: memory only (tests)
-	mu   sync.Mutex
-	last map[ClientPublicKey]int64
+	mu      sync.Mutex
+	last    map[ClientPublicKey]int64
+	lastErr error // why the last save failed, for the log
+}
+
+// Err says why the last write failed (nil if none did): a refusal's
+// "state error" then says ENOSPC or EROFS, not just that.
+func (t *Timestamps) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastErr
 }
 
 // LoadTimestamps opens the replay state in path, which need not exist yet.
@@ -68,11 +77,13 @@ func (t *Timestamps) Advance(client ClientPublicKey, ts int64) error {
 	}
 	t.last[client] = ts
 	if err := t.save(); err != nil {
+		t.lastErr = err
 		// Keep memory and disk in agreement with what was promised: the
 		// knock is refused, and the in-memory value stays advanced, which
 		// only makes later checks stricter.
 		return err
 	}
+	t.lastErr = nil
 	return nil
 }
 

@@ -203,7 +203,7 @@ func TestReadOnlyStateDirRefusesThenRecovers(t *testing.T) {
 	netnstest.Run(t, "nsenter", inDaemon("mount", "-o", "remount,ro,bind", state)...)
 	mark := r.out.Mark()
 	r.knock(r.p.Server4)
-	r.out.WaitAfter(t, mark, time.Second, "refused", "reason=\"state error\"")
+	r.out.WaitAfter(t, mark, time.Second, "refused", "reason=\"state error\"", "read-only file system")
 	r.requireClosed(r.p.Client4, r.p.Server4, "knock with a read-only state_dir")
 	r.alive()
 	netnstest.Run(t, "nsenter", inDaemon("umount", state)...)

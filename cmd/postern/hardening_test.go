@@ -363,3 +363,78 @@ func TestIPv6PrefixRateLimit(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// State someone else could have written is refused at start-up (sshd's
+// StrictModes): a group-writable state_dir, a state file owned by another
+// user; the firewall stays closed.
+func TestUntrustedStateRefused(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	state := filepath.Join(r.dir, "state")
+	os.MkdirAll(state, 0o700)
+	os.Chmod(state, 0o770)
+	out, err := r.p.Server.Command(t.Context(), posternBin, "server", "-c", r.cfgPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "writable by group or others") {
+		t.Fatalf("daemon with a group-writable state_dir: %v\n%s", err, out)
+	}
+	r.requireClosed(r.p.Client4, r.p.Server4, "after the refused start")
+	os.Chmod(state, 0o700)
+	pending := filepath.Join(state, "spa-timestamps")
+	os.WriteFile(pending, nil, 0o600)
+	os.Chown(pending, 65534, 65534)
+	out, err = r.p.Server.Command(t.Context(), posternBin, "server", "-c", r.cfgPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "owned by uid 65534") {
+		t.Fatalf("daemon with a state file owned by nobody: %v\n%s", err, out)
+	}
+}
+
+// The knockd PidFile and LogFile are never written through a symbolic
+// link (as root, that writes wherever it points).
+func TestSymlinkedPidAndLogFilesRefused(t *testing.T) {
+	t.Parallel()
+	for _, which := range []string{"PidFile", "LogFile"} {
+		t.Run(which, func(t *testing.T) {
+			r := newRig(t, rigOptions{noSPA: true})
+			victim := filepath.Join(r.dir, "victim")
+			os.WriteFile(victim, []byte("precious\n"), 0o644)
+			link := filepath.Join(r.dir, "link")
+			os.Symlink(victim, link)
+			pid, log := filepath.Join(r.dir, "knockd.pid"), filepath.Join(r.dir, "knockd.log")
+			if which == "PidFile" {
+				pid = link
+			} else {
+				log = link
+			}
+			knockd := r.writeFile("knockd.conf", fmt.Sprintf("[options]\n\tPidFile = %s\n\tLogFile = %s\n[ssh]\n\tsequence = 7000,8000\n\tcommand = true\n", pid, log))
+			r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\nknockd_file = %q\n", netnstest.Interface, r.dir+"/state", knockd))
+			out, err := r.p.Server.Command(t.Context(), posternBin, "server", "-c", r.cfgPath).CombinedOutput()
+			if err == nil {
+				t.Fatalf("daemon started with a symlinked %s:\n%s", which, out)
+			}
+			if data, _ := os.ReadFile(victim); string(data) != "precious\n" {
+				t.Fatalf("written through the link: %q", data)
+			}
+		})
+	}
+}
+
+// --key-gen-file makes a file only its owner may read, also over an
+// existing file with a looser mode; a group-readable ~/.fwknoprc gets
+// fwknop's warning.
+func TestFwknopKeyFileModes(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	os.WriteFile(keys, nil, 0o644)
+	if out, err := exec.Command(posternBin, "fwknop", "--key-gen-file", keys).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if st, _ := os.Stat(keys); st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %04o, want 0600", st.Mode().Perm())
+	}
+	rc := filepath.Join(dir, "fwknoprc")
+	os.WriteFile(rc, []byte("[default]\nKEY_BASE64 "+fwKey+"\n"), 0o644)
+	out, _ := exec.Command(posternBin, "fwknop", "--rc-file", rc, "-A", "tcp/22", "-a", "198.18.0.2", "-D", "198.18.0.1", "-T").CombinedOutput()
+	if !strings.Contains(string(out), "permissions should only be user read/write") {
+		t.Fatalf("no warning about a group-readable rc file:\n%s", out)
+	}
+}

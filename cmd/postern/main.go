@@ -776,7 +776,7 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if req.KeyGenOut != "" {
-			if err := os.WriteFile(req.KeyGenOut, []byte(keys), 0o600); err != nil {
+			if err := writeSecret(req.KeyGenOut, []byte(keys)); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "[+] Wrote Rijndael and HMAC keys to: %s\n", req.KeyGenOut)
@@ -785,7 +785,7 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, keys)
 		return nil
 	}
-	settings, err := req.Resolve()
+	settings, err := req.ResolveWarn(func(msg string) { fmt.Fprintln(stderr, msg) })
 	if err != nil {
 		return err
 	}
@@ -817,6 +817,24 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return client.SendFwknop(ctx, pkt)
+}
+
+// writeSecret writes a key file that only its owner may read, also when
+// it exists already with a looser mode.
+func writeSecret(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // covertKnock sends a covert knock. Port, host, what to open and the secret

@@ -23,7 +23,7 @@ var ErrReplay = errors.New("timestamp not later than the last accepted one")
 // or crash: the file is replaced atomically and synced before Advance returns.
 // State is O(clients); no nonce cache is needed. Safe for concurrent use.
 type Timestamps struct {
-	path string // empty: memory only (tests)
+	path    string // empty: memory only (tests)
 	mu      sync.Mutex
 	last    map[ClientPublicKey]int64
 	lastErr error // why the last save failed, for the log

@@ -90,6 +90,7 @@ func TestFwknopReplayByReencoding(t *testing.T) {
 	r.fwknop("-A", "tcp/22", "-s", "-D", srv.String(), "--key-base64-rijndael", fwKey)
 	pkt := <-sniffed
 	r.waitOpen(r.p.Client4, srv, time.Second, "the original knock").Close()
+	r.out.WaitFor(t, time.Second, "msg=granted language=fwknop src="+r.p.Client4.String())
 	// fwknop strips the 10 characters of "Salted__" from the text: the
 	// last character carries len%4 of the whole text's unused low bits.
 	unused := map[int]byte{2: 0x0f, 3: 0x03}[(len(pkt)+10)%4]
@@ -104,7 +105,7 @@ func TestFwknopReplayByReencoding(t *testing.T) {
 	r.sendRaw(r.p.Client4b, srv, moved)
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused language=fwknop", "src="+r.p.Client4b.String())
 	r.requireClosed(r.p.Client4b, srv, "the observer after re-encoding the knock")
-	if strings.Contains(r.out.String()[mark:], "msg=granted") {
+	if strings.Contains(r.out.String()[mark:], "msg=granted language=fwknop src="+r.p.Client4b.String()) {
 		t.Fatalf("the re-encoded knock was granted:\n%s", r.out.String()[mark:])
 	}
 }

@@ -1,4 +1,4 @@
-module postern
+module github.com/postern/postern
 
 go 1.26.8
 

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"postern/capture"
-	"postern/internal/netnstest"
-	"postern/port"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
 )
 
 // collect runs src until ctx ends, sending copies of what it sees.

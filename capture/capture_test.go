@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/net/bpf"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Hand-built packets, so the parser is checked against bytes rather than

@@ -5,7 +5,7 @@ import (
 
 	"golang.org/x/net/bpf"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Family selects which IP version a filter is compiled for; an AF_PACKET

@@ -10,8 +10,8 @@ import (
 	"net/netip"
 	"time"
 
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Options describe one postern SPA knock.

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"postern/covert"
-	"postern/port"
+	"github.com/postern/postern/covert"
+	"github.com/postern/postern/port"
 )
 
 // CovertOptions describe one covert knock.

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"postern/fko"
+	"github.com/postern/postern/fko"
 )
 
 // FwknopSettings are fwknop client settings keyed by the .fwknoprc variable

@@ -11,10 +11,10 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"postern/config"
-	"postern/knock"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/config"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Profile is a door a client knocks on by name (postern knock --door NAME).

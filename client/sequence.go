@@ -16,8 +16,8 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
-	"postern/knock"
-	"postern/port"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
 )
 
 // SequenceOptions describe one port-knock sequence.

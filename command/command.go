@@ -23,7 +23,7 @@ import (
 	"syscall"
 	"time"
 
-	"postern/internal/atomicfile"
+	"github.com/postern/postern/internal/atomicfile"
 )
 
 // Shell runs every command, as knockd's system(3) does.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 var addr = netip.MustParseAddr("198.18.0.2")

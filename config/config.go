@@ -19,12 +19,12 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"postern/covert"
-	"postern/fko"
-	"postern/internal/conferr"
-	"postern/knock"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/covert"
+	"github.com/postern/postern/fko"
+	"github.com/postern/postern/internal/conferr"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Config is a validated configuration.

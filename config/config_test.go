@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 func TestReference(t *testing.T) {

@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"strings"
 
-	"postern/knock"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // doors validates the [[door]] tables into knock.Doors.

@@ -20,7 +20,7 @@ import (
 	"net/netip"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Sizes of the message and its parts.

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"postern/capture"
-	"postern/port"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/port"
 )
 
 var (

@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"postern/capture"
-	"postern/policy"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Door is a covert door: SYNs to a closed TCP port that carry an

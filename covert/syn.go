@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"postern/capture"
+	"github.com/postern/postern/capture"
 )
 
 // Shape is what makes a SYN look like this host's own connect() SYNs: the

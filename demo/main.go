@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // demoT lets the demo use the namespace helper the tests use.

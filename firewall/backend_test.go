@@ -13,9 +13,9 @@ import (
 
 	"github.com/google/nftables"
 
-	"postern/firewall"
-	"postern/internal/netnstest"
-	"postern/port"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
 )
 
 var ssh = port.Spec{Proto: port.TCP, Num: 22}

@@ -6,8 +6,8 @@
 package firewall
 
 import (
-	"postern/policy"
-	"postern/port"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
 )
 
 // Grant opens Port for Addr (policy decides them; it is the same type).

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Names of what the iptables backend owns.

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Keeper wraps a Backend and keeps what postern installed in place:

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Unit tests of the keeper's bookkeeping on the in-memory backend; the

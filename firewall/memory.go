@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Memory is a backend that enforces nothing and remembers grants in memory.

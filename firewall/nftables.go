@@ -16,7 +16,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // TableName is the nftables table postern owns, in the inet family. It is

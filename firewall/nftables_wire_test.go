@@ -14,7 +14,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden netlink files")

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"postern/internal/conferr"
-	"postern/port"
+	"github.com/postern/postern/internal/conferr"
+	"github.com/postern/postern/port"
 )
 
 // Stanza is one access.conf stanza: who may knock with which keys, and what

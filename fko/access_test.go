@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 func TestReadAccess(t *testing.T) {

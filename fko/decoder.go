@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"postern/capture"
-	"postern/policy"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Refusal reasons of the fwknop language.

@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // MessageType is FKO's message type field.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // TestRealClientPackets decodes packets the real fwknop client builds (-T:

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"postern/internal/atomicfile"
+	"github.com/postern/postern/internal/atomicfile"
 )
 
 // ReplayDigest is fwknopd's replay key: unpadded base64 of SHA-256 over the

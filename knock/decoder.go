@@ -6,11 +6,11 @@ import (
 	"sync"
 	"time"
 
-	"postern/capture"
-	"postern/command"
-	"postern/policy"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/command"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Refusal reasons and notes of the door language.

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Door is one knock sequence and what it opens. The engine uses the

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // EventKind says what happened to a knock attempt.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 var (

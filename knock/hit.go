@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // ICMP is the protocol of an ICMP echo-request hit (ICMPv6 over IPv6). The

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"postern/internal/conferr"
+	"github.com/postern/postern/internal/conferr"
 )
 
 // KnockdConf is a knockd.conf, read as knockd 0.8 reads it.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Debian's /etc/knockd.conf from knockd 0.8-2, unmodified.

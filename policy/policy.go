@@ -12,7 +12,7 @@ import (
 	"slices"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Language is a knock language; every decision is counted and logged

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 func TestDecide(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"kernel.org/pub/linux/libs/security/libcap/cap"
 	"kernel.org/pub/linux/libs/security/libcap/psx"
 
-	"postern/config"
+	"github.com/postern/postern/config"
 )
 
 // privileges says what the daemon keeps once its capture sockets are open.

@@ -5,9 +5,9 @@ import (
 	"log/slog"
 	"time"
 
-	"postern/command"
-	"postern/policy"
-	"postern/port"
+	"github.com/postern/postern/command"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
 )
 
 // Outcomes that are not a decoder's refusal reason.

@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"postern/config"
+	"github.com/postern/postern/config"
 )
 
 // Logs are the daemon's logger and its extra outputs.

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"postern/policy"
+	"github.com/postern/postern/policy"
 )
 
 // Metrics counts every decision by language and outcome (granted, or the

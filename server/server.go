@@ -22,17 +22,17 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"postern/capture"
-	"postern/command"
-	"postern/config"
-	"postern/covert"
-	"postern/firewall"
-	"postern/fko"
-	"postern/internal/atomicfile"
-	"postern/knock"
-	"postern/policy"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/command"
+	"github.com/postern/postern/config"
+	"github.com/postern/postern/covert"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/fko"
+	"github.com/postern/postern/internal/atomicfile"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // Files in state_dir.

@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"postern/capture"
-	"postern/config"
-	"postern/firewall"
-	"postern/internal/netnstest"
-	"postern/knock"
-	"postern/policy"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/config"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/policy"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // pipeline runs a Server on an in-memory capture source and the in-memory

@@ -3,8 +3,8 @@ package spa
 import (
 	"log/slog"
 
-	"postern/capture"
-	"postern/policy"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/policy"
 )
 
 // Decoder is the postern SPA knock language in the daemon's pipeline: it

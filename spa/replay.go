@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"postern/internal/atomicfile"
+	"github.com/postern/postern/internal/atomicfile"
 )
 
 // ErrReplay is returned by Timestamps.Advance for a timestamp that is not

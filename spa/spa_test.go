@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/atomicfile"
-	"postern/port"
+	"github.com/postern/postern/internal/atomicfile"
+	"github.com/postern/postern/port"
 )
 
 type fixture struct {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 var update = flag.Bool("update", false, "rewrite ../testdata/spa-v1.json from fresh keys")

@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"time"
 
-	"postern/port"
+	"github.com/postern/postern/port"
 )
 
 // Packet layout (docs/PROTOCOL.md §2). Every knock of a suite has the same

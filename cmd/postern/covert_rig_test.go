@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"postern/covert"
-	"postern/internal/netnstest"
+	"github.com/postern/postern/covert"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // tcpdump captures in a namespace into a pcap file until stopped.

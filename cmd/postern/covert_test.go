@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"postern/covert"
-	"postern/internal/netnstest"
-	"postern/port"
+	"github.com/postern/postern/covert"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
 )
 
 const covertSecret = "a covert secret, at least 16 bytes"

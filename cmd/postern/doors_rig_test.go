@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"postern/knock"
-	"postern/port"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
 )
 
 // hit sends one knock hit from a chosen client address: a TCP SYN (a

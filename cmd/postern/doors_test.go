@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"postern/client"
-	"postern/internal/netnstest"
-	"postern/knock"
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/knock"
 )
 
 // Debian's /etc/knockd.conf (knockd 0.8-2) with only the ports and the

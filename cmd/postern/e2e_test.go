@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/netnstest"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 func TestKnockOpensPortForOneAddressIPv4(t *testing.T) {

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/netnstest"
-	"postern/server"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/server"
 )
 
 // The never-fail-open, never-lock-out tests: what real servers do to a

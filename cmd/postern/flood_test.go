@@ -14,7 +14,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // synFrom builds an IPv6 TCP SYN from src to dst:dport with a correct

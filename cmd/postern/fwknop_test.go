@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // Keys from fwknop --key-gen.

@@ -18,8 +18,8 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
-	"postern/fko"
-	"postern/internal/netnstest"
+	"github.com/postern/postern/fko"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // The red-team review's findings, each against the real daemon.

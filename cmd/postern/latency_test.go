@@ -10,10 +10,10 @@ import (
 
 	"github.com/google/nftables"
 
-	"postern/client"
-	"postern/firewall"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // BenchmarkKnockToOpen measures, in the namespace setup, the time from

@@ -26,14 +26,14 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"postern/client"
-	"postern/config"
-	"postern/firewall"
-	"postern/internal/pidlock"
-	"postern/knock"
-	"postern/port"
-	"postern/server"
-	"postern/spa"
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/config"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/internal/pidlock"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/server"
+	"github.com/postern/postern/spa"
 )
 
 const usage = `postern — single packet authorization for Linux
@@ -51,6 +51,7 @@ Usage:
   postern setup -c FILE               install the closed state only (for ExecStartPre= or early boot)
   postern status [--json]             say whether the daemon runs, what is protected, live grants
   postern cleanup [--force]           remove everything postern installed (refused while the daemon runs)
+  postern version                     print the version (also --version)
 
 Every command takes -h or --help and then does nothing else.
 `
@@ -102,6 +103,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cleanup(args, stdout, stderr)
 	case "setup":
 		return setupCmd(args, stdout, stderr)
+	case "version", "--version", "-V":
+		fmt.Fprintln(stdout, versionString())
+		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

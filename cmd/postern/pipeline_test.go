@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"postern/internal/netnstest"
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // One language's slow work never stalls another's: while gpg (a stand-in

@@ -17,10 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"postern/capture"
-	"postern/internal/netnstest"
-	"postern/port"
-	"postern/spa"
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
 )
 
 // The end-to-end tests run the real postern posternBin in fresh network

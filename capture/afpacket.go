@@ -165,6 +165,31 @@ func (a *AFPacket) SetMatches(matches []Match) error {
 	return a.swap(a.indexes)
 }
 
+// Reconfigure captures on other interfaces (as OpenAFPacket takes them)
+// and for other matches, without a new socket (a reload, after CAP_NET_RAW
+// is gone).
+func (a *AFPacket) Reconfigure(ifname string, matches []Match) error {
+	if len(matches) == 0 {
+		return errors.New("capture: no knock ports to listen for")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old := a.names
+	a.names = nil
+	if ifname != "any" {
+		a.names = strings.Split(ifname, ",")
+	}
+	if (old == nil) != (a.names == nil) {
+		// "any" has no interface filter: the program's shape changes, which
+		// the swap handles, but the watcher was started for one or the other.
+		a.names = old
+		return errors.New("capture: switching between \"any\" and named interfaces needs a restart")
+	}
+	a.matches = matches
+	a.indexes = a.lookup()
+	return a.swap(a.indexes)
+}
+
 // swap installs the filter for indexes on every socket; a.mu is held.
 func (a *AFPacket) swap(indexes []int) error {
 	for i, c := range a.conns {
@@ -195,8 +220,8 @@ func (a *AFPacket) Watch(ctx context.Context, every time.Duration, changed func(
 			return nil
 		case <-t.C:
 		}
-		now := a.lookup()
 		a.mu.Lock()
+		now := a.lookup()
 		if slices.Equal(now, a.indexes) || a.closed {
 			a.mu.Unlock()
 			continue
@@ -205,11 +230,11 @@ func (a *AFPacket) Watch(ctx context.Context, every time.Duration, changed func(
 			a.mu.Unlock()
 			return err
 		}
-		before := a.indexes
+		before, names := a.indexes, a.names
 		a.indexes = now
 		a.mu.Unlock()
-		for i, n := range a.names {
-			if before[i] != now[i] {
+		for i, n := range names {
+			if i >= len(before) || before[i] != now[i] {
 				changed(n, now[i])
 			}
 		}

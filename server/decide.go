@@ -41,7 +41,7 @@ func (s *Server) decided(v *policy.Verdict) {
 // apply asks policy, then installs the grants and runs the commands.
 func (s *Server) apply(v *policy.Verdict) {
 	r := &v.Request
-	dec, refusal := s.policy.Decide(r)
+	dec, refusal := s.pipe.Load().policy.Decide(r)
 	if refusal != "" {
 		v.Reason = string(refusal)
 		s.refuse(v, slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration))

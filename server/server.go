@@ -45,24 +45,22 @@ const (
 
 // Server is a configured daemon, ready to Run.
 type Server struct {
-	cfg     *config.Config
+	cfg     *config.Config // as started: what a reload cannot change
 	log     *slog.Logger
 	fw      *firewall.Keeper
-	policy  *policy.Policy
-	runner  *command.Runner // nil if nothing runs commands
+	runner  *command.Runner // nil until something runs commands
 	metrics *Metrics
 	logs    logLimiter
+	sink    policy.Sink // s.decided, made once: a method value per packet would allocate
 
-	// Decoders, nil where the configuration has none of the language.
-	spa          *spa.Decoder
+	// State that outlives a reload, opened when a language first needs it.
 	spaReplay    *spa.Timestamps
-	fwknop       *fko.Decoder
 	fwknopReplay *fko.ReplayCache
-	covert       *covert.Decoder
 	covertReplay *spa.Timestamps
-	doors        *knock.Decoder
-	routes       routes
-	sink         policy.Sink // s.decided, made once: a method value per packet would allocate
+
+	// pipe is the configuration in force with its decoders and policy; a
+	// reload builds a new one and swaps it in whole.
+	pipe atomic.Pointer[pipeline]
 
 	// Source, if set before Run, is read instead of opening capture (an
 	// in-memory source in tests).
@@ -76,12 +74,30 @@ type Server struct {
 	local atomic.Pointer[map[netip.Addr]bool]
 }
 
-// routes say which decoder a frame goes to. They are computed once, from
-// the configuration: a frame's protocol and destination port decide.
+// pipeline is one configuration's decoders, policy and routes; decoders
+// are nil where the configuration has none of their language.
+type pipeline struct {
+	cfg    *config.Config
+	policy *policy.Policy
+	spa    *spa.Decoder
+	fwknop *fko.Decoder
+	covert *covert.Decoder
+	doors  *knock.Decoder
+	routes routes
+}
+
+// routes say which decoder a frame goes to. They are computed once per
+// configuration: a frame's protocol and destination port decide.
 type routes struct {
 	spaPort, fwknopPort uint16 // UDP; 0: none
 	covert              map[uint16]bool
 }
+
+// languages and the reasons each may refuse for, for the counters.
+var languages = []struct {
+	lang    policy.Language
+	reasons []string
+}{{policy.SPA, spaReasons()}, {policy.Fwknop, fko.Reasons}, {policy.Covert, covert.Reasons}, {policy.Door, knock.Reasons}}
 
 // New loads keys and state and prepares the decoders. It does not touch the
 // firewall or the network: the caller installs the closed state (Rules)
@@ -89,90 +105,111 @@ type routes struct {
 func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, fw: fw}
 	s.sink = s.decided
-	if err := s.openState(); err != nil {
+	p, err := s.newPipeline(cfg)
+	if err != nil {
 		return nil, err
 	}
+	s.pipe.Store(p)
+	// Every language's counters exist from the start: a reload may add one.
 	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}, {"capture", mNotLocal}}
-	var clients []policy.Client
-	add := func(lang policy.Language, reasons ...string) {
-		outcomes = append(outcomes, outcome{lang, mGranted}, outcome{lang, mFirewallError}, outcome{lang, mCommandNotRun},
-			outcome{lang, mPendingFull})
-		for _, r := range reasons {
-			outcomes = append(outcomes, outcome{lang, r})
+	for _, l := range languages {
+		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mFirewallError},
+			outcome{l.lang, mCommandNotRun}, outcome{l.lang, mPendingFull})
+		for _, r := range l.reasons {
+			outcomes = append(outcomes, outcome{l.lang, r})
 		}
 		for _, r := range policy.Refusals {
-			outcomes = append(outcomes, outcome{lang, string(r)})
+			outcomes = append(outcomes, outcome{l.lang, string(r)})
 		}
 	}
+	s.metrics = newMetrics(outcomes)
+	s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
+		func() float64 {
+			if d := s.pipe.Load().doors; d != nil {
+				return float64(d.Tracked())
+			}
+			return 0
+		})
+	s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
+		func() float64 {
+			if c := s.pipe.Load().covert; c != nil {
+				return float64(c.Evictions())
+			}
+			return 0
+		})
+	s.metrics.gauge("postern_firewall_restores", "Times postern's firewall rules were found missing or altered and restored.",
+		func() float64 { return float64(fw.Restores()) })
+	return s, nil
+}
+
+// newPipeline opens the state cfg needs and builds its decoders and policy.
+func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
+	if err := s.openState(cfg); err != nil {
+		return nil, err
+	}
+	p := &pipeline{cfg: cfg}
+	var clients []policy.Client
 	if len(cfg.Clients) > 0 {
-		v, err := s.newVerifier()
+		v, err := s.newVerifier(cfg)
 		if err != nil {
 			return nil, err
 		}
-		s.spa = spa.NewDecoder(v)
-		s.routes.spaPort = cfg.SPA.Port
+		p.spa = spa.NewDecoder(v)
+		p.routes.spaPort = cfg.SPA.Port
 		for _, c := range cfg.Clients {
 			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
 				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource})
 		}
-		add(policy.SPA, spaReasons()...)
-	}
-	if f := cfg.Fwknop; f != nil {
-		for _, st := range f.Stanzas {
-			if st.OpenPorts == nil && st.CmdCycleOpen == "" {
-				log.Warn("fwknop stanza has no OPEN_PORTS: it may open any port, but postern closes only the ports listed somewhere",
-					"stanza", fko.StanzaName(st))
-			}
-			if st.GPG != nil && len(st.GPG.HMACKey) == 0 {
-				log.Warn("fwknop GnuPG stanza without HMAC_KEY: anyone with the server's GnuPG public key can make postern run gpg "+
-					"(bounded per source and in total, output capped); add an HMAC key", "stanza", fko.StanzaName(st))
-			}
-		}
-		s.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
-			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4})
-		s.routes.fwknopPort = f.Port
-		clients = append(clients, fko.PolicyClients(f.Stanzas)...)
-		add(policy.Fwknop, fko.Reasons...)
 	}
 	if len(cfg.Covert) > 0 {
 		d, err := covert.NewDecoder(cfg.Covert, s.covertReplay)
 		if err != nil {
 			return nil, err
 		}
-		s.covert = d
-		s.routes.covert = map[uint16]bool{}
-		for _, p := range covert.Ports(cfg.Covert) {
-			s.routes.covert[p.Num] = true
+		p.covert = d
+		p.routes.covert = map[uint16]bool{}
+		for _, sp := range covert.Ports(cfg.Covert) {
+			p.routes.covert[sp.Num] = true
 		}
 		clients = append(clients, covert.PolicyClients(cfg.Covert)...)
-		add(policy.Covert, covert.Reasons...)
 	}
 	if len(cfg.Doors) > 0 {
-		s.doors = knock.NewDecoder(cfg.Doors, cfg.MaxTracked)
+		p.doors = knock.NewDecoder(cfg.Doors, cfg.MaxTracked)
 		for _, d := range cfg.Doors {
 			clients = append(clients, knock.PolicyClient(d))
 		}
-		add(policy.Door, knock.Reasons...)
 	}
-	s.policy = policy.New(clients)
-	s.metrics = newMetrics(outcomes)
-	if s.doors != nil {
-		s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
-			func() float64 { return float64(s.doors.Tracked()) })
+	if f := cfg.Fwknop; f != nil {
+		for _, st := range f.Stanzas {
+			if st.OpenPorts == nil && st.CmdCycleOpen == "" {
+				s.log.Warn("fwknop stanza has no OPEN_PORTS: it may open any port, but postern closes only the ports listed somewhere",
+					"stanza", fko.StanzaName(st))
+			}
+			if st.GPG != nil && len(st.GPG.HMACKey) == 0 {
+				s.log.Warn("fwknop GnuPG stanza without HMAC_KEY: anyone with the server's GnuPG public key can make postern run gpg "+
+					"(bounded per source and in total, output capped); add an HMAC key", "stanza", fko.StanzaName(st))
+			}
+		}
+		// Last: it starts GnuPG workers, which nothing after may leave running.
+		p.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
+			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4})
+		p.routes.fwknopPort = f.Port
+		clients = append(clients, fko.PolicyClients(f.Stanzas)...)
 	}
-	if s.covert != nil {
-		s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
-			func() float64 { return float64(s.covert.Evictions()) })
-	}
-	s.metrics.gauge("postern_firewall_restores", "Times postern's firewall rules were found missing or altered and restored.",
-		func() float64 { return float64(fw.Restores()) })
-	return s, nil
+	p.policy = policy.New(clients)
+	return p, nil
 }
 
-// openState opens the state files each language needs and the command
-// runner (which runs overdue stop commands at once).
-func (s *Server) openState() error {
-	cfg := s.cfg
+// close stops what a pipeline runs (GnuPG workers).
+func (p *pipeline) close() {
+	if p.fwknop != nil {
+		p.fwknop.Close()
+	}
+}
+
+// openState opens the state files cfg's languages need and the command
+// runner (which runs overdue stop commands at once), unless already open.
+func (s *Server) openState(cfg *config.Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state_dir: %w", err)
 	}
@@ -188,17 +225,17 @@ func (s *Server) openState() error {
 		}
 	}
 	var err error
-	if len(cfg.Clients) > 0 {
+	if len(cfg.Clients) > 0 && s.spaReplay == nil {
 		if s.spaReplay, err = spa.LoadTimestamps(state(ReplayFile)); err != nil {
 			return fmt.Errorf("state_dir: %w", err)
 		}
 	}
-	if len(cfg.Covert) > 0 {
+	if len(cfg.Covert) > 0 && s.covertReplay == nil {
 		if s.covertReplay, err = spa.LoadTimestamps(state(CovertReplayFile)); err != nil {
 			return fmt.Errorf("state_dir: %w", err)
 		}
 	}
-	if f := cfg.Fwknop; f != nil {
+	if f := cfg.Fwknop; f != nil && s.fwknopReplay == nil {
 		// A packet is refused once its timestamp is max_packet_age away
 		// from the clock in either direction, so a digest need not be kept
 		// longer than twice that, plus a margin.
@@ -206,7 +243,7 @@ func (s *Server) openState() error {
 			return err
 		}
 	}
-	if needsCommands(cfg) {
+	if needsCommands(cfg) && s.runner == nil {
 		if s.runner, err = command.Open(state(PendingCommandsFile), s.log); err != nil {
 			return err
 		}
@@ -214,8 +251,7 @@ func (s *Server) openState() error {
 	return nil
 }
 
-func (s *Server) newVerifier() (*spa.Verifier, error) {
-	cfg := s.cfg
+func (s *Server) newVerifier(cfg *config.Config) (*spa.Verifier, error) {
 	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("private_key_file: %w", err)
@@ -353,7 +389,7 @@ const (
 // grants are removed on exit.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.closeState()
-	rules, matches := Rules(s.cfg)
+	rules, matches := Rules(s.pipe.Load().cfg)
 	src, err := s.openCapture(matches)
 	if err != nil {
 		return err
@@ -414,16 +450,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return src.Run(gctx, s.handle)
 	})
 
-	s.log.Info("ready", "capture", s.cfg.Capture, "interface", s.cfg.Interface, "spa_port", s.spaPort(),
-		"protected", port.Join(rules.Protected), "clients", len(s.cfg.Clients), "doors", len(s.cfg.Doors),
-		"fwknop_stanzas", s.fwknopStanzas(), "backend", s.cfg.Firewall.Backend)
+	s.logReady("ready", rules)
 	notify("READY=1")
 
 	err = g.Wait()
-	if s.fwknop != nil {
-		s.fwknop.Close() // no GnuPG verdict after this
-	}
-	if s.cfg.Firewall.RemoveOnExit {
+	s.pipe.Load().close() // no GnuPG verdict after this
+	if s.pipe.Load().cfg.Firewall.RemoveOnExit {
 		if gs, lerr := s.fw.List(); lerr == nil && len(gs) > 0 {
 			if rerr := s.fw.Revoke(gs); rerr != nil {
 				s.log.Error("removing grants on exit", "err", rerr)
@@ -477,9 +509,7 @@ func (s *Server) openCapture(matches []capture.Match) (capture.Source, error) {
 // closeState stops the runner (pending stop commands stay recorded) and
 // closes the fwknop replay cache.
 func (s *Server) closeState() {
-	if s.fwknop != nil {
-		s.fwknop.Close()
-	}
+	s.pipe.Load().close()
 	if s.runner != nil {
 		s.runner.Close()
 	}
@@ -488,18 +518,19 @@ func (s *Server) closeState() {
 	}
 }
 
-func (s *Server) spaPort() any {
-	if s.spa == nil {
-		return "none"
+// logReady writes the line that says what is in force.
+func (s *Server) logReady(msg string, rules firewall.Rules) {
+	cfg := s.pipe.Load().cfg
+	spaPort, stanzas := any("none"), 0
+	if len(cfg.Clients) > 0 {
+		spaPort = cfg.SPA.Port
 	}
-	return s.cfg.SPA.Port
-}
-
-func (s *Server) fwknopStanzas() int {
-	if s.cfg.Fwknop == nil {
-		return 0
+	if cfg.Fwknop != nil {
+		stanzas = len(cfg.Fwknop.Stanzas)
 	}
-	return len(s.cfg.Fwknop.Stanzas)
+	s.log.Info(msg, "capture", cfg.Capture, "interface", cfg.Interface, "spa_port", spaPort,
+		"protected", port.Join(rules.Protected), "clients", len(cfg.Clients), "doors", len(cfg.Doors),
+		"covert", len(cfg.Covert), "fwknop_stanzas", stanzas, "backend", cfg.Firewall.Backend)
 }
 
 // handle routes one frame to its language's decoder. Capture calls it
@@ -515,10 +546,11 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mNotLocal}, slog.String("dst", f.Dst.String()))
 		return
 	}
+	p := s.pipe.Load()
 	switch f.Proto {
 	case capture.ProtoUDP:
-		isSPA := s.routes.spaPort != 0 && f.DstPort == s.routes.spaPort
-		isFwknop := s.routes.fwknopPort != 0 && f.DstPort == s.routes.fwknopPort
+		isSPA := p.routes.spaPort != 0 && f.DstPort == p.routes.spaPort
+		isFwknop := p.routes.fwknopPort != 0 && f.DstPort == p.routes.fwknopPort
 		if isSPA && isFwknop {
 			// postern SPA and fwknop may share a port: a postern knock is
 			// binary with a fixed size and first byte, an fwknop packet is
@@ -528,30 +560,30 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		}
 		switch {
 		case isSPA:
-			s.spa.Decode(f, s.sink)
+			p.spa.Decode(f, s.sink)
 			return
 		case isFwknop:
-			s.fwknop.Decode(f, s.sink)
+			p.fwknop.Decode(f, s.sink)
 			return
 		}
 	case capture.ProtoTCP:
-		if s.routes.covert[f.DstPort] {
-			s.covert.Decode(f, s.sink)
+		if p.routes.covert[f.DstPort] {
+			p.covert.Decode(f, s.sink)
 			return
 		}
 	}
-	if s.doors != nil {
-		s.doors.Decode(f, s.sink)
-		if s.doors.PortsChanged() {
-			s.followDoorPorts()
+	if p.doors != nil {
+		p.doors.Decode(f, s.sink)
+		if p.doors.PortsChanged() {
+			s.followDoorPorts(p.cfg)
 		}
 	}
 }
 
 // followDoorPorts re-derives the closed ports and the capture filter after
 // a door's sequence changed (a one-time sequence was used).
-func (s *Server) followDoorPorts() {
-	rules, matches := Rules(s.cfg)
+func (s *Server) followDoorPorts(cfg *config.Config) {
+	rules, matches := Rules(cfg)
 	if err := s.fw.Setup(rules); err != nil {
 		s.log.Error("closing the next one-time sequence's ports", "err", err)
 	}
@@ -573,13 +605,14 @@ func (s *Server) expireLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if s.doors != nil {
-				s.doors.Expire(now, s.sink)
+			p := s.pipe.Load()
+			if p.doors != nil {
+				p.doors.Expire(now, s.sink)
 			}
-			if s.covert != nil {
-				s.covert.Expire(now)
+			if p.covert != nil {
+				p.covert.Expire(now)
 			}
-			s.clampClocks(now)
+			s.clampClocks(p.cfg, now)
 			s.refreshLocal()
 			s.alive.Store(time.Now().UnixNano())
 		}
@@ -589,7 +622,8 @@ func (s *Server) expireLoop(ctx context.Context) {
 // refreshLocal re-reads this host's addresses when raw capture sees
 // packets for any destination.
 func (s *Server) refreshLocal() {
-	if s.afp == nil || s.cfg.AnyDestination {
+	if s.afp == nil || s.pipe.Load().cfg.AnyDestination {
+		s.local.Store(nil)
 		return
 	}
 	addrs, err := net.InterfaceAddrs()
@@ -608,15 +642,15 @@ func (s *Server) refreshLocal() {
 // clampClocks lowers stored client timestamps that lie beyond the
 // freshness window: after a clock that ran ahead is corrected, no client
 // stays locked out as "replay" for longer than max_skew.
-func (s *Server) clampClocks(now time.Time) {
-	if s.spaReplay != nil {
-		if n := s.spaReplay.ClampFuture(now.Add(s.cfg.SPA.MaxSkew).UnixNano()); n > 0 {
+func (s *Server) clampClocks(cfg *config.Config, now time.Time) {
+	if s.spaReplay != nil && len(cfg.Clients) > 0 {
+		if n := s.spaReplay.ClampFuture(now.Add(cfg.SPA.MaxSkew).UnixNano()); n > 0 {
 			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
-				"clients", n, "max_skew", s.cfg.SPA.MaxSkew)
+				"clients", n, "max_skew", cfg.SPA.MaxSkew)
 		}
 	}
-	if s.covertReplay != nil {
-		if n := s.covertReplay.ClampFuture(now.Add(covert.MaxSkew(s.cfg.Covert)).UnixNano()); n > 0 {
+	if s.covertReplay != nil && len(cfg.Covert) > 0 {
+		if n := s.covertReplay.ClampFuture(now.Add(covert.MaxSkew(cfg.Covert)).UnixNano()); n > 0 {
 			s.log.Warn("covert client timestamps ahead of this clock; clamped", "clients", n)
 		}
 	}
@@ -660,4 +694,60 @@ func notify(state string) {
 	}
 	defer c.Close()
 	c.Write([]byte(state))
+}
+
+// Reload puts cfg in force: it builds cfg's decoders and policy (reading
+// every file it names again: keys, secrets, access.conf, knockd.conf),
+// installs its rules and capture filter, then swaps it in whole. Live
+// grants, replay state and pending stop commands carry over; knock
+// sequences in progress start over. If anything fails, the configuration
+// in force stays as it was and the error says why. Some settings only
+// take effect at start: restartOnly names them.
+func (s *Server) Reload(cfg *config.Config) error {
+	if what := restartOnly(s.cfg, cfg); what != "" {
+		return fmt.Errorf("%s changed: that needs a restart; the configuration in force is unchanged", what)
+	}
+	p, err := s.newPipeline(cfg)
+	if err != nil {
+		return fmt.Errorf("%w; the configuration in force is unchanged", err)
+	}
+	rules, matches := Rules(cfg)
+	if s.afp != nil {
+		if err := s.afp.Reconfigure(cfg.Interface, matches); err != nil {
+			p.close()
+			return fmt.Errorf("%w; the configuration in force is unchanged", err)
+		}
+	}
+	if err := s.fw.Setup(rules); err != nil {
+		p.close()
+		return fmt.Errorf("%w; the configuration in force is unchanged", err)
+	}
+	old := s.pipe.Swap(p)
+	go old.close() // its GnuPG workers finish what they hold
+	s.logReady("reloaded", rules)
+	return nil
+}
+
+// restartOnly names the first setting that differs between a and b and
+// that only takes effect at start-up ("" if none).
+func restartOnly(a, b *config.Config) string {
+	switch {
+	case a.Capture != b.Capture:
+		return "capture"
+	case a.StateDir != b.StateDir:
+		return "state_dir"
+	case a.Firewall.Backend != b.Firewall.Backend:
+		return "firewall.backend"
+	case a.MetricsListen != b.MetricsListen:
+		return "metrics_listen"
+	case a.Capture == "udp" && (a.SPA.Port != b.SPA.Port || (a.Fwknop == nil) != (b.Fwknop == nil) ||
+		a.Fwknop != nil && a.Fwknop.Port != b.Fwknop.Port || (len(a.Clients) == 0) != (len(b.Clients) == 0)):
+		return "the knock ports of capture = \"udp\""
+	case (a.Knockd == nil) != (b.Knockd == nil):
+		return "knockd_file"
+	case a.Knockd != nil && (a.Knockd.LogFile != b.Knockd.LogFile || a.Knockd.PidFile != b.Knockd.PidFile ||
+		a.Knockd.UseSyslog != b.Knockd.UseSyslog):
+		return "the knockd file's LogFile, PidFile or UseSyslog"
+	}
+	return ""
 }

@@ -22,18 +22,18 @@ import (
 	"github.com/postern/postern/spa"
 )
 
-// pipeline runs a Server on an in-memory capture source and the in-memory
+// harness runs a Server on an in-memory capture source and the in-memory
 // firewall, as the daemon runs on real ones.
-type pipeline struct {
+type harness struct {
 	s    *Server
 	src  *capture.Memory
 	fw   *firewall.Memory
 	logs *netnstest.Output
 }
 
-func runPipeline(t *testing.T, cfg *config.Config, level slog.Level) *pipeline {
+func runPipeline(t *testing.T, cfg *config.Config, level slog.Level) *harness {
 	t.Helper()
-	p := &pipeline{src: capture.NewMemory(), fw: firewall.NewMemory(), logs: netnstest.NewOutput()}
+	p := &harness{src: capture.NewMemory(), fw: firewall.NewMemory(), logs: netnstest.NewOutput()}
 	var err error
 	p.s, err = New(cfg, firewall.NewKeeper(p.fw, nil), slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: level})))
 	if err != nil {
@@ -53,7 +53,7 @@ func runPipeline(t *testing.T, cfg *config.Config, level slog.Level) *pipeline {
 	return p
 }
 
-func (p *pipeline) send(t *testing.T, f capture.Frame) {
+func (p *harness) send(t *testing.T, f capture.Frame) {
 	t.Helper()
 	if err := p.src.Send(f); err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func TestRealKnockStartStopCommands(t *testing.T) {
 	waitFile(t, r.dir+"/knockd.pid", fmt.Sprintf("%d\n", r.daemon.Process.Pid), time.Second)
 	// logrotate's SIGHUP: knockd reopens its log; postern must not die.
 	r.daemon.Process.Signal(syscall.SIGHUP)
-	r.out.WaitFor(t, time.Second, "log file reopened")
+	r.out.WaitFor(t, time.Second, "msg=reloaded")
 	r.alive()
 	srv, cli := r.p.Server4, r.p.Client4
 	r.clientRun("knock", srv.String(), "2222:udp", "3333:tcp", "4444:udp")

@@ -49,6 +49,7 @@ Usage:
   postern proxy HOST PORT             knock (a [[spa]] profile for HOST), then relay: ssh's ProxyCommand
   postern ssh NAME [ssh options]      knock the [[spa]] profile NAME, then run ssh to its host
   postern setup -c FILE               install the closed state only (for ExecStartPre= or early boot)
+  postern reload [-c FILE]            check FILE, then have the running daemon re-read it (SIGHUP)
   postern status [--json]             say whether the daemon runs, what is protected, live grants
   postern cleanup [--force]           remove everything postern installed (refused while the daemon runs)
   postern version                     print the version (also --version)
@@ -103,6 +104,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return cleanup(args, stdout, stderr)
 	case "setup":
 		return setupCmd(args, stdout, stderr)
+	case "reload":
+		return reloadCmd(args, stdout, stderr)
 	case "version", "--version", "-V":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -282,8 +285,9 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	// SIGHUP reopens the knockd LogFile, as knockd does for logrotate.
-	// (knockd also re-reads its configuration; postern needs a restart.)
+	// SIGHUP reloads the configuration (as knockd and fwknopd do) and
+	// reopens the knockd LogFile (logrotate). A bad file is logged with
+	// its file:line:key and changes nothing.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -291,8 +295,13 @@ func serve(args []string, stderr io.Writer) error {
 		for range hup {
 			if err := logs.Reopen(); err != nil {
 				log.Error("SIGHUP: reopening the log file", "err", err)
-			} else {
-				log.Info("SIGHUP: log file reopened; restart postern to reload its configuration")
+			}
+			next, err := config.Load(*path)
+			if err == nil {
+				err = s.Reload(next)
+			}
+			if err != nil {
+				log.Error("reload refused; the configuration in force is unchanged", "err", err)
 			}
 		}
 	}()
@@ -318,6 +327,29 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 		return nil, err
 	}
 	return fw, nil
+}
+
+// reloadCmd checks the configuration, then sends the daemon SIGHUP: a
+// file that does not validate is reported here and never reaches it.
+func reloadCmd(args []string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, "reload", stderr)
+	if err != nil {
+		return err
+	}
+	pid, err := pidlock.Running()
+	switch {
+	case err != nil:
+		return err
+	case pid == 0:
+		return errors.New("no postern daemon runs in this network namespace")
+	case pid < 0:
+		return errors.New("the postern daemon is starting; try again")
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("signalling pid %d: %w", pid, err)
+	}
+	fmt.Fprintf(stdout, "%s is valid; asked the daemon (pid %d) to reload it: its log says \"reloaded\" or why not\n", cfg.Path, pid)
+	return nil
 }
 
 // setupCmd installs the closed state only, for an ExecStartPre= or an early

@@ -37,6 +37,7 @@ type Config struct {
 	StateDir       string
 	MetricsListen  string // empty: no metrics endpoint
 	AnyDestination bool   // count knocks to addresses not on this host (afpacket capture)
+	LogFormat      string // "text" or "json"
 	SPA            SPA
 	Firewall       Firewall
 	Clients        []Client // empty: no SPA
@@ -114,6 +115,7 @@ type rawConfig struct {
 	StateDir       string      `toml:"state_dir"`
 	MetricsListen  string      `toml:"metrics_listen"`
 	AnyDestination bool        `toml:"any_destination"`
+	LogFormat      string      `toml:"log_format"`
 	SPA            rawSPA      `toml:"spa"`
 	Firewall       rawFirewall `toml:"firewall"`
 	Clients        []rawClient `toml:"client"`
@@ -334,6 +336,10 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		StateDir:       cmp.Or(raw.StateDir, DefaultStateDir),
 		MetricsListen:  raw.MetricsListen,
 		AnyDestination: raw.AnyDestination,
+		LogFormat:      cmp.Or(raw.LogFormat, "text"),
+	}
+	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
+		v.fail("log_format", "%q: want \"text\" or \"json\"", cfg.LogFormat)
 	}
 	v.knockdFile(cfg, raw.KnockdFile)
 	v.doors(cfg, raw.Doors)

@@ -80,7 +80,25 @@ func (r *reopener) Close() error {
 // outputs a knockd.conf asks for (LogFile, UseSyslog), so that whatever
 // watched knockd's log keeps working.
 func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (*Logs, error) {
-	handlers := []slog.Handler{slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})}
+	opts := &slog.HandlerOptions{Level: level}
+	journal := underJournal(stderr)
+	if journal {
+		stderr = &priorityWriter{w: stderr}
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{} // the journal stamps each line itself
+			}
+			return a
+		}
+	}
+	var main slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.LogFormat == "json" {
+		main = slog.NewJSONHandler(stderr, opts)
+	}
+	if journal {
+		main = &priorityHandler{Handler: main, mu: new(sync.Mutex), w: stderr.(*priorityWriter)}
+	}
+	handlers := []slog.Handler{main}
 	logs := &Logs{}
 	if k := cfg.Knockd; k != nil {
 		if k.LogFile != "" {
@@ -106,6 +124,68 @@ func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (*Logs, e
 	}
 	logs.Logger = slog.New(slog.NewMultiHandler(handlers...))
 	return logs, nil
+}
+
+// underJournal reports whether w is the journal's stream for this service
+// (systemd sets JOURNAL_STREAM to its device and inode).
+func underJournal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	js := os.Getenv("JOURNAL_STREAM")
+	if !ok || js == "" {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return js == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+// priorityWriter puts the syslog priority of the line being written in
+// front of it ("<4>" for a warning), as journald reads stderr lines
+// (sd-daemon(3)), so `journalctl -p warning` finds refusals.
+type priorityWriter struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p *priorityWriter) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, p.prefix); err != nil {
+		return 0, err
+	}
+	return p.w.Write(b)
+}
+
+// priorityHandler sets the writer's prefix for each record; one record is
+// one Write.
+type priorityHandler struct {
+	slog.Handler
+	mu *sync.Mutex // shared by the handlers WithAttrs makes: they share w
+	w  *priorityWriter
+}
+
+func (h *priorityHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case r.Level >= slog.LevelError:
+		h.w.prefix = "<3>"
+	case r.Level >= slog.LevelWarn:
+		h.w.prefix = "<4>"
+	case r.Level >= slog.LevelInfo:
+		h.w.prefix = "<6>"
+	default:
+		h.w.prefix = "<7>"
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *priorityHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &priorityHandler{Handler: h.Handler.WithAttrs(as), mu: h.mu, w: h.w}
+}
+
+func (h *priorityHandler) WithGroup(name string) slog.Handler {
+	return &priorityHandler{Handler: h.Handler.WithGroup(name), mu: h.mu, w: h.w}
 }
 
 // lineHandler writes knockd's log lines: "[YYYY-MM-DD HH:MM] 198.18.0.2:

@@ -3,12 +3,15 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,5 +322,43 @@ func TestLogLinesEscaped(t *testing.T) {
 	}
 	if !strings.Contains(string(data), `user=eve\n[2026-01-01`) {
 		t.Fatalf("newline not escaped visibly: %q", data)
+	}
+}
+
+// log_format = "json" writes one object a line; under journald (stderr is
+// the JOURNAL_STREAM) each line starts with its syslog priority.
+func TestLogFormats(t *testing.T) {
+	var buf bytes.Buffer
+	logs, err := NewLogger(&config.Config{LogFormat: "json"}, &buf, slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs.Warn("refused", "language", "spa", "src", "198.18.0.2", "reason", "bad mac1")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["msg"] != "refused" || rec["src"] != "198.18.0.2" ||
+		rec["reason"] != "bad mac1" || rec["level"] != "WARN" {
+		t.Fatalf("json line %q: %v", buf.String(), err)
+	}
+
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	syscall.Fstat(int(f.Fd()), &st)
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	logs, err = NewLogger(&config.Config{LogFormat: "text"}, f, slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs.Warn("refused", "src", "198.18.0.2", "reason", "replay")
+	logs.Error("grant failed", "err", "x")
+	logs.Info("granted", "src", "198.18.0.2")
+	data, _ := os.ReadFile(f.Name())
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "<4>level=WARN msg=refused") || !strings.HasPrefix(lines[1], "<3>") ||
+		!strings.HasPrefix(lines[2], "<6>") {
+		t.Fatalf("journal lines:\n%s", data)
 	}
 }

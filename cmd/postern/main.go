@@ -50,6 +50,7 @@ Usage:
   postern ssh NAME [ssh options]      knock the [[spa]] profile NAME, then run ssh to its host
   postern setup -c FILE               install the closed state only (for ExecStartPre= or early boot)
   postern reload [-c FILE]            check FILE, then have the running daemon re-read it (SIGHUP)
+  postern revoke ADDR [PROTO/PORT]    close the live grants of ADDR (of one port) now
   postern status [--json]             say whether the daemon runs, what is protected, live grants
   postern cleanup [--force]           remove everything postern installed (refused while the daemon runs)
   postern version                     print the version (also --version)
@@ -106,6 +107,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return setupCmd(args, stdout, stderr)
 	case "reload":
 		return reloadCmd(args, stdout, stderr)
+	case "revoke":
+		return revokeCmd(args, stdout, stderr)
 	case "version", "--version", "-V":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -766,6 +769,63 @@ func cleanup(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present; now open to everyone: %s\n",
 		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6, strings.Join(opens, "; "))
+	return nil
+}
+
+// revokeCmd closes live grants now, whichever backend holds them.
+func revokeCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("revoke", stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: postern revoke ADDR [PROTO/PORT]\n  close the live grants of ADDR (only the one for PROTO/PORT if given) now")
+	}
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		fs.Usage()
+		return errUsage{errors.New("revoke takes ADDR and optionally PROTO/PORT")}
+	}
+	addr, err := netip.ParseAddr(pos[0])
+	if err != nil {
+		return errUsage{fmt.Errorf("%q is not an address", pos[0])}
+	}
+	var only *port.Spec
+	if len(pos) == 2 {
+		p, err := port.Parse(pos[1])
+		if err != nil {
+			return errUsage{err}
+		}
+		only = &p
+	}
+	revoked := 0
+	for _, b := range installedBackends() {
+		gs, err := b.fw.List()
+		if err != nil {
+			b.fw.Close()
+			return fmt.Errorf("%s: %w", b.name, err)
+		}
+		var mine []firewall.Grant
+		for _, g := range gs {
+			if g.Addr == addr.Unmap() && (only == nil || g.Port == *only) {
+				mine = append(mine, g)
+			}
+		}
+		if len(mine) > 0 {
+			if err := b.fw.Revoke(mine); err != nil {
+				b.fw.Close()
+				return fmt.Errorf("%s: %w", b.name, err)
+			}
+			for _, g := range mine {
+				fmt.Fprintf(stdout, "revoked %s %s (%s, %s)\n", g.Addr, g.Port, cmp.Or(g.Name, "-"), b.name)
+			}
+			revoked += len(mine)
+		}
+		b.fw.Close()
+	}
+	if revoked == 0 {
+		return fmt.Errorf("no live grant for %s", pos[0]+strings.TrimSuffix(" "+strings.Join(pos[1:], ""), " "))
+	}
 	return nil
 }
 

@@ -2,12 +2,15 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/postern/postern/internal/netnstest"
 	"github.com/postern/postern/spa"
 )
 
@@ -73,4 +76,73 @@ func TestReload(t *testing.T) {
 		t.Fatalf("postern reload: %v\n%s", err, out)
 	}
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=reloaded", "clients=2")
+}
+
+// postern revoke closes a live grant at once, with either backend.
+func TestRevoke(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []string{"nftables", "iptables"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, rigOptions{extra: "[firewall]\nbackend = \"" + backend + "\"\n"})
+			r.start()
+			r.knockOpen("60s")
+			out, err := r.p.Server.Command(t.Context(), posternBin, "revoke", r.p.Client4.String(), "tcp/22").CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "alice") {
+				t.Fatalf("postern revoke: %v\n%s", err, out)
+			}
+			r.requireClosed(r.p.Client4, r.p.Server4, "right after postern revoke")
+			if out, err := r.p.Server.Command(t.Context(), posternBin, "revoke", r.p.Client4.String()).CombinedOutput(); err == nil {
+				t.Fatalf("revoking what is not granted succeeded:\n%s", out)
+			}
+		})
+	}
+}
+
+// The shipped unit passes systemd's own verifier (with the binary under
+// test where the package puts /usr/sbin/postern).
+func TestSystemdUnitVerifies(t *testing.T) {
+	netnstest.Require(t, "systemd-analyze")
+	unit, err := os.ReadFile("../../packaging/postern.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "postern.service")
+	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/sbin/postern", posternBin)), 0o644)
+	out, err := exec.Command("systemd-analyze", "verify", "--man=no", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "postern.service:") {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// The fail2ban example matches the daemon's real refusal lines, with the
+// source address, and no grant line.
+func TestFail2banFilter(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "fail2ban-regex")
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.knockOpen("5s")
+	otherServer, _ := spa.GenerateServerKey()
+	for range 3 {
+		r.knockWith(r.alice, otherServer.Public().String(), r.p.Server4) // bad mac1
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for strings.Count(r.out.String(), "msg=refused") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("refusals not logged:\n%s", r.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	log := filepath.Join(r.dir, "postern.log")
+	os.WriteFile(log, []byte(r.out.String()), 0o644)
+	out, err := exec.Command("fail2ban-regex", "--print-all-matched", log, "../../examples/fail2ban/filter.d/postern.conf").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fail2ban-regex: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`Lines: \d+ lines, \d+ ignored, (\d+) matched`).FindStringSubmatch(string(out))
+	if m == nil || m[1] != "3" || !strings.Contains(string(out), r.p.Client4.String()) {
+		t.Fatalf("fail2ban-regex matched %v of the 3 refusals (and no grant):\n%s", m, out)
+	}
 }

@@ -118,6 +118,12 @@ func New(clients []Client) *Policy {
 	return p
 }
 
+// Knows reports whether name is an identity of lang in this policy.
+func (p *Policy) Knows(lang Language, name string) bool {
+	_, ok := p.clients[key{lang, name}]
+	return ok
+}
+
 // Decide returns what r may have, or why nothing. A request is granted
 // whole or not at all: a knock asking for one port it may not open opens
 // nothing, so a mistake is noticed instead of half-working.

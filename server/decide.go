@@ -77,6 +77,7 @@ func (s *Server) apply(v *policy.Verdict) {
 		}
 	}
 	s.metrics.inc(outcome{v.Language, mGranted})
+	s.metrics.client(v.Language, v.Client, true)
 	args := []any{"language", v.Language, "src", v.Src, "client", v.Client}
 	if len(dec.Grants) > 0 {
 		g := dec.Grants[0]
@@ -113,6 +114,7 @@ func (s *Server) count(o outcome) (log bool, suppressed int) {
 // refuse counts a refusal and logs it, unless its reason is flooding;
 // nothing is built for a line that is not written.
 func (s *Server) refuse(v *policy.Verdict, extra ...slog.Attr) {
+	s.metrics.client(v.Language, v.Client, false)
 	ok, suppressed := s.count(outcome{v.Language, v.Reason})
 	if !ok {
 		return

@@ -20,6 +20,18 @@ import (
 type Metrics struct {
 	counts map[outcome]*atomic.Uint64
 	gauges []gauge
+
+	// Per identity (client, stanza, door): granted and refused, for the
+	// identities a configuration names (bounded by the configuration).
+	mu       sync.RWMutex
+	known    func(policy.Language, string) bool
+	byClient map[clientOutcome]*atomic.Uint64
+}
+
+type clientOutcome struct {
+	lang    policy.Language
+	client  string
+	granted bool
 }
 
 // outcome is one counter: a language and what became of its knocks.
@@ -28,13 +40,15 @@ type outcome struct {
 	name string
 }
 
+// gauge is a value read when metrics are scraped; typ is "gauge" or
+// "counter" (a total kept elsewhere), labels go between the braces.
 type gauge struct {
-	name, help string
-	read       func() float64
+	name, help, typ, labels string
+	read                    func() float64
 }
 
 func newMetrics(names []outcome) *Metrics {
-	m := &Metrics{counts: make(map[outcome]*atomic.Uint64)}
+	m := &Metrics{counts: make(map[outcome]*atomic.Uint64), byClient: map[clientOutcome]*atomic.Uint64{}}
 	for _, r := range names {
 		m.counts[r] = new(atomic.Uint64)
 	}
@@ -43,7 +57,42 @@ func newMetrics(names []outcome) *Metrics {
 
 // gauge adds a value read when metrics are scraped.
 func (m *Metrics) gauge(name, help string, read func() float64) {
-	m.gauges = append(m.gauges, gauge{name, help, read})
+	m.gauges = append(m.gauges, gauge{name: name, help: help, typ: "gauge", read: read})
+}
+
+// counter adds a total kept elsewhere, read when metrics are scraped.
+func (m *Metrics) counter(name, help string, read func() float64) {
+	m.gauges = append(m.gauges, gauge{name: name, help: help, typ: "counter", read: read})
+}
+
+// labeled adds a gauge with labels (`version="1.2.0"`).
+func (m *Metrics) labeled(name, help, labels string, read func() float64) {
+	m.gauges = append(m.gauges, gauge{name: name, help: help, typ: "gauge", labels: labels, read: read})
+}
+
+// client counts a decision for a configured identity; others (unknown
+// clients, junk) are counted only by outcome, so the label set stays
+// bounded by the configuration.
+func (m *Metrics) client(lang policy.Language, client string, granted bool) {
+	if client == "" || m.known == nil {
+		return
+	}
+	k := clientOutcome{lang, client, granted}
+	m.mu.RLock()
+	c := m.byClient[k]
+	m.mu.RUnlock()
+	if c == nil {
+		if !m.known(lang, client) {
+			return
+		}
+		m.mu.Lock()
+		if c = m.byClient[k]; c == nil {
+			c = new(atomic.Uint64)
+			m.byClient[k] = c
+		}
+		m.mu.Unlock()
+	}
+	c.Add(1)
 }
 
 func (m *Metrics) inc(o outcome) {
@@ -79,8 +128,31 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, n := range names {
 		write("postern_knocks_total{language=%q,outcome=%q} %d\n", n.lang, n.name, m.counts[n].Load())
 	}
+	m.mu.RLock()
+	keys := make([]clientOutcome, 0, len(m.byClient))
+	for k := range m.byClient {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b clientOutcome) int {
+		return cmp.Or(cmp.Compare(a.lang, b.lang), cmp.Compare(a.client, b.client), cmp.Compare(fmt.Sprint(a.granted), fmt.Sprint(b.granted)))
+	})
+	write("# HELP postern_client_knocks_total Knocks by configured identity (client, stanza, door): granted or refused.\n")
+	write("# TYPE postern_client_knocks_total counter\n")
+	for _, k := range keys {
+		res := "refused"
+		if k.granted {
+			res = "granted"
+		}
+		write("postern_client_knocks_total{language=%q,client=%q,result=%q} %d\n", k.lang, k.client, res, m.byClient[k].Load())
+	}
+	m.mu.RUnlock()
 	for _, g := range m.gauges {
-		write("# HELP %s %s\n# TYPE %s gauge\n%s %g\n", g.name, g.help, g.name, g.name, g.read())
+		write("# HELP %s %s\n# TYPE %s %s\n", g.name, g.help, g.name, g.typ)
+		if g.labels != "" {
+			write("%s{%s} %g\n", g.name, g.labels, g.read())
+		} else {
+			write("%s %g\n", g.name, g.read())
+		}
 	}
 	return total, nil
 }

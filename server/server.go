@@ -7,6 +7,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +67,9 @@ type Server struct {
 	// Source, if set before Run, is read instead of opening capture (an
 	// in-memory source in tests).
 	Source capture.Source
-	afp    *capture.AFPacket // to follow doors whose ports change
+	// Version is what postern_build_info reports (set before Run).
+	Version string
+	afp     *capture.AFPacket // to follow doors whose ports change
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
 
@@ -130,15 +134,24 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 			}
 			return 0
 		})
-	s.metrics.gauge("postern_covert_sources_evicted", "Covert-knock sources evicted from the full reassembly table.",
+	s.metrics.counter("postern_covert_sources_evicted_total", "Covert-knock sources evicted from the full reassembly table.",
 		func() float64 {
 			if c := s.pipe.Load().covert; c != nil {
 				return float64(c.Evictions())
 			}
 			return 0
 		})
-	s.metrics.gauge("postern_firewall_restores", "Times postern's firewall rules were found missing or altered and restored.",
+	s.metrics.counter("postern_firewall_restores_total", "Times postern's firewall rules were found missing or altered and restored.",
 		func() float64 { return float64(fw.Restores()) })
+	s.metrics.labeled("postern_grants_live", "Grants live in the kernel now.", fmt.Sprintf("backend=%q", cfg.Firewall.Backend),
+		func() float64 {
+			gs, err := fw.List()
+			if err != nil {
+				return -1
+			}
+			return float64(len(gs))
+		})
+	s.metrics.known = func(lang policy.Language, name string) bool { return s.pipe.Load().policy.Knows(lang, name) }
 	return s, nil
 }
 
@@ -400,6 +413,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.warnHostPolicy(rules)
 	if s.cfg.MetricsListen != "" {
+		s.metrics.labeled("postern_build_info", "The running postern's version.",
+			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
 		hs, err := s.metrics.serve(s.cfg.MetricsListen)
 		if err != nil {
 			return fmt.Errorf("metrics_listen: %w", err)

@@ -71,8 +71,8 @@ func TestNFTablesTamperingIsRestored(t *testing.T) {
 	r.tamperAndCheck("nft flush ruleset", func() { r.p.Server.Exec(t, "nft", "flush", "ruleset") })
 	r.tamperAndCheck("nft -f distribution file", func() { r.p.Server.Exec(t, "nft", "-f", file) })
 	r.tamperAndCheck("nft delete table", func() { r.p.Server.Exec(t, "nft", "delete", "table", "inet", "postern") })
-	if n := r.gauge("postern_firewall_restores"); n < 3 {
-		t.Fatalf("postern_firewall_restores = %v, want ≥ 3", n)
+	if n := r.gauge("postern_firewall_restores_total"); n < 3 {
+		t.Fatalf("postern_firewall_restores_total = %v, want ≥ 3", n)
 	}
 }
 

@@ -282,6 +282,9 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer fw.Close()
 	s, err := server.New(cfg, fw, log)
+	if s != nil {
+		s.Version = versionString()
+	}
 	if err != nil {
 		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
 			err, port.Join(cfg.Protected()))

@@ -146,3 +146,33 @@ func TestFail2banFilter(t *testing.T) {
 		t.Fatalf("fail2ban-regex matched %v of the 3 refusals (and no grant):\n%s", m, out)
 	}
 }
+
+// The metrics endpoint: counters by language and outcome and per
+// configured identity, build info, live grants; promtool accepts it.
+func TestMetricsEndpoint(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "promtool")
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.knockOpen("30s")
+	r.knock(r.p.Server4, "--open", "tcp/23") // refused: port not allowed
+	r.out.WaitFor(t, 2*time.Second, `reason="port not allowed"`)
+	body := r.scrape()
+	for _, want := range []string{
+		`postern_knocks_total{language="spa",outcome="granted"} 1`,
+		`postern_client_knocks_total{language="spa",client="alice",result="granted"} 1`,
+		`postern_client_knocks_total{language="spa",client="alice",result="refused"} 1`,
+		`postern_grants_live{backend="nftables"} 1`,
+		`postern_build_info{version=`,
+		"# TYPE postern_firewall_restores_total counter",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	check := exec.Command("promtool", "check", "metrics")
+	check.Stdin = strings.NewReader(body)
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("promtool check metrics: %v\n%s\n%s", err, out, body)
+	}
+}

@@ -15,6 +15,7 @@ have tcpdump || need+=(tcpdump)
 have systemd-analyze || need+=(systemd)          # the unit file's verifier
 have fail2ban-regex || need+=(fail2ban)         # the fail2ban example's filter
 have promtool || need+=(prometheus)             # promtool check metrics
+have man || need+=(man-db)                      # the man pages render
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2

@@ -10,7 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
+	"github.com/spf13/pflag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,28 +36,6 @@ import (
 	"github.com/postern/postern/spa"
 )
 
-const usage = `postern — single packet authorization for Linux
-
-Usage:
-  postern genkey [--server [--pq]]    print a new client (or server) private key
-  postern pubkey < KEYFILE            print the public key of a private key
-  postern server -c FILE              run the daemon in the foreground
-  postern check-config -c FILE        validate a configuration; touches nothing
-  postern knock [flags] HOST          send one SPA knock (postern knock -h for flags)
-  postern knock HOST PORT[:proto]…    send a port-knock sequence, as knock(1)
-  postern fwknop [fwknop options]     knock like the fwknop client (reads ~/.fwknoprc)
-  postern proxy HOST PORT             knock (a [[spa]] profile for HOST), then relay: ssh's ProxyCommand
-  postern ssh NAME [ssh options]      knock the [[spa]] profile NAME, then run ssh to its host
-  postern setup -c FILE               install the closed state only (for ExecStartPre= or early boot)
-  postern reload [-c FILE]            check FILE, then have the running daemon re-read it (SIGHUP)
-  postern revoke ADDR [PROTO/PORT]    close the live grants of ADDR (of one port) now
-  postern status [--json]             say whether the daemon runs, what is protected, live grants
-  postern cleanup [--force]           remove everything postern installed (refused while the daemon runs)
-  postern version                     print the version (also --version)
-
-Every command takes -h or --help and then does nothing else.
-`
-
 // errUsage marks errors that deserve exit status 2.
 type errUsage struct{ error }
 
@@ -66,7 +44,6 @@ func main() {
 	var u errUsage
 	switch {
 	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
 	case errors.As(err, &u):
 		fmt.Fprintln(os.Stderr, "postern:", err)
 		os.Exit(2)
@@ -76,95 +53,28 @@ func main() {
 	}
 }
 
+// run runs one command line; the command tree is in cli.go.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return errUsage{errors.New("no command")}
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
+		return errUsage{err}
 	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "genkey":
-		return genkey(args, stdout, stderr)
-	case "pubkey":
-		return pubkey(args, stdin, stdout, stderr)
-	case "server":
-		return serve(args, stderr)
-	case "check-config":
-		return checkConfig(args, stdout, stderr)
-	case "knock":
-		return knockCmd(args, stdout, stderr)
-	case "fwknop":
-		return fwknopCmd(args, stdout, stderr)
-	case "proxy":
-		return proxyCmd(args, stdin, stdout, stderr)
-	case "ssh":
-		return sshCmd(args, stdout, stderr)
-	case "status":
-		return status(args, stdout, stderr)
-	case "cleanup":
-		return cleanup(args, stdout, stderr)
-	case "setup":
-		return setupCmd(args, stdout, stderr)
-	case "reload":
-		return reloadCmd(args, stdout, stderr)
-	case "revoke":
-		return revokeCmd(args, stdout, stderr)
-	case "version", "--version", "-V":
-		fmt.Fprintln(stdout, versionString())
-		return nil
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	}
-	fmt.Fprint(stderr, usage)
-	return errUsage{fmt.Errorf("unknown command %q", cmd)}
+	return err
 }
 
-func newFlags(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("postern "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
-}
-
-// parse parses flags that may come before or after positional arguments
-// (`postern knock HOST --open tcp/22` works as well as the other order).
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, errUsage{err}
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-func genkey(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("genkey", stderr)
-	srv := fs.Bool("server", false, "make a server key instead of a client key")
-	pq := fs.Bool("pq", false, "with --server: a post-quantum hybrid (ML-KEM-768 + X25519) key; its knocks are 1412 bytes")
-	if pos, err := parse(fs, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return errUsage{errors.New("genkey takes no arguments")}
-	}
+func genkey(srv, pq bool, stdout io.Writer) error {
 	var text string
-	if *pq && !*srv {
+	if pq && !srv {
 		return errUsage{errors.New("--pq goes with --server")}
 	}
-	if *srv {
+	if srv {
 		gen := spa.GenerateServerKey
-		if *pq {
+		if pq {
 			gen = spa.GenerateXWingServerKey
 		}
 		k, err := gen()
@@ -183,10 +93,7 @@ func genkey(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-func pubkey(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if err := noArgs(newFlags("pubkey", stderr), args, "pubkey"); err != nil {
-		return err
-	}
+func pubkey(stdin io.Reader, stdout io.Writer) error {
 	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
@@ -200,19 +107,6 @@ func pubkey(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 }
 
 const defaultConfig = "/etc/postern/postern.toml"
-
-func loadConfig(args []string, name string, stderr io.Writer) (*config.Config, error) {
-	fs := newFlags(name, stderr)
-	path := fs.String("c", defaultConfig, "configuration `file`")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return nil, err
-	}
-	if len(pos) > 0 {
-		return nil, errUsage{fmt.Errorf("%s takes no arguments (did you mean -c %s?)", name, pos[0])}
-	}
-	return config.Load(*path)
-}
 
 func openBackend(cfg *config.Config) (firewall.Backend, error) {
 	switch cfg.Firewall.Backend {
@@ -244,23 +138,13 @@ func installedBackends() []namedBackend {
 	return out
 }
 
-func serve(args []string, stderr io.Writer) error {
-	fs := newFlags("server", stderr)
-	path := fs.String("c", defaultConfig, "configuration `file`")
-	debug := fs.Bool("D", false, "log every knock step (debug)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return errUsage{fmt.Errorf("server takes no arguments (did you mean -c %s?)", pos[0])}
-	}
-	cfg, err := config.Load(*path)
+func serve(path string, debug bool, stderr io.Writer) error {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
 	level := slog.LevelInfo
-	if *debug {
+	if debug {
 		level = slog.LevelDebug
 	}
 	logs, err := server.NewLogger(cfg, stderr, level)
@@ -302,7 +186,7 @@ func serve(args []string, stderr io.Writer) error {
 			if err := logs.Reopen(); err != nil {
 				log.Error("SIGHUP: reopening the log file", "err", err)
 			}
-			next, err := config.Load(*path)
+			next, err := config.Load(path)
 			if err == nil {
 				err = s.Reload(next)
 			}
@@ -337,8 +221,8 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 
 // reloadCmd checks the configuration, then sends the daemon SIGHUP: a
 // file that does not validate is reported here and never reaches it.
-func reloadCmd(args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, "reload", stderr)
+func reloadCmd(path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -360,8 +244,8 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 
 // setupCmd installs the closed state only, for an ExecStartPre= or an early
 // boot unit: the protected ports are dropped even if the daemon never runs.
-func setupCmd(args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, "setup", stderr)
+func setupCmd(path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -375,8 +259,8 @@ func setupCmd(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func checkConfig(args []string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, "check-config", stderr)
+func checkConfig(path string, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
@@ -404,7 +288,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) error {
 // knockFlags are postern knock's flags: SPA, knock(1)'s sequence flags,
 // covert, and the ones they share.
 type knockFlags struct {
-	fs *flag.FlagSet
+	fs *pflag.FlagSet
 	// postern SPA
 	keyFile, serverKey, open, allow, profile string
 	dur, offset                              time.Duration
@@ -422,9 +306,10 @@ type knockFlags struct {
 	only4, only6, verbose bool
 }
 
-func newKnockFlags(stderr io.Writer) *knockFlags {
-	k := &knockFlags{fs: newFlags("knock", stderr)}
-	fs := k.fs
+// addKnockFlags defines postern knock's flags on fs: GNU long names, and
+// knock(1)'s short ones (-u -d -4 -6 -v).
+func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
+	k := &knockFlags{fs: fs}
 	fs.StringVar(&k.keyFile, "key", "", "SPA: client private key `file` (postern genkey)")
 	fs.StringVar(&k.serverKey, "server-key", "", "SPA: the server's public `key`, or a file holding it")
 	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
@@ -434,38 +319,20 @@ func newKnockFlags(stderr io.Writer) *knockFlags {
 	fs.BoolVar(&k.bind, "bind", false, "SPA: bind the knock to the server address it is sent to")
 	fs.DurationVar(&k.offset, "time-offset", 0, "SPA: shift the knock's timestamp by this `duration` (negative: into the past)")
 	fs.StringVar(&k.profile, "profile", "", "SPA: knock as the client config's [[spa]] profile `name` says (flags override)")
-	for _, n := range []string{"u", "udp"} {
-		fs.BoolVar(&k.udp, n, false, "sequence: ports without :tcp or :udp are UDP")
-	}
-	for _, n := range []string{"d", "delay"} {
-		fs.IntVar(&k.delayMS, n, 0, "sequence: wait this many `ms` between hits")
-	}
+	fs.BoolVarP(&k.udp, "udp", "u", false, "sequence: ports without :tcp or :udp are UDP")
+	fs.IntVarP(&k.delayMS, "delay", "d", 0, "sequence: wait this many `ms` between hits")
 	fs.StringVar(&k.door, "door", "", "sequence: knock the door `name`d in the client config, or a rotating door with --secret-file")
 	fs.StringVar(&k.secretFile, "secret-file", "", "sequence: the rotating door's shared secret `file`")
 	fs.StringVar(&k.period, "period", "", "sequence: the rotating door's period (default 30s)")
 	fs.IntVar(&k.length, "length", 0, "sequence: the rotating door's sequence length (default 4)")
 	fs.StringVar(&k.portRange, "port-range", "", "sequence: the rotating door's port range (default 20000-39999)")
-	fs.StringVar(&k.cfg, "config", client.DefaultProfiles(), "sequence, covert: client config `file` with [[door]] and [[covert]] profiles")
+	fs.StringVar(&k.cfg, "config", "", "client config `file` with [[spa]], [[door]] and [[covert]] profiles (default ~/.config/postern/client.toml)")
 	fs.BoolVar(&k.covert, "covert", false, "covert: hide the knock in the header fields of TCP SYNs (needs CAP_NET_RAW)")
 	fs.IntVar(&k.decoys, "decoys", 0, "covert: also send this many SYNs with random fields to other ports")
 	fs.StringVar(&k.decoyFrom, "decoy-from", "", "covert: other `addresses` of this host to send one decoy SYN each from")
-	for _, n := range []string{"4", "ipv4"} {
-		fs.BoolVar(&k.only4, n, false, "use IPv4 only")
-	}
-	for _, n := range []string{"6", "ipv6"} {
-		fs.BoolVar(&k.only6, n, false, "use IPv6 only")
-	}
-	for _, n := range []string{"v", "verbose"} {
-		fs.BoolVar(&k.verbose, n, false, "say what is sent")
-	}
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, `Usage:
-  postern knock --key FILE --server-key KEY --open tcp/22 [flags] HOST   one postern SPA knock
-  postern knock [-u] [-d MS] [-4|-6] [-v] HOST PORT[:tcp|:udp|:icmp]…     a port-knock sequence (knock(1))
-  postern knock --door NAME [--secret-file FILE] [HOST]                  a door from the client config, or a rotating door
-  postern knock --covert --door NAME --secret-file FILE [--port P] [--open tcp/22] HOST   a covert knock`)
-		fs.PrintDefaults()
-	}
+	fs.BoolVarP(&k.only4, "ipv4", "4", false, "use IPv4 only")
+	fs.BoolVarP(&k.only6, "ipv6", "6", false, "use IPv6 only")
+	fs.BoolVarP(&k.verbose, "verbose", "v", false, "say what is sent")
 	return k
 }
 
@@ -480,18 +347,11 @@ func (k *knockFlags) network(base string) string {
 	return base
 }
 
-func (k *knockFlags) set(name string) bool {
-	found := false
-	k.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
-	return found
-}
+func (k *knockFlags) set(name string) bool { return k.fs.Changed(name) }
 
-func knockCmd(args []string, stdout, stderr io.Writer) error {
-	k := newKnockFlags(stderr)
-	pos, err := parse(k.fs, args)
-	if err != nil {
-		return err
-	}
+func (k *knockFlags) run(pos []string, stdout io.Writer) error {
+	var err error
+	k.cfg = cmp.Or(k.cfg, client.DefaultProfiles())
 	if k.only4 && k.only6 {
 		return errUsage{errors.New("-4 and -6 exclude each other")}
 	}
@@ -501,8 +361,7 @@ func knockCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case k.covert:
-		return covertKnock(k.fs, pos, k.door, k.secretFile, k.open, k.allow, k.cfg, k.decoys, k.decoyFrom,
-			time.Duration(k.delayMS)*time.Millisecond, k.only4, k.only6, out)
+		return k.covertKnock(pos, out)
 	case k.profile != "":
 		if pos, err = k.applyProfile(pos); err != nil {
 			return err
@@ -576,8 +435,7 @@ func (k *knockFlags) sequence(pos []string, out io.Writer) error {
 			return errUsage{fmt.Errorf("door %q names no host: give HOST", k.door)}
 		}
 	case len(pos) < 2:
-		k.fs.Usage()
-		return errUsage{errors.New("knock takes HOST and at least one PORT (or --key … for SPA)")}
+		return errUsage{errors.New("knock takes HOST and at least one PORT (or --key … for SPA); see postern knock --help")}
 	default:
 		o.Host = pos[0]
 		if o.Hits, err = client.ParseKnockArgs(pos[1:], k.udp); err != nil {
@@ -683,12 +541,7 @@ type statusReport struct {
 	Grants    []statusGrant `json:"grants"`
 }
 
-func status(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("status", stderr)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := noArgs(fs, args, "status"); err != nil {
-		return err
-	}
+func status(asJSON bool, stdout io.Writer) error {
 	rep := statusReport{Daemon: daemonState(), Installed: []string{}, Protected: []string{}, Grants: []statusGrant{}}
 	for _, b := range installedBackends() {
 		protected, ok, err := b.fw.Installed()
@@ -711,7 +564,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
@@ -735,12 +588,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 	return w.Flush()
 }
 
-func cleanup(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("cleanup", stderr)
-	force := fs.Bool("force", false, "remove postern's rules even while a daemon runs (opens its protected ports to everyone)")
-	if err := noArgs(fs, args, "cleanup"); err != nil {
-		return err
-	}
+func cleanup(force bool, stdout io.Writer) error {
 	backends := installedBackends()
 	defer func() {
 		for _, b := range backends {
@@ -753,7 +601,7 @@ func cleanup(args []string, stdout, stderr io.Writer) error {
 			opens = append(opens, b.name+": "+cmp.Or(port.Join(ps), "no protected port"))
 		}
 	}
-	if state := daemonState(); strings.HasPrefix(state, "running") && !*force {
+	if state := daemonState(); strings.HasPrefix(state, "running") && !force {
 		return fmt.Errorf("a postern daemon is %s in this network namespace; stop it first, or use --force "+
 			"(it would open to everyone: %s)", state, cmp.Or(strings.Join(opens, "; "), "nothing"))
 	}
@@ -776,19 +624,7 @@ func cleanup(args []string, stdout, stderr io.Writer) error {
 }
 
 // revokeCmd closes live grants now, whichever backend holds them.
-func revokeCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("revoke", stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: postern revoke ADDR [PROTO/PORT]\n  close the live grants of ADDR (only the one for PROTO/PORT if given) now")
-	}
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) < 1 || len(pos) > 2 {
-		fs.Usage()
-		return errUsage{errors.New("revoke takes ADDR and optionally PROTO/PORT")}
-	}
+func revokeCmd(pos []string, stdout io.Writer) error {
 	addr, err := netip.ParseAddr(pos[0])
 	if err != nil {
 		return errUsage{fmt.Errorf("%q is not an address", pos[0])}
@@ -828,18 +664,6 @@ func revokeCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	if revoked == 0 {
 		return fmt.Errorf("no live grant for %s", pos[0]+strings.TrimSuffix(" "+strings.Join(pos[1:], ""), " "))
-	}
-	return nil
-}
-
-// noArgs parses flags of a command that takes no arguments.
-func noArgs(fs *flag.FlagSet, args []string, name string) error {
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return errUsage{fmt.Errorf("%s takes no arguments", name)}
 	}
 	return nil
 }
@@ -938,23 +762,22 @@ func writeSecret(path string, data []byte) error {
 
 // covertKnock sends a covert knock. Port, host, what to open and the secret
 // come from the flags, else from a [[covert]] profile of the same name.
-func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, profiles string, decoys int,
-	decoyFrom string, delay time.Duration, only4, only6 bool, out io.Writer) error {
+func (k *knockFlags) covertKnock(pos []string, out io.Writer) error {
+	door, secretFile, open, allow := k.door, k.secretFile, k.open, k.allow
 	if door == "" {
 		return errUsage{errors.New("--covert needs --door NAME (the server's [[covert]] name)")}
 	}
-	prof, err := client.LoadCovertProfile(profiles, door)
+	prof, err := client.LoadCovertProfile(k.cfg, door)
 	if err != nil {
 		return err
 	}
 	if prof == nil {
 		prof = &client.CovertProfile{}
 	}
-	portSet := false
-	fs.Visit(func(f *flag.Flag) { portSet = portSet || f.Name == "port" })
-	o := client.CovertOptions{Door: door, Decoys: decoys, Delay: delay, Verbose: out, Port: prof.Port}
-	if portSet {
-		o.Port = uint16(fs.Lookup("port").Value.(flag.Getter).Get().(uint))
+	o := client.CovertOptions{Door: door, Decoys: k.decoys, Delay: time.Duration(k.delayMS) * time.Millisecond,
+		Verbose: out, Port: prof.Port}
+	if k.set("port") {
+		o.Port = uint16(k.knockPort)
 	}
 	if o.Port == 0 {
 		return errUsage{errors.New("--covert needs --port (the door's TCP port) or a [[covert]] profile")}
@@ -968,13 +791,7 @@ func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, 
 	if host == "" {
 		return errUsage{errors.New("--covert needs a HOST")}
 	}
-	network := "ip"
-	if only4 {
-		network = "ip4"
-	} else if only6 {
-		network = "ip6"
-	}
-	if o.Host, err = client.ResolveHost(network, host); err != nil {
+	if o.Host, err = client.ResolveHost(k.network("ip"), host); err != nil {
 		return err
 	}
 	if open == "" {
@@ -999,7 +816,7 @@ func covertKnock(fs *flag.FlagSet, pos []string, door, secretFile, open, allow, 
 			return errUsage{fmt.Errorf("--allow %q: want the address the server sees you as", allow)}
 		}
 	}
-	for _, a := range strings.Split(decoyFrom, ",") {
+	for _, a := range strings.Split(k.decoyFrom, ",") {
 		if a = strings.TrimSpace(a); a == "" {
 			continue
 		}
@@ -1050,22 +867,12 @@ func profileFor(path, name string) (*client.SPAProfile, error) {
 // proxyCmd is for ssh_config: "ProxyCommand postern proxy %h %p". It knocks
 // with the [[spa]] profile for the host (asking for the port ssh wants if
 // the profile does not list it), then relays.
-func proxyCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlags("proxy", stderr)
-	profiles := fs.String("config", client.DefaultProfiles(), "client config `file` with [[spa]] profiles")
-	name := fs.String("profile", "", "profile `name` (default: the profile whose name or host is HOST)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		return errUsage{errors.New("proxy takes HOST PORT (ProxyCommand postern proxy %h %p)")}
-	}
+func proxyCmd(pos []string, profiles, name string, stdin io.Reader, stdout io.Writer) error {
 	n, err := strconv.ParseUint(pos[1], 10, 16)
 	if err != nil || n == 0 {
 		return errUsage{fmt.Errorf("port %q", pos[1])}
 	}
-	p, err := profileFor(*profiles, cmp.Or(*name, pos[0]))
+	p, err := profileFor(cmp.Or(profiles, client.DefaultProfiles()), cmp.Or(name, pos[0]))
 	if err != nil {
 		return err
 	}
@@ -1086,7 +893,7 @@ func sshCmd(args []string, stdout, stderr io.Writer) error {
 	const sshUsage = "Usage: postern ssh NAME [ssh options]\n  knock the [[spa]] profile NAME of the client config, then run ssh to its host\n"
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 		fmt.Fprint(stdout, sshUsage)
-		return flag.ErrHelp
+		return nil
 	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprint(stderr, sshUsage)

@@ -176,3 +176,62 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("promtool check metrics: %v\n%s\n%s", err, out, body)
 	}
 }
+
+// The man pages come from the command definitions (postern(8) and a page
+// per command) and the reference configuration (postern.toml(5)), and
+// render with man -l without a warning.
+func TestManPagesRender(t *testing.T) {
+	netnstest.Require(t, "man")
+	dir := t.TempDir()
+	if out, err := exec.Command(posternBin, "man", dir).CombinedOutput(); err != nil {
+		t.Fatalf("postern man: %v\n%s", err, out)
+	}
+	pages, _ := filepath.Glob(filepath.Join(dir, "*.[58]"))
+	if len(pages) < 15 {
+		t.Fatalf("only %d pages: %v", len(pages), pages)
+	}
+	render := func(page string) string {
+		t.Helper()
+		cmd := exec.Command("man", "-l", "-P", "cat", page)
+		cmd.Env = append(os.Environ(), "MANWIDTH=80", "LC_ALL=C.UTF-8")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || stderr.Len() > 0 || len(out) < 200 {
+			t.Fatalf("man -l %s: %v\n%s\n%s", filepath.Base(page), err, stderr.String(), out)
+		}
+		return string(out)
+	}
+	for _, p := range pages {
+		render(p)
+	}
+	main := render(filepath.Join(dir, "postern.8"))
+	for _, cmd := range []string{"knock", "server", "status", "revoke", "reload", "cleanup", "fwknop"} {
+		if !strings.Contains(main, "postern-"+cmd+"(8)") {
+			t.Errorf("postern(8) does not point to postern-%s(8)", cmd)
+		}
+	}
+	toml := render(filepath.Join(dir, "postern.toml.5"))
+	for _, key := range []string{"state_dir", "private_key_file", "max_skew", "on_exit", "log_format", "[FIREWALL]"} {
+		if !strings.Contains(toml, key) {
+			t.Errorf("postern.toml(5) lacks %s", key)
+		}
+	}
+}
+
+// Shell completion from the same definitions: bash's parses.
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		out, err := exec.Command(posternBin, "completion", shell).Output()
+		if err != nil || !strings.Contains(string(out), "postern") {
+			t.Fatalf("postern completion %s: %v\n%s", shell, err, out)
+		}
+		if shell == "bash" {
+			check := exec.Command("bash", "-n")
+			check.Stdin = strings.NewReader(string(out))
+			if msg, err := check.CombinedOutput(); err != nil {
+				t.Fatalf("bash -n on the completion: %v\n%s", err, msg)
+			}
+		}
+	}
+}

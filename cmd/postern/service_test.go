@@ -235,3 +235,62 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// The Debian package: built by scripts/package.sh, installed with dpkg on
+// this machine, every file in place, the unit verified, postern version
+// the package's, and purged without a trace.
+func TestDebianPackage(t *testing.T) {
+	netnstest.Require(t, "dpkg", "systemd-analyze")
+	if _, err := os.Stat("/usr/sbin/postern"); err == nil {
+		t.Fatal("/usr/sbin/postern exists already: this test installs and purges the package on this machine")
+	}
+	build := exec.Command("bash", "scripts/package.sh")
+	build.Dir = "../.."
+	build.Env = append(os.Environ(), "VERSION=0.2.0~test")
+	out, err := build.CombinedOutput()
+	if err != nil {
+		t.Fatalf("scripts/package.sh: %v\n%s", err, out)
+	}
+	deb := filepath.Join("../..", strings.TrimSpace(string(out[strings.LastIndexByte(strings.TrimSpace(string(out)), '\n')+1:])))
+	defer os.Remove(deb)
+	if out, err := exec.Command("dpkg", "-i", deb).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg -i: %v\n%s", err, out)
+	}
+	purged := false
+	defer func() {
+		if !purged {
+			exec.Command("dpkg", "--purge", "postern").Run()
+		}
+	}()
+	files := []string{"/usr/sbin/postern", "/usr/lib/systemd/system/postern.service", "/etc/postern/postern.toml",
+		"/usr/share/man/man8/postern.8.gz", "/usr/share/man/man8/postern-knock.8.gz", "/usr/share/man/man5/postern.toml.5.gz",
+		"/usr/share/bash-completion/completions/postern", "/usr/share/zsh/vendor-completions/_postern",
+		"/usr/share/fish/vendor_completions.d/postern.fish", "/usr/share/doc/postern/examples/reference.toml",
+		"/usr/share/doc/postern/examples/fail2ban/filter.d/postern.conf"}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("installed package lacks %s", f)
+		}
+	}
+	if st, err := os.Stat("/etc/postern/postern.toml"); err == nil && st.Mode().Perm() != 0o600 {
+		t.Errorf("/etc/postern/postern.toml mode %04o", st.Mode().Perm())
+	}
+	if v, err := exec.Command("/usr/sbin/postern", "version").Output(); err != nil || !strings.HasPrefix(string(v), "postern 0.2.0~test (") {
+		t.Errorf("postern version: %q %v", v, err)
+	}
+	if out, err := exec.Command("systemd-analyze", "verify", "--man=no", "/usr/lib/systemd/system/postern.service").CombinedOutput(); err != nil {
+		t.Errorf("systemd-analyze verify of the installed unit: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("/usr/sbin/postern", "check-config").CombinedOutput(); err == nil {
+		t.Errorf("the shipped example configuration validates: the daemon would start unconfigured\n%s", out)
+	}
+	if out, err := exec.Command("dpkg", "--purge", "postern").CombinedOutput(); err != nil {
+		t.Fatalf("dpkg --purge: %v\n%s", err, out)
+	}
+	purged = true
+	for _, f := range append(files, "/etc/postern") {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s left after purge", f)
+		}
+	}
+}

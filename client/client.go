@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/crypto/ssh"
 	"net"
 	"net/netip"
 	"time"
@@ -16,7 +17,10 @@ import (
 
 // Options describe one postern SPA knock.
 type Options struct {
-	Key       spa.ClientPrivateKey
+	Key spa.ClientPrivateKey
+	// SSH, if set, signs the knock instead of Key: an OpenSSH key or a key
+	// held by ssh-agent (see SSHSigner).
+	SSH       ssh.Signer
 	ServerKey spa.ServerPublicKey
 	Host      string // name or address of the server
 	Port      uint16 // the server's knock port
@@ -82,7 +86,12 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 	if o.BindDest {
 		k.Dest = to.Addr()
 	}
-	pkt, err := spa.Seal(o.Key, o.ServerKey, k)
+	var pkt []byte
+	if o.SSH != nil {
+		pkt, err = spa.SealSSH(o.SSH, o.ServerKey, k)
+	} else {
+		pkt, err = spa.Seal(o.Key, o.ServerKey, k)
+	}
 	if err != nil {
 		return Sent{}, err
 	}

@@ -36,6 +36,8 @@ type rawSPAProfile struct {
 	Name      string   `toml:"name"`
 	Host      string   `toml:"host"`
 	KeyFile   string   `toml:"key_file"`
+	SSHKey    string   `toml:"ssh_key"`   // an OpenSSH private key file instead of key_file
+	SSHAgent  string   `toml:"ssh_agent"` // a key in ssh-agent (fingerprint or comment; "*": its only key)
 	ServerKey string   `toml:"server_key"`
 	Port      int      `toml:"port"`
 	Open      []string `toml:"open"`
@@ -49,6 +51,8 @@ type rawSPAProfile struct {
 type SPAProfile struct {
 	Name, Host string
 	KeyFile    string
+	SSHKey     string // OpenSSH private key file, instead of KeyFile
+	SSHAgent   string // ssh-agent key (fingerprint or comment, "*": the only one), instead of KeyFile
 	ServerKey  string // the key itself or a file holding it
 	Port       uint16
 	Open       []port.Spec // default tcp/22
@@ -85,7 +89,8 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 		return nil, nil
 	}
 	where := fmt.Sprintf("%s: spa %q", path, found.Name)
-	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), ServerKey: expandHome(found.ServerKey),
+	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), SSHKey: expandHome(found.SSHKey),
+		SSHAgent: found.SSHAgent, ServerKey: expandHome(found.ServerKey),
 		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond}
 	if found.Port != 0 {
 		if found.Port < 1 || found.Port > 65535 {
@@ -117,8 +122,11 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 		}
 		*d.dst = v
 	}
-	if p.Host == "" || p.KeyFile == "" || p.ServerKey == "" {
-		return nil, fmt.Errorf("%s: needs host, key_file and server_key", where)
+	if n := btoi(p.KeyFile != "") + btoi(p.SSHKey != "") + btoi(p.SSHAgent != ""); n != 1 {
+		return nil, fmt.Errorf("%s: give one of key_file, ssh_key and ssh_agent", where)
+	}
+	if p.Host == "" || p.ServerKey == "" {
+		return nil, fmt.Errorf("%s: needs host and server_key", where)
 	}
 	return p, nil
 }
@@ -271,4 +279,11 @@ func NewRotating(secretFile, period string, length int, portRange, protocol stri
 		return nil, errs[0]
 	}
 	return r, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

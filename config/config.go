@@ -50,7 +50,13 @@ type Config struct {
 	Fwknop *Fwknop // nil without [fwknop]
 
 	Covert []Covert // covert knock doors
+
+	SSH *SSH // nil without [ssh]
 }
+
+// SPAEnabled reports whether postern SPA knocks are served: native
+// [[client]]s or OpenSSH identities.
+func (c *Config) SPAEnabled() bool { return len(c.Clients) > 0 || c.SSH != nil }
 
 // Covert is a [[covert]] door: SYNs to a closed TCP port that carry an
 // authenticated request in their header fields.
@@ -124,6 +130,7 @@ type rawConfig struct {
 	Doors          []rawDoor   `toml:"door"`
 	Fwknop         *rawFwknop  `toml:"fwknop"`
 	Covert         []rawCovert `toml:"covert"`
+	SSH            *rawSSH     `toml:"ssh"`
 }
 
 type rawCovert struct {
@@ -354,7 +361,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		}
 	}
 	v.capture(cfg)
-	if cfg.PrivateKeyFile == "" && len(raw.Clients) > 0 {
+	v.ssh(cfg, raw.SSH)
+	if cfg.PrivateKeyFile == "" && (len(raw.Clients) > 0 || raw.SSH != nil) {
 		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
 	}
 	if cfg.MetricsListen != "" {
@@ -364,8 +372,8 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	}
 	v.spa(cfg, raw.SPA)
 	v.firewall(cfg, raw.Firewall)
-	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 {
-		v.fail("client", "no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
+	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 && raw.SSH == nil {
+		v.fail("client", "no [[client]], [ssh], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
 	}
 	v.clients(cfg, raw.Clients)
 	return cfg
@@ -554,6 +562,11 @@ func (c *Config) Protected() []port.Spec {
 	for _, cv := range c.Covert {
 		for _, cl := range cv.Clients {
 			add(cl.Allow)
+		}
+	}
+	if c.SSH != nil {
+		for _, id := range c.SSH.Identities {
+			add(id.Allow)
 		}
 	}
 	return out

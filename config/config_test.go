@@ -26,12 +26,20 @@ func TestReference(t *testing.T) {
 	access := filepath.Join(t.TempDir(), "access.conf")
 	os.WriteFile(access, []byte("SOURCE ANY\nKEY k\nHMAC_KEY h\nOPEN_PORTS tcp/22, tcp/443\n"), 0o600)
 	data = []byte(strings.Replace(string(data), "/etc/fwknop/access.conf", access, 1))
+	const edKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+	keys := filepath.Join(t.TempDir(), "authorized_keys")
+	os.WriteFile(keys, []byte("# comment\nfrom=\"198.18.0.0/24\",postern-allow=\"tcp/22\" "+edKey+" alice@laptop\n"), 0o600)
+	ca := filepath.Join(t.TempDir(), "ssh_ca.pub")
+	os.WriteFile(ca, []byte(edKey+" ca\n"), 0o600)
+	data = []byte(strings.Replace(string(data), "/etc/postern/authorized_keys", keys, 1))
+	data = []byte(strings.Replace(string(data), "/etc/postern/ssh_ca.pub", ca, 1))
 	cfg, err := Parse("reference.toml", data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Interface != "eth0" || cfg.Capture != "afpacket" || cfg.SPA.Port != 62201 || cfg.SPA.MaxSkew != 30*time.Second ||
-		cfg.Firewall.Backend != "nftables" || cfg.Firewall.RemoveOnExit || len(cfg.Clients) != 1 {
+		cfg.Firewall.Backend != "nftables" || cfg.Firewall.RemoveOnExit || len(cfg.Clients) != 1 ||
+		cfg.SSH == nil || len(cfg.SSH.Identities) != 2 || cfg.SSH.Identities[0].Name != "ssh:alice@laptop" || len(cfg.SSH.Trust.CAs) != 1 {
 		t.Fatalf("reference parsed as %+v", cfg)
 	}
 	if len(cfg.Doors) != 2 || cfg.MaxTracked != 100000 || cfg.Doors[1].Rotating == nil || cfg.Doors[1].Rotating.Lo != 20000 {
@@ -122,7 +130,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad duplicate key", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n[[client]]\nname = \"b\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:9: client[2].public_key: same key as client \"a\""},
 		{"bad default over max", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\nmax_duration = \"10s\"\ndefault_duration = \"20s\"\n", "p.toml:8: client[1].default_duration"},
 		{"bad missing private key", "interface = \"eth0\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml: private_key_file: missing"},
-		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [[door]], knockd_file, [fwknop] or [[covert]]"},
+		{"bad nothing to knock", "interface = \"eth0\"\n", "p.toml: client: no [[client]], [ssh], [[door]], knockd_file, [fwknop] or [[covert]]"},
 		{"bad interface type", "interface = 7\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},
 		{"bad interface name", "interface = [\"eth0\", \"a/b\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface: \"a/b\""},
 		{"bad any in a list", "interface = [\"eth0\", \"any\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},

@@ -162,7 +162,7 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 	}
 	p := &pipeline{cfg: cfg}
 	var clients []policy.Client
-	if len(cfg.Clients) > 0 {
+	if cfg.SPAEnabled() {
 		v, err := s.newVerifier(cfg)
 		if err != nil {
 			return nil, err
@@ -172,6 +172,12 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 		for _, c := range cfg.Clients {
 			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
 				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource})
+		}
+		if cfg.SSH != nil {
+			for _, id := range cfg.SSH.Identities {
+				clients = append(clients, policy.Client{Language: policy.SPA, Name: id.Name, Allow: id.Allow,
+					MaxDuration: id.MaxDuration, DefaultDuration: id.DefaultDuration, AllowSource: id.AllowSource})
+			}
 		}
 	}
 	if len(cfg.Covert) > 0 {
@@ -238,7 +244,7 @@ func (s *Server) openState(cfg *config.Config) error {
 		}
 	}
 	var err error
-	if len(cfg.Clients) > 0 && s.spaReplay == nil {
+	if cfg.SPAEnabled() && s.spaReplay == nil {
 		if s.spaReplay, err = spa.LoadTimestamps(state(ReplayFile)); err != nil {
 			return fmt.Errorf("state_dir: %w", err)
 		}
@@ -281,10 +287,15 @@ func (s *Server) newVerifier(cfg *config.Config) (*spa.Verifier, error) {
 	// a person does and far below what costs the CPU anything.
 	limiter := spa.NewRateLimiter(5, 10, 65536)
 	limiter.SetIPv6Prefix(cfg.SPA.SourcePrefix6)
-	return spa.NewVerifier(spa.VerifierConfig{
-		Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
-		Replay: s.spaReplay, Limiter: limiter,
-	})
+	if cfg.SSH != nil && key.Public().Suite() != spa.SuiteX25519 {
+		return nil, fmt.Errorf("%s: [ssh] needs a suite-1 server key: an SSH-signed knock to a post-quantum key would not fit one packet", cfg.Path)
+	}
+	vc := spa.VerifierConfig{Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
+		Replay: s.spaReplay, Limiter: limiter}
+	if cfg.SSH != nil {
+		vc.SSH = cfg.SSH.Trust
+	}
+	return spa.NewVerifier(vc)
 }
 
 func spaReasons() []string {
@@ -311,7 +322,7 @@ func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 			rules.Knock = append(rules.Knock, ps...)
 		}
 	}
-	if len(cfg.Clients) > 0 {
+	if cfg.SPAEnabled() {
 		knockPort := port.Spec{Proto: port.UDP, Num: cfg.SPA.Port}
 		matches = append(matches, capture.PortMatches([]port.Spec{knockPort})...)
 		closeKnock(knockPort)
@@ -537,7 +548,7 @@ func (s *Server) closeState() {
 func (s *Server) logReady(msg string, rules firewall.Rules) {
 	cfg := s.pipe.Load().cfg
 	spaPort, stanzas := any("none"), 0
-	if len(cfg.Clients) > 0 {
+	if cfg.SPAEnabled() {
 		spaPort = cfg.SPA.Port
 	}
 	if cfg.Fwknop != nil {
@@ -658,7 +669,7 @@ func (s *Server) refreshLocal() {
 // freshness window: after a clock that ran ahead is corrected, no client
 // stays locked out as "replay" for longer than max_skew.
 func (s *Server) clampClocks(cfg *config.Config, now time.Time) {
-	if s.spaReplay != nil && len(cfg.Clients) > 0 {
+	if s.spaReplay != nil && cfg.SPAEnabled() {
 		if n := s.spaReplay.ClampFuture(now.Add(cfg.SPA.MaxSkew).UnixNano()); n > 0 {
 			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
 				"clients", n, "max_skew", cfg.SPA.MaxSkew)
@@ -756,7 +767,7 @@ func restartOnly(a, b *config.Config) string {
 	case a.MetricsListen != b.MetricsListen:
 		return "metrics_listen"
 	case a.Capture == "udp" && (a.SPA.Port != b.SPA.Port || (a.Fwknop == nil) != (b.Fwknop == nil) ||
-		a.Fwknop != nil && a.Fwknop.Port != b.Fwknop.Port || (len(a.Clients) == 0) != (len(b.Clients) == 0)):
+		a.Fwknop != nil && a.Fwknop.Port != b.Fwknop.Port || a.SPAEnabled() != b.SPAEnabled()):
 		return "the knock ports of capture = \"udp\""
 	case (a.Knockd == nil) != (b.Knockd == nil):
 		return "knockd_file"

@@ -33,7 +33,7 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		return
 	}
 	d.out.Grant(policy.Request{
-		Language: policy.SPA, Client: d.v.ClientName(k.Client), Src: f.Src, UseSource: k.UseSource,
+		Language: policy.SPA, Client: d.v.ClientName(k), Src: f.Src, UseSource: k.UseSource,
 		Allow: k.Allow, Ports: k.Ports, Duration: k.Duration, Action: k.Action,
 	})
 	emit(&d.out)

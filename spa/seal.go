@@ -11,26 +11,8 @@ import (
 // Seal builds the packet for k, signed by c and encrypted to server. k.Client
 // is filled in from c.
 func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
-	switch {
-	case len(k.Ports) == 0:
-		return nil, errors.New("a knock must ask for at least one port")
-	case len(k.Ports) > MaxPorts:
-		return nil, fmt.Errorf("a knock can ask for at most %d ports", MaxPorts)
-	case len(k.Action) > MaxActionLen || !validAction([]byte(k.Action)):
-		return nil, fmt.Errorf("action name must be at most %d characters of a-z, 0-9, - and _", MaxActionLen)
-	case k.Duration < 0 || k.Duration > (1<<32-1)*time.Second:
-		return nil, errors.New("duration out of range")
-	case k.Duration%time.Second != 0:
-		return nil, errors.New("duration must be whole seconds")
-	case !k.UseSource && !grantable(k.Allow):
-		return nil, fmt.Errorf("cannot grant address %v", k.Allow)
-	case k.Time.IsZero():
-		return nil, errors.New("knock has no timestamp")
-	}
-	for _, p := range k.Ports {
-		if p.Num == 0 {
-			return nil, errors.New("port 0 cannot be opened")
-		}
+	if err := checkKnock(&k); err != nil {
+		return nil, err
 	}
 	k.Client = c.Public()
 
@@ -61,6 +43,32 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	copy(pkt[l.ct:], ct)
 	newMAC1(server).put(pkt[l.mac1:], pkt[:l.mac1])
 	return pkt, nil
+}
+
+// checkKnock refuses a request that no server would accept.
+func checkKnock(k *Knock) error {
+	switch {
+	case len(k.Ports) == 0:
+		return errors.New("a knock must ask for at least one port")
+	case len(k.Ports) > MaxPorts:
+		return fmt.Errorf("a knock can ask for at most %d ports", MaxPorts)
+	case len(k.Action) > MaxActionLen || !validAction([]byte(k.Action)):
+		return fmt.Errorf("action name must be at most %d characters of a-z, 0-9, - and _", MaxActionLen)
+	case k.Duration < 0 || k.Duration > (1<<32-1)*time.Second:
+		return errors.New("duration out of range")
+	case k.Duration%time.Second != 0:
+		return errors.New("duration must be whole seconds")
+	case !k.UseSource && !grantable(k.Allow):
+		return fmt.Errorf("cannot grant address %v", k.Allow)
+	case k.Time.IsZero():
+		return errors.New("knock has no timestamp")
+	}
+	for _, p := range k.Ports {
+		if p.Num == 0 {
+			return errors.New("port 0 cannot be opened")
+		}
+	}
+	return nil
 }
 
 func putHeader(pkt []byte, suite byte) {

@@ -109,7 +109,7 @@ func TestRoundTrip(t *testing.T) {
 		got.UseSource || got.Dest.IsValid() {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
-	if f.v.ClientName(got.Client) != "alice" {
+	if f.v.ClientName(&got) != "alice" {
 		t.Fatal("client name not found")
 	}
 }

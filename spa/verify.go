@@ -28,6 +28,10 @@ const (
 	WrongDestination
 	Replayed
 	StateError
+	SSHSourceNotAllowed
+	SSHPrincipalNotAllowed
+	SSHCertInvalid
+	SSHRevoked
 	numReasons
 )
 
@@ -46,6 +50,11 @@ var reasonNames = [numReasons]string{
 	WrongDestination: "wrong destination",
 	Replayed:         "replay",
 	StateError:       "state error",
+	// SSH identities (docs/PROTOCOL.md §9).
+	SSHSourceNotAllowed:    "ssh source not allowed",
+	SSHPrincipalNotAllowed: "ssh principal not allowed",
+	SSHCertInvalid:         "ssh certificate invalid",
+	SSHRevoked:             "ssh key revoked",
 }
 
 func (r Reason) String() string {
@@ -75,6 +84,7 @@ type VerifierConfig struct {
 	Destinations []netip.Addr
 	Replay       *Timestamps
 	Limiter      *RateLimiter // nil: no per-source limit
+	SSH          *SSHTrust    // nil: knocks signed by SSH keys are refused
 }
 
 // Verifier checks knocks. It is not safe for concurrent use: the server runs
@@ -110,8 +120,14 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	}, nil
 }
 
-// ClientName returns the configured name of an authorised client.
-func (v *Verifier) ClientName(c ClientPublicKey) string { return v.cfg.Clients[c] }
+// ClientName returns the configured name of the client of an accepted
+// knock: a [[client]] name, or the SSH identity Verify found.
+func (v *Verifier) ClientName(k *Knock) string {
+	if k.Name != "" {
+		return k.Name
+	}
+	return v.cfg.Clients[k.Client]
+}
 
 // Verify checks pkt, which arrived from src for dst at now, and fills k when it
 // returns Accepted. Cheap checks come first: junk costs a length test, a header
@@ -119,10 +135,14 @@ func (v *Verifier) ClientName(c ClientPublicKey) string { return v.cfg.Clients[c
 // code. An accepted knock has advanced its client's replay timestamp, durably.
 func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
 	l := v.layout
+	kind := byte(KindNative)
+	if len(pkt) == PacketSizeSSH && v.suite == SuiteX25519 {
+		l, kind = layoutSSH(), KindSSH
+	}
 	if len(pkt) != l.size {
 		return BadLength
 	}
-	if pkt[0] != Version || pkt[1] != v.suite || pkt[2] != 0 || pkt[3] != 0 {
+	if pkt[0] != Version || pkt[1] != v.suite || pkt[2] != kind || pkt[3] != 0 {
 		return BadHeader
 	}
 	if !v.mac.ok(pkt[:l.mac1], pkt[l.mac1:]) {
@@ -140,17 +160,29 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 		return DecryptFailed
 	}
 	defer clear(pt) // the decrypted request: nothing of it outlives Verify but what k copied
-	var client ClientPublicKey
-	copy(client[:], pt[ptClient:])
-	if _, ok := v.cfg.Clients[client]; !ok {
-		return UnknownClient
-	}
-	v.sig = append(append(append(v.sig[:0], sigContext...), pkt[:l.ct]...), pt[:signedLen]...)
-	if !ed25519.Verify(client[:], v.sig, pt[ptSig:]) {
-		return BadSignature
-	}
-	if !decodePlaintext(pt, k) {
-		return MalformedBody
+	k.Name = ""
+	if kind == KindSSH {
+		// The body is checked first: the SSH part is parsed only for a
+		// well-formed request.
+		if !decodePlaintext(pt, k) {
+			return MalformedBody
+		}
+		if r := v.verifySSH(src, pkt[:l.ct], pt, now, k); r != Accepted {
+			return r
+		}
+	} else {
+		var client ClientPublicKey
+		copy(client[:], pt[ptClient:])
+		if _, ok := v.cfg.Clients[client]; !ok {
+			return UnknownClient
+		}
+		v.sig = append(append(append(v.sig[:0], sigContext...), pkt[:l.ct]...), pt[:signedLen]...)
+		if !ed25519.Verify(client[:], v.sig, pt[ptSig:]) {
+			return BadSignature
+		}
+		if !decodePlaintext(pt, k) {
+			return MalformedBody
+		}
 	}
 	switch age := now.Sub(k.Time); {
 	case age > v.cfg.MaxSkew:
@@ -161,7 +193,7 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	if k.Dest.IsValid() && k.Dest != dst.Unmap() && !v.boundHere(k.Dest) {
 		return WrongDestination
 	}
-	switch err := v.cfg.Replay.Advance(client, k.Time.UnixNano()); {
+	switch err := v.cfg.Replay.Advance(k.Client, k.Time.UnixNano()); {
 	case errors.Is(err, ErrReplay):
 		return Replayed
 	case err != nil:

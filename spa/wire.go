@@ -51,7 +51,7 @@ func layoutFor(suite byte) (layout, bool) {
 // IsKnock reports whether a datagram has the size and first byte of a
 // postern SPA knock (to tell it from an fwknop packet on a shared port).
 func IsKnock(b []byte) bool {
-	return (len(b) == PacketSize || len(b) == PacketSizeXWing) && b[0] == Version
+	return (len(b) == PacketSize || len(b) == PacketSizeXWing || len(b) == PacketSizeSSH) && b[0] == Version
 }
 
 // Plaintext layout (docs/PROTOCOL.md §3).
@@ -94,7 +94,8 @@ var (
 
 // Knock is what a valid packet asks for.
 type Knock struct {
-	Client    ClientPublicKey
+	Client    ClientPublicKey // the native client key; for an SSH knock, a hash of its identity (the replay key)
+	Name      string          // for an SSH knock: its policy identity (ssh:NAME, principal:NAME)
 	Time      time.Time
 	UseSource bool       // grant the packet's source address instead of Allow
 	Allow     netip.Addr // the address to grant (unset when UseSource)

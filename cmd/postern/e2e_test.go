@@ -308,7 +308,7 @@ func TestSpoofedSourceGetsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	pkt, err := spa.Seal(alice, r.server.Public(), spa.Knock{Time: time.Now(), Allow: r.p.Client4,
-		Ports: []port.Spec{ssh}, Duration: 3 * time.Second})
+		Ports: []port.Spec{sshPort}, Duration: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

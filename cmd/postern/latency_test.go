@@ -42,7 +42,7 @@ func BenchmarkKnockToOpen(b *testing.B) {
 	}
 	fw := firewall.NewNFTables(conn)
 	opts := client.Options{Key: key, ServerKey: r.server.Public(), Host: r.p.Server4.String(), Port: knockPort,
-		Open: []port.Spec{ssh}, Duration: 10 * time.Second}
+		Open: []port.Spec{sshPort}, Duration: 10 * time.Second}
 	target := netip.AddrPortFrom(r.p.Server4, 22)
 
 	var samples []time.Duration
@@ -67,7 +67,7 @@ func BenchmarkKnockToOpen(b *testing.B) {
 				b.Fatalf("knock %d never opened the port\n%s", len(samples), r.out)
 			}
 		}
-		if err := fw.Revoke([]firewall.Grant{{Addr: r.p.Client4, Port: ssh}}); err != nil {
+		if err := fw.Revoke([]firewall.Grant{{Addr: r.p.Client4, Port: sshPort}}); err != nil {
 			b.Fatal(err)
 		}
 	}

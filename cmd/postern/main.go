@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/spf13/pflag"
+	"golang.org/x/crypto/ssh"
 	"io"
 	"log/slog"
 	"net"
@@ -264,7 +265,7 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Clients) > 0 {
+	if cfg.SPAEnabled() {
 		text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
 		if err != nil {
 			return fmt.Errorf("%s: private_key_file: %w", cfg.Path, err)
@@ -291,6 +292,7 @@ type knockFlags struct {
 	fs *pflag.FlagSet
 	// postern SPA
 	keyFile, serverKey, open, allow, profile string
+	sshKey, sshAgent                         string
 	dur, offset                              time.Duration
 	knockPort                                uint
 	bind                                     bool
@@ -312,6 +314,9 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	k := &knockFlags{fs: fs}
 	fs.StringVar(&k.keyFile, "key", "", "SPA: client private key `file` (postern genkey)")
 	fs.StringVar(&k.serverKey, "server-key", "", "SPA: the server's public `key`, or a file holding it")
+	fs.StringVar(&k.sshKey, "ssh-key", "", "SPA: sign with this OpenSSH private key `file` (and FILE-cert.pub if there) instead of --key")
+	fs.StringVar(&k.sshAgent, "ssh-agent", "", "SPA: sign with a key held by ssh-agent: --ssh-agent alone for its only key, --ssh-agent=`FINGERPRINT|COMMENT` to choose")
+	fs.Lookup("ssh-agent").NoOptDefVal = "*"
 	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
 	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
 	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
@@ -367,7 +372,7 @@ func (k *knockFlags) run(pos []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if k.keyFile == "" && k.serverKey == "" && k.open == "" {
+	if k.keyFile == "" && k.sshKey == "" && k.sshAgent == "" && k.serverKey == "" && k.open == "" {
 		return k.sequence(pos, out)
 	}
 	return k.spaKnock(pos, stdout)
@@ -379,7 +384,10 @@ func (k *knockFlags) applyProfile(pos []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	k.keyFile, k.serverKey = cmp.Or(k.keyFile, p.KeyFile), cmp.Or(k.serverKey, p.ServerKey)
+	if k.keyFile == "" && k.sshKey == "" && k.sshAgent == "" {
+		k.keyFile, k.sshKey, k.sshAgent = p.KeyFile, p.SSHKey, p.SSHAgent
+	}
+	k.serverKey = cmp.Or(k.serverKey, p.ServerKey)
 	if k.open == "" {
 		k.open = port.Join(p.Open)
 	}
@@ -452,8 +460,8 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	switch {
 	case len(pos) != 1:
 		return errUsage{errors.New("knock takes one HOST")}
-	case k.keyFile == "":
-		return errUsage{errors.New("--key is required")}
+	case k.keyFile == "" && k.sshKey == "" && k.sshAgent == "":
+		return errUsage{errors.New("--key (or --ssh-key, --ssh-agent) is required")}
 	case k.serverKey == "":
 		return errUsage{errors.New("--server-key is required")}
 	case k.open == "":
@@ -465,14 +473,11 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	if err != nil {
 		return errUsage{fmt.Errorf("--open: %w", err)}
 	}
-	text, err := spa.ReadPrivateKeyFile(k.keyFile)
+	key, signer, done, err := knockIdentity(k.keyFile, k.sshKey, k.sshAgent)
 	if err != nil {
 		return err
 	}
-	key, err := spa.ParseClientPrivateKey(text)
-	if err != nil {
-		return fmt.Errorf("--key %s: %w", k.keyFile, err)
-	}
+	defer done()
 	srv, err := readServerKey(k.serverKey)
 	if err != nil {
 		return err
@@ -480,7 +485,7 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sent, err := client.Knock(ctx, client.Options{
-		Key: key, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
+		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
 		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset,
 	})
 	if err != nil {
@@ -494,6 +499,29 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "knocked %v: open %s for %s\n", sent.To, port.Join(ports), who)
 	}
 	return nil
+}
+
+// knockIdentity loads what signs a knock: a postern client key file, an
+// OpenSSH key file, or a key in ssh-agent (sshAgent "*": its only key).
+func knockIdentity(keyFile, sshKey, sshAgent string) (spa.ClientPrivateKey, ssh.Signer, func(), error) {
+	none := func() {}
+	switch {
+	case sshAgent != "":
+		s, done, err := client.SSHAgentSigner(strings.TrimPrefix(sshAgent, "*"))
+		return spa.ClientPrivateKey{}, s, done, err
+	case sshKey != "":
+		s, err := client.SSHKeySigner(sshKey)
+		return spa.ClientPrivateKey{}, s, none, err
+	}
+	text, err := spa.ReadPrivateKeyFile(keyFile)
+	if err != nil {
+		return spa.ClientPrivateKey{}, nil, none, err
+	}
+	key, err := spa.ParseClientPrivateKey(text)
+	if err != nil {
+		return key, nil, none, fmt.Errorf("--key %s: %w", keyFile, err)
+	}
+	return key, nil, none, nil
 }
 
 // readServerKey accepts the key itself or the name of a file holding it.
@@ -831,21 +859,18 @@ func (k *knockFlags) covertKnock(pos []string, out io.Writer) error {
 
 // knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
 func knockProfile(p *client.SPAProfile, open []port.Spec) error {
-	text, err := spa.ReadPrivateKeyFile(p.KeyFile)
+	key, signer, done, err := knockIdentity(p.KeyFile, p.SSHKey, p.SSHAgent)
 	if err != nil {
 		return err
 	}
-	key, err := spa.ParseClientPrivateKey(text)
-	if err != nil {
-		return fmt.Errorf("%s: %w", p.KeyFile, err)
-	}
+	defer done()
 	srv, err := readServerKey(p.ServerKey)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := client.Knock(ctx, client.Options{Key: key, ServerKey: srv, Host: p.Host, Port: p.Port,
+	if _, err := client.Knock(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
 		Open: open, Duration: p.Duration, Allow: p.Allow}); err != nil {
 		return err
 	}

@@ -45,8 +45,9 @@ open = ["tcp/22"]
 duration = "5s"
 `, access)})
 	r.start()
-	junk := base64.RawStdEncoding.EncodeToString(randomBytes(900)) // GnuPG by length, as fwknopd decides
-	junk = strings.NewReplacer("=", "").Replace(junk)
+	// GnuPG by length, as fwknopd decides; with the "hQ" that fwknop strips
+	// put back, a whole number of base64 quanta (decoding is strict).
+	junk := base64.RawStdEncoding.EncodeToString(randomBytes(901))
 	r.sendRaw(r.p.Client6, r.p.Server6, []byte(junk))
 	deadline := time.Now().Add(3 * time.Second)
 	for {

@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 
 const knockPort = 62201
 
-var ssh = port.Spec{Proto: port.TCP, Num: 22}
+var sshPort = port.Spec{Proto: port.TCP, Num: 22}
 
 // rig is one server namespace running the daemon, one client namespace, keys
 // and a configuration.

@@ -98,7 +98,9 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 	if _, err := conn.Write(pkt); err != nil {
 		return Sent{}, fmt.Errorf("knock: sending to %v: %w", to, err)
 	}
-	k.Client = o.Key.Public()
+	if o.SSH == nil {
+		k.Client = o.Key.Public()
+	}
 	return Sent{To: to, Knock: k, Packet: pkt}, nil
 }
 

@@ -13,7 +13,7 @@ CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
 go test -count=1 ./...
 
 for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \
-  fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC covert:FuzzCarrierAndOpen client:FuzzClientInput; do
+  fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC covert:FuzzCarrierAndOpen client:FuzzClientInput spa:FuzzSSHPart; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"
   log=$(mktemp)

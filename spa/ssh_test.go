@@ -1,7 +1,9 @@
 package spa
 
 import (
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"net/netip"
@@ -11,7 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-func sshSigner(t *testing.T, rsaKey bool) ssh.Signer {
+func sshSigner(t testing.TB, rsaKey bool) ssh.Signer {
 	t.Helper()
 	var s ssh.Signer
 	var err error
@@ -47,10 +49,13 @@ func certSigner(t *testing.T, ca, user ssh.Signer, principals []string, serial u
 func TestSSHKnocks(t *testing.T) {
 	f := newFixture(t, "")
 	ed, rs, stranger, ca := sshSigner(t, false), sshSigner(t, true), sshSigner(t, false), sshSigner(t, false)
+	ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ec, _ := ssh.NewSignerFromKey(ek)
 	trust := &SSHTrust{
 		Keys: map[string]SSHKey{
 			string(ed.PublicKey().Marshal()): {Name: "alice"},
 			string(rs.PublicKey().Marshal()): {Name: "rsa-key", From: []string{"198.18.0.0/24", "!198.18.0.66"}},
+			string(ec.PublicKey().Marshal()): {Name: "ecdsa-key"},
 		},
 		CAs:            map[string]bool{string(ca.PublicKey().Marshal()): true},
 		Principals:     []string{"ops", "db"},
@@ -83,6 +88,7 @@ func TestSSHKnocks(t *testing.T) {
 	}{
 		{"ed25519 key", ed, "198.18.0.2", Accepted, "ssh:alice"},
 		{"rsa key, rsa-sha2-256", rs, "198.18.0.2", Accepted, "ssh:rsa-key"},
+		{"ecdsa key", ec, "198.18.0.2", Accepted, "ssh:ecdsa-key"},
 		{"bad from= excludes the source", rs, "198.18.1.2", SSHSourceNotAllowed, ""},
 		{"bad from= negated address", rs, "198.18.0.66", SSHSourceNotAllowed, ""},
 		{"bad key not listed", stranger, "198.18.0.2", UnknownClient, ""},
@@ -166,3 +172,25 @@ type impostor struct {
 }
 
 func (i impostor) PublicKey() ssh.PublicKey { return i.pub }
+
+// FuzzSSHPart feeds arbitrary bytes as the SSH part of a decrypted knock:
+// refused without a panic, never accepted.
+func FuzzSSHPart(f *testing.F) {
+	fx := newFixture(f, "")
+	ed := sshSigner(f, false)
+	fx.v.cfg.SSH = &SSHTrust{Keys: map[string]SSHKey{string(ed.PublicKey().Marshal()): {Name: "a"}}, CAs: map[string]bool{}}
+	blob := ed.PublicKey().Marshal()
+	seed := make([]byte, plaintextSSHSize-ptSSH)
+	seed[0], seed[1] = 0, byte(len(blob))
+	copy(seed[2:], blob)
+	f.Add(seed)
+	f.Add([]byte{0xff, 0xff})
+	f.Fuzz(func(t *testing.T, tail []byte) {
+		pt := make([]byte, plaintextSSHSize)
+		copy(pt[ptSSH:], tail)
+		var k Knock
+		if r := fx.v.verifySSH(netip.MustParseAddr("198.18.0.2"), make([]byte, 36), pt, fx.now, &k); r == Accepted {
+			t.Fatal("accepted an SSH part that nobody signed")
+		}
+	})
+}

@@ -6,8 +6,11 @@ import (
 	"flag"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/postern/postern/port"
 )
@@ -24,6 +27,9 @@ type vector struct {
 	ServerPublic string `json:"server_public_key"`
 	ClientKey    string `json:"client_private_key"`
 	ClientPublic string `json:"client_public_key"`
+	// SSHAuthorizedKey, for a knock signed by an OpenSSH key: the
+	// authorized_keys line the server trusts (name "vector").
+	SSHAuthorizedKey string `json:"ssh_authorized_key,omitempty"`
 	Packet       string `json:"packet_hex"`
 	Now          int64  `json:"now_unix_ns"`
 	Src          string `json:"src"`
@@ -65,8 +71,16 @@ func TestVectors(t *testing.T) {
 				t.Fatal(err)
 			}
 			ts, _ := LoadTimestamps("")
-			ver, err := NewVerifier(VerifierConfig{Key: server, Clients: map[ClientPublicKey]string{client: "vector"},
-				MaxSkew: 30 * time.Second, Replay: ts})
+			cfg := VerifierConfig{Key: server, Clients: map[ClientPublicKey]string{client: "vector"},
+				MaxSkew: 30 * time.Second, Replay: ts}
+			if v.SSHAuthorizedKey != "" {
+				pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(v.SSHAuthorizedKey))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.SSH = &SSHTrust{Keys: map[string]SSHKey{string(pub.Marshal()): {Name: "vector"}}}
+			}
+			ver, err := NewVerifier(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,6 +102,12 @@ func TestVectors(t *testing.T) {
 			}
 			if k.Dest.IsValid() {
 				dest = k.Dest.String()
+			}
+			if v.SSHAuthorizedKey != "" {
+				if ver.ClientName(&k) != "ssh:vector" {
+					t.Fatalf("SSH identity %q", ver.ClientName(&k))
+				}
+				k.Client = client // the SSH vector's replay key is not a client key
 			}
 			if k.Client != client || k.Time.UnixNano() != v.Time || k.UseSource != v.UseSource ||
 				allow != v.Allow || dest != v.Dest || port.Join(k.Ports) != port.Join(mustPorts(t, v.Ports)) ||
@@ -144,25 +164,37 @@ func writeVectors(t *testing.T) {
 		}
 		vs = append(vs, v)
 	}
-	ssh := []port.Spec{{Proto: port.TCP, Num: 22}}
-	add("tcp/22 for 198.18.0.2, 30 s", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh, Duration: 30 * time.Second}, Accepted, nil)
+	tcp22 := []port.Spec{{Proto: port.TCP, Num: 22}}
+	add("tcp/22 for 198.18.0.2, 30 s", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second}, Accepted, nil)
 	add("use source, bound to 198.18.0.1, two ports, action, server default duration",
 		Knock{Time: now.Add(-time.Second), UseSource: true, Dest: netip.MustParseAddr("198.18.0.1"),
 			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, nil)
-	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: ssh, Duration: 300 * time.Second}, Accepted, nil)
-	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, StaleTimestamp, nil)
+	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: tcp22, Duration: 300 * time.Second}, Accepted, nil)
+	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, StaleTimestamp, nil)
 	// Suite 2: same client, a post-quantum hybrid server key.
 	xw, _ := GenerateXWingServerKey()
-	xpkt, err := Seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh, Duration: 30 * time.Second})
+	xpkt, err := Seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	xv := base
 	xv.Comment, xv.ServerKey, xv.ServerPublic, xv.Packet, xv.Want = "suite 2 (X-Wing): tcp/22 for 198.18.0.2, 30 s",
-		xw.String(), xw.Public().String(), hex.EncodeToString(xpkt), Accepted.String()
+		xw.Encode(), xw.Public().String(), hex.EncodeToString(xpkt), Accepted.String()
 	xv.Time, xv.Allow, xv.Ports, xv.Duration = now.UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
 	vs = append(vs, xv)
-	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: ssh}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
+	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
+	// Signed by an OpenSSH ed25519 key (§9).
+	signer := sshSigner(t, false)
+	spkt, err := SealSSH(signer, server.Public(), Knock{Time: now.Add(2 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
+		Ports: tcp22, Duration: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := base
+	sv.Comment, sv.Packet, sv.Want = "signed by an OpenSSH ed25519 key: tcp/22 for 198.18.0.2, 30 s", hex.EncodeToString(spkt), Accepted.String()
+	sv.SSHAuthorizedKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	sv.Time, sv.Allow, sv.Ports, sv.Duration = now.Add(2*time.Second).UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
+	vs = append(vs, sv)
 	b, err := json.MarshalIndent(vs, "", "  ")
 	if err != nil {
 		t.Fatal(err)

@@ -30,11 +30,11 @@ type vector struct {
 	// SSHAuthorizedKey, for a knock signed by an OpenSSH key: the
 	// authorized_keys line the server trusts (name "vector").
 	SSHAuthorizedKey string `json:"ssh_authorized_key,omitempty"`
-	Packet       string `json:"packet_hex"`
-	Now          int64  `json:"now_unix_ns"`
-	Src          string `json:"src"`
-	Dst          string `json:"dst"`
-	Want         string `json:"want_reason"`
+	Packet           string `json:"packet_hex"`
+	Now              int64  `json:"now_unix_ns"`
+	Src              string `json:"src"`
+	Dst              string `json:"dst"`
+	Want             string `json:"want_reason"`
 	// Decoded fields, for accepted packets.
 	Time      int64    `json:"time_unix_ns,omitempty"`
 	UseSource bool     `json:"use_source,omitempty"`

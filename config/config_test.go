@@ -264,3 +264,21 @@ allow = ["tcp/0"]
 		t.Fatalf("%+v %v", cfg, err)
 	}
 }
+
+// A bad line in an OpenSSH file named by [ssh] is an error with that
+// file's name and line.
+func TestSSHFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "authorized_keys")
+	os.WriteFile(keys, []byte("# ok\n\nssh-ed25519 not-base64 x\n"), 0o600)
+	_, err := Parse("p.toml", []byte("interface = \"eth0\"\nprivate_key_file = \"/k\"\n[ssh]\nauthorized_keys = \""+keys+"\"\n"))
+	if err == nil || !strings.Contains(err.Error(), keys+":3") {
+		t.Fatalf("error %v, want %s:3", err, keys)
+	}
+	ca := filepath.Join(dir, "ca.pub")
+	os.WriteFile(ca, []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca\n"), 0o600)
+	_, err = Parse("p.toml", []byte("interface = \"eth0\"\nprivate_key_file = \"/k\"\n[ssh]\ntrusted_user_ca_keys = \""+ca+"\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "ssh.principal") {
+		t.Fatalf("a CA without principals: %v", err)
+	}
+}

@@ -15,11 +15,21 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 		return nil, err
 	}
 	k.Client = c.Public()
-
 	l, ok := layoutFor(server.suite)
 	if !ok {
 		return nil, errors.New("spa: server key of unknown suite")
 	}
+	return sealPacket(server, l, KindNative, plaintextSize, func(headerAndEnc, pt []byte) error {
+		encodePlaintext(pt, &k)
+		copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(headerAndEnc, pt)))
+		return nil
+	})
+}
+
+// sealPacket makes a packet of layout l: header (with kind), HPKE
+// encapsulation to server, the plaintext that fill writes (it is given the
+// header and encapsulation its signature must cover) sealed, and mac1.
+func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, fill func(headerAndEnc, pt []byte) error) ([]byte, error) {
 	pk, err := server.kem().NewPublicKey([]byte(server.b))
 	if err != nil {
 		return nil, err
@@ -30,12 +40,13 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	}
 	pkt := make([]byte, l.size)
 	putHeader(pkt, server.suite)
+	pkt[2] = kind
 	copy(pkt[offEnc:], enc)
-
-	pt := make([]byte, plaintextSize)
-	encodePlaintext(pt, &k)
-	copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(pkt[:l.ct], pt)))
-
+	pt := make([]byte, ptSize)
+	defer clear(pt)
+	if err := fill(pkt[:l.ct], pt); err != nil {
+		return nil, err
+	}
 	ct, err := sender.Seal(pkt[:headerSize], pt)
 	if err != nil {
 		return nil, err

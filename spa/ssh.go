@@ -1,7 +1,6 @@
 package spa
 
 import (
-	"crypto/hpke"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -75,52 +74,33 @@ func SealSSH(signer ssh.Signer, server ServerPublicKey, k Knock) ([]byte, error)
 	if server.suite != SuiteX25519 {
 		return nil, errors.New("knocks signed by SSH keys need a suite-1 server key (a post-quantum knock with an SSH identity would not fit one packet)")
 	}
-	l := layoutSSH()
-	pk, err := server.kem().NewPublicKey([]byte(server.b))
-	if err != nil {
-		return nil, err
-	}
-	enc, sender, err := hpke.NewSender(pk, suiteKDF, suiteAEAD, hpkeInfo)
-	if err != nil {
-		return nil, err
-	}
-	pkt := make([]byte, l.size)
-	putHeader(pkt, server.suite)
-	pkt[2] = KindSSH
-	copy(pkt[offEnc:], enc)
-
-	pt := make([]byte, plaintextSSHSize)
-	encodePlaintext(pt, &k) // the body; the native client-key field stays zero
-	clear(pt[ptClient : ptClient+32])
-	blob := signer.PublicKey().Marshal()
-	var sig *ssh.Signature
-	msg := sshSignedMessage(pkt[:l.ct], pt[:ptSSH], blob)
-	if as, ok := signer.(ssh.AlgorithmSigner); ok && isRSA(signer.PublicKey()) {
-		sig, err = as.SignWithAlgorithm(rand.Reader, msg, ssh.KeyAlgoRSASHA256)
-	} else {
-		sig, err = signer.Sign(rand.Reader, msg)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("signing the knock: %w", err)
-	}
-	sb := ssh.Marshal(sig)
-	if 2+len(blob)+2+len(sb) > plaintextSSHSize-ptSSH {
-		return nil, fmt.Errorf("the SSH key or certificate is too large for one knock (%d bytes, at most %d)",
-			len(blob)+len(sb), plaintextSSHSize-ptSSH-4)
-	}
-	o := ptSSH
-	binary.BigEndian.PutUint16(pt[o:], uint16(len(blob)))
-	o += 2 + copy(pt[o+2:], blob)
-	binary.BigEndian.PutUint16(pt[o:], uint16(len(sb)))
-	copy(pt[o+2:], sb)
-
-	ct, err := sender.Seal(pkt[:headerSize], pt)
-	if err != nil {
-		return nil, err
-	}
-	copy(pkt[l.ct:], ct)
-	newMAC1(server).put(pkt[l.mac1:], pkt[:l.mac1])
-	return pkt, nil
+	return sealPacket(server, layoutSSH(), KindSSH, plaintextSSHSize, func(headerAndEnc, pt []byte) error {
+		encodePlaintext(pt, &k) // the body; the native client-key field stays zero
+		clear(pt[ptClient : ptClient+32])
+		blob := signer.PublicKey().Marshal()
+		var sig *ssh.Signature
+		var err error
+		msg := sshSignedMessage(headerAndEnc, pt[:ptSSH], blob)
+		if as, ok := signer.(ssh.AlgorithmSigner); ok && isRSA(signer.PublicKey()) {
+			sig, err = as.SignWithAlgorithm(rand.Reader, msg, ssh.KeyAlgoRSASHA256)
+		} else {
+			sig, err = signer.Sign(rand.Reader, msg)
+		}
+		if err != nil {
+			return fmt.Errorf("signing the knock: %w", err)
+		}
+		sb := ssh.Marshal(sig)
+		if 2+len(blob)+2+len(sb) > plaintextSSHSize-ptSSH {
+			return fmt.Errorf("the SSH key or certificate is too large for one knock (%d bytes, at most %d)",
+				len(blob)+len(sb), plaintextSSHSize-ptSSH-4)
+		}
+		o := ptSSH
+		binary.BigEndian.PutUint16(pt[o:], uint16(len(blob)))
+		o += 2 + copy(pt[o+2:], blob)
+		binary.BigEndian.PutUint16(pt[o:], uint16(len(sb)))
+		copy(pt[o+2:], sb)
+		return nil
+	})
 }
 
 func isRSA(k ssh.PublicKey) bool {

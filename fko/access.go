@@ -440,8 +440,18 @@ func readGPG(s *Stanza, f fields) error {
 	if err != nil {
 		return err
 	}
-	if s.GPGRequireSig, err = f.yes("GPG_REQUIRE_SIG", !disable); err != nil {
+	// fwknopd 2.6.10 (set_acc_defaults): signatures stay required unless
+	// GPG_DISABLE_SIG Y; GPG_REQUIRE_SIG N alone does not turn the check off
+	// (a signer list then still decides), and with no signer list
+	// fwknopd refuses to start.
+	requireSig, err := f.yes("GPG_REQUIRE_SIG", true)
+	if err != nil {
 		return err
+	}
+	s.GPGRequireSig = !disable
+	if !requireSig && !disable && !f.has("GPG_REMOTE_ID") && !f.has("GPG_FINGERPRINT_ID") {
+		return f.fail("GPG_REQUIRE_SIG", "N without GPG_REMOTE_ID or GPG_FINGERPRINT_ID: fwknopd refuses this stanza; "+
+			"GPG_DISABLE_SIG Y turns signature checks off")
 	}
 	if s.GPGIgnoreSigError, err = f.yes("GPG_IGNORE_SIG_VERIFY_ERROR", false); err != nil {
 		return err
@@ -453,7 +463,7 @@ func readGPG(s *Stanza, f fields) error {
 		s.GPGFingerprints = splitList(v.value)
 	}
 	if s.GPGRequireSig && len(s.GPGRemoteIDs) == 0 && len(s.GPGFingerprints) == 0 {
-		return f.fail("GPG_DECRYPT_ID", "signatures are required: name the signers with GPG_REMOTE_ID or GPG_FINGERPRINT_ID (or GPG_REQUIRE_SIG N)")
+		return f.fail("GPG_DECRYPT_ID", "signatures are required: name the signers with GPG_REMOTE_ID or GPG_FINGERPRINT_ID (or GPG_DISABLE_SIG Y)")
 	}
 	return nil
 }

@@ -136,3 +136,34 @@ func FuzzRC(f *testing.F) {
 		}
 	})
 }
+
+// GnuPG signature policy as fwknopd 2.6.10 has it: only GPG_DISABLE_SIG Y
+// turns the signer check off; GPG_REQUIRE_SIG N with a signer list still
+// checks the signer, and without one the stanza is refused.
+func TestGPGSignaturePolicy(t *testing.T) {
+	base := "SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nGPG_ALLOW_NO_PW Y\n"
+	for _, tt := range []struct {
+		name, extra string
+		require     bool
+		err         string
+	}{
+		{"require N with a signer list still checks", "GPG_REQUIRE_SIG N\nGPG_REMOTE_ID 11223344\n", true, ""},
+		{"default with a signer list", "GPG_REMOTE_ID 11223344\n", true, ""},
+		{"disable sig", "GPG_DISABLE_SIG Y\n", false, ""},
+		{"bad require N without signers", "GPG_REQUIRE_SIG N\n", false, "a.conf:4: GPG_REQUIRE_SIG"},
+		{"bad default without signers", "", false, "GPG_REMOTE_ID or GPG_FINGERPRINT_ID"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ss, err := ParseAccessConf("a.conf", []byte(base+tt.extra))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || ss[0].GPGRequireSig != tt.require {
+				t.Fatalf("GPGRequireSig %v, %v; want %v", ss[0].GPGRequireSig, err, tt.require)
+			}
+		})
+	}
+}

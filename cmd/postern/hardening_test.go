@@ -61,7 +61,7 @@ func TestGnuPGBomb(t *testing.T) {
 	}
 	wire := text[2:] // fwknop strips GnuPG's "hQ" on the wire
 	access := filepath.Join(dir, "access.conf")
-	os.WriteFile(access, []byte(fmt.Sprintf("SOURCE ANY\nGPG_HOME_DIR %s\nGPG_DECRYPT_ID %s\nGPG_ALLOW_NO_PW Y\nGPG_REQUIRE_SIG N\nOPEN_PORTS tcp/22\n",
+	os.WriteFile(access, []byte(fmt.Sprintf("SOURCE ANY\nGPG_HOME_DIR %s\nGPG_DECRYPT_ID %s\nGPG_ALLOW_NO_PW Y\nGPG_DISABLE_SIG Y\nOPEN_PORTS tcp/22\n",
 		home, fpr)), 0o644)
 	r := newRig(t, rigOptions{extra: fmt.Sprintf("\n[fwknop]\naccess_file = %q\n", access)})
 	r.start()

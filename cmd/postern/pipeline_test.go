@@ -29,7 +29,7 @@ func TestSlowGnuPGStallsNothing(t *testing.T) {
 	os.WriteFile(access, []byte(fmt.Sprintf(`SOURCE            ANY
 GPG_DECRYPT_ID    0123456789ABCDEF
 GPG_ALLOW_NO_PW   Y
-GPG_REQUIRE_SIG   N
+GPG_DISABLE_SIG   Y
 GPG_EXE           %s
 OPEN_PORTS        tcp/22
 `, slowGPG)), 0o644)

@@ -2,6 +2,7 @@ package client
 
 import (
 	"fmt"
+	"github.com/postern/postern/fko"
 	"os"
 	"path/filepath"
 	"strings"
@@ -201,4 +202,32 @@ func FuzzClientInput(f *testing.F) {
 			BuildFwknop(s, time.Now())
 		}
 	})
+}
+
+// As the fwknop client: an HMAC key turns the HMAC on without --use-hmac;
+// USE_HMAC N turns it off; equal encryption and HMAC keys are refused.
+func TestFwknopHMACFollowsTheKey(t *testing.T) {
+	build := func(args ...string) (*fko.Keys, error) {
+		t.Helper()
+		req, err := ParseFwknopArgs(append([]string{"--no-rc-file", "-A", "tcp/22", "-a", "198.18.0.2", "-D", "198.18.0.1"}, args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := req.Resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, keys, err := BuildFwknop(s, time.Now())
+		return keys, err
+	}
+	keys, err := build("--key-base64-rijndael", "YWJjZGVmZ2hpamtsbW5vcA==", "--key-base64-hmac", "aG1hYy1rZXktaG1hYy1rZXk=")
+	if err != nil || len(keys.HMACKey) == 0 {
+		t.Fatalf("an HMAC key without --use-hmac: HMAC %q, %v", keys.HMACKey, err)
+	}
+	if _, err := build("--key-rijndael", "same-key-1234", "--key-hmac", "same-key-1234"); err == nil {
+		t.Fatal("equal encryption and HMAC keys accepted")
+	}
+	if keys, err := build("--key-rijndael", "only-a-key"); err != nil || len(keys.HMACKey) != 0 {
+		t.Fatalf("no HMAC key: %v %v", keys, err)
+	}
 }

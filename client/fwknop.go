@@ -361,10 +361,16 @@ func (s FwknopSettings) keys() (*fko.Keys, error) {
 			return nil, s.bad("HMAC_KEY_BASE64", "not valid base64")
 		}
 	}
-	if !s.yes("USE_HMAC") {
+	// As the fwknop client: an HMAC key (or --hmac-digest-type) turns the
+	// HMAC on by itself; USE_HMAC N in an rc file turns it off.
+	useHMAC := s.yes("USE_HMAC") || (s.get("USE_HMAC") == "" && (len(keys.HMACKey) > 0 || s.get("HMAC_DIGEST_TYPE") != ""))
+	switch {
+	case !useHMAC:
 		keys.HMACKey = nil
-	} else if len(keys.HMACKey) == 0 {
-		return nil, errors.New("--use-hmac needs an HMAC key (--key-hmac or --key-base64-hmac)")
+	case len(keys.HMACKey) == 0:
+		return nil, errors.New("the HMAC needs a key (--key-hmac or --key-base64-hmac)")
+	case len(keys.Key) > 0 && string(keys.Key) == string(keys.HMACKey):
+		return nil, errors.New("the encryption and HMAC keys must differ (fwknop refuses equal keys)")
 	}
 	if t := s.get("HMAC_DIGEST_TYPE"); t != "" {
 		if keys.HMACType, err = fko.ParseDigestType(t); err != nil {

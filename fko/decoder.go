@@ -257,7 +257,7 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		Duration: time.Duration(timeout) * time.Second}
 	if st.CmdCycleOpen != "" {
 		// CMD_CYCLE runs its commands instead of a grant, once per port.
-		r.Commands = cycleCommands(st, src, dst, allow, acc.Ports, timeout)
+		r.Commands = cycleCommands(st, src, dst, allow, acc.Ports, m.ClientTimeout, m.Timestamp)
 		r.Ports = nil
 		v.Grant(r, user, slog.String("allow", allow.String()), slog.String("ports", port.Join(acc.Ports)))
 		return
@@ -265,22 +265,25 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 	v.Grant(r, user)
 }
 
-// cycleCommands are CMD_CYCLE_OPEN now and CMD_CYCLE_CLOSE after
-// CMD_CYCLE_TIMER, once per requested port, with fwknop's substitutions.
-func cycleCommands(st *Stanza, src, dst, allow netip.Addr, ports []port.Spec, timeout int) []policy.Command {
-	out := make([]policy.Command, 0, len(ports))
-	for _, p := range ports {
-		r := strings.NewReplacer("$PKT_SRC", src.String(), "$SRC", allow.String(), "$IP", allow.String(),
-			"$DST", dst.String(), "$PORT", strconv.Itoa(int(p.Num)), "$PROTO", p.Proto.String(),
-			"$TIMEOUT", strconv.Itoa(timeout))
-		c := policy.Command{Start: r.Replace(st.CmdCycleOpen), StopAfter: time.Duration(st.CmdCycleTimer) * time.Second,
-			NoShell: true, Addr: allow}
-		if st.CmdCycleClose != "" {
-			c.Stop = r.Replace(st.CmdCycleClose)
-		}
-		out = append(out, c)
+// cycleCommands is CMD_CYCLE_OPEN now and CMD_CYCLE_CLOSE later, as
+// fwknopd 2.6.10 runs them (server/cmd_cycle.c): for the first requested
+// port only; the close after the client's timeout, else CMD_CYCLE_TIMER;
+// $PROTO the protocol number (6), $TIMEOUT the packet's timestamp plus that
+// delay (epoch seconds), $CLIENT_TIMEOUT what the client asked for (0).
+func cycleCommands(st *Stanza, src, dst, allow netip.Addr, ports []port.Spec, clientTimeout int, stamp int64) []policy.Command {
+	p := ports[0]
+	delay := st.CmdCycleTimer
+	if clientTimeout > 0 {
+		delay = clientTimeout
 	}
-	return out
+	r := strings.NewReplacer("$PKT_SRC", src.String(), "$SRC", allow.String(), "$IP", allow.String(),
+		"$DST", dst.String(), "$PORT", strconv.Itoa(int(p.Num)), "$PROTO", strconv.Itoa(int(p.Proto)),
+		"$CLIENT_TIMEOUT", strconv.Itoa(clientTimeout), "$TIMEOUT", strconv.FormatInt(stamp+int64(delay), 10))
+	c := policy.Command{Start: r.Replace(st.CmdCycleOpen), StopAfter: time.Duration(delay) * time.Second, NoShell: true, Addr: allow}
+	if st.CmdCycleClose != "" {
+		c.Stop = r.Replace(st.CmdCycleClose)
+	}
+	return []policy.Command{c}
 }
 
 // command is a command message (ENABLE_CMD_EXEC): run as an argument

@@ -157,7 +157,8 @@ func (d *Decoder) worker() {
 // decides it.
 func (d *Decoder) decode(wire string, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
 	gpg := IsGPG(wire)
-	tried := 0
+	tried, decrypted := 0, false
+	var refused policy.Verdict
 	for _, st := range d.cfg.Stanzas {
 		if !st.Matches(src, dst, at) {
 			continue
@@ -174,18 +175,33 @@ func (d *Decoder) decode(wire string, src, dst netip.Addr, at time.Time, v *poli
 		if err != nil {
 			continue
 		}
-		// Authenticated: from here on the packet is never accepted again,
-		// whatever the decision (fwknopd caches before its checks too).
-		// The cache holds what was authenticated, not the wire text: the
-		// same message in other base64 is the same knock.
-		switch err := d.cfg.Replay.Add(ContentDigest(m), at); {
-		case errors.Is(err, ErrReplayed):
-			v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonReplay)
-		case err != nil:
-			v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonState, slog.String("detail", err.Error()))
-		default:
-			d.decide(st, m, signer, gpg, src, dst, at, v)
+		if !decrypted {
+			// Authenticated: from here on the packet is never accepted
+			// again, whatever the decision (fwknopd caches before its
+			// checks too). The cache holds what was authenticated, not
+			// the wire text: the same message in other base64 is the same
+			// knock.
+			switch err := d.cfg.Replay.Add(ContentDigest(m), at); {
+			case errors.Is(err, ErrReplayed):
+				v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonReplay)
+				return
+			case err != nil:
+				v.Refuse(policy.Fwknop, src, StanzaName(st), ReasonState, slog.String("detail", err.Error()))
+				return
+			}
+			decrypted = true
 		}
+		d.decide(st, m, signer, gpg, src, dst, at, v)
+		if v.Reason == "" {
+			return
+		}
+		// As fwknopd: a stanza whose checks fail after decryption hands
+		// the packet on to the next matching stanza; the last refusal is
+		// the answer if none grants.
+		refused = *v
+	}
+	if decrypted {
+		*v = refused
 		return
 	}
 	v.Refuse(policy.Fwknop, src, "", ReasonNoStanza, slog.Int("stanzas_tried", tried), slog.Bool("gpg", gpg))
@@ -195,6 +211,9 @@ func (d *Decoder) decode(wire string, src, dst netip.Addr, at time.Time, v *poli
 func StanzaName(st *Stanza) string { return st.File + ":" + strconv.Itoa(st.Line) }
 
 func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
+	// fwknopd's order (incoming_spa.c): signer, timeout, age, allow
+	// address and REQUIRE_SOURCE_ADDRESS, REQUIRE_USERNAME, NAT, commands,
+	// ports.
 	who := StanzaName(st)
 	user := slog.String("user", m.User)
 	if gpg && st.GPGRequireSig {
@@ -213,23 +232,19 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 			return
 		}
 	}
-	if age := at.Sub(time.Unix(m.Timestamp, 0)); age > d.cfg.MaxAge || age < -d.cfg.MaxAge {
-		v.Refuse(policy.Fwknop, src, who, ReasonStale, user, slog.Duration("age", age.Round(time.Second)))
-		return
-	}
-	if m.Type.HasNAT() {
-		v.Refuse(policy.Fwknop, src, who, ReasonNAT, user, slog.Int("type", int(m.Type)))
-		return
-	}
-	if st.RequireUsername != "" && m.User != st.RequireUsername {
-		v.Refuse(policy.Fwknop, src, who, ReasonUser, user)
-		return
-	}
 	timeout := st.FWAccessTimeout
 	if m.ClientTimeout > 0 {
 		timeout = min(m.ClientTimeout, st.MaxFWTimeout)
 	}
+	if age := at.Sub(time.Unix(m.Timestamp, 0)); age > d.cfg.MaxAge || age < -d.cfg.MaxAge {
+		v.Refuse(policy.Fwknop, src, who, ReasonStale, user, slog.Duration("age", age.Round(time.Second)))
+		return
+	}
 	if m.Type == CommandMsg {
+		if st.RequireUsername != "" && m.User != st.RequireUsername {
+			v.Refuse(policy.Fwknop, src, who, ReasonUser, user)
+			return
+		}
 		d.command(st, m, src, v)
 		return
 	}
@@ -247,6 +262,14 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		}
 		allow = src
 	}
+	if st.RequireUsername != "" && m.User != st.RequireUsername {
+		v.Refuse(policy.Fwknop, src, who, ReasonUser, user)
+		return
+	}
+	if m.Type.HasNAT() {
+		v.Refuse(policy.Fwknop, src, who, ReasonNAT, user, slog.Int("type", int(m.Type)))
+		return
+	}
 	for _, p := range acc.Ports {
 		if !st.PortAllowed(p) {
 			v.Refuse(policy.Fwknop, src, who, ReasonPort, user, slog.String("ports", port.Join(acc.Ports)))
@@ -256,7 +279,7 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 	r := policy.Request{Language: policy.Fwknop, Client: who, Src: src, Allow: allow, Ports: acc.Ports,
 		Duration: time.Duration(timeout) * time.Second}
 	if st.CmdCycleOpen != "" {
-		// CMD_CYCLE runs its commands instead of a grant, once per port.
+		// CMD_CYCLE runs its commands instead of a grant.
 		r.Commands = cycleCommands(st, src, dst, allow, acc.Ports, m.ClientTimeout, m.Timestamp)
 		r.Ports = nil
 		v.Grant(r, user, slog.String("allow", allow.String()), slog.String("ports", port.Join(acc.Ports)))

@@ -56,3 +56,38 @@ func TestDecoderCommandCycle(t *testing.T) {
 		t.Fatalf("with a client timeout: %+v", c)
 	}
 }
+
+// Fall-through, as fwknopd: a stanza that decrypts a packet but whose
+// checks fail hands it on to the next matching stanza.
+func TestDecoderFallThrough(t *testing.T) {
+	ss, err := ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY shared-key-1\nREQUIRE_USERNAME bob\nOPEN_PORTS tcp/22\n\n"+
+		"SOURCE ANY\nKEY shared-key-1\nOPEN_PORTS tcp/80\n\n"+
+		"SOURCE ANY\nKEY shared-key-1\nOPEN_PORTS tcp/22\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := OpenReplayCache(filepath.Join(t.TempDir(), "digests"), time.Hour, 100)
+	defer rc.Close()
+	d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 2 * time.Minute, Replay: rc})
+	defer d.Close()
+	now := time.Unix(1_800_000_000, 0)
+	send := func(access string) policy.Verdict {
+		m := &Message{Type: AccessMsg, Message: access, User: "alice", Timestamp: now.Unix()}
+		m.Rand, _ = NewRand()
+		pt, _ := m.Encode()
+		wire, _ := (&Keys{Key: []byte("shared-key-1")}).Seal(pt)
+		var got policy.Verdict
+		d.Decode(&capture.Frame{Src: netip.MustParseAddr("198.18.0.9"), Payload: []byte(wire), Time: now},
+			func(v *policy.Verdict) { got = *v })
+		return got
+	}
+	if v := send("198.18.0.2,tcp/22"); v.Reason != "" || v.Client != "a.conf:10" {
+		t.Fatalf("tcp/22 for alice: %+v, want granted by the third stanza (a.conf:10)", v)
+	}
+	if v := send("198.18.0.2,tcp/80"); v.Reason != "" || v.Client != "a.conf:6" {
+		t.Fatalf("tcp/80: %+v, want granted by the second stanza", v)
+	}
+	if v := send("198.18.0.2,tcp/443"); v.Reason != ReasonPort {
+		t.Fatalf("tcp/443: %+v, want refused: port not allowed by any", v)
+	}
+}

@@ -34,7 +34,8 @@ type GPG struct {
 type GPGSigner struct {
 	KeyID       string // long key ID (GOODSIG)
 	Fingerprint string // primary key fingerprint (VALIDSIG)
-	Good        bool   // the signature verified
+	Good        bool   // the signature verified, by a key gpg holds fully valid
+	Untrusted   bool   // it verified, but gpg does not hold the key valid (a bad signature, as fwknopd has it)
 }
 
 // Matches reports whether the signer is one of ids (GPG_REMOTE_ID: key IDs,
@@ -90,7 +91,9 @@ func (w *capWriter) Write(p []byte) (int, error) {
 }
 
 func (g *GPG) run(stdin []byte, passphrase string, args ...string) (stdout, status []byte, err error) {
-	return g.runLimited(stdin, passphrase, 0, args...)
+	// Encrypting: the recipient key is the one named, whatever gpg's
+	// web of trust says of it (as fwknop's client does).
+	return g.runLimited(stdin, passphrase, 0, append([]string{"--trust-model", "always"}, args...)...)
 }
 
 // runLimited runs gpg; with limit > 0, gpg is killed as soon as its output
@@ -100,7 +103,7 @@ func (g *GPG) runLimited(stdin []byte, passphrase string, limit int, args ...str
 	if exe == "" {
 		exe = "gpg"
 	}
-	base := []string{"--batch", "--no-tty", "--quiet", "--trust-model", "always", "--status-fd", "2"}
+	base := []string{"--batch", "--no-tty", "--quiet", "--status-fd", "2"}
 	if g.HomeDir != "" {
 		base = append(base, "--homedir", g.HomeDir)
 	}
@@ -171,7 +174,8 @@ func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
 		return "", nil, errDecrypt
 	}
 	var signer *GPGSigner
-	decrypted := false
+	decrypted, trusted := false, false
+	var decryptedWith []string
 	for _, line := range strings.Split(string(status), "\n") {
 		f := strings.Fields(strings.TrimPrefix(line, "[GNUPG:] "))
 		if !strings.HasPrefix(line, "[GNUPG:] ") || len(f) == 0 {
@@ -180,6 +184,12 @@ func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
 		switch f[0] {
 		case "DECRYPTION_OKAY":
 			decrypted = true
+		case "DECRYPTION_KEY": // <fpr> <primary fpr> <ownertrust>
+			decryptedWith = append(decryptedWith, f[1:min(3, len(f))]...)
+		case "TRUST_FULLY", "TRUST_ULTIMATE":
+			// gpg's own validity of the signing key, as gpgme reports it
+			// to fwknopd: only a fully valid key makes a good signature.
+			trusted = true
 		case "GOODSIG":
 			if signer == nil {
 				signer = &GPGSigner{}
@@ -206,7 +216,33 @@ func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
 	if !decrypted || (err != nil && !decrypted) {
 		return "", nil, errDecrypt
 	}
+	if !g.decryptedWith(decryptedWith) {
+		return "", nil, errDecrypt // another secret key of the keyring: not this stanza's packet
+	}
+	if signer != nil && signer.Good && !trusted {
+		signer.Good = false
+		signer.Untrusted = true
+	}
 	return string(out), signer, nil
+}
+
+// decryptedWith reports whether the key gpg decrypted with is the stanza's
+// GPG_DECRYPT_ID (a key id or fingerprint, matched as a suffix); an id
+// that is not hex (a user id) is left to gpg's --try-secret-key.
+func (g *GPG) decryptedWith(fprs []string) bool {
+	id := strings.ToUpper(strings.TrimPrefix(strings.ReplaceAll(g.DecryptID, " ", ""), "0x"))
+	if id == "" || strings.Trim(id, "0123456789ABCDEF") != "" {
+		return true
+	}
+	if len(fprs) == 0 {
+		return true // a gpg too old to say which key
+	}
+	for _, f := range fprs {
+		if strings.HasSuffix(strings.ToUpper(f), id) {
+			return true
+		}
+	}
+	return false
 }
 
 func lastLines(b []byte) string {

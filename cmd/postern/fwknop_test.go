@@ -205,8 +205,15 @@ func TestFwknopGPG(t *testing.T) {
 	srvFpr := gpgKey(t, srvHome, "postern server <server@postern.test>")
 	cliFpr := gpgKey(t, cliHome, "postern client <client@postern.test>")
 	strangerFpr := gpgKey(t, filepath.Join(dir, "stranger-gnupg"), "stranger <stranger@postern.test>")
+	untrustedHome := filepath.Join(dir, "untrusted-gnupg")
+	untrustedFpr := gpgKey(t, untrustedHome, "untrusted <untrusted@postern.test>")
 	gpgExchange(t, srvHome, cliHome, srvFpr)
 	gpgExchange(t, cliHome, srvHome, cliFpr)
+	gpgTrust(t, srvHome, cliFpr)
+	// Listed as a signer, imported, but never certified: gpg does not hold
+	// the key valid, so its signature is a bad one (as fwknopd/gpgme).
+	gpgExchange(t, untrustedHome, srvHome, untrustedFpr)
+	gpgExchange(t, srvHome, untrustedHome, srvFpr)
 	gpgExchange(t, filepath.Join(dir, "stranger-gnupg"), srvHome, strangerFpr)
 	gpgExchange(t, srvHome, filepath.Join(dir, "stranger-gnupg"), srvFpr)
 
@@ -215,10 +222,10 @@ GPG_HOME_DIR      %s
 GPG_DECRYPT_ID    %s
 GPG_ALLOW_NO_PW   Y
 GPG_REQUIRE_SIG   Y
-GPG_REMOTE_ID     %s
+GPG_REMOTE_ID     %s, %s
 OPEN_PORTS        tcp/22
 FW_ACCESS_TIMEOUT 2
-`, srvHome, srvFpr, cliFpr[len(cliFpr)-16:]))
+`, srvHome, srvFpr, cliFpr[len(cliFpr)-16:], untrustedFpr[len(untrustedFpr)-16:]))
 	r.start()
 	srv, cli := r.p.Server4, r.p.Client4
 	gpgArgs := func(home, signer string) []string {
@@ -242,6 +249,12 @@ FW_ACCESS_TIMEOUT 2
 		r.fwknop(gpgArgs(filepath.Join(dir, "stranger-gnupg"), strangerFpr)...)
 		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`)
 		r.requireClosed(cli, srv, "stranger's signature")
+	})
+	t.Run("good signature from a listed key gpg does not hold valid", func(t *testing.T) {
+		mark := r.out.Mark()
+		r.fwknop(gpgArgs(untrustedHome, untrustedFpr)...)
+		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`)
+		r.requireClosed(cli, srv, "untrusted signer")
 	})
 }
 
@@ -279,5 +292,16 @@ func gpgExchange(t *testing.T, from, to, fpr string) {
 	imp.Stdin = strings.NewReader(string(pub))
 	if out, err := imp.CombinedOutput(); err != nil {
 		t.Fatalf("gpg --import: %v\n%s", err, out)
+	}
+}
+
+// gpgTrust certifies fpr in home's keyring with home's own key (a local
+// signature, as the fwknop walkthrough has users do), so gpg holds it
+// valid: an imported key alone is not.
+func gpgTrust(t *testing.T, home, fpr string) {
+	t.Helper()
+	if out, err := exec.Command("gpg", "--homedir", home, "--batch", "--yes", "--pinentry-mode", "loopback",
+		"--passphrase", "", "--quick-lsign-key", fpr).CombinedOutput(); err != nil {
+		t.Fatalf("gpg --quick-lsign-key: %v\n%s", err, out)
 	}
 }

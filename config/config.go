@@ -52,6 +52,10 @@ type Config struct {
 	Covert []Covert // covert knock doors
 
 	SSH *SSH // nil without [ssh]
+
+	// Warnings are what the files named allow but their own daemons only
+	// warn about (fwknopd and unknown access.conf keywords), with file:line.
+	Warnings []string
 }
 
 // SPAEnabled reports whether postern SPA knocks are served: native
@@ -405,7 +409,7 @@ func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
 	f := &Fwknop{AccessFile: raw.AccessFile, Port: DefaultSPAPort}
 	if f.AccessFile == "" {
 		v.fail("fwknop.access_file", "missing: the fwknopd access.conf to read")
-	} else if ss, err := fko.ReadAccess(f.AccessFile); err != nil {
+	} else if ss, err := fko.ReadAccessWarn(f.AccessFile, func(w string) { cfg.Warnings = append(cfg.Warnings, w) }); err != nil {
 		v.fail("fwknop.access_file", "%v", err)
 	} else {
 		f.Stanzas = ss

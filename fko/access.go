@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -95,8 +96,12 @@ func (s *Stanza) PortAllowed(p port.Spec) bool {
 // Every keyword postern does not support is an error naming it: silently
 // ignoring, say, FORCE_NAT would open something other than what the
 // administrator asked for.
-func ReadAccess(path string) ([]*Stanza, error) {
-	r := &accessReader{seen: map[string]bool{}}
+func ReadAccess(path string) ([]*Stanza, error) { return ReadAccessWarn(path, nil) }
+
+// ReadAccessWarn is ReadAccess, telling warn (file:line: text) about what
+// fwknopd only warns about and skips: unknown keywords.
+func ReadAccessWarn(path string, warn func(string)) ([]*Stanza, error) {
+	r := &accessReader{seen: map[string]bool{}, warn: warn}
 	if err := r.file(path, 0); err != nil {
 		return nil, err
 	}
@@ -126,6 +131,7 @@ func ParseAccessConf(path string, data []byte) ([]*Stanza, error) {
 }
 
 type accessReader struct {
+	warn    func(string) // nil: warnings dropped
 	seen    map[string]bool
 	stanzas []*Stanza
 	cur     *Stanza
@@ -185,33 +191,41 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
+		if line == "" || line[0] == '#' || line[0] == ';' {
 			continue
 		}
 		kw, value, _ := strings.Cut(line, " ")
 		if i := strings.IndexAny(kw, "\t"); i >= 0 {
 			kw, value = line[:i], line[i+1:]
 		}
+		// fwknopd reads "KEYWORD value" with sscanf("%s %[^;\n\r]"): a
+		// value ends at ';' (what follows is a comment), and a keyword may
+		// end in ':'.
+		if i := strings.IndexByte(value, ';'); i >= 0 {
+			value = value[:i]
+		}
 		value = strings.TrimSpace(value)
+		kw = strings.TrimSuffix(kw, ":")
 		kwU := strings.ToUpper(kw)
 		fail := func(format string, args ...any) error {
 			return &conferr.Error{File: path, Line: n, Key: kw, Msg: fmt.Sprintf(format, args...)}
 		}
 		switch {
 		case kwU == "%INCLUDE":
-			if err := r.file(r.rel(path, value), depth+1); err != nil {
+			if err := r.file(r.include(path, value), depth+1); err != nil {
 				return fail("%v", err)
 			}
 			continue
 		case kwU == "%INCLUDE_FOLDER":
-			dir := r.rel(path, value)
+			dir := r.include(path, value)
 			entries, err := os.ReadDir(dir)
 			if err != nil {
 				return fail("%v", err)
 			}
 			var names []string
 			for _, e := range entries {
-				if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+				// fwknopd reads only *.conf from a folder.
+				if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".conf") {
 					names = append(names, e.Name())
 				}
 			}
@@ -236,7 +250,11 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 			return fail("not supported: %s", why)
 		}
 		if !stanzaKeywords[kwU] {
-			return fail("unknown or unsupported access.conf keyword")
+			// fwknopd warns and goes on; so does postern, with the place.
+			if r.warn != nil {
+				r.warn(fmt.Sprintf("%s:%d: %s: unknown access.conf keyword, ignored (as fwknopd does)", path, n, kw))
+			}
+			continue
 		}
 		if r.cur == nil {
 			return fail("keyword before the first SOURCE")
@@ -249,11 +267,25 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 	return sc.Err()
 }
 
-func (r *accessReader) rel(from, p string) string {
+// include resolves an %include path: absolute as it is; relative from the
+// including file's folder, or else, as fwknopd has it, from the working
+// directory.
+func (r *accessReader) include(from, p string) string {
 	if filepath.IsAbs(p) {
 		return p
 	}
+	if near := filepath.Join(filepath.Dir(from), p); fileExists(near) {
+		return near
+	}
+	if fileExists(p) {
+		return p
+	}
 	return filepath.Join(filepath.Dir(from), p)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // finish validates the current stanza.
@@ -314,6 +346,15 @@ func (f fields) prefixes(kw string) ([]netip.Prefix, error) {
 			out = append(out, p.Masked())
 			continue
 		}
+		if addr, mask, ok := strings.Cut(e, "/"); ok {
+			// A dotted netmask, as fwknopd takes: 10.0.0.0/255.0.0.0.
+			a, err1 := netip.ParseAddr(addr)
+			m, err2 := netip.ParseAddr(mask)
+			if bits, okMask := maskBits(m); err1 == nil && err2 == nil && a.Is4() && okMask {
+				out = append(out, netip.PrefixFrom(a, bits).Masked())
+				continue
+			}
+		}
 		a, err := netip.ParseAddr(e)
 		if err != nil {
 			return nil, f.fail(kw, "%q is not an address, CIDR block or ANY", e)
@@ -341,10 +382,28 @@ func (f fields) seconds(kw string, def int) (int, error) {
 		return def, nil
 	}
 	n, err := strconv.Atoi(v.value)
-	if err != nil || n < 1 || n > 1<<24 {
+	if err != nil || n < 0 || n > 1<<24 {
 		return 0, f.fail(kw, "%q: want a number of seconds", v.value)
 	}
+	if n == 0 {
+		return def, nil // fwknopd: 0 means the default
+	}
 	return n, nil
+}
+
+// maskBits turns a dotted IPv4 netmask into a prefix length.
+func maskBits(m netip.Addr) (int, bool) {
+	if !m.Is4() {
+		return 0, false
+	}
+	b := m.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	ones := 0
+	for v&0x80000000 != 0 {
+		ones++
+		v <<= 1
+	}
+	return ones, v == 0
 }
 
 // readAddresses reads SOURCE, DESTINATION, OPEN_PORTS and RESTRICT_PORTS.
@@ -485,7 +544,7 @@ func readLimits(s *Stanza, f fields) error {
 	}
 	s.RequireUsername = f["REQUIRE_USERNAME"].value
 	if v, ok := f["ACCESS_EXPIRE"]; ok {
-		t, err := time.ParseInLocation("01/02/2006", v.value, time.Local)
+		t, err := parseExpire(v.value)
 		if err != nil {
 			return f.fail("ACCESS_EXPIRE", "%q: want MM/DD/YYYY", v.value)
 		}
@@ -499,6 +558,28 @@ func readLimits(s *Stanza, f fields) error {
 		s.AccessExpire = time.Unix(n, 0)
 	}
 	return nil
+}
+
+// parseExpire reads ACCESS_EXPIRE as fwknopd's strptime("%m/%d/%Y") does:
+// one or two digits of month and day, the year as written ("01" is the
+// year 1, long expired), local time.
+func parseExpire(s string) (time.Time, error) {
+	f := strings.Split(s, "/")
+	if len(f) != 3 {
+		return time.Time{}, errors.New("want MM/DD/YYYY")
+	}
+	var n [3]int
+	for i, part := range f {
+		v, err := strconv.Atoi(part)
+		if err != nil || v < 0 || len(part) == 0 || len(part) > 4 {
+			return time.Time{}, errors.New("want MM/DD/YYYY")
+		}
+		n[i] = v
+	}
+	if n[0] < 1 || n[0] > 12 || n[1] < 1 || n[1] > 31 {
+		return time.Time{}, errors.New("want MM/DD/YYYY")
+	}
+	return time.Date(n[2], time.Month(n[0]), n[1], 0, 0, 0, 0, time.Local), nil
 }
 
 // readCommands reads CMD_CYCLE_* and ENABLE_CMD_EXEC with its identity.

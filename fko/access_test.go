@@ -1,6 +1,7 @@
 package fko
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,7 +73,6 @@ CMD_CYCLE_CLOSE     NONE
 
 func TestAccessErrors(t *testing.T) {
 	for _, tt := range []struct{ name, conf, want string }{
-		{"bad unknown keyword", "SOURCE ANY\nKEY k\nOPEN_PORT tcp/22\n", "a.conf:3: OPEN_PORT: unknown or unsupported"},
 		{"bad unsupported NAT", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2 22\n", "a.conf:3: FORCE_NAT: not supported: NAT"},
 		{"bad same keys", "SOURCE ANY\nKEY same\nHMAC_KEY same\n", "a.conf:3: HMAC_KEY: the HMAC key must differ"},
 		{"bad no key", "SOURCE ANY\nOPEN_PORTS tcp/22\n", "a.conf:1: SOURCE: stanza has no KEY"},
@@ -165,5 +165,48 @@ func TestGPGSignaturePolicy(t *testing.T) {
 				t.Fatalf("GPGRequireSig %v, %v; want %v", ss[0].GPGRequireSig, err, tt.require)
 			}
 		})
+	}
+}
+
+// access.conf syntax fwknopd accepts (files from fwknop's own test suite):
+// ';' comments, values ending at ';', KEYWORD: with a colon, dotted
+// netmasks, two-digit years, FW_ACCESS_TIMEOUT 0, unknown keywords
+// (warned about with file:line), %include from the working directory,
+// %include_folder reading only *.conf.
+func TestAccessLeniency(t *testing.T) {
+	dir := t.TempDir()
+	var warnings []string
+	os.WriteFile(filepath.Join(dir, "a.conf"), []byte(`; a comment
+SOURCE: 10.0.0.0/255.0.0.0;   ### trailing comment
+KEY:    sekrit
+FW_ACCESS_TIMEOUT 0
+ACCESS_EXPIRE 3/10/01
+OPEN_PORT tcp/22
+%include_folder sub
+`), 0o644)
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "b.conf"), []byte("SOURCE ANY\nKEY k2\nACCESS_EXPIRE_EPOCH 1111111111;  ### c\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "sub", "notes.txt"), []byte("not a stanza\n"), 0o644)
+	ss, err := ReadAccessWarn(filepath.Join(dir, "a.conf"), func(w string) { warnings = append(warnings, w) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 2 || ss[0].Source[0] != netip.MustParsePrefix("10.0.0.0/8") || string(ss[0].Rijndael.Key) != "sekrit" ||
+		ss[0].FWAccessTimeout != DefaultFWAccessTimeout || ss[0].AccessExpire.Year() != 1 ||
+		ss[1].AccessExpire.Unix() != 1111111111 {
+		t.Fatalf("stanzas %+v %+v", ss[0], ss[1])
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "a.conf:6: OPEN_PORT: unknown") {
+		t.Fatalf("warnings %q", warnings)
+	}
+	// %include relative to the working directory, as fwknopd resolves it.
+	wd, _ := os.Getwd()
+	defer os.Chdir(wd)
+	os.Chdir(dir)
+	os.WriteFile(filepath.Join(dir, "top.conf"), []byte("%include sub/b.conf\n"), 0o644)
+	other := t.TempDir()
+	os.WriteFile(filepath.Join(other, "main.conf"), []byte("%include sub/b.conf\n"), 0o644)
+	if ss, err := ReadAccess(filepath.Join(other, "main.conf")); err != nil || len(ss) != 1 {
+		t.Fatalf("%%include from the working directory: %v %v", ss, err)
 	}
 }

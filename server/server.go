@@ -160,6 +160,9 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 	if err := s.openState(cfg); err != nil {
 		return nil, err
 	}
+	for _, w := range cfg.Warnings {
+		s.log.Warn("configuration: " + w)
+	}
 	p := &pipeline{cfg: cfg}
 	var clients []policy.Client
 	if cfg.SPAEnabled() {

@@ -274,6 +274,9 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: private_key_file %s: %w", cfg.Path, cfg.PrivateKeyFile, err)
 		}
 	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	if cfg.Capture == "afpacket" && cfg.Interface != "any" {
 		for _, name := range cfg.Interfaces {
 			if _, err := net.InterfaceByName(name); err != nil {

@@ -231,3 +231,38 @@ func TestFwknopHMACFollowsTheKey(t *testing.T) {
 		t.Fatalf("no HMAC key: %v %v", keys, err)
 	}
 }
+
+// .fwknoprc syntax fwknop accepts: "VAR: value", RESOLVE_IP_HTTP N, the
+// GnuPG variables (GPG_EXE, GPG_NO_SIGNING_PW, GPG_SIGNING_PW_BASE64).
+func TestFwknopRCSyntax(t *testing.T) {
+	rc := filepath.Join(t.TempDir(), ".fwknoprc")
+	os.WriteFile(rc, []byte(`[default]
+SPA_SERVER:         198.18.0.1
+ACCESS:             tcp/22
+ALLOW_IP            198.18.0.2
+RESOLVE_IP_HTTP     N
+GPG_RECIPIENT       ABCD1234
+GPG_SIGNER          EF567890
+GPG_EXE             /usr/local/bin/gpg2
+GPG_NO_SIGNING_PW   N
+GPG_SIGNING_PW_BASE64 c2lnbmluZy1wYXNz
+`), 0o600)
+	r, err := ParseFwknopArgs([]string{"--rc-file", rc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.check(); err != nil {
+		t.Fatalf("rc refused: %v", err)
+	}
+	if _, err := s.destination(); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.keys()
+	if err != nil || keys.GPG == nil || keys.GPG.Exe != "/usr/local/bin/gpg2" || keys.GPG.SignerPW != "signing-pass" {
+		t.Fatalf("GnuPG settings %+v %v", keys, err)
+	}
+}

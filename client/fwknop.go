@@ -250,7 +250,7 @@ func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 var fwknopUnsupported = map[string]string{
 	"RESOLVE_IP_HTTPS": "N", "RESOLVE_HTTP_ONLY": "N", "NAT_LOCAL": "N", "NAT_RAND_PORT": "N", "RAND_PORT": "N",
 	"SPOOF_SOURCE_IP": "", "NAT_PORT": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
-	"USE_GPG_AGENT": "N", "GPG_SIGNING_PW": "", "GPG_SIGNING_PW_BASE64": "",
+	"USE_GPG_AGENT": "N", "RESOLVE_IP_HTTP": "N",
 }
 
 // cosmetic or irrelevant variables, accepted and ignored.
@@ -383,7 +383,15 @@ func (s FwknopSettings) keys() (*fko.Keys, error) {
 		}
 	}
 	if r := s.get("GPG_RECIPIENT"); r != "" {
-		keys.GPG = &fko.GPG{Recipient: r, Signer: s.get("GPG_SIGNER"), HomeDir: expandHome(s.get("GPG_HOMEDIR"))}
+		keys.GPG = &fko.GPG{Recipient: r, Signer: s.get("GPG_SIGNER"), HomeDir: expandHome(s.get("GPG_HOMEDIR")),
+			Exe: s.get("GPG_EXE"), SignerPW: s.get("GPG_SIGNING_PW")}
+		if b := s.get("GPG_SIGNING_PW_BASE64"); b != "" {
+			pw, err := base64.StdEncoding.DecodeString(b)
+			if err != nil {
+				return nil, s.bad("GPG_SIGNING_PW_BASE64", "not valid base64")
+			}
+			keys.GPG.SignerPW = string(pw)
+		}
 		keys.Key = nil
 	} else if len(keys.Key) == 0 {
 		return nil, errors.New("no encryption key: use --key-rijndael, --key-base64-rijndael or --gpg-recipient (postern fwknop does not prompt)")
@@ -459,7 +467,7 @@ var knownFwknopVar = map[string]bool{
 	"FW_TIMEOUT": true, "NAT_ACCESS": true, "SERVER_CMD": true, "SPOOF_USER": true, "DIGEST_TYPE": true,
 	"ENCRYPTION_MODE": true, "KEY": true, "KEY_BASE64": true, "HMAC_KEY": true, "HMAC_KEY_BASE64": true,
 	"USE_HMAC": true, "HMAC_DIGEST_TYPE": true, "GPG_RECIPIENT": true, "GPG_SIGNER": true, "GPG_HOMEDIR": true,
-	"TIME_OFFSET": true,
+	"TIME_OFFSET": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
 }
 
 func parseOffset(s string) (time.Duration, error) {

@@ -54,6 +54,8 @@ func ParseRC(path string, data []byte) (RC, error) {
 			return nil, fmt.Errorf("%s:%d: variable outside any [stanza]", path, n)
 		}
 		name, value, _ := strings.Cut(strings.ReplaceAll(line, "\t", " "), " ")
+		// fwknop also takes "VAR: value".
+		name = strings.TrimSuffix(name, ":")
 		rc[cur][strings.ToUpper(name)] = RCValue{Value: strings.TrimSpace(value), File: path, Line: n}
 	}
 	return rc, sc.Err()

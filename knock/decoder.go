@@ -121,6 +121,11 @@ func (d *Decoder) event(ev Event) {
 		if door.OneTime != nil {
 			d.changed = true
 		}
+		// The last hit is a stage too: knockd logs "Stage N" for it before
+		// "OPEN SESAME".
+		*v = policy.Verdict{Language: policy.Door, Src: ev.Src, Client: door.Name, Note: NoteProgress}
+		v.Add(slog.Int("stage", len(door.Hits())))
+		d.emit(v)
 		if l := d.limits[door]; l != nil && !l.Allow(netip.Addr{}, time.Now()) {
 			v.Refuse(policy.Door, ev.Src, door.Name, ReasonFlood)
 			break

@@ -191,7 +191,7 @@ func (h *priorityHandler) WithGroup(name string) slog.Handler {
 // lineHandler writes knockd's log lines: "[YYYY-MM-DD HH:MM] 198.18.0.2:
 // openSSH: Stage 1", "…: OPEN SESAME", "openSSH: running command: …" (the
 // stamp is left out for syslog, which adds its own), so tools that watch
-// knockd's log keep working. Other records become "message key=value…".
+// knockd's log keep working. Nothing else is written there.
 type lineHandler struct {
 	mu    *sync.Mutex
 	w     io.Writer
@@ -229,11 +229,12 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 		line = kv["src"] + ": " + kv["client"] + ": OPEN SESAME"
 	case "start command ran", "stop command ran", "start command failed", "stop command failed":
 		line = kv["door"] + ": running command: " + kv["command"]
+	case "stopped":
+		line = "shutting down"
 	default:
-		if r.Level < slog.LevelInfo {
-			return nil
-		}
-		line = printable(r.Message) + rest.String()
+		// Tools that parse knockd's log (fail2ban filters, monitoring)
+		// must see knockd's lines only; postern's own lines go to stderr.
+		return nil
 	}
 	if h.stamp {
 		line = r.Time.Format("[2006-01-02 15:04] ") + line

@@ -314,13 +314,14 @@ func TestLogLinesEscaped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log.Warn("refused", "language", "fwknop", "src", "198.18.0.2", "reason", "x", "user", "eve\n[2026-01-01 00:00] 198.18.0.9: openSSH: OPEN SESAME\x1b[2J")
+	log.Warn("refused", "language", "fwknop", "src", "198.18.0.2", "reason", "x", "user", "eve")
+	log.Info("start command ran", "door", "openSSH", "command", "evil\n[2026-01-01 00:00] 198.18.0.9: openSSH: OPEN SESAME\x1b[2J")
 	log.Close()
 	data, _ := os.ReadFile(path)
-	if strings.Count(string(data), "\n") != 1 || strings.Contains(string(data), "\x1b") {
-		t.Fatalf("log file:\n%q", data)
+	if strings.Count(string(data), "\n") != 1 || strings.Contains(string(data), "\x1b") || strings.Contains(string(data), "refused") {
+		t.Fatalf("log file (knockd's lines only, escaped):\n%q", data)
 	}
-	if !strings.Contains(string(data), `user=eve\n[2026-01-01`) {
+	if !strings.Contains(string(data), `running command: evil\n[2026-01-01`) {
 		t.Fatalf("newline not escaped visibly: %q", data)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,6 +102,26 @@ func TestRealKnockStartStopCommands(t *testing.T) {
 	r.signal(syscall.SIGTERM)
 	if _, err := os.Stat(r.dir + "/knockd.pid"); !os.IsNotExist(err) {
 		t.Fatalf("PidFile left after exit: %v", err)
+	}
+	// knockd's lines and nothing else: every stage (the last one too)
+	// before OPEN SESAME, the commands, "shutting down" at the end.
+	data, _ := os.ReadFile(r.dir + "/knockd.log")
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if !regexp.MustCompile(`^\[\d{4}-\d\d-\d\d \d\d:\d\d\] `).MatchString(l) || strings.Contains(l, "msg=") {
+			t.Fatalf("not a knockd line: %q in\n%s", l, data)
+		}
+		lines = append(lines, l[19:])
+	}
+	want := []string{"starting up, listening on veth0", cli.String() + ": opencloseSSH: Stage 1", cli.String() + ": opencloseSSH: Stage 2",
+		cli.String() + ": opencloseSSH: Stage 3", cli.String() + ": opencloseSSH: OPEN SESAME", "shutting down"}
+	for _, w := range want {
+		if !slices.Contains(lines, w) {
+			t.Fatalf("knockd.log lacks %q:\n%s", w, data)
+		}
+	}
+	if slices.Index(lines, want[3]) > slices.Index(lines, want[4]) || lines[len(lines)-1] != "shutting down" {
+		t.Fatalf("knockd.log order:\n%s", data)
 	}
 }
 

@@ -37,6 +37,9 @@ type Frame struct {
 	ICMPCode         uint8
 	Payload          []byte
 	Time             time.Time
+	// Foreign is set by the server for a packet addressed to another host
+	// that it reads only for a door's Target (knockd on a router).
+	Foreign bool
 }
 
 // Parse errors. They are values, not formatted strings, so that dropping a

@@ -79,7 +79,7 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.emit = emit
-	d.engine.Hit(f.Src, f.Dst, hit, flags, f.Time)
+	d.engine.HitAt(f.Src, f.Dst, hit, flags, f.Time, f.Foreign)
 	d.emit = nil
 }
 
@@ -124,7 +124,7 @@ func (d *Decoder) event(ev Event) {
 		// The last hit is a stage too: knockd logs "Stage N" for it before
 		// "OPEN SESAME".
 		*v = policy.Verdict{Language: policy.Door, Src: ev.Src, Client: door.Name, Note: NoteProgress}
-		v.Add(slog.Int("stage", len(door.Hits())))
+		v.Add(slog.Int("stage", ev.Stage))
 		d.emit(v)
 		if l := d.limits[door]; l != nil && !l.Allow(netip.Addr{}, time.Now()) {
 			v.Refuse(policy.Door, ev.Src, door.Name, ReasonFlood)

@@ -24,6 +24,11 @@ type Door struct {
 	SeqTimeout time.Duration
 	Flags      Flags      // TCP hits only
 	Target     netip.Addr // if valid, only hits addressed to it count
+	// Knockd applies knockd's rules (doors read from a knockd.conf): any
+	// hit knockd would capture that is not the next one discards the
+	// attempt, a repeat included, and a knocker with an attempt in
+	// progress starts no new one.
+	Knockd bool
 
 	// Exactly one source of sequences.
 	Sequence []Hit

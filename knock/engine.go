@@ -50,6 +50,11 @@ type Stats struct {
 //     and changes nothing; a hit of this door's sequence in the wrong place
 //     fails only this source's attempt (and may start a new one); hits on
 //     ports outside the door's sequence are not this door's business.
+//     Doors read from a knockd.conf (Door.Knockd) follow knockd instead:
+//     any hit on any door's port (with flags and destination that door
+//     accepts) other than the next one discards the attempt, a repeat
+//     too, without starting a new one in the same packet; and a source
+//     with an attempt in progress at such a door starts no new attempt.
 //   - At most MaxTracked attempts are held, in a table allocated as it
 //     fills and never beyond; when it is full the oldest attempt is
 //     evicted and counted. Memory is therefore bounded whatever the number
@@ -72,6 +77,7 @@ type Engine struct {
 
 	stats Stats
 	vbuf  []Variant
+	vis   []Variant // visible's own buffer: Hit is iterating vbuf
 }
 
 type stateKey struct {
@@ -111,9 +117,18 @@ func (e *Engine) Stats() Stats {
 // Hit feeds one packet: a hit h from src addressed to dst, with the TCP
 // flags of a TCP packet, seen at now.
 func (e *Engine) Hit(src, dst netip.Addr, h Hit, tcpFlags uint8, now time.Time) {
+	e.HitAt(src, dst, h, tcpFlags, now, false)
+}
+
+// HitAt is Hit for a packet that may be addressed to another host
+// (foreign): only doors whose Target is dst count it (knockd's Target on a
+// router).
+func (e *Engine) HitAt(src, dst netip.Addr, h Hit, tcpFlags uint8, now time.Time, foreign bool) {
 	src, dst = src.Unmap(), dst.Unmap()
+	p := packet{src: src, dst: dst, h: h, flags: tcpFlags, foreign: foreign, now: now}
+	p.busy = e.knockdBusy(&p)
 	for i, d := range e.doors {
-		if d.Target.IsValid() && d.Target != dst {
+		if !p.addressed(d) {
 			continue
 		}
 		// knockd: TCP packets whose flags do not match are ignored, not
@@ -123,9 +138,64 @@ func (e *Engine) Hit(src, dst netip.Addr, h Hit, tcpFlags uint8, now time.Time) 
 		}
 		e.vbuf = d.variants(now, e.vbuf[:0])
 		for _, v := range e.vbuf {
-			e.step(uint16(i), d, v, src, h, now)
+			e.step(uint16(i), d, v, &p)
 		}
 	}
+}
+
+// packet is one hit as the engine sees it.
+type packet struct {
+	src, dst netip.Addr
+	h        Hit
+	flags    uint8
+	foreign  bool
+	now      time.Time
+	busy     bool // the source has a knockd attempt in progress
+}
+
+// addressed reports whether the packet went where door d listens: its
+// Target, else this host.
+func (p *packet) addressed(d *Door) bool {
+	if d.Target.IsValid() {
+		return d.Target == p.dst
+	}
+	return !p.foreign
+}
+
+// knockdBusy reports whether the source has an attempt in progress at a
+// knockd door addressed by the packet: knockd then starts no new attempt.
+func (e *Engine) knockdBusy(p *packet) bool {
+	for i, d := range e.doors {
+		if !d.Knockd || !p.addressed(d) {
+			continue
+		}
+		e.vbuf = d.variants(p.now, e.vbuf[:0])
+		for _, v := range e.vbuf {
+			idx, ok := e.index[stateKey{addr: p.src.As16(), door: uint16(i), variant: v.ID}]
+			if ok && p.now.UnixNano()-e.slab[idx].start <= int64(d.SeqTimeout) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// visible reports whether knockd would have captured the packet at all:
+// its capture filter holds every door's ports, each with that door's
+// flags and destination.
+func (e *Engine) visible(p *packet) bool {
+	for _, d := range e.doors {
+		if !p.addressed(d) || (p.h.Proto == port.TCP && !d.Flags.Match(p.flags)) {
+			continue
+		}
+		e.vis = d.variants(p.now, e.vis[:0])
+		for _, v := range e.vis {
+			if contains(v.Seq, p.h) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func contains(seq []Hit, h Hit) bool {
@@ -137,10 +207,11 @@ func contains(seq []Hit, h Hit) bool {
 	return false
 }
 
-func (e *Engine) step(di uint16, d *Door, v Variant, src netip.Addr, h Hit, now time.Time) {
+func (e *Engine) step(di uint16, d *Door, v Variant, p *packet) {
 	if len(v.Seq) == 0 {
 		return
 	}
+	src, h, now := p.src, p.h, p.now
 	key := stateKey{addr: src.As16(), door: di, variant: v.ID}
 	ev := Event{Door: d, Src: src, Variant: v.ID}
 	if idx, ok := e.index[key]; ok {
@@ -164,6 +235,10 @@ func (e *Engine) step(di uint16, d *Door, v Variant, src netip.Addr, h Hit, now 
 				ev.Kind = Progress
 				e.notify(ev)
 				return
+			case d.Knockd:
+				if !e.visible(p) {
+					return
+				}
 			case h == v.Seq[stage-1]:
 				ev.Kind, ev.Stage = Duplicate, stage
 				e.notify(ev)
@@ -175,10 +250,13 @@ func (e *Engine) step(di uint16, d *Door, v Variant, src netip.Addr, h Hit, now 
 			ev.Kind, ev.Stage, ev.Got, ev.Want = Failed, stage, h, v.Seq[stage]
 			e.remove(idx)
 			e.notify(ev)
+			if d.Knockd {
+				return // knockd starts no attempt with the packet that failed one
+			}
 			ev.Got, ev.Want = Hit{}, Hit{}
 		}
 	}
-	if h != v.Seq[0] {
+	if h != v.Seq[0] || (d.Knockd && p.busy) {
 		return
 	}
 	ev.Stage = 1

@@ -333,3 +333,62 @@ func BenchmarkHit(b *testing.B) {
 		})
 	}
 }
+
+// Doors from a knockd.conf follow knockd: a repeat or another door's port
+// discards the attempt without starting a new one, a port of no door is
+// not seen, and a knocker in the middle of one door starts no other.
+func TestKnockdDoorRules(t *testing.T) {
+	knockdDoor := func(name string, seq ...Hit) *Door {
+		d := door(seq...)
+		d.Name, d.Knockd = name, true
+		return d
+	}
+	cases := []struct {
+		name  string
+		hits  []Hit
+		opens string // the door that opens, "" for none
+	}{
+		{"in order", []Hit{tcp(7001), tcp(7002), tcp(7003)}, "a"},
+		{"repeat", []Hit{tcp(7001), tcp(7001), tcp(7002), tcp(7003)}, ""},
+		{"another door's port", []Hit{tcp(7001), tcp(8001), tcp(7002), tcp(7003)}, ""},
+		{"a port of no door", []Hit{tcp(7001), tcp(9999), tcp(7002), tcp(7003)}, "a"},
+		{"busy at a, b not started", []Hit{tcp(7001), tcp(8001), tcp(8002)}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e, r := newEngine(100, knockdDoor("a", tcp(7001), tcp(7002), tcp(7003)), knockdDoor("b", tcp(8001), tcp(8002)))
+			feed(e, srcA, t0, c.hits...)
+			opened := ""
+			for _, ev := range r.events {
+				if ev.Kind == Completed {
+					opened += ev.Door.Name
+				}
+			}
+			if opened != c.opens {
+				t.Fatalf("opened %q, want %q; events %+v", opened, c.opens, r.events)
+			}
+		})
+	}
+	// The same hits at postern's own doors: the repeat is a retransmission
+	// and another door's port is not this door's business.
+	e, r := newEngine(100, door(tcp(7001), tcp(7002), tcp(7003)), door(tcp(8001), tcp(8002)))
+	feed(e, srcA, t0, tcp(7001), tcp(7001), tcp(8001), tcp(7002), tcp(7003))
+	if r.count(Completed, srcA) != 1 {
+		t.Fatalf("postern door: events %+v", r.events)
+	}
+}
+
+// A packet to another host (a door's Target on a router) counts only at
+// that door.
+func TestForeignDestinationOnlyForTarget(t *testing.T) {
+	other := netip.MustParseAddr("198.18.0.77")
+	plain, targeted := door(tcp(7001), tcp(7002)), door(tcp(7001), tcp(7002))
+	targeted.Name, targeted.Target = "targeted", other
+	e, r := newEngine(100, plain, targeted)
+	for i, h := range []Hit{tcp(7001), tcp(7002)} {
+		e.HitAt(srcA, other, h, syn, t0.Add(time.Duration(i)*time.Millisecond), true)
+	}
+	if len(r.events) != 2 || r.events[1].Kind != Completed || r.events[1].Door != targeted {
+		t.Fatalf("events %+v", r.events)
+	}
+}

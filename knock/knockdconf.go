@@ -91,7 +91,7 @@ func ParseKnockdConf(path string, data []byte) (*KnockdConf, error) {
 				fail(n, "", "door name %q is empty or used twice", name)
 			}
 			names[name] = true
-			cur = &section{door: &Door{Name: name, SeqTimeout: KnockdSeqTimeout, CmdTimeout: KnockdCmdTimeout},
+			cur = &section{door: &Door{Name: name, Knockd: true, SeqTimeout: KnockdSeqTimeout, CmdTimeout: KnockdCmdTimeout},
 				line: n, lines: map[string]int{}}
 			doors = append(doors, cur)
 			continue

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/knock"
 	"github.com/postern/postern/policy"
 )
 
@@ -189,6 +190,11 @@ type logBucket struct {
 const (
 	logBurst = 20
 	logRate  = 10 // lines a second per reason
+	// A door's progress ("Stage N" in a knockd LogFile, which knockd
+	// writes for every hit) gets more: every stage of ordinary use is
+	// written, a flood of spoofed first hits still is not.
+	noteBurst = 500
+	noteRate  = 100
 )
 
 func (l *logLimiter) allow(reason outcome, now time.Time) (ok bool, suppressed int) {
@@ -197,12 +203,16 @@ func (l *logLimiter) allow(reason outcome, now time.Time) (ok bool, suppressed i
 	if l.buckets == nil {
 		l.buckets = make(map[outcome]*logBucket)
 	}
+	burst, rate := float64(logBurst), float64(logRate)
+	if reason.name == knock.NoteProgress {
+		burst, rate = noteBurst, noteRate
+	}
 	b := l.buckets[reason]
 	if b == nil {
-		b = &logBucket{tokens: logBurst, last: now}
+		b = &logBucket{tokens: burst, last: now}
 		l.buckets[reason] = b
 	}
-	b.tokens = min(logBurst, b.tokens+now.Sub(b.last).Seconds()*logRate)
+	b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
 	b.last = now
 	if b.tokens < 1 {
 		b.suppressed++

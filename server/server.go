@@ -571,9 +571,13 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mMalformed}, slog.String("detail", perr.Error()))
 		return
 	}
-	if local := s.local.Load(); local != nil && !(*local)[f.Dst] {
-		s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mNotLocal}, slog.String("dst", f.Dst.String()))
-		return
+	if local := s.local.Load(); local != nil {
+		isLocal, known := (*local)[f.Dst]
+		if !known {
+			s.refuse(&policy.Verdict{Language: "capture", Src: f.Src, Reason: mNotLocal}, slog.String("dst", f.Dst.String()))
+			return
+		}
+		f.Foreign = !isLocal
 	}
 	p := s.pipe.Load()
 	switch f.Proto {
@@ -649,7 +653,8 @@ func (s *Server) expireLoop(ctx context.Context) {
 }
 
 // refreshLocal re-reads this host's addresses when raw capture sees
-// packets for any destination.
+// packets for any destination. Door targets that are not this host's are
+// kept too, as false: only their doors count packets sent to them.
 func (s *Server) refreshLocal() {
 	if s.afp == nil || s.pipe.Load().cfg.AnyDestination {
 		s.local.Store(nil)
@@ -660,6 +665,11 @@ func (s *Server) refreshLocal() {
 		return // keep the last known set
 	}
 	m := make(map[netip.Addr]bool, len(addrs))
+	for _, d := range s.pipe.Load().cfg.Doors {
+		if d.Target.IsValid() {
+			m[d.Target] = false
+		}
+	}
 	for _, a := range addrs {
 		if p, err := netip.ParsePrefix(a.String()); err == nil {
 			m[p.Addr().Unmap()] = true

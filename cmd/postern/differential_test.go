@@ -360,7 +360,7 @@ func TestFwknopDifferential(t *testing.T) {
 	}
 	t.Logf("%d scenarios, %d agree", len(rows), agree)
 	if *updateCompat {
-		writeCompatTable(t, table.String())
+		writeCompatTable(t, "fwknop", table.String())
 	}
 }
 
@@ -378,13 +378,14 @@ func knownDifferences(t *testing.T) map[string]string {
 	return out
 }
 
-func writeCompatTable(t *testing.T, table string) {
+// writeCompatTable replaces the named table in docs/COMPATIBILITY.md.
+func writeCompatTable(t *testing.T, name, table string) {
 	path := "../../docs/COMPATIBILITY.md"
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const begin, end = "<!-- fwknop table: begin -->\n", "<!-- fwknop table: end -->"
+	begin, end := "<!-- "+name+" table: begin -->\n", "<!-- "+name+" table: end -->"
 	s := string(data)
 	i, j := strings.Index(s, begin), strings.Index(s, end)
 	if i < 0 || j < i {

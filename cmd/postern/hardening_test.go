@@ -20,6 +20,8 @@ import (
 
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/port"
 )
 
 // The red-team review's findings, each against the real daemon.
@@ -156,38 +158,57 @@ cmd_timeout = "60s"
 // syn4Frame builds an Ethernet frame carrying an IPv4 TCP SYN, optionally
 // with an 802.1Q tag and a corrupted IPv4 header checksum.
 func syn4Frame(dstMAC, srcMAC net.HardwareAddr, vlan uint16, src, dst netip.Addr, dport uint16, badSum bool) []byte {
+	f := hit4Frame(dstMAC, srcMAC, src, dst, tcpHit(dport), 0x02)
+	if badSum {
+		f[14+10] ^= 0x40
+	}
+	if vlan != 0 {
+		tag := binary.BigEndian.AppendUint16([]byte{0x81, 0x00}, vlan)
+		f = append(f[:12:12], append(tag, f[12:]...)...)
+	}
+	return f
+}
+
+// hit4Frame builds an Ethernet frame carrying one IPv4 knock hit: a TCP
+// segment with the given flags or a 1-byte UDP datagram.
+func hit4Frame(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, h knock.Hit, tcpFlags uint8) []byte {
 	var f []byte
 	f = append(f, dstMAC...)
 	f = append(f, srcMAC...)
-	if vlan != 0 {
-		f = binary.BigEndian.AppendUint16(f, 0x8100)
-		f = binary.BigEndian.AppendUint16(f, vlan)
-	}
 	f = binary.BigEndian.AppendUint16(f, 0x0800)
-	ip := make([]byte, 40)
-	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_TCP
-	binary.BigEndian.PutUint16(ip[2:], 40)
+	proto, l4 := byte(unix.IPPROTO_TCP), make([]byte, 20)
+	binary.BigEndian.PutUint16(l4[0:], 40001)
+	binary.BigEndian.PutUint16(l4[2:], h.Num)
+	sumAt := 16
+	if h.Proto == port.UDP {
+		proto, l4, sumAt = unix.IPPROTO_UDP, make([]byte, 9), 6
+		binary.BigEndian.PutUint16(l4[0:], 40001)
+		binary.BigEndian.PutUint16(l4[2:], h.Num)
+		binary.BigEndian.PutUint16(l4[4:], 9)
+	} else {
+		l4[12], l4[13] = 5<<4, tcpFlags
+		binary.BigEndian.PutUint16(l4[14:], 64240)
+	}
+	ip := make([]byte, 20, 20+len(l4))
+	ip[0], ip[8], ip[9] = 0x45, 64, proto
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
 	s4, d4 := src.As4(), dst.As4()
 	copy(ip[12:], s4[:])
 	copy(ip[16:], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip[:20]))
-	if badSum {
-		ip[10] ^= 0x40
-	}
-	t := ip[20:]
-	binary.BigEndian.PutUint16(t[0:], 40001)
-	binary.BigEndian.PutUint16(t[2:], dport)
-	t[12], t[13] = 5<<4, 0x02
-	binary.BigEndian.PutUint16(t[14:], 64240)
-	pseudo := append(append(append([]byte{}, s4[:]...), d4[:]...), 0, unix.IPPROTO_TCP, 0, 20)
-	binary.BigEndian.PutUint16(t[16:], ^onesSum(onesSum(0, pseudo), t))
-	return append(f, ip...)
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip))
+	pseudo := append(append(append([]byte{}, s4[:]...), d4[:]...), 0, proto, 0, byte(len(l4)))
+	// onesSum pads an odd length with a zero byte, as the checksum wants.
+	binary.BigEndian.PutUint16(l4[sumAt:], ^onesSum(onesSum(0, pseudo), l4))
+	return append(f, append(ip, l4...)...)
 }
 
 func onesSum(start uint16, b []byte) uint16 {
 	sum := uint32(start)
 	for i := 0; i+1 < len(b); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
 	}
 	for sum > 0xffff {
 		sum = sum&0xffff + sum>>16

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/user"
@@ -236,6 +237,14 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 				}
 			}
 			continue
+		case kwU == "%INCLUDE_KEYS":
+			if r.cur == nil {
+				return fail("outside a SOURCE stanza")
+			}
+			if err := r.keysFile(r.include(path, value)); err != nil {
+				return fail("%v", err)
+			}
+			continue
 		case kwU == "SOURCE":
 			if err := r.finish(); err != nil {
 				return err
@@ -265,6 +274,63 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 		r.raw[kwU] = rawValue{value, n, path}
 	}
 	return sc.Err()
+}
+
+// includeKeysKeywords are what fwknopd takes from an %include_keys file;
+// it ignores anything else there with a message.
+var includeKeysKeywords = map[string]bool{
+	"KEY": true, "KEY_BASE64": true, "HMAC_KEY": true, "HMAC_KEY_BASE64": true,
+	"GPG_DECRYPT_ID": true, "GPG_DECRYPT_PW": true, "GPG_ALLOW_NO_PW": true, "GPG_REQUIRE_SIG": true,
+	"GPG_DISABLE_SIG": true, "GPG_IGNORE_SIG_VERIFY_ERROR": true, "GPG_REMOTE_ID": true, "GPG_FINGERPRINT_ID": true,
+}
+
+// keysFile reads an %include_keys file into the current stanza: the keys
+// of one user kept apart from the policy, as fwknopd does. Errors name the
+// keys file and its line; a file anyone may read is warned about.
+func (r *accessReader) keysFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o007 != 0 && r.warn != nil {
+		r.warn(fmt.Sprintf("%s: keys file has mode %04o: anyone on this host can read its keys (chmod 600 %s)", path, perm, path))
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return err
+	}
+	defer clear(data)
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		kw, value, ok := strings.Cut(strings.ReplaceAll(line, "\t", " "), " ")
+		if i := strings.IndexByte(value, ';'); i >= 0 {
+			value = value[:i]
+		}
+		value = strings.TrimSpace(value)
+		kw = strings.ToUpper(strings.TrimSuffix(kw, ":"))
+		if !ok || value == "" {
+			return &conferr.Error{File: path, Line: n + 1, Key: kw, Msg: "needs a value"}
+		}
+		if !includeKeysKeywords[kw] {
+			if r.warn != nil {
+				r.warn(fmt.Sprintf("%s:%d: %s: not a key keyword, ignored in an %%include_keys file (as fwknopd does)", path, n+1, kw))
+			}
+			continue
+		}
+		r.raw[kw] = rawValue{value, n + 1, path}
+	}
+	return nil
 }
 
 // include resolves an %include path: absolute as it is; relative from the

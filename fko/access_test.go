@@ -210,3 +210,36 @@ OPEN_PORT tcp/22
 		t.Fatalf("%%include from the working directory: %v %v", ss, err)
 	}
 }
+
+// %include_keys: a stanza's keys from a file of their own; only key
+// keywords count there (others are warned about and ignored, as fwknopd
+// does); errors name the keys file and line.
+func TestIncludeKeys(t *testing.T) {
+	dir := t.TempDir()
+	var warnings []string
+	warn := func(w string) { warnings = append(warnings, w) }
+	os.WriteFile(filepath.Join(dir, "alice.keys"), []byte("# alice\nKEY_BASE64: c2Vrcml0LXNla3JpdA==\nHMAC_KEY hmac-secret\nOPEN_PORTS tcp/9999\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "access.conf"), []byte("SOURCE ANY\n%include_keys alice.keys\nOPEN_PORTS tcp/22\n"), 0o600)
+	ss, err := ReadAccessWarn(filepath.Join(dir, "access.conf"), warn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(ss[0].Rijndael.Key) != "sekrit-sekrit" || string(ss[0].Rijndael.HMACKey) != "hmac-secret" || len(ss[0].OpenPorts) != 1 || ss[0].OpenPorts[0].Num != 22 {
+		t.Fatalf("stanza %+v", ss[0])
+	}
+	if len(warnings) != 2 || !strings.Contains(warnings[0], "mode 0644") || !strings.Contains(warnings[1], "alice.keys:4: OPEN_PORTS") {
+		t.Fatalf("warnings %q", warnings)
+	}
+	for name, c := range map[string]struct{ access, keys, want string }{
+		"missing file":    {"SOURCE ANY\n%include_keys nope.keys\n", "", "access.conf:2"},
+		"outside stanza":  {"%include_keys k.keys\nSOURCE ANY\nKEY x\n", "KEY y\n", "access.conf:1: %include_keys: outside a SOURCE stanza"},
+		"bad base64 key":  {"SOURCE ANY\n%include_keys k.keys\n", "\n\nKEY_BASE64 not*base64\n", "k.keys:3: KEY_BASE64"},
+		"keyword, no val": {"SOURCE ANY\n%include_keys k.keys\n", "KEY\n", "k.keys:1: KEY: needs a value"},
+	} {
+		os.WriteFile(filepath.Join(dir, "k.keys"), []byte(c.keys), 0o600)
+		os.WriteFile(filepath.Join(dir, "access.conf"), []byte(c.access), 0o600)
+		if _, err := ReadAccess(filepath.Join(dir, "access.conf")); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", name, err, c.want)
+		}
+	}
+}

@@ -138,6 +138,18 @@ OPEN_PORTS tcp/22, tcp/8080
 ACCESS_EXPIRE 01/01/2001
 FW_ACCESS_TIMEOUT 30
 `,
+	// %include_keys: each user's keys in a file of their own (DIR is the
+	// test's folder; the files are written by includeKeysFiles).
+	"include_keys": `SOURCE ANY
+%include_keys DIR/alice.keys
+OPEN_PORTS tcp/22
+FW_ACCESS_TIMEOUT 30
+
+SOURCE ANY
+%include_keys DIR/bob.keys
+OPEN_PORTS tcp/80
+FW_ACCESS_TIMEOUT 30
+`,
 	"commands": `SOURCE ANY
 KEY_BASE64 ` + keyA + `
 HMAC_KEY_BASE64 ` + hmacA + `
@@ -212,6 +224,11 @@ func fwScenarios() []fwScenario {
 	add("policy", "bob, tcp/22 and tcp/80", with(hm, a, []string{"-A", "tcp/22,tcp/80", "-U", "bob"})...)
 	add("policy", "bob, -s", with(hm, []string{"-s", "-A", "tcp/22", "-U", "bob"})...)
 	add("policy", "bob, old", with(hm, a, []string{"-A", "tcp/22", "-U", "bob", "--time-offset-minus", "400"})...)
+	add("include_keys", "alice's keys, her port", with(hm, a, []string{"-A", "tcp/22"})...)
+	add("include_keys", "alice's keys, bob's port", with(hm, a, []string{"-A", "tcp/80"})...)
+	add("include_keys", "bob's keys, his port", with(pp, a, []string{"-A", "tcp/80"})...)
+	add("include_keys", "bob's keys, alice's port", with(pp, a, []string{"-A", "tcp/22"})...)
+	add("include_keys", "bob's keys, a port his keys file names", with(pp, a, []string{"-A", "tcp/9999"})...)
 	add("commands", "CMD_CYCLE", with(hm, a, []string{"-A", "tcp/22"})...)
 	add("commands", "CMD_CYCLE, two ports", with(hm, a, []string{"-A", "tcp/22,tcp/22"})...)
 	add("commands", "CMD_CYCLE, port outside", with(hm, a, []string{"-A", "tcp/23"})...)
@@ -316,7 +333,10 @@ func TestFwknopDifferential(t *testing.T) {
 		}
 		sentinel.WriteString("\nFW_ACCESS_TIMEOUT 30\n")
 		access := filepath.Join(dir, g+".access.conf")
-		text := fwGroups[g]
+		text := strings.ReplaceAll(fwGroups[g], "DIR", dir)
+		if g == "include_keys" {
+			includeKeysFiles(t, dir)
+		}
 		if g == "gpg" {
 			text = gpgAccess
 		}
@@ -454,6 +474,19 @@ func udpSender(t *testing.T, p *netnstest.Pair) func(from string, pkt []byte) {
 		}
 		c.Write(pkt)
 		c.Close()
+	}
+}
+
+// includeKeysFiles writes the include_keys group's key files; bob's also
+// names a port, which is not a key keyword and must be ignored.
+func includeKeysFiles(t *testing.T, dir string) {
+	for name, text := range map[string]string{
+		"alice.keys": "KEY_BASE64 " + keyA + "\nHMAC_KEY_BASE64 " + hmacA + "\n",
+		"bob.keys":   "# bob\nKEY: " + passA + "\nHMAC_KEY " + passHM + "\nOPEN_PORTS tcp/9999\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -17,6 +17,8 @@ go test ./knock -run '^$' -bench 'Hit' -benchmem -count "$COUNT" | tee -a "$out"
 go test ./fko -run '^$' -bench . -benchmem -count "$COUNT" | sed 's/^Benchmark/BenchmarkFKO/' | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./covert -run '^$' -bench . -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 if [ "$(id -u)" = 0 ]; then
+  go test ./firewall -run '^$' -bench 'Grant$' -benchtime 1000x -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
+  go test ./firewall -run '^$' -bench 'GrantBatch' -benchtime 20x -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
   go test ./cmd/postern -run '^$' -bench KnockToOpen -benchtime 100x -count "${LATENCY_COUNT:-3}" | tee -a "$out" | grep '^Benchmark' >&2 || true
 fi
 

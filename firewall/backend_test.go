@@ -320,3 +320,44 @@ func testBackend(t *testing.T, p *netnstest.Pair, b firewall.Backend, c backendC
 		}
 	})
 }
+
+// A ruleset flushed while thousands of grants are live: the keeper puts
+// every one back. One netlink transaction cannot carry them all (the
+// socket's buffers refuse it), so the backend batches; before it did, the
+// restore failed and every holder of a grant was locked out.
+func TestNFTablesRestoresThousandsOfGrants(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft")
+	ns := netnstest.New(t, "many")
+	f, err := os.Open(ns.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := firewall.NewNFTables(c)
+	defer fw.Close()
+	k := firewall.NewKeeper(fw, nil)
+	if err := k.Setup(firewall.Rules{Protected: []port.Spec{ssh}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	gs := make([]firewall.Grant, n)
+	for i := range gs {
+		gs[i] = firewall.Grant{Addr: benchAddr(i), Port: ssh, Timeout: time.Hour, Name: "many"}
+	}
+	if err := k.Grant(gs); err != nil {
+		t.Fatalf("granting %d at once: %v", n, err)
+	}
+	ns.Exec(t, "nft", "flush", "ruleset")
+	if d, err := k.Check(); err != nil || !d.GrantsLost {
+		t.Fatalf("check after flush: %+v, %v", d, err)
+	}
+	live, err := k.List()
+	if err != nil || len(live) != n {
+		t.Fatalf("%d grants live after the restore, want %d (%v)", len(live), n, err)
+	}
+}

@@ -154,34 +154,56 @@ func element(g Grant) string {
 }
 
 // Grant implements Backend; ipset's -exist replaces the timeout of an
-// element that is there.
+// element that is there. All grants go to one `ipset restore`: a process
+// per grant would cap a restore of thousands at a few hundred a second.
 func (t *IPTables) Grant(gs []Grant) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var script strings.Builder
 	for _, g := range gs {
 		if g.Timeout < time.Second {
 			return fmt.Errorf("iptables: grant %v: ipset timeouts are whole seconds", g)
 		}
 		set := setFor(g.Addr)
-		args := []string{"add", set, element(g), "timeout", strconv.Itoa(int(math.Ceil(g.Timeout.Seconds())))}
+		fmt.Fprintf(&script, "add %s %s timeout %d", set, element(g), int(math.Ceil(g.Timeout.Seconds())))
 		if t.comments[set] && g.Name != "" {
-			args = append(args, "comment", g.Name)
+			fmt.Fprintf(&script, " comment \"%s\"", ipsetComment(g.Name))
 		}
-		if _, err := t.run("", "ipset", append(args, "-exist")...); err != nil {
-			return fmt.Errorf("iptables: granting: %w", err)
-		}
+		script.WriteString("\n")
+	}
+	if script.Len() == 0 {
+		return nil
+	}
+	if _, err := t.run(script.String(), "ipset", "-exist", "restore"); err != nil {
+		return fmt.Errorf("iptables: granting: %w", err)
 	}
 	return nil
+}
+
+// ipsetComment keeps a name to what an ipset restore line can carry
+// between double quotes.
+func ipsetComment(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '"' || r == '\\' || r < 0x20 || r == 0x7f {
+			return '_'
+		}
+		return r
+	}, name)
 }
 
 // Revoke implements Backend.
 func (t *IPTables) Revoke(gs []Grant) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var script strings.Builder
 	for _, g := range gs {
-		if _, err := t.run("", "ipset", "del", setFor(g.Addr), element(g), "-exist"); err != nil {
-			return fmt.Errorf("iptables: revoking: %w", err)
-		}
+		fmt.Fprintf(&script, "del %s %s\n", setFor(g.Addr), element(g))
+	}
+	if script.Len() == 0 {
+		return nil
+	}
+	if _, err := t.run(script.String(), "ipset", "-exist", "restore"); err != nil {
+		return fmt.Errorf("iptables: revoking: %w", err)
 	}
 	return nil
 }

@@ -200,6 +200,13 @@ func (n *NFTables) grantSetAndKey(g Grant) (*nftables.Set, []byte) {
 	return n.sets.grants6, append(a16[:], svc...)
 }
 
+// grantsPerBatch bounds one netlink transaction: each grant is three
+// messages, each acknowledged. A restore of thousands of grants in one
+// batch fails ("message too long" sending, "no buffer space" reading the
+// acks; 128 grants already overflow). Grants are independent, so batches
+// need not be one transaction.
+const grantsPerBatch = 32
+
 // Grant implements Backend. nftables does not refresh the timeout of an
 // element that exists, so each grant is added, deleted and added again with
 // its new timeout in one transaction: that works whether or not the element
@@ -211,20 +218,24 @@ func (n *NFTables) Grant(gs []Grant) error {
 		if g.Timeout < time.Millisecond {
 			return fmt.Errorf("nftables: grant %v: timeout too short", g)
 		}
-		set, k := n.grantSetAndKey(g)
-		e := []nftables.SetElement{{Key: k, Timeout: g.Timeout, Comment: g.Name}}
-		if err := n.conn.SetAddElements(set, e); err != nil {
-			return err
-		}
-		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
-			return err
-		}
-		if err := n.conn.SetAddElements(set, e); err != nil {
-			return err
-		}
 	}
-	if err := n.conn.Flush(); err != nil {
-		return fmt.Errorf("nftables: granting: %w", err)
+	for batch := range slices.Chunk(gs, grantsPerBatch) {
+		for _, g := range batch {
+			set, k := n.grantSetAndKey(g)
+			e := []nftables.SetElement{{Key: k, Timeout: g.Timeout, Comment: g.Name}}
+			if err := n.conn.SetAddElements(set, e); err != nil {
+				return err
+			}
+			if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+				return err
+			}
+			if err := n.conn.SetAddElements(set, e); err != nil {
+				return err
+			}
+		}
+		if err := n.conn.Flush(); err != nil {
+			return fmt.Errorf("nftables: granting: %w", err)
+		}
 	}
 	return nil
 }
@@ -234,17 +245,19 @@ func (n *NFTables) Grant(gs []Grant) error {
 func (n *NFTables) Revoke(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, g := range gs {
-		set, k := n.grantSetAndKey(g)
-		if err := n.conn.SetAddElements(set, []nftables.SetElement{{Key: k, Timeout: time.Second}}); err != nil {
-			return err
+	for batch := range slices.Chunk(gs, grantsPerBatch) {
+		for _, g := range batch {
+			set, k := n.grantSetAndKey(g)
+			if err := n.conn.SetAddElements(set, []nftables.SetElement{{Key: k, Timeout: time.Second}}); err != nil {
+				return err
+			}
+			if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+				return err
+			}
 		}
-		if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
-			return err
+		if err := n.conn.Flush(); err != nil {
+			return fmt.Errorf("nftables: revoking: %w", err)
 		}
-	}
-	if err := n.conn.Flush(); err != nil {
-		return fmt.Errorf("nftables: revoking: %w", err)
 	}
 	return nil
 }

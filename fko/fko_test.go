@@ -266,7 +266,7 @@ func stanzaKeys(b *testing.B, n int) []*Keys {
 // BenchmarkVerify: a valid packet whose stanza is the last one tried, as
 // fwknopd (and postern) try stanzas in file order.
 func BenchmarkVerify(b *testing.B) {
-	for _, n := range []int{1, 100} {
+	for _, n := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("stanzas=%d", n), func(b *testing.B) {
 			ks := stanzaKeys(b, n)
 			b.ReportAllocs()
@@ -292,7 +292,7 @@ func BenchmarkVerify(b *testing.B) {
 // stanza's HMAC is computed once, nothing is decrypted.
 func BenchmarkRejectJunk(b *testing.B) {
 	junk := strings.Repeat("abcdEFGH0123+/xy", 13)[:200]
-	for _, n := range []int{1, 100} {
+	for _, n := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("stanzas=%d", n), func(b *testing.B) {
 			ks := stanzaKeys(b, n)
 			b.ReportAllocs()

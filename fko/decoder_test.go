@@ -1,8 +1,10 @@
 package fko
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +91,40 @@ func TestDecoderFallThrough(t *testing.T) {
 	}
 	if v := send("198.18.0.2,tcp/443"); v.Reason != ReasonPort {
 		t.Fatalf("tcp/443: %+v, want refused: port not allowed by any", v)
+	}
+}
+
+// Junk costs bounded work: one source is limited before any stanza is
+// tried; many (spoofed) sources together meet the trial budget, whose
+// packets a second shrink as stanzas are added.
+func TestDecoderJunkLimits(t *testing.T) {
+	var conf strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&conf, "SOURCE ANY\nKEY key-%d\nOPEN_PORTS tcp/22\n\n", i)
+	}
+	ss, err := ParseAccessConf("a.conf", []byte(conf.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 2 * time.Minute})
+	defer d.Close()
+	now := time.Unix(1_800_000_000, 0)
+	junk := []byte(strings.Repeat("abcdEFGH0123+/xy", 13)[:200])
+	count := func(srcs int, per int) map[string]int {
+		got := map[string]int{}
+		for i := range srcs * per {
+			src := netip.AddrFrom4([4]byte{10, byte(i / per >> 8), byte(i / per), 1})
+			d.Decode(&capture.Frame{Src: src, Dst: netip.MustParseAddr("198.18.0.1"), Payload: junk, Time: now},
+				func(v *policy.Verdict) { got[v.Reason]++ })
+		}
+		return got
+	}
+	if got := count(1, 1000); got[ReasonNoStanza] != perSourceBurst || got[ReasonLimited] != 1000-perSourceBurst {
+		t.Fatalf("one source: %v", got)
+	}
+	now = now.Add(time.Minute) // buckets full again
+	budget := trialsPerSecond / 100
+	if got := count(5000, 1); got[ReasonNoStanza] != budget || got[ReasonBudget] != 5000-budget {
+		t.Fatalf("5 000 sources: %v (budget %d packets)", got, budget)
 	}
 }

@@ -270,6 +270,8 @@ type fwDaemon struct {
 	cycle   *regexp.Regexp // a command run instead of a grant
 	reset   func()         // forget grants (fwknopd adds no rule that exists already, and says nothing)
 	stop    func()
+	pair    *netnstest.Pair                    // postern's
+	metric  func(language, outcome string) int // postern's
 }
 
 // decision sends pkt and its replay, then the sentinel, and returns what
@@ -445,7 +447,7 @@ func startFwknopd(t *testing.T, access string) *fwDaemon {
 func startPosternFwknop(t *testing.T, access string) *fwDaemon {
 	t.Helper()
 	r := newRig(t, rigOptions{noSPA: true})
-	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\n[fwknop]\naccess_file = %q\nmax_packet_age = \"120s\"\n",
+	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\nmetrics_listen = \"127.0.0.1:9101\"\n[fwknop]\naccess_file = %q\nmax_packet_age = \"120s\"\n",
 		netnstest.Interface, r.dir+"/state", access))
 	r.start()
 	return &fwDaemon{
@@ -457,6 +459,8 @@ func startPosternFwknop(t *testing.T, access string) *fwDaemon {
 		cycle:   regexp.MustCompile(`msg=granted language=fwknop .*commands=`),
 		reset:   func() {},
 		stop:    func() { r.signal(syscall.SIGTERM) },
+		pair:    r.p,
+		metric:  r.metric,
 	}
 }
 

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,5 +165,76 @@ open = ["tcp/22"]
 	}
 	if n := strings.Count(r.out.String(), "\n"); n > 2000 {
 		t.Fatalf("the flood produced %d log lines", n)
+	}
+}
+
+// TestFwknopJunkFlood: an unpaced flood of base64 junk from one address
+// against 100 stanzas (each packet would cost 100 HMACs, about 50 µs) while
+// another address sends four valid fwknop knocks: each opens within 2 s,
+// and the junk source got no more stanza trials than its rate limit
+// allows (without the limit, every junk packet read is tried).
+func TestFwknopJunkFlood(t *testing.T) {
+	netnstest.Require(t, "fwknop", "iptables")
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	dir := t.TempDir()
+	var access strings.Builder
+	for i := range 99 {
+		fmt.Fprintf(&access, "SOURCE ANY\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\nOPEN_PORTS tcp/%d\n\n",
+			base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("junk-flood-key-%016d", i))),
+			base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("junk-flood-hmac-key-%044d", i))), 1000+i)
+	}
+	fmt.Fprintf(&access, "SOURCE 198.18.0.3\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\nOPEN_PORTS tcp/22\n", keyA, hmacA)
+	path := filepath.Join(dir, "access.conf")
+	os.WriteFile(path, []byte(access.String()), 0o600)
+	d := startPosternFwknop(t, path)
+	defer d.stop()
+	var knocks [][]byte
+	for range 4 {
+		pkt, err := fwknopPacket(t, dir, []string{"--key-base64-rijndael", keyA, "--key-base64-hmac", hmacA, "-a", "198.18.0.3", "-A", "tcp/22"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		knocks = append(knocks, pkt)
+	}
+	junk := []byte(strings.Repeat("abcdEFGH0123+/xy", 13)[:200])
+	flood, err := d.pair.Client.Dial("udp", d.pair.Client4, netip.AddrPortFrom(d.pair.Server4, knockPort), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	stop := make(chan struct{})
+	flooded := make(chan int)
+	go func() {
+		n := 0
+		defer func() { flooded <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for range 1000 {
+				flood.Write(junk) // unpaced; a full socket buffer drops, as a NIC would
+			}
+			n += 1000
+		}
+	}()
+	start := time.Now()
+	time.Sleep(500 * time.Millisecond) // the flood is under way
+	for i, pkt := range knocks {
+		mark := d.out.Mark()
+		d.send("198.18.0.3", pkt)
+		d.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=fwknop", "src=198.18.0.3")
+		t.Logf("knock %d opened", i+1)
+	}
+	close(stop)
+	n := <-flooded
+	elapsed := time.Since(start)
+	tried, limited := d.metric("fwknop", "no matching stanza"), d.metric("fwknop", "rate limited")
+	t.Logf("%d junk packets sent in %v: %d tried against the stanzas, %d rate limited", n, elapsed.Round(time.Millisecond), tried, limited)
+	if most := 20 + int(10*elapsed.Seconds()) + 10; tried > most || limited == 0 {
+		t.Fatalf("junk from one source was tried %d times in %v (at most %d allowed), %d rate limited", tried, elapsed, most, limited)
 	}
 }

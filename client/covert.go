@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/postern/postern/covert"
 	"github.com/postern/postern/port"
 )
@@ -64,17 +62,17 @@ func CovertKnock(o CovertOptions) error {
 		}
 		t = t.Add(time.Millisecond)
 	}
-	fd, sa, err := rawSocket(dst)
+	raw, err := openRaw(dst)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(fd)
+	defer raw.Close()
 	send := func(from netip.Addr, dport uint16, c [covert.CarrierSize]byte) error {
 		syn := covert.SYN{Src: from, Dst: dst, SrcPort: ephemeralPort(), DstPort: dport, Carrier: c, FlowLabelHigh4: randByte()}
 		if o.Verbose != nil {
 			fmt.Fprintf(o.Verbose, "SYN %v:%d → %v:%d\n", from, syn.SrcPort, dst, dport)
 		}
-		return unix.Sendto(fd, syn.Build(shape), 0, sa)
+		return raw.Send(syn.Build(shape))
 	}
 	// Decoys first and between: to other ports from this address, and to
 	// the door's port from the other addresses (one each, so the server
@@ -112,24 +110,6 @@ func CovertKnock(o CovertOptions) error {
 }
 
 func nonZeroID(c [covert.CarrierSize]byte) bool { return c[8] != 0 || c[9] != 0 }
-
-func rawSocket(dst netip.Addr) (int, unix.Sockaddr, error) {
-	// IPPROTO_RAW implies that we write the IP header ourselves (IPv4:
-	// IP_HDRINCL; IPv6: IPV6_HDRINCL).
-	if dst.Is4() {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-		return fd, &unix.SockaddrInet4{Addr: dst.As4()}, wrapRaw(err)
-	}
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-	return fd, &unix.SockaddrInet6{Addr: dst.As16()}, wrapRaw(err)
-}
-
-func wrapRaw(err error) error {
-	if err != nil {
-		return fmt.Errorf("covert: raw socket (needs CAP_NET_RAW): %w", err)
-	}
-	return nil
-}
 
 // ephemeralPort draws from Linux's default ip_local_port_range.
 func ephemeralPort() uint16 {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -204,7 +205,7 @@ func (r *FwknopRequest) Resolve() (FwknopSettings, error) {
 func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 	out := FwknopSettings{}
 	if r.RCFile != "" && warn != nil {
-		if st, err := os.Stat(r.RCFile); err == nil && st.Mode().Perm()&0o077 != 0 {
+		if st, err := os.Stat(r.RCFile); err == nil && st.Mode().Perm()&0o077 != 0 && runtime.GOOS != "windows" {
 			warn(fmt.Sprintf("[-] %s permissions should only be user read/write (0600, -rw-------), not %04o",
 				r.RCFile, st.Mode().Perm()))
 		}

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"golang.org/x/sys/unix"
 
 	"github.com/postern/postern/knock"
 	"github.com/postern/postern/port"
@@ -91,38 +90,18 @@ func resolveIP(ctx context.Context, network, host string) (netip.Addr, error) {
 	return addrs[0].Unmap(), nil
 }
 
-func sockaddr(a netip.Addr, p uint16) (unix.Sockaddr, int) {
-	if a.Is4() {
-		return &unix.SockaddrInet4{Port: int(p), Addr: a.As4()}, unix.AF_INET
-	}
-	return &unix.SockaddrInet6{Port: int(p), Addr: a.As16()}, unix.AF_INET6
-}
-
 func sendHit(a netip.Addr, h knock.Hit) error {
 	switch h.Proto {
 	case port.TCP:
-		sa, family := sockaddr(a, h.Num)
-		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		// connect(2) on a non-blocking socket sends the SYN before it
-		// returns EINPROGRESS; closing a socket in SYN-SENT sends
-		// nothing more. One hit, one SYN, as with knock(1).
-		err = unix.Connect(fd, sa)
-		unix.Close(fd)
-		if err != nil && !errors.Is(err, unix.EINPROGRESS) {
-			return err
-		}
-		return nil
+		return sendSYN(a, h.Num)
 	case port.UDP:
-		sa, family := sockaddr(a, h.Num)
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, h.Num)))
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, []byte{0}, 0, sa)
+		defer c.Close()
+		_, err = c.Write([]byte{0})
+		return err
 	case knock.ICMP:
 		return sendEcho(a, int(h.Num))
 	}

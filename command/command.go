@@ -1,3 +1,5 @@
+//go:build unix
+
 // Package command runs knockd-style commands: a start command when a door
 // opens and, optionally, a stop command a while later. Commands run through
 // /bin/sh, as knockd's do (existing configurations rely on shell syntax),
@@ -31,16 +33,6 @@ const Shell = "/bin/sh"
 
 // runTimeout bounds one command: a hung command must not pile up.
 const runTimeout = time.Minute
-
-// Expand replaces every %IP% in cmd with addr. The address comes from a
-// parsed packet, so its text is only hex digits, dots and colons; an address
-// with a zone (which could carry any text) is refused.
-func Expand(cmd string, addr netip.Addr) (string, error) {
-	if !addr.IsValid() || addr.Zone() != "" {
-		return "", fmt.Errorf("refusing to put %q into a command", addr)
-	}
-	return strings.ReplaceAll(cmd, "%IP%", addr.Unmap().String()), nil
-}
 
 // How says how a command runs. The zero value is knockd's way: through
 // /bin/sh, as the daemon's user.

@@ -10,6 +10,14 @@ FUZZTIME=${FUZZTIME:-8s}
 
 go vet ./...
 CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
+# The client everywhere: every target builds, the portable packages vet.
+. scripts/targets.sh
+for t in $TARGETS; do
+  echo "cross-compile $t"
+  GOOS=${t%/*} GOARCH=${t#*/} CGO_ENABLED=0 go build -o /dev/null ./cmd/postern
+  # shellcheck disable=SC2086
+  GOOS=${t%/*} GOARCH=${t#*/} CGO_ENABLED=0 go vet $PORTABLE
+done
 go test -count=1 ./...
 
 for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \

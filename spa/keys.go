@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 )
 
@@ -238,7 +239,9 @@ func readSecret(path, what string) (string, error) {
 	if !st.Mode().IsRegular() {
 		return "", fmt.Errorf("%s: %s file is not a regular file", path, what)
 	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+	// Windows has no group and other bits (a writable file reads as 0666);
+	// its ACLs decide there.
+	if perm := st.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
 		return "", fmt.Errorf("%s: %s file has mode %04o; it must not be readable by group or others (chmod 600 %s)", path, what, perm, path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 64<<10))

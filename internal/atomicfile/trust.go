@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"syscall"
 )
 
 // CheckTrusted refuses a directory or file that another user could have
@@ -34,9 +33,9 @@ func CheckTrusted(path string, dir bool) error {
 		return fmt.Errorf("%s: state %s is writable by group or others (mode %04o); refusing it: chmod go-w %s",
 			path, what, st.Mode().Perm(), path)
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+	if uid, ok := owner(st); ok && uid != os.Geteuid() {
 		return fmt.Errorf("%s: state %s is owned by uid %d, not by this user (uid %d); refusing it",
-			path, what, sys.Uid, os.Geteuid())
+			path, what, uid, os.Geteuid())
 	}
 	return nil
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netnstest puts tests inside fresh network namespaces that the test
 // itself creates and removes: a "server" and a "client" joined by a veth
 // pair, with test addresses from the benchmarking range 198.18.0.0/15 and

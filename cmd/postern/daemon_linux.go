@@ -1,0 +1,337 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/postern/postern/config"
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/internal/pidlock"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/server"
+)
+
+// The daemon's side: the server, the firewall and the daemon's pid lock
+// are Linux's (AF_PACKET, nftables, iptables). Other systems build the
+// client only; daemon_other.go says so.
+
+func openBackend(cfg *config.Config) (firewall.Backend, error) {
+	switch cfg.Firewall.Backend {
+	case "none":
+		return firewall.NewMemory(), nil
+	case "iptables":
+		return firewall.NewIPTables(nil), nil
+	}
+	return firewall.OpenNFTables()
+}
+
+type namedBackend struct {
+	name string
+	fw   firewall.Backend
+}
+
+// installedBackends returns the kernel backends whose programs or netlink
+// are available here, for status and cleanup, which need no configuration.
+func installedBackends() []namedBackend {
+	var out []namedBackend
+	if nft, err := firewall.OpenNFTables(); err == nil {
+		out = append(out, namedBackend{"nftables", nft})
+	}
+	if _, err := exec.LookPath("ipset"); err == nil {
+		if _, err := exec.LookPath("iptables"); err == nil {
+			out = append(out, namedBackend{"iptables", firewall.NewIPTables(nil)})
+		}
+	}
+	return out
+}
+
+func serve(path string, debug bool, stderr io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	logs, err := server.NewLogger(cfg, stderr, level)
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+	log := logs.Logger
+	lock, err := pidlock.Acquire()
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	// Closed before anything can fail: from here on, whatever goes wrong
+	// (a key, a state file, capture), the protected ports stay dropped.
+	fw, err := closeFirewall(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	s, err := server.New(cfg, fw, log)
+	if s != nil {
+		s.Version = versionString()
+	}
+	if err != nil {
+		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
+			err, port.Join(cfg.Protected()))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// SIGHUP reloads the configuration (as knockd and fwknopd do) and
+	// reopens the knockd LogFile (logrotate). A bad file is logged with
+	// its file:line:key and changes nothing.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := logs.Reopen(); err != nil {
+				log.Error("SIGHUP: reopening the log file", "err", err)
+			}
+			next, err := config.Load(path)
+			if err == nil {
+				err = s.Reload(next)
+			}
+			if err != nil {
+				log.Error("reload refused; the configuration in force is unchanged", "err", err)
+			}
+		}
+	}()
+	if err := s.Run(ctx); err != nil {
+		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
+			err, port.Join(cfg.Protected()))
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// closeFirewall opens the configured backend and installs the closed state:
+// protected and knock ports dropped, live grants kept.
+func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, error) {
+	b, err := openBackend(cfg)
+	if err != nil {
+		return nil, err
+	}
+	fw := firewall.NewKeeper(b, log)
+	rules, _ := server.Rules(cfg)
+	if err := fw.Setup(rules); err != nil {
+		fw.Close()
+		return nil, err
+	}
+	return fw, nil
+}
+
+// reloadCmd checks the configuration, then sends the daemon SIGHUP: a
+// file that does not validate is reported here and never reaches it.
+func reloadCmd(path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	pid, err := pidlock.Running()
+	switch {
+	case err != nil:
+		return err
+	case pid == 0:
+		return errors.New("no postern daemon runs in this network namespace")
+	case pid < 0:
+		return errors.New("the postern daemon is starting; try again")
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("signalling pid %d: %w", pid, err)
+	}
+	fmt.Fprintf(stdout, "%s is valid; asked the daemon (pid %d) to reload it: its log says \"reloaded\" or why not\n", cfg.Path, pid)
+	return nil
+}
+
+// setupCmd installs the closed state only, for an ExecStartPre= or an early
+// boot unit: the protected ports are dropped even if the daemon never runs.
+func setupCmd(path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	fw, err := closeFirewall(cfg, nil)
+	if err != nil {
+		return err
+	}
+	fw.Close()
+	fmt.Fprintf(stdout, "closed: protected %s (backend %s); grants need the daemon\n",
+		port.Join(cfg.Protected()), cfg.Firewall.Backend)
+	return nil
+}
+
+// daemonState says whether a daemon runs in this network namespace.
+func daemonState() string {
+	switch pid, err := pidlock.Running(); {
+	case err != nil:
+		return "unknown (" + err.Error() + ")"
+	case pid == 0:
+		return "not running"
+	case pid < 0:
+		return "running"
+	default:
+		return fmt.Sprintf("running (pid %d)", pid)
+	}
+}
+
+type statusGrant struct {
+	Address   string  `json:"address"`
+	Port      string  `json:"port"`
+	Name      string  `json:"name,omitempty"`
+	ExpiresIn float64 `json:"expires_in_seconds"`
+	Backend   string  `json:"backend"`
+}
+
+type statusReport struct {
+	Daemon    string        `json:"daemon"`
+	Installed []string      `json:"installed"` // backends with postern's rules in place
+	Protected []string      `json:"protected"`
+	Grants    []statusGrant `json:"grants"`
+}
+
+func status(asJSON bool, stdout io.Writer) error {
+	rep := statusReport{Daemon: daemonState(), Installed: []string{}, Protected: []string{}, Grants: []statusGrant{}}
+	for _, b := range installedBackends() {
+		protected, ok, err := b.fw.Installed()
+		if err == nil && ok {
+			rep.Installed = append(rep.Installed, b.name)
+			for _, p := range protected {
+				if s := p.String(); !slices.Contains(rep.Protected, s) {
+					rep.Protected = append(rep.Protected, s)
+				}
+			}
+		}
+		gs, lerr := b.fw.List()
+		b.fw.Close()
+		if err = cmp.Or(err, lerr); err != nil {
+			return fmt.Errorf("%s: %w", b.name, err)
+		}
+		for _, g := range gs {
+			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
+				ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
+		}
+	}
+	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprintf(stdout, "daemon: %s\n", rep.Daemon)
+	if len(rep.Installed) == 0 {
+		fmt.Fprintln(stdout, "firewall: nothing of postern's installed (no table inet postern, no chain POSTERN): nothing is protected")
+		return nil
+	}
+	fmt.Fprintf(stdout, "firewall: %s; protected %s\n", strings.Join(rep.Installed, ", "), strings.Join(rep.Protected, ","))
+	if len(rep.Grants) == 0 {
+		fmt.Fprintln(stdout, "no live grants")
+		return nil
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ADDRESS\tPORT\tNAME\tEXPIRES IN\tBACKEND")
+	for _, g := range rep.Grants {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.Name, "-"),
+			time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
+	}
+	return w.Flush()
+}
+
+func cleanup(force bool, stdout io.Writer) error {
+	backends := installedBackends()
+	defer func() {
+		for _, b := range backends {
+			b.fw.Close()
+		}
+	}()
+	var opens []string
+	for _, b := range backends {
+		if ps, ok, err := b.fw.Installed(); err == nil && ok {
+			opens = append(opens, b.name+": "+cmp.Or(port.Join(ps), "no protected port"))
+		}
+	}
+	if state := daemonState(); strings.HasPrefix(state, "running") && !force {
+		return fmt.Errorf("a postern daemon is %s in this network namespace; stop it first, or use --force "+
+			"(it would open to everyone: %s)", state, cmp.Or(strings.Join(opens, "; "), "nothing"))
+	}
+	// Whatever backend ran, all of postern's rules go: table inet postern,
+	// chain POSTERN and the postern4/postern6 sets.
+	var errs []error
+	for _, b := range backends {
+		errs = append(errs, b.fw.Cleanup())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if len(opens) == 0 {
+		fmt.Fprintln(stdout, "nothing of postern's was installed")
+		return nil
+	}
+	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present; now open to everyone: %s\n",
+		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6, strings.Join(opens, "; "))
+	return nil
+}
+
+// revokeCmd closes live grants now, whichever backend holds them.
+func revokeCmd(pos []string, stdout io.Writer) error {
+	addr, err := netip.ParseAddr(pos[0])
+	if err != nil {
+		return errUsage{fmt.Errorf("%q is not an address", pos[0])}
+	}
+	var only *port.Spec
+	if len(pos) == 2 {
+		p, err := port.Parse(pos[1])
+		if err != nil {
+			return errUsage{err}
+		}
+		only = &p
+	}
+	revoked := 0
+	for _, b := range installedBackends() {
+		gs, err := b.fw.List()
+		if err != nil {
+			b.fw.Close()
+			return fmt.Errorf("%s: %w", b.name, err)
+		}
+		var mine []firewall.Grant
+		for _, g := range gs {
+			if g.Addr == addr.Unmap() && (only == nil || g.Port == *only) {
+				mine = append(mine, g)
+			}
+		}
+		if len(mine) > 0 {
+			if err := b.fw.Revoke(mine); err != nil {
+				b.fw.Close()
+				return fmt.Errorf("%s: %w", b.name, err)
+			}
+			for _, g := range mine {
+				fmt.Fprintf(stdout, "revoked %s %s (%s, %s)\n", g.Addr, g.Port, cmp.Or(g.Name, "-"), b.name)
+			}
+			revoked += len(mine)
+		}
+		b.fw.Close()
+	}
+	if revoked == 0 {
+		return fmt.Errorf("no live grant for %s", pos[0]+strings.TrimSuffix(" "+strings.Join(pos[1:], ""), " "))
+	}
+	return nil
+}

@@ -362,27 +362,51 @@ func TestFwknopDifferential(t *testing.T) {
 		fd.stop()
 		ps.stop()
 	}
+	var table []compatRow
+	for _, r := range rows {
+		table = append(table, compatRow{key: r.group + ": " + r.name, cells: []string{r.group, r.name, r.fwknopd, r.postern}})
+	}
+	compareAndTabulate(t, "fwknop", "| access.conf | fwknop client | fwknopd 2.6.10 | postern | |\n|---|---|---|---|---|\n", table)
+}
+
+// compatRow is one scenario of a differential test: the key its
+// documented difference is listed under, and its cells, the last two being
+// the peer's decision and postern's.
+type compatRow struct {
+	key   string
+	cells []string
+}
+
+// compareAndTabulate fails the test on any disagreement that
+// docs/COMPATIBILITY.md does not list, and with -update-compat rewrites
+// the named table there.
+func compareAndTabulate(t *testing.T, name, header string, rows []compatRow) {
+	t.Helper()
 	known := knownDifferences(t)
 	var table strings.Builder
-	table.WriteString("| access.conf | fwknop client | fwknopd 2.6.10 | postern | |\n|---|---|---|---|---|\n")
+	table.WriteString(header)
 	agree := 0
 	for _, r := range rows {
+		peer, ours := r.cells[len(r.cells)-2], r.cells[len(r.cells)-1]
 		mark := "same"
-		if r.fwknopd != r.postern {
+		if peer != ours {
 			mark = "differs"
-			if why, ok := known[r.group+": "+r.name]; ok {
+			if why, ok := known[r.key]; ok {
 				mark = "differs: " + why
 			} else if !*updateCompat {
-				t.Errorf("%s / %s: fwknopd %q, postern %q (not a documented difference)", r.group, r.name, r.fwknopd, r.postern)
+				t.Errorf("%s: %s %q, postern %q (not a documented difference)", r.key, name, peer, ours)
 			}
 		} else {
 			agree++
 		}
-		fmt.Fprintf(&table, "| %s | %s | %s | %s | %s |\n", r.group, r.name, r.fwknopd, r.postern, mark)
+		for _, c := range r.cells {
+			fmt.Fprintf(&table, "| %s ", strings.ReplaceAll(c, "|", `\|`))
+		}
+		fmt.Fprintf(&table, "| %s |\n", mark)
 	}
 	t.Logf("%d scenarios, %d agree", len(rows), agree)
 	if *updateCompat {
-		writeCompatTable(t, "fwknop", table.String())
+		writeCompatTable(t, name, table.String())
 	}
 }
 

@@ -231,25 +231,7 @@ open = ["tcp/22"]
 duration = "30s"
 `})
 	r.start()
-	var srvMAC, cliMAC net.HardwareAddr
-	r.p.Server.Do(func() error {
-		ifi, err := net.InterfaceByName(netnstest.Interface)
-		srvMAC = ifi.HardwareAddr
-		return err
-	})
-	var conn *packet.Conn
-	if err := r.p.Client.Do(func() error {
-		ifi, err := net.InterfaceByName(netnstest.Interface)
-		if err != nil {
-			return err
-		}
-		cliMAC = ifi.HardwareAddr
-		conn, err = packet.Listen(ifi, packet.Raw, unix.ETH_P_ALL, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, srvMAC, cliMAC := rawLink(t, r.p)
 	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
 	send := func(dstMAC net.HardwareAddr, vlan uint16, src, dst netip.Addr, badSum bool) {
 		for _, p := range []uint16{7000, 8000} {

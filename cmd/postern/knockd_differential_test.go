@@ -267,16 +267,16 @@ func parseKdHit(t *testing.T, s string, srv netip.Addr) (knock.Hit, uint8, netip
 	return knock.Hit{Proto: proto, Num: uint16(n)}, flags, dst
 }
 
-// frameSender sends Ethernet frames from the client namespace to the
-// server's MAC address.
-func frameSender(t *testing.T, p *netnstest.Pair) func(src, dst netip.Addr, h knock.Hit, flags uint8) {
-	var srvMAC, cliMAC net.HardwareAddr
+// rawLink opens an AF_PACKET socket on the client's end of the link and
+// returns it with the server's and the client's MAC addresses, for tests
+// that write whole Ethernet frames.
+func rawLink(t testing.TB, p *netnstest.Pair) (conn *packet.Conn, srvMAC, cliMAC net.HardwareAddr) {
+	t.Helper()
 	p.Server.Do(func() error {
 		ifi, err := net.InterfaceByName(netnstest.Interface)
 		srvMAC = ifi.HardwareAddr
 		return err
 	})
-	var conn *packet.Conn
 	if err := p.Client.Do(func() error {
 		ifi, err := net.InterfaceByName(netnstest.Interface)
 		if err != nil {
@@ -289,6 +289,13 @@ func frameSender(t *testing.T, p *netnstest.Pair) func(src, dst netip.Addr, h kn
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	return conn, srvMAC, cliMAC
+}
+
+// frameSender sends knock hits as Ethernet frames from the client
+// namespace to the server's MAC address.
+func frameSender(t *testing.T, p *netnstest.Pair) func(src, dst netip.Addr, h knock.Hit, flags uint8) {
+	conn, srvMAC, cliMAC := rawLink(t, p)
 	return func(src, dst netip.Addr, h knock.Hit, flags uint8) {
 		if _, err := conn.WriteTo(hit4Frame(srvMAC, cliMAC, src, dst, h, flags), &packet.Addr{HardwareAddr: srvMAC}); err != nil {
 			t.Fatal(err)
@@ -355,26 +362,9 @@ func TestKnockdDifferential(t *testing.T) {
 	rows = append(rows, row{"one-time: the file afterwards", strconv.Quote(kd.read("onetime.seq")), strconv.Quote(ps.read("onetime.seq"))})
 	kd.stop()
 	ps.stop()
-	known := knownDifferences(t)
-	var table strings.Builder
-	table.WriteString("| scenario | knockd 0.8 | postern | |\n|---|---|---|---|\n")
-	agree := 0
+	var table []compatRow
 	for _, r := range rows {
-		mark := "same"
-		if r.knockd != r.postern {
-			mark = "differs"
-			if why, ok := known["knockd: "+r.name]; ok {
-				mark = "differs: " + why
-			} else if !*updateCompat {
-				t.Errorf("%s: knockd %q, postern %q (not a documented difference)", r.name, r.knockd, r.postern)
-			}
-		} else {
-			agree++
-		}
-		fmt.Fprintf(&table, "| %s | %s | %s | %s |\n", r.name, strings.ReplaceAll(r.knockd, "|", `\|`), strings.ReplaceAll(r.postern, "|", `\|`), mark)
+		table = append(table, compatRow{key: "knockd: " + r.name, cells: []string{r.name, r.knockd, r.postern}})
 	}
-	t.Logf("%d scenarios, %d agree", len(rows), agree)
-	if *updateCompat {
-		writeCompatTable(t, "knockd", table.String())
-	}
+	compareAndTabulate(t, "knockd", "| scenario | knockd 0.8 | postern | |\n|---|---|---|---|\n", table)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
+	"github.com/postern/postern/covert"
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/netnstest"
 	"github.com/postern/postern/knock"
@@ -197,24 +198,13 @@ func hit4Frame(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, h knock.Hit
 	copy(ip[16:], d4[:])
 	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip))
 	pseudo := append(append(append([]byte{}, s4[:]...), d4[:]...), 0, proto, 0, byte(len(l4)))
-	// onesSum pads an odd length with a zero byte, as the checksum wants.
+	// The sum pads an odd length with a zero byte, as the checksum wants.
 	binary.BigEndian.PutUint16(l4[sumAt:], ^onesSum(onesSum(0, pseudo), l4))
 	return append(f, append(ip, l4...)...)
 }
 
-func onesSum(start uint16, b []byte) uint16 {
-	sum := uint32(start)
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
-}
+// onesSum is the IP one's-complement sum, covert's.
+func onesSum(start uint16, b []byte) uint16 { return covert.Checksum(uint32(start), b) }
 
 // Frames the host itself would discard must not count as knocks: to
 // another MAC, on a VLAN the host is not on, to an address that is not the

@@ -3,12 +3,14 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"golang.org/x/crypto/ssh"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/postern/postern/port"
@@ -45,6 +47,51 @@ type Sent struct {
 	To     netip.AddrPort
 	Knock  spa.Knock
 	Packet []byte
+}
+
+// KnockEach knocks every address family the server has: a name with an
+// IPv4 and an IPv6 address gets one knock over each, each granting this
+// host's own address of that family, so whichever family a later
+// connection picks (ssh tries IPv6 first) finds the door open. With
+// Network "udp4"/"udp6", an address, or an explicit Allow it knocks once.
+// It succeeds when at least one knock was sent; failures of the others
+// come back with the knocks that went.
+func KnockEach(ctx context.Context, o Options) ([]Sent, error) {
+	network := cmp.Or(o.Network, "udp")
+	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || (o.Allow != "" && o.Allow != "source") {
+		s, err := Knock(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		return []Sent{s}, nil
+	}
+	addrs, err := lookup(ctx, "ip", o.Host)
+	if err != nil {
+		return nil, err
+	}
+	var sent []Sent
+	var errs []error
+	for _, fam := range []struct {
+		network string
+		is      func(netip.Addr) bool
+	}{{"udp6", netip.Addr.Is6}, {"udp4", netip.Addr.Is4}} {
+		i := slices.IndexFunc(addrs, fam.is)
+		if i < 0 {
+			continue
+		}
+		one := o
+		one.Host, one.Network = addrs[i].String(), fam.network
+		s, err := Knock(ctx, one)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sent = append(sent, s)
+	}
+	if len(sent) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	return sent, errors.Join(errs...)
 }
 
 // Knock resolves the server, seals one knock and sends it.
@@ -108,13 +155,24 @@ func resolve(ctx context.Context, network, host string, p uint16) (netip.AddrPor
 	if a, err := netip.ParseAddr(host); err == nil {
 		return netip.AddrPortFrom(a.Unmap(), p), nil
 	}
-	ipnet := map[string]string{"udp": "ip", "udp4": "ip4", "udp6": "ip6"}[network]
+	addrs, err := lookup(ctx, map[string]string{"udp": "ip", "udp4": "ip4", "udp6": "ip6"}[network], host)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(addrs[0], p), nil
+}
+
+// lookup resolves host to at least one address (unmapped).
+func lookup(ctx context.Context, ipnet, host string) ([]netip.Addr, error) {
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, ipnet, host)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("knock: resolving %s: %w", host, err)
+		return nil, fmt.Errorf("knock: resolving %s: %w", host, err)
 	}
 	if len(addrs) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("knock: %s has no address", host)
+		return nil, fmt.Errorf("knock: %s has no address", host)
 	}
-	return netip.AddrPortFrom(addrs[0].Unmap(), p), nil
+	for i := range addrs {
+		addrs[i] = addrs[i].Unmap()
+	}
+	return addrs, nil
 }

@@ -521,3 +521,44 @@ func TestKnockPostQuantum(t *testing.T) {
 		t.Fatalf("genkey --server --pq: %v", err)
 	}
 }
+
+// A server name with an IPv4 and an IPv6 address (the client namespace's
+// own /etc/hosts, which ip netns exec mounts from /etc/netns/NAME/): one
+// knock opens the door over both families, so `postern knock HOST && ssh
+// HOST` works whichever family ssh picks; -4 knocks IPv4 only.
+func TestDualStackKnock(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	etc := filepath.Join("/etc/netns", r.p.Client.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	hosts := fmt.Sprintf("127.0.0.1 localhost\n%s server.test\n%s server.test\n", r.p.Server4, r.p.Server6)
+	if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	knock := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"knock", "-v", "--key", r.alice, "--server-key", r.server.Public().String(), "--open", "tcp/22", "--for", "30s"}, extra...)
+		out, err := r.postern(append(args, "server.test")...)
+		if err != nil {
+			t.Fatalf("postern knock: %v\n%s", err, out)
+		}
+		return out
+	}
+	out := knock("-4")
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "IPv4 after a -4 knock").Close()
+	r.out.WaitFor(t, time.Second, "msg=granted", "allow="+r.p.Client4.String())
+	r.requireClosed(r.p.Client6, r.p.Server6, "IPv6 after a -4 knock")
+	if strings.Count(out, "knocked ") != 1 {
+		t.Fatalf("-4 knocked:\n%s", out)
+	}
+	out = knock()
+	r.waitOpen(r.p.Client6, r.p.Server6, time.Second, "IPv6 after a dual-stack knock").Close()
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "IPv4 after a dual-stack knock").Close()
+	if !strings.Contains(out, "for "+r.p.Client6.String()) || !strings.Contains(out, "for "+r.p.Client4.String()) {
+		t.Fatalf("a dual-stack knock said:\n%s", out)
+	}
+}

@@ -328,19 +328,26 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sent, err := client.Knock(ctx, client.Options{
+	sent, err := client.KnockEach(ctx, client.Options{
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
 		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset,
 	})
-	if err != nil {
+	if len(sent) == 0 {
 		return err
 	}
+	if err != nil {
+		// One family knocked, another could not be (no route, say): the
+		// door is open over the first; say what failed.
+		fmt.Fprintf(os.Stderr, "postern: warning: %v\n", err)
+	}
 	if k.verbose {
-		who := "source address"
-		if !sent.Knock.UseSource {
-			who = sent.Knock.Allow.String()
+		for _, s := range sent {
+			who := "source address"
+			if !s.Knock.UseSource {
+				who = s.Knock.Allow.String()
+			}
+			fmt.Fprintf(stdout, "knocked %v: open %s for %s\n", s.To, port.Join(ports), who)
 		}
-		fmt.Fprintf(stdout, "knocked %v: open %s for %s\n", sent.To, port.Join(ports), who)
 	}
 	return nil
 }

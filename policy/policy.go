@@ -78,7 +78,15 @@ func (g Grant) String() string { return fmt.Sprintf("%v %v for %v", g.Addr, g.Po
 type Decision struct {
 	Grants   []Grant
 	Commands []Command
+	// Revokes close grants now: an authenticated "close" request (Aldaba's
+	// client sends one when it is done), for ports the client could open.
+	Revokes []Grant
 }
+
+// ActionClose is the one named action: close the asked-for ports for the
+// address now instead of opening them. A client may close what it may
+// open, which covers its own grants.
+const ActionClose = "close"
 
 // Refusal says why a request was refused.
 type Refusal string
@@ -135,12 +143,15 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	if len(r.Commands) > 0 && !c.Commands {
 		return Decision{}, CommandNotAllowed
 	}
-	if r.Action != "" {
-		// Named server-side actions are not configurable yet: refuse
-		// rather than ignore what the client asked for.
+	if r.Action != "" && r.Action != ActionClose {
+		// Other named server-side actions are not configurable yet:
+		// refuse rather than ignore what the client asked for.
 		return Decision{}, ActionNotAllowed
 	}
 	if len(r.Ports) == 0 {
+		if r.Action == ActionClose {
+			return Decision{}, PortNotAllowed
+		}
 		return Decision{Commands: r.Commands}, ""
 	}
 	addr := r.Allow
@@ -167,6 +178,9 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 			return Decision{}, PortNotAllowed
 		}
 		grants = append(grants, Grant{Addr: addr, Port: pt, Timeout: d, Name: r.Client})
+	}
+	if r.Action == ActionClose {
+		return Decision{Revokes: grants}, ""
 	}
 	return Decision{Grants: grants, Commands: r.Commands}, ""
 }

@@ -59,3 +59,21 @@ func TestDecide(t *testing.T) {
 		})
 	}
 }
+
+// A close request revokes what it names, for ports the client may open;
+// it never grants.
+func TestDecideClose(t *testing.T) {
+	ssh := port.Spec{Proto: port.TCP, Num: 22}
+	p := New([]Client{{Name: "alice", Allow: []port.Spec{ssh}, MaxDuration: time.Minute, DefaultDuration: 30 * time.Second}})
+	own := netip.MustParseAddr("198.18.0.2")
+	dec, r := p.Decide(&Request{Client: "alice", Src: own, Allow: own, Ports: []port.Spec{ssh}, Action: ActionClose})
+	if r != "" || len(dec.Grants) != 0 || len(dec.Revokes) != 1 || dec.Revokes[0].Addr != own || dec.Revokes[0].Port != ssh {
+		t.Fatalf("close: %+v %q", dec, r)
+	}
+	if _, r := p.Decide(&Request{Client: "alice", Src: own, Allow: own, Ports: []port.Spec{{Proto: port.TCP, Num: 80}}, Action: ActionClose}); r != PortNotAllowed {
+		t.Fatalf("closing a port alice may not open: %q", r)
+	}
+	if _, r := p.Decide(&Request{Client: "alice", Src: own, Allow: own, Action: ActionClose}); r != PortNotAllowed {
+		t.Fatalf("a close without ports: %q", r)
+	}
+}

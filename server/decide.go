@@ -13,6 +13,7 @@ import (
 // Outcomes that are not a decoder's refusal reason.
 const (
 	mGranted       = "granted"
+	mClosed        = "closed"
 	mMalformed     = "malformed packet"
 	mCaptureError  = "capture error"
 	mFirewallError = "firewall error"
@@ -45,6 +46,10 @@ func (s *Server) apply(v *policy.Verdict) {
 	if refusal != "" {
 		v.Reason = string(refusal)
 		s.refuse(v, slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration))
+		return
+	}
+	if len(dec.Revokes) > 0 {
+		s.close(v, dec.Revokes)
 		return
 	}
 	for _, c := range dec.Commands {
@@ -90,6 +95,18 @@ func (s *Server) apply(v *policy.Verdict) {
 		args = append(args, a)
 	}
 	s.log.Info("granted", args...)
+}
+
+// close revokes grants a client asked to close (its "close" action).
+func (s *Server) close(v *policy.Verdict, gs []policy.Grant) {
+	if err := s.fw.Revoke(gs); err != nil {
+		s.metrics.inc(outcome{v.Language, mFirewallError})
+		s.log.Error("close failed", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
+		return
+	}
+	s.metrics.inc(outcome{v.Language, mClosed})
+	s.log.Info("closed", "language", v.Language, "src", v.Src, "client", v.Client, "allow", gs[0].Addr,
+		"ports", port.Join(v.Request.Ports))
 }
 
 // commandName is what the runner and its log lines call a knock's

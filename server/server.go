@@ -117,7 +117,7 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	// Every language's counters exist from the start: a reload may add one.
 	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}, {"capture", mNotLocal}}
 	for _, l := range languages {
-		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mFirewallError},
+		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mClosed}, outcome{l.lang, mFirewallError},
 			outcome{l.lang, mCommandNotRun}, outcome{l.lang, mPendingFull})
 		for _, r := range l.reasons {
 			outcomes = append(outcomes, outcome{l.lang, r})

@@ -562,3 +562,49 @@ func TestDualStackKnock(t *testing.T) {
 		t.Fatalf("a dual-stack knock said:\n%s", out)
 	}
 }
+
+// An authenticated close request (postern knock --close, Aldaba's "close"):
+// the grant goes at once — a new connection from that address is dropped —
+// while the connection already made survives (established traffic is
+// accepted before the drop); a replayed close is refused; a client cannot
+// close a port it may not open.
+func TestCloseRequest(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	closeKnock := func(ports string) {
+		t.Helper()
+		if out, err := r.postern("knock", "--key", r.alice, "--server-key", r.server.Public().String(), "--close", ports, srv.String()); err != nil {
+			t.Fatalf("postern knock --close: %v\n%s", err, out)
+		}
+	}
+	r.knock(srv, "--for", "60s")
+	established := r.waitOpen(cli, srv, time.Second, "after the knock")
+	defer established.Close()
+
+	mark := r.out.Mark()
+	sniffed := r.sniff()
+	closeKnock("tcp/22")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed", "language=spa", "allow="+cli.String(), "ports=tcp/22")
+	r.requireClosed(cli, srv, "a new connection after the close")
+	if err := echoes(established); err != nil {
+		t.Fatalf("the connection made before the close: %v", err)
+	}
+	if live := r.p.Server.Exec(t, "nft", "list", "set", "inet", "postern", "grants4"); strings.Contains(live, cli.String()) {
+		t.Fatalf("grant still in the kernel after the close:\n%s", live)
+	}
+
+	// Open again, then replay the close: refused, the door stays open.
+	r.knock(srv, "--for", "60s")
+	r.waitOpen(cli, srv, time.Second, "after knocking again").Close()
+	mark = r.out.Mark()
+	r.sendRaw(cli, srv, <-sniffed)
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", "reason=replay")
+	r.waitOpen(cli, srv, time.Second, "after a replayed close").Close()
+
+	// alice may open tcp/22 only: closing tcp/80 is refused.
+	mark = r.out.Mark()
+	closeKnock("tcp/80")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", `reason="port not allowed"`)
+}

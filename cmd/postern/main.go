@@ -25,6 +25,7 @@ import (
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/knock"
+	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/spa"
 )
@@ -136,6 +137,7 @@ type knockFlags struct {
 	fs *pflag.FlagSet
 	// postern SPA
 	keyFile, serverKey, open, allow, profile string
+	closePorts                               string
 	sshKey, sshAgent                         string
 	dur, offset                              time.Duration
 	knockPort                                uint
@@ -162,6 +164,7 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	fs.StringVar(&k.sshAgent, "ssh-agent", "", "SPA: sign with a key held by ssh-agent: --ssh-agent alone for its only key, --ssh-agent=`FINGERPRINT|COMMENT` to choose")
 	fs.Lookup("ssh-agent").NoOptDefVal = "*"
 	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	fs.StringVar(&k.closePorts, "close", "", "SPA: close these `proto/port[,…]` for this address now (an authenticated close request) instead of opening")
 	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
 	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
 	fs.UintVar(&k.knockPort, "port", config.DefaultSPAPort, "SPA: the server's knock `port`")
@@ -216,7 +219,7 @@ func (k *knockFlags) run(pos []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	if k.keyFile == "" && k.sshKey == "" && k.sshAgent == "" && k.serverKey == "" && k.open == "" {
+	if k.keyFile == "" && k.sshKey == "" && k.sshAgent == "" && k.serverKey == "" && k.open == "" && k.closePorts == "" {
 		return k.sequence(pos, out)
 	}
 	return k.spaKnock(pos, stdout)
@@ -308,14 +311,20 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 		return errUsage{errors.New("--key (or --ssh-key, --ssh-agent) is required")}
 	case k.serverKey == "":
 		return errUsage{errors.New("--server-key is required")}
-	case k.open == "":
-		return errUsage{errors.New("--open is required, such as --open tcp/22")}
+	case k.open != "" && k.closePorts != "":
+		return errUsage{errors.New("--open and --close exclude each other")}
+	case k.open == "" && k.closePorts == "":
+		return errUsage{errors.New("--open is required, such as --open tcp/22 (or --close tcp/22)")}
 	case k.knockPort < 1 || k.knockPort > 65535:
 		return errUsage{errors.New("--port must be 1 to 65535")}
 	}
-	ports, err := port.ParseList(k.open)
+	what, action := "open", ""
+	if k.closePorts != "" {
+		what, action = "close", policy.ActionClose
+	}
+	ports, err := port.ParseList(cmp.Or(k.open, k.closePorts))
 	if err != nil {
-		return errUsage{fmt.Errorf("--open: %w", err)}
+		return errUsage{fmt.Errorf("--%s: %w", what, err)}
 	}
 	key, signer, done, err := knockIdentity(k.keyFile, k.sshKey, k.sshAgent)
 	if err != nil {
@@ -330,7 +339,7 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	defer cancel()
 	sent, err := client.KnockEach(ctx, client.Options{
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
-		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset,
+		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action,
 	})
 	if len(sent) == 0 {
 		return err
@@ -346,7 +355,7 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 			if !s.Knock.UseSource {
 				who = s.Knock.Allow.String()
 			}
-			fmt.Fprintf(stdout, "knocked %v: open %s for %s\n", s.To, port.Join(ports), who)
+			fmt.Fprintf(stdout, "knocked %v: %s %s for %s\n", s.To, what, port.Join(ports), who)
 		}
 	}
 	return nil

@@ -14,18 +14,24 @@ import (
 func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, patience time.Duration) error {
 	deadline := time.Now().Add(patience)
 	var conn net.Conn
+	// The first SYN may reach the server before its grant does and be
+	// dropped: try again soon. Each attempt waits twice as long as the
+	// one before, so a path whose round trip is longer than the first
+	// wait (a satellite link, a VPN across the world) still connects.
+	wait := 300 * time.Millisecond
 	for {
 		var d net.Dialer
-		attempt, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		attempt, cancel := context.WithTimeout(ctx, min(wait, time.Until(deadline)))
 		c, err := d.DialContext(attempt, "tcp", addr)
 		cancel()
 		if err == nil {
 			conn = c
 			break
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if !time.Now().Before(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("proxy: connecting to %s: %w", addr, err)
 		}
+		wait *= 2
 	}
 	defer conn.Close()
 	go func() {

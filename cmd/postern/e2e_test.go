@@ -489,7 +489,9 @@ duration = "2s"
 		cmd := r.p.Client.Command(t.Context(), posternBin, "ssh", "office", "-o", "BatchMode=yes")
 		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
 		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes "+srv.String()+" connected") {
+		// One family knocked (the profile's host is an IPv4 address): ssh
+		// is told so.
+		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes -4 "+srv.String()+" connected") {
 			t.Fatalf("postern ssh: %v\n%s", err, out)
 		}
 	})
@@ -560,6 +562,23 @@ func TestDualStackKnock(t *testing.T) {
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "IPv4 after a dual-stack knock").Close()
 	if !strings.Contains(out, "for "+r.p.Client6.String()) || !strings.Contains(out, "for "+r.p.Client4.String()) {
 		t.Fatalf("a dual-stack knock said:\n%s", out)
+	}
+
+	// postern ssh to a profile naming server.test: both families knocked,
+	// so ssh gets no -4/-6 and connects whichever family it picks (a
+	// stand-in ssh: bash's /dev/tcp resolves the name as ssh does).
+	netnstest.Require(t, "bash")
+	xdg := filepath.Join(r.dir, "xdg")
+	os.MkdirAll(filepath.Join(xdg, "postern"), 0o700)
+	os.WriteFile(filepath.Join(xdg, "postern", "client.toml"), []byte(fmt.Sprintf(
+		"[[spa]]\nname = \"office\"\nhost = \"server.test\"\nkey_file = %q\nserver_key = %q\nopen = [\"tcp/22\"]\n", r.alice, r.server.Public())), 0o600)
+	bin := filepath.Join(r.dir, "bin")
+	os.MkdirAll(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
+	cmd := r.p.Client.Command(t.Context(), posternBin, "ssh", "office")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
+	if sshOut, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(sshOut), "ssh server.test connected") {
+		t.Fatalf("postern ssh to a dual-stack name: %v\n%s", err, sshOut)
 	}
 }
 

@@ -562,24 +562,28 @@ func (k *knockFlags) covertKnock(pos []string, out io.Writer) error {
 }
 
 // knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
-func knockProfile(p *client.SPAProfile, open []port.Spec) error {
+func knockProfile(p *client.SPAProfile, open []port.Spec) ([]client.Sent, error) {
 	key, signer, done, err := knockIdentity(p.KeyFile, p.SSHKey, p.SSHAgent)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer done()
 	srv, err := readServerKey(p.ServerKey)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := client.Knock(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
-		Open: open, Duration: p.Duration, Allow: p.Allow}); err != nil {
-		return err
+	sent, err := client.KnockEach(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
+		Open: open, Duration: p.Duration, Allow: p.Allow})
+	if len(sent) == 0 {
+		return nil, err
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "postern: warning: %v\n", err)
 	}
 	time.Sleep(p.Wait)
-	return nil
+	return sent, nil
 }
 
 func profileFor(path, name string) (*client.SPAProfile, error) {
@@ -610,7 +614,7 @@ func proxyCmd(pos []string, profiles, name string, stdin io.Reader, stdout io.Wr
 	if !slices.Contains(open, want) {
 		open = []port.Spec{want}
 	}
-	if err := knockProfile(p, open); err != nil {
+	if _, err := knockProfile(p, open); err != nil {
 		return err
 	}
 	return client.Proxy(context.Background(), net.JoinHostPort(pos[0], pos[1]), stdin, stdout, 5*time.Second)
@@ -632,13 +636,20 @@ func sshCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := knockProfile(p, p.Open); err != nil {
+	sent, err := knockProfile(p, p.Open)
+	if err != nil {
 		return err
 	}
 	ssh, err := exec.LookPath("ssh")
 	if err != nil {
 		return err
 	}
-	argv := append(append([]string{"ssh"}, args[1:]...), p.Host)
+	argv := append([]string{"ssh"}, args[1:]...)
+	if len(sent) == 1 {
+		// Only one family was knocked: ssh must not try the other first
+		// and wait on its dropped SYN.
+		argv = append(argv, map[bool]string{true: "-4", false: "-6"}[sent[0].To.Addr().Is4()])
+	}
+	argv = append(argv, p.Host)
 	return execProgram(ssh, argv)
 }

@@ -8,30 +8,44 @@ import (
 	"time"
 )
 
-// Proxy connects to addr, retrying while the grant lands (a knock and the
-// connection race each other), then copies stdin to the connection and the
-// connection to stdout until either side closes: an ssh ProxyCommand.
-func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, patience time.Duration) error {
+// DialPatiently connects to addr, trying again until patience runs out.
+// The first SYN may reach the server before its grant does and be
+// dropped: try again soon. Each attempt waits twice as long as the one
+// before, so a path whose round trip is longer than the first wait (a
+// satellite link, a VPN across the world) still connects.
+func DialPatiently(ctx context.Context, addr string, patience time.Duration) (net.Conn, error) {
 	deadline := time.Now().Add(patience)
-	var conn net.Conn
-	// The first SYN may reach the server before its grant does and be
-	// dropped: try again soon. Each attempt waits twice as long as the
-	// one before, so a path whose round trip is longer than the first
-	// wait (a satellite link, a VPN across the world) still connects.
 	wait := 300 * time.Millisecond
 	for {
 		var d net.Dialer
 		attempt, cancel := context.WithTimeout(ctx, min(wait, time.Until(deadline)))
 		c, err := d.DialContext(attempt, "tcp", addr)
+		timedOut := attempt.Err() != nil
 		cancel()
 		if err == nil {
-			conn = c
-			break
+			return c, nil
 		}
 		if !time.Now().Before(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("proxy: connecting to %s: %w", addr, err)
+			return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+		}
+		if !timedOut {
+			// Failed at once (refused, unreachable): do not spin.
+			select {
+			case <-time.After(min(wait, time.Until(deadline))):
+			case <-ctx.Done():
+			}
 		}
 		wait *= 2
+	}
+}
+
+// Proxy connects to addr, retrying while the grant lands (a knock and the
+// connection race each other), then copies stdin to the connection and the
+// connection to stdout until either side closes: an ssh ProxyCommand.
+func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, patience time.Duration) error {
+	conn, err := DialPatiently(ctx, addr, patience)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
 	}
 	defer conn.Close()
 	go func() {
@@ -42,6 +56,6 @@ func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, 
 	}()
 	// The connection's end is the session's end; ssh keeps our stdin open
 	// until then, so the copy from it is not waited for.
-	_, err := io.Copy(stdout, conn)
+	_, err = io.Copy(stdout, conn)
 	return err
 }

@@ -627,3 +627,31 @@ func TestCloseRequest(t *testing.T) {
 	closeKnock("tcp/80")
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", `reason="port not allowed"`)
 }
+
+// postern knock --wait: it returns once the port answers; when the door
+// never opens it knocks three times in all (each knock fresh, each refused
+// by the server) and then fails with a clear message.
+func TestKnockWait(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv := r.p.Server4
+	out, err := r.postern("knock", "--wait", "--key", r.alice, "--server-key", r.server.Public().String(), "--open", "tcp/22", srv.String())
+	if err != nil {
+		t.Fatalf("knock --wait: %v\n%s", err, out)
+	}
+	r.waitOpen(r.p.Client4, srv, time.Second, "after knock --wait").Close()
+
+	mark := r.out.Mark()
+	out, err = r.postern("knock", "--wait=3s", "--key", r.stranger, "--server-key", r.server.Public().String(), "--open", "tcp/22", r.p.Server6.String())
+	if err == nil || !strings.Contains(out, "the door did not open") || !strings.Contains(out, "after 3 knocks") {
+		t.Fatalf("knock --wait for a door that stays shut: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for strings.Count(r.out.String()[mark:], "msg=refused language=spa") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server refused %d knocks, want 3:\n%s", strings.Count(r.out.String()[mark:], "msg=refused language=spa"), r.out.String()[mark:])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/postern/postern/client"
@@ -139,7 +140,7 @@ type knockFlags struct {
 	keyFile, serverKey, open, allow, profile string
 	closePorts                               string
 	sshKey, sshAgent                         string
-	dur, offset                              time.Duration
+	dur, offset, wait                        time.Duration
 	knockPort                                uint
 	bind                                     bool
 	// port-knock sequences, knock(1)'s flags
@@ -164,6 +165,8 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	fs.StringVar(&k.sshAgent, "ssh-agent", "", "SPA: sign with a key held by ssh-agent: --ssh-agent alone for its only key, --ssh-agent=`FINGERPRINT|COMMENT` to choose")
 	fs.Lookup("ssh-agent").NoOptDefVal = "*"
 	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	fs.DurationVar(&k.wait, "wait", 0, "SPA: after knocking, wait up to this `long` (default 10s) for the first TCP port to answer, knocking again (fresh) up to twice")
+	fs.Lookup("wait").NoOptDefVal = "10s"
 	fs.StringVar(&k.closePorts, "close", "", "SPA: close these `proto/port[,…]` for this address now (an authenticated close request) instead of opening")
 	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
 	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
@@ -337,10 +340,19 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sent, err := client.KnockEach(ctx, client.Options{
+	opts := client.Options{
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
 		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action,
-	})
+	}
+	var probe port.Spec
+	if k.wait > 0 {
+		i := slices.IndexFunc(ports, func(p port.Spec) bool { return p.Proto == port.TCP })
+		if i < 0 || action != "" {
+			return errUsage{errors.New("--wait needs a TCP port to open")}
+		}
+		probe = ports[i]
+	}
+	sent, err := client.KnockEach(ctx, opts)
 	if len(sent) == 0 {
 		return err
 	}
@@ -348,6 +360,11 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 		// One family knocked, another could not be (no route, say): the
 		// door is open over the first; say what failed.
 		fmt.Fprintf(os.Stderr, "postern: warning: %v\n", err)
+	}
+	if k.wait > 0 {
+		if sent, err = waitForDoor(ctx, opts, sent, probe, k.wait); err != nil {
+			return err
+		}
 	}
 	if k.verbose {
 		for _, s := range sent {
@@ -359,6 +376,40 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// waitForDoor confirms that probe answers on every address knocked,
+// knocking again with a fresh knock (a lost packet, a grant that came too
+// late) at most twice, within wait in all.
+func waitForDoor(ctx context.Context, o client.Options, sent []client.Sent, probe port.Spec, wait time.Duration) ([]client.Sent, error) {
+	const knocks = 3
+	start := time.Now()
+	for n := 1; ; n++ {
+		open := true
+		for _, s := range sent {
+			to := netip.AddrPortFrom(s.To.Addr(), probe.Num).String()
+			c, err := client.DialPatiently(ctx, to, wait/knocks)
+			if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				open = false // dropped: a refusal means the firewall let it through
+				break
+			}
+			if c != nil {
+				c.Close()
+			}
+		}
+		if open {
+			return sent, nil
+		}
+		if n == knocks || time.Since(start) >= wait {
+			return sent, fmt.Errorf("the door did not open: %s on %s did not answer within %v after %d knocks "+
+				"(check the key, the server's log — it says why it refused — and the path)", probe, o.Host, time.Since(start).Round(time.Second), n)
+		}
+		again, err := client.KnockEach(ctx, o)
+		if len(again) == 0 {
+			return sent, err
+		}
+		sent = again
+	}
 }
 
 // knockIdentity loads what signs a knock: a postern client key file, an

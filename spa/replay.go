@@ -17,7 +17,13 @@ import (
 var ErrReplay = errors.New("timestamp not later than the last accepted one")
 
 // Timestamps is the replay state: for each client, the timestamp of its last
-// accepted knock (WireGuard's rule: a client's timestamps strictly increase).
+// accepted knock (WireGuard's rule: a client's timestamps strictly increase),
+// kept per lane. A lane is fixed by the signed knock itself — an IPv4 grant
+// address, an IPv6 one, or "use the source" — so a client knocking both
+// families at once (each knock granting its own address of that family,
+// the two travelling separately and arriving in either order) has each
+// knock judged against its own family's last one. A replay cannot change
+// lanes: the address and the flag are signed.
 // It guarantees that once Advance has returned nil for (client, t), no later
 // Advance for that client with a timestamp ≤ t succeeds, also after a restart
 // or crash: the file is replaced atomically and synced before Advance returns.
@@ -25,8 +31,23 @@ var ErrReplay = errors.New("timestamp not later than the last accepted one")
 type Timestamps struct {
 	path    string // empty: memory only (tests)
 	mu      sync.Mutex
-	last    map[ClientPublicKey]int64
+	last    map[laneKey]int64
 	lastErr error // why the last save failed, for the log
+}
+
+// Lanes of the replay state. LaneAny is the whole client: covert knocks,
+// and state written before lanes existed, which bounds every lane from
+// below.
+const (
+	LaneAny    byte = 0
+	LaneIPv4   byte = '4'
+	LaneIPv6   byte = '6'
+	LaneSource byte = 's'
+)
+
+type laneKey struct {
+	client ClientPublicKey
+	lane   byte
 }
 
 // Err says why the last write failed (nil if none did): a refusal's
@@ -40,7 +61,7 @@ func (t *Timestamps) Err() error {
 // LoadTimestamps opens the replay state in path, which need not exist yet.
 // An empty path keeps state in memory only.
 func LoadTimestamps(path string) (*Timestamps, error) {
-	t := &Timestamps{path: path, last: make(map[ClientPublicKey]int64)}
+	t := &Timestamps{path: path, last: make(map[laneKey]int64)}
 	if path == "" {
 		return t, nil
 	}
@@ -54,28 +75,49 @@ func LoadTimestamps(path string) (*Timestamps, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
-		key, ts, ok := strings.Cut(sc.Text(), " ")
-		c, err := ParseClientPublicKey(key)
-		v, err2 := strconv.ParseInt(ts, 10, 64)
-		if !ok || err != nil || err2 != nil {
+		// "KEY TIMESTAMP" (the whole client, as before lanes) or
+		// "KEY TIMESTAMP LANE".
+		f := strings.Fields(sc.Text())
+		lane := LaneAny
+		if len(f) == 3 && len(f[2]) == 1 && strings.Contains("46s", f[2]) {
+			lane = f[2][0]
+		}
+		var c ClientPublicKey
+		var v int64
+		err := fmt.Errorf("%d fields", len(f))
+		if len(f) == 2 || lane != LaneAny {
+			if c, err = ParseClientPublicKey(f[0]); err == nil {
+				v, err = strconv.ParseInt(f[1], 10, 64)
+			}
+		}
+		if err != nil {
 			// A corrupt replay file must stop the daemon: ignoring it
 			// would reopen every past knock inside the freshness window.
 			return nil, fmt.Errorf("%s:%d: corrupt replay state line", path, n)
 		}
-		t.last[c] = v
+		t.last[laneKey{c, lane}] = v
 	}
 	return t, sc.Err()
 }
 
 // Advance records ts as client's latest timestamp, or returns ErrReplay.
 func (t *Timestamps) Advance(client ClientPublicKey, ts int64) error {
+	return t.AdvanceLane(client, LaneAny, ts)
+}
+
+// AdvanceLane records ts as client's latest timestamp in lane, or returns
+// ErrReplay: also when it is not later than what LaneAny holds (the state
+// of an older release, kept as a floor).
+func (t *Timestamps) AdvanceLane(client ClientPublicKey, lane byte, ts int64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	prev, seen := t.last[client]
-	if seen && ts <= prev {
-		return ErrReplay
+	key := laneKey{client, lane}
+	for _, k := range []laneKey{key, {client, LaneAny}} {
+		if prev, seen := t.last[k]; seen && ts <= prev {
+			return ErrReplay
+		}
 	}
-	t.last[client] = ts
+	t.last[key] = ts
 	if err := t.save(); err != nil {
 		t.lastErr = err
 		// Keep memory and disk in agreement with what was promised: the
@@ -92,8 +134,12 @@ func (t *Timestamps) save() error {
 		return nil
 	}
 	var b strings.Builder
-	for c, ts := range t.last {
-		fmt.Fprintf(&b, "%s %d\n", c, ts)
+	for k, ts := range t.last {
+		if k.lane == LaneAny {
+			fmt.Fprintf(&b, "%s %d\n", k.client, ts)
+		} else {
+			fmt.Fprintf(&b, "%s %d %c\n", k.client, ts, k.lane)
+		}
 	}
 	return atomicfile.Write(t.path, []byte(b.String()), 0o600)
 }

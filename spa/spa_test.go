@@ -437,3 +437,69 @@ func TestXWing(t *testing.T) {
 		t.Fatalf("PublicKeyOf: %v", err)
 	}
 }
+
+// Replay lanes: a client's IPv4 and IPv6 knocks (sent together by a
+// dual-stack knock, arriving in either order) are judged apart; within a
+// lane timestamps strictly increase; state from before lanes bounds every
+// lane; all of it survives a reload.
+func TestReplayLanes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ts")
+	key, err := GenerateClientKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := key.Public()
+	legacy := fmt.Sprintf("%s %d\n", c, 100)
+	if err := atomicfile.Write(path, []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := LoadTimestamps(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		lane byte
+		at   int64
+		ok   bool
+	}{
+		{LaneIPv4, 100, false}, // not after the old whole-client state
+		{LaneIPv6, 300, true},
+		{LaneIPv4, 200, true}, // older than the IPv6 knock: another lane
+		{LaneIPv4, 200, false},
+		{LaneSource, 150, true},
+		{LaneSource, 150, false},
+	} {
+		if err := ts.AdvanceLane(c, step.lane, step.at); (err == nil) != step.ok {
+			t.Fatalf("lane %c at %d: %v, want ok=%v", step.lane, step.at, err, step.ok)
+		}
+	}
+	again, err := LoadTimestamps(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for lane, last := range map[byte]int64{LaneIPv4: 200, LaneIPv6: 300, LaneSource: 150} {
+		if again.AdvanceLane(c, lane, last) == nil || again.AdvanceLane(c, lane, last+1) != nil {
+			t.Fatalf("lane %c after a reload", lane)
+		}
+	}
+}
+
+// The verifier judges a knock in the lane its grant address fixes: an
+// IPv6 knock sealed just before an IPv4 one but verified after it is
+// accepted; each is still refused when replayed.
+func TestVerifierReplayLanes(t *testing.T) {
+	f := newFixture(t, "")
+	k6 := f.knock()
+	k6.Allow, k6.Time = netip.MustParseAddr("2001:db8::2"), f.now.Add(1)
+	k4 := f.knock()
+	k4.Allow, k4.Time = netip.MustParseAddr("198.18.0.2"), f.now.Add(2)
+	p4, p6 := f.seal(t, k4), f.seal(t, k6)
+	for i, c := range []struct {
+		pkt  []byte
+		want Reason
+	}{{p4, Accepted}, {p6, Accepted}, {p6, Replayed}, {p4, Replayed}} {
+		if _, r := f.verify(c.pkt); r != c.want {
+			t.Fatalf("step %d: %v, want %v", i, r, c.want)
+		}
+	}
+}

@@ -193,13 +193,25 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	if k.Dest.IsValid() && k.Dest != dst.Unmap() && !v.boundHere(k.Dest) {
 		return WrongDestination
 	}
-	switch err := v.cfg.Replay.Advance(k.Client, k.Time.UnixNano()); {
+	switch err := v.cfg.Replay.AdvanceLane(k.Client, replayLane(k), k.Time.UnixNano()); {
 	case errors.Is(err, ErrReplay):
 		return Replayed
 	case err != nil:
 		return StateError
 	}
 	return Accepted
+}
+
+// replayLane is the lane of the replay state a knock is judged in, fixed
+// by what it signs: the family of its grant address, or "use the source".
+func replayLane(k *Knock) byte {
+	switch {
+	case k.UseSource:
+		return LaneSource
+	case k.Allow.Unmap().Is4():
+		return LaneIPv4
+	}
+	return LaneIPv6
 }
 
 func (v *Verifier) boundHere(a netip.Addr) bool {

@@ -53,12 +53,14 @@ type Sent struct {
 // IPv4 and an IPv6 address gets one knock over each, each granting this
 // host's own address of that family, so whichever family a later
 // connection picks (ssh tries IPv6 first) finds the door open. With
-// Network "udp4"/"udp6", an address, or an explicit Allow it knocks once.
+// Network "udp4"/"udp6", an address, or any Allow (an address, or
+// "source": such knocks share one replay lane on the server, where two
+// arriving out of order would refuse each other) it knocks once.
 // It succeeds when at least one knock was sent; failures of the others
 // come back with the knocks that went.
 func KnockEach(ctx context.Context, o Options) ([]Sent, error) {
 	network := cmp.Or(o.Network, "udp")
-	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || (o.Allow != "" && o.Allow != "source") {
+	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || o.Allow != "" {
 		s, err := Knock(ctx, o)
 		if err != nil {
 			return nil, err

@@ -2,9 +2,11 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -25,7 +27,9 @@ func DialPatiently(ctx context.Context, addr string, patience time.Duration) (ne
 		if err == nil {
 			return c, nil
 		}
-		if !time.Now().Before(deadline) || ctx.Err() != nil {
+		// Refused: the SYN got through the firewall (a dropped one times
+		// out), so waiting longer changes nothing.
+		if !time.Now().Before(deadline) || ctx.Err() != nil || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 		}
 		if !timedOut {

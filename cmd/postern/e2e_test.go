@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -482,13 +483,7 @@ duration = "2s"
 		r.waitClosed(cli, srv, 3*time.Second, "expiry")
 	})
 	t.Run("ssh", func(t *testing.T) {
-		// A stand-in ssh that connects to port 22 of its last argument.
-		bin := filepath.Join(r.dir, "bin")
-		os.MkdirAll(bin, 0o755)
-		os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
-		cmd := r.p.Client.Command(t.Context(), posternBin, "ssh", "office", "-o", "BatchMode=yes")
-		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
-		out, err := cmd.CombinedOutput()
+		out, err := r.standInSSH(xdg, "office", "-o", "BatchMode=yes")
 		// One family knocked (the profile's host is an IPv4 address): ssh
 		// is told so.
 		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes -4 "+srv.String()+" connected") {
@@ -522,6 +517,18 @@ func TestKnockPostQuantum(t *testing.T) {
 	if k, err := spa.ParseServerPrivateKey(out); err != nil || k.Public().Suite() != spa.SuiteXWing {
 		t.Fatalf("genkey --server --pq: %v", err)
 	}
+}
+
+// standInSSH runs postern ssh ARGS in the client namespace with profiles
+// under xdg and, in place of ssh, a script that connects to port 22 of its
+// last argument (the host) and says with which arguments it ran.
+func (r *rig) standInSSH(xdg string, args ...string) ([]byte, error) {
+	bin := filepath.Join(r.dir, "bin")
+	os.MkdirAll(bin, 0o755)
+	os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
+	cmd := r.p.Client.Command(context.Background(), posternBin, append([]string{"ssh"}, args...)...)
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
+	return cmd.CombinedOutput()
 }
 
 // A server name with an IPv4 and an IPv6 address (the client namespace's
@@ -572,12 +579,7 @@ func TestDualStackKnock(t *testing.T) {
 	os.MkdirAll(filepath.Join(xdg, "postern"), 0o700)
 	os.WriteFile(filepath.Join(xdg, "postern", "client.toml"), []byte(fmt.Sprintf(
 		"[[spa]]\nname = \"office\"\nhost = \"server.test\"\nkey_file = %q\nserver_key = %q\nopen = [\"tcp/22\"]\n", r.alice, r.server.Public())), 0o600)
-	bin := filepath.Join(r.dir, "bin")
-	os.MkdirAll(bin, 0o755)
-	os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
-	cmd := r.p.Client.Command(t.Context(), posternBin, "ssh", "office")
-	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
-	if sshOut, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(sshOut), "ssh server.test connected") {
+	if sshOut, err := r.standInSSH(xdg, "office"); err != nil || !strings.Contains(string(sshOut), "ssh server.test connected") {
 		t.Fatalf("postern ssh to a dual-stack name: %v\n%s", err, sshOut)
 	}
 }

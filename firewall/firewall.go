@@ -6,6 +6,8 @@
 package firewall
 
 import (
+	"net/netip"
+
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 )
@@ -15,8 +17,19 @@ import (
 // left. Name says who asked; kernel backends keep it beside the element.
 type Grant = policy.Grant
 
-// keyOf is what identifies a grant in the kernel: address and port.
-func keyOf(g Grant) Grant { return Grant{Addr: g.Addr.Unmap(), Port: g.Port} }
+// keyOf is what identifies a grant in the kernel: everything but how long
+// and who asked.
+func keyOf(g Grant) Grant {
+	g.Addr, g.To, g.SNAT = g.Addr.Unmap(), g.To.Unmap(), g.SNAT.Unmap()
+	g.Timeout, g.Name = 0, ""
+	return g
+}
+
+// Destination is a port of a host behind this one (gateway mode).
+type Destination struct {
+	Addr netip.Addr
+	Port port.Spec
+}
 
 // Rules are what the firewall closes.
 type Rules struct {
@@ -29,6 +42,14 @@ type Rules struct {
 	// KnockRanges are closed like Knock: the port ranges rotating knock
 	// sequences are drawn from.
 	KnockRanges []PortRange
+	// Forwarded destinations behind this host are closed on the forward
+	// path except for live gateway grants.
+	Forwarded []Destination
+	// Published closes Protected ports on the forward path too, for
+	// connections that were DNATed to another host by someone else's rule
+	// (the ports Docker publishes), matched by their original destination
+	// port; the host's own grants open them.
+	Published bool
 }
 
 // PortRange is the ports Lo..Hi of one protocol.

@@ -48,6 +48,9 @@ type NFTables struct {
 	sets  struct{ grants4, grants6, protected, knock *nftables.Set }
 	chain *nftables.Chain
 
+	gw                            gatewaySets
+	forward, dnatChain, snatChain *nftables.Chain
+
 	mu sync.Mutex
 }
 
@@ -71,6 +74,7 @@ func NewNFTables(conn *nftables.Conn) *NFTables {
 	policy := nftables.ChainPolicyAccept
 	n.chain = &nftables.Chain{Table: n.table, Name: "input", Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: &prio, Policy: &policy}
+	n.newGatewaySets(5)
 	return n
 }
 
@@ -93,36 +97,63 @@ func (n *NFTables) Setup(r Rules) error {
 	defer n.mu.Unlock()
 	c := n.conn
 	c.AddTable(n.table)
-	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock} {
+	for _, s := range append([]*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock}, n.gatewaySetList()...) {
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("nftables: %w", err)
 		}
 	}
-	for _, ps := range []struct {
-		set   *nftables.Set
-		ports []port.Spec
-	}{{n.sets.protected, r.Protected}, {n.sets.knock, r.Knock}} {
-		c.FlushSet(ps.set)
-		if len(ps.ports) == 0 {
+	for _, sk := range n.closedKeys(r) {
+		set, keys := sk.set, sk.keys
+		c.FlushSet(set)
+		if len(keys) == 0 {
 			continue
 		}
-		elems := make([]nftables.SetElement, len(ps.ports))
-		for i, p := range ps.ports {
-			elems[i] = nftables.SetElement{Key: serviceKey(p)}
+		elems := make([]nftables.SetElement, len(keys))
+		for i, k := range keys {
+			elems[i] = nftables.SetElement{Key: k}
 		}
-		if err := c.SetAddElements(ps.set, elems); err != nil {
+		if err := c.SetAddElements(set, elems); err != nil {
 			return fmt.Errorf("nftables: %w", err)
 		}
 	}
-	c.AddChain(n.chain)
-	c.FlushChain(n.chain)
-	for _, exprs := range n.rules(r.KnockRanges) {
-		c.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain, Exprs: exprs})
+	for _, cr := range n.chains(r) {
+		c.AddChain(cr.chain)
+		c.FlushChain(cr.chain)
+		for _, exprs := range cr.rules {
+			c.AddRule(&nftables.Rule{Table: n.table, Chain: cr.chain, Exprs: exprs})
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables: setting up table inet %s: %w", TableName, err)
 	}
 	return nil
+}
+
+// closedKeys returns the contents of the sets Setup fills: the protected
+// and knock ports and the protected destinations of each family.
+func (n *NFTables) closedKeys(r Rules) []setKeys {
+	out := []setKeys{{set: n.sets.protected}, {set: n.sets.knock}, {set: n.gw.closed[0]}, {set: n.gw.closed[1]}}
+	for _, p := range r.Protected {
+		out[0].keys = append(out[0].keys, serviceKey(p))
+	}
+	for _, p := range r.Knock {
+		out[1].keys = append(out[1].keys, serviceKey(p))
+	}
+	for _, d := range r.Forwarded {
+		i := 2 + familyIndex(d.Addr)
+		out[i].keys = append(out[i].keys, destinationKey(d))
+	}
+	return out
+}
+
+type setKeys struct {
+	set  *nftables.Set
+	keys [][]byte
+}
+
+// chains returns every chain with its rules for r, the input chain first.
+func (n *NFTables) chains(r Rules) []nftChain {
+	return append([]nftChain{{n.chain, n.rules(r.KnockRanges)}}, n.gatewayChains(r)...)
 }
 
 // Registers: concatenations are laid out in 32-bit registers (8 = the first),
@@ -146,14 +177,7 @@ func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 	rules := [][]expr.Any{
-		{ // ct state established,related accept
-			&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-				Xor:  []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
-			accept,
-		},
+		n.establishedRule(),
 		append(nfproto(unix.NFPROTO_IPV4), // ip saddr . meta l4proto . th dport @grants4 accept
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 			l4proto(reg32+1), dport(reg32+2),
@@ -180,6 +204,18 @@ func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
 		})
 	}
 	return rules
+}
+
+// establishedRule is "ct state established,related accept".
+func (n *NFTables) establishedRule() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+			Xor:  []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
 }
 
 func serviceKey(p port.Spec) []byte {
@@ -219,17 +255,16 @@ func (n *NFTables) Grant(gs []Grant) error {
 			return fmt.Errorf("nftables: grant %v: timeout too short", g)
 		}
 	}
-	for batch := range slices.Chunk(gs, grantsPerBatch) {
-		for _, g := range batch {
-			set, k := n.grantSetAndKey(g)
-			e := []nftables.SetElement{{Key: k, Timeout: g.Timeout, Comment: g.Name}}
-			if err := n.conn.SetAddElements(set, e); err != nil {
+	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
+		for _, ge := range batch {
+			e := []nftables.SetElement{{Key: ge.key, Val: ge.val, Timeout: ge.timeout, Comment: ge.name}}
+			if err := n.conn.SetAddElements(ge.set, e); err != nil {
 				return err
 			}
-			if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+			if err := n.conn.SetDeleteElements(ge.set, []nftables.SetElement{{Key: ge.key}}); err != nil {
 				return err
 			}
-			if err := n.conn.SetAddElements(set, e); err != nil {
+			if err := n.conn.SetAddElements(ge.set, e); err != nil {
 				return err
 			}
 		}
@@ -240,18 +275,41 @@ func (n *NFTables) Grant(gs []Grant) error {
 	return nil
 }
 
+// grantElem is one set element of a grant.
+type grantElem struct {
+	setElem
+	timeout time.Duration
+	name    string
+}
+
+// elemsOf returns the set elements of grants: one for an input grant, one
+// to three for a gateway grant (forward, translations).
+func (n *NFTables) elemsOf(gs []Grant) []grantElem {
+	out := make([]grantElem, 0, len(gs))
+	for _, g := range gs {
+		if !g.To.IsValid() {
+			set, k := n.grantSetAndKey(g)
+			out = append(out, grantElem{setElem{set, k, nil}, g.Timeout, g.Name})
+			continue
+		}
+		for _, e := range n.gatewayElems(g) {
+			out = append(out, grantElem{e, g.Timeout, g.Name})
+		}
+	}
+	return out
+}
+
 // Revoke implements Backend, with the same add-then-delete idiom so that a
 // grant that already expired is no error.
 func (n *NFTables) Revoke(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for batch := range slices.Chunk(gs, grantsPerBatch) {
-		for _, g := range batch {
-			set, k := n.grantSetAndKey(g)
-			if err := n.conn.SetAddElements(set, []nftables.SetElement{{Key: k, Timeout: time.Second}}); err != nil {
+	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
+		for _, ge := range batch {
+			if err := n.conn.SetAddElements(ge.set, []nftables.SetElement{{Key: ge.key, Val: ge.val, Timeout: time.Second}}); err != nil {
 				return err
 			}
-			if err := n.conn.SetDeleteElements(set, []nftables.SetElement{{Key: k}}); err != nil {
+			if err := n.conn.SetDeleteElements(ge.set, []nftables.SetElement{{Key: ge.key}}); err != nil {
 				return err
 			}
 		}
@@ -291,7 +349,8 @@ func (n *NFTables) List() ([]Grant, error) {
 				Port: port.Spec{Proto: port.Protocol(e.Key[alen]), Num: binary.BigEndian.Uint16(e.Key[alen+4:])}})
 		}
 	}
-	return out, nil
+	gw, err := n.listGateway()
+	return append(out, gw...), err
 }
 
 // Cleanup implements Backend by deleting the whole table.
@@ -332,60 +391,60 @@ func (n *NFTables) Audit(r Rules) (Damage, error) {
 	for _, s := range sets {
 		have[s.Name] = true
 	}
-	for _, s := range []*nftables.Set{n.sets.grants4, n.sets.grants6} {
+	for _, s := range append([]*nftables.Set{n.sets.grants4, n.sets.grants6}, n.grantSets()...) {
 		if !have[s.Name] {
 			d.add("set "+s.Name, true)
 		}
 	}
-	for _, ps := range []struct {
-		set   *nftables.Set
-		ports []port.Spec
-	}{{n.sets.protected, r.Protected}, {n.sets.knock, r.Knock}} {
-		if !have[ps.set.Name] {
-			d.add("set "+ps.set.Name, false)
+	for _, sk := range n.closedKeys(r) {
+		set, keys := sk.set, sk.keys
+		if !have[set.Name] {
+			d.add("set "+set.Name, false)
 			continue
 		}
-		elems, err := n.conn.GetSetElements(ps.set)
+		elems, err := n.conn.GetSetElements(set)
 		if err != nil {
-			return d, fmt.Errorf("nftables: listing %s: %w", ps.set.Name, err)
+			return d, fmt.Errorf("nftables: listing %s: %w", set.Name, err)
 		}
 		got := make(map[string]bool, len(elems))
 		for _, e := range elems {
 			got[string(e.Key)] = true
 		}
-		want := make(map[string]bool, len(ps.ports))
-		for _, p := range ps.ports {
-			want[string(serviceKey(p))] = true
+		want := make(map[string]bool, len(keys))
+		for _, k := range keys {
+			want[string(k)] = true
 		}
 		if !maps.Equal(got, want) {
-			d.add("set "+ps.set.Name+" elements", false)
+			d.add("set "+set.Name+" elements", false)
 		}
 	}
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return d, fmt.Errorf("nftables: listing chains: %w", err)
 	}
-	i := slices.IndexFunc(chains, func(c *nftables.Chain) bool {
-		return c.Table.Name == TableName && c.Name == n.chain.Name
-	})
-	if i < 0 {
-		d.add("chain input", false)
-		return d, nil
-	}
-	if c := chains[i]; c.Hooknum == nil || *c.Hooknum != *n.chain.Hooknum || c.Policy == nil || *c.Policy != *n.chain.Policy {
-		d.add("chain input hook or policy", false)
-	}
-	rules, err := n.conn.GetRules(n.table, n.chain)
-	if err != nil {
-		return d, fmt.Errorf("nftables: listing rules: %w", err)
-	}
-	want := n.rules(r.KnockRanges)
-	same := len(rules) == len(want)
-	for j := 0; same && j < len(rules); j++ {
-		same = verdictOf(rules[j].Exprs) == verdictOf(want[j])
-	}
-	if !same {
-		d.add("chain input rules", false)
+	for _, cr := range n.chains(r) {
+		name := cr.chain.Name
+		i := slices.IndexFunc(chains, func(c *nftables.Chain) bool {
+			return c.Table.Name == TableName && c.Name == name
+		})
+		if i < 0 {
+			d.add("chain "+name, false)
+			continue
+		}
+		if c := chains[i]; c.Hooknum == nil || *c.Hooknum != *cr.chain.Hooknum || c.Policy == nil || *c.Policy != *cr.chain.Policy {
+			d.add("chain "+name+" hook or policy", false)
+		}
+		rules, err := n.conn.GetRules(n.table, cr.chain)
+		if err != nil {
+			return d, fmt.Errorf("nftables: listing rules: %w", err)
+		}
+		same := len(rules) == len(cr.rules)
+		for j := 0; same && j < len(rules); j++ {
+			same = verdictOf(rules[j].Exprs) == verdictOf(cr.rules[j])
+		}
+		if !same {
+			d.add("chain "+name+" rules", false)
+		}
 	}
 	return d, nil
 }

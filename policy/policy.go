@@ -38,6 +38,49 @@ type Client struct {
 	DefaultDuration time.Duration
 	AllowSource     bool // may ask for "grant the packet's source address"
 	Commands        bool // may run the commands its language attaches
+	// Forward lists the destinations behind this host (gateway mode) the
+	// identity may reach, each with its translation.
+	Forward []Forward
+	// ForwardAny lets the identity name any destination (fwknop's
+	// ENABLE_IPT_FORWARDING), translated as AnyNAT says (its Masquerade
+	// and SNAT); the request's external port is DNATed unless NoDNAT.
+	ForwardAny bool
+	AnyNAT     Forward
+	NoDNAT     bool
+	// LocalNAT lets it ask for a port of this host behind another port
+	// of this host (fwknop's local NAT, ENABLE_IPT_LOCAL_NAT).
+	LocalNAT bool
+}
+
+// Forward is a destination behind this host that a grant may open, and how
+// traffic to it is translated. To and Port are the internal host and port;
+// External, when set, is the port on this host the client connects to
+// (DNAT to To:Port, in Port's protocol); Masquerade or SNAT rewrite the
+// source so that the internal host answers through this host.
+type Forward struct {
+	To         netip.Addr
+	Port       port.Spec
+	External   uint16
+	Masquerade bool
+	SNAT       netip.Addr
+}
+
+func (f Forward) String() string {
+	host := f.To.String()
+	if f.To.Is6() {
+		host = "[" + host + "]"
+	}
+	s := host + ":" + f.Port.String()
+	if f.External != 0 {
+		s += fmt.Sprintf(" via %d", f.External)
+	}
+	switch {
+	case f.Masquerade:
+		s += " masquerade"
+	case f.SNAT.IsValid():
+		s += " snat " + f.SNAT.String()
+	}
+	return s
 }
 
 // Command is a start command, run now, and an optional stop command, run
@@ -62,17 +105,45 @@ type Request struct {
 	Duration  time.Duration // 0: the identity's default
 	Action    string
 	Commands  []Command
+	// To, when valid, asks for Ports on that host behind this one
+	// (gateway mode) instead of on this host. External is the port of
+	// this host the client will connect to, when the request names one
+	// (fwknop NAT requests); LocalNAT asks for Ports of this host (To)
+	// behind External (fwknop local NAT).
+	To       netip.Addr
+	External uint16
+	LocalNAT bool
 }
 
-// Grant opens Port for Addr for Timeout; Name says who asked.
+// Grant opens Port for Addr for Timeout; Name says who asked. A gateway
+// grant (To valid) opens Port of the host To, through this host, with the
+// translations of Forward; a local NAT grant (Local) opens Port of this
+// host behind its port External.
 type Grant struct {
-	Addr    netip.Addr
-	Port    port.Spec
-	Timeout time.Duration
-	Name    string
+	Addr       netip.Addr
+	Port       port.Spec
+	Timeout    time.Duration
+	Name       string
+	To         netip.Addr
+	External   uint16
+	Masquerade bool
+	SNAT       netip.Addr
+	Local      bool
 }
 
-func (g Grant) String() string { return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout) }
+// Forwarded reports whether g opens a destination behind this host.
+func (g Grant) Forwarded() bool { return g.To.IsValid() && !g.Local }
+
+func (g Grant) String() string {
+	switch {
+	case g.Local:
+		return fmt.Sprintf("%v %v via %d for %v", g.Addr, g.Port, g.External, g.Timeout)
+	case g.To.IsValid():
+		f := Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}
+		return fmt.Sprintf("%v to %v for %v", g.Addr, f, g.Timeout)
+	}
+	return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout)
+}
 
 // Decision is what policy grants: firewall grants and commands to run.
 type Decision struct {
@@ -100,11 +171,12 @@ const (
 	ActionNotAllowed  Refusal = "action not allowed"
 	AddressNotAllowed Refusal = "address not allowed"
 	CommandNotAllowed Refusal = "command not allowed"
+	ForwardNotAllowed Refusal = "destination not allowed"
 )
 
 // Refusals lists every Refusal, for metrics.
 var Refusals = []Refusal{UnknownClient, PortNotAllowed, DurationTooLong, SourceNotAllowed, ActionNotAllowed,
-	AddressNotAllowed, CommandNotAllowed}
+	AddressNotAllowed, CommandNotAllowed, ForwardNotAllowed}
 
 type key struct {
 	lang Language
@@ -124,6 +196,26 @@ func New(clients []Client) *Policy {
 		p.clients[key{c.Language, c.Name}] = c
 	}
 	return p
+}
+
+// forward returns how c may reach to:p, if it may. A request that names
+// its external port (fwknop) gets it when the identity may name any
+// destination, or when the listed destination has that external port.
+func (c *Client) forward(to netip.Addr, p port.Spec, external uint16) (Forward, bool) {
+	for _, f := range c.Forward {
+		if f.To == to && f.Port == p && (external == 0 || external == f.External) {
+			return f, true
+		}
+	}
+	if c.ForwardAny && to.IsGlobalUnicast() {
+		f := c.AnyNAT
+		f.To, f.Port, f.External = to, p, external
+		if c.NoDNAT {
+			f.External = 0
+		}
+		return f, true
+	}
+	return Forward{}, false
 }
 
 // Knows reports whether name is an identity of lang in this policy.
@@ -174,10 +266,26 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	}
 	grants := make([]Grant, 0, len(r.Ports))
 	for _, pt := range r.Ports {
-		if c.AllowPort != nil && !c.AllowPort(pt) || c.AllowPort == nil && !slices.Contains(c.Allow, pt) {
+		g := Grant{Addr: addr, Port: pt, Timeout: d, Name: r.Client}
+		switch {
+		case r.LocalNAT:
+			if !c.LocalNAT || r.External == 0 || !r.To.IsValid() {
+				return Decision{}, ForwardNotAllowed
+			}
+			g.To, g.External, g.Local = r.To.Unmap(), r.External, true
+		case r.To.IsValid():
+			f, ok := c.forward(r.To.Unmap(), pt, r.External)
+			if !ok {
+				return Decision{}, ForwardNotAllowed
+			}
+			g.To, g.External, g.Masquerade, g.SNAT = f.To, f.External, f.Masquerade, f.SNAT
+			if g.To.Is4() != addr.Is4() {
+				return Decision{}, ForwardNotAllowed
+			}
+		case c.AllowPort != nil && !c.AllowPort(pt) || c.AllowPort == nil && !slices.Contains(c.Allow, pt):
 			return Decision{}, PortNotAllowed
 		}
-		grants = append(grants, Grant{Addr: addr, Port: pt, Timeout: d, Name: r.Client})
+		grants = append(grants, g)
 	}
 	if r.Action == ActionClose {
 		return Decision{Revokes: grants}, ""

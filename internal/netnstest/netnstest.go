@@ -312,3 +312,59 @@ func lineWithAll(s string, subs []string) string {
 	}
 	return ""
 }
+
+// Whoami runs a TCP service on addr inside the namespace that writes the
+// address each connection comes from, then closes it: what a host behind a
+// gateway sees of a translated client.
+func (ns *NS) Whoami(t TB, addr string) {
+	t.Helper()
+	l := ns.Listen(t, addr)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			ap := netip.MustParseAddrPort(c.RemoteAddr().String())
+			fmt.Fprintln(c, ap.Addr().Unmap())
+			c.Close()
+		}
+	}()
+}
+
+// Gateway is a client, a gateway and an inside host: the client reaches the
+// inside host only through the gateway (the Pair's server end), which
+// forwards between its two links. Both outer hosts route through it.
+type Gateway struct {
+	*Pair
+	Inside *NS
+	// The gateway's inner addresses and the inside host's, on veth1.
+	Gateway4, Inside4 netip.Addr
+	Gateway6, Inside6 netip.Addr
+}
+
+// InsideInterface is the gateway's link to the inside host.
+const InsideInterface = "veth1"
+
+// NewGateway builds the three namespaces, their links and routes, and turns
+// forwarding on in the gateway.
+func NewGateway(t TB) *Gateway {
+	t.Helper()
+	g := &Gateway{Pair: NewPair(t), Inside: New(t, "in"),
+		Gateway4: netip.MustParseAddr("10.77.1.1"), Inside4: netip.MustParseAddr("10.77.1.2"),
+		Gateway6: netip.MustParseAddr("fd77::1"), Inside6: netip.MustParseAddr("fd77::2")}
+	gw := g.Server
+	run(t, "ip", "link", "add", InsideInterface, "netns", gw.Name, "type", "veth", "peer", "name", InsideInterface, "netns", g.Inside.Name)
+	gw.IP(t, "addr", "add", g.Gateway4.String()+"/24", "dev", InsideInterface)
+	gw.IP(t, "addr", "add", g.Gateway6.String()+"/64", "dev", InsideInterface, "nodad")
+	g.Inside.IP(t, "addr", "add", g.Inside4.String()+"/24", "dev", InsideInterface)
+	g.Inside.IP(t, "addr", "add", g.Inside6.String()+"/64", "dev", InsideInterface, "nodad")
+	gw.IP(t, "link", "set", InsideInterface, "up")
+	g.Inside.IP(t, "link", "set", InsideInterface, "up")
+	g.Inside.IP(t, "route", "add", "default", "via", g.Gateway4.String())
+	g.Inside.IP(t, "-6", "route", "add", "default", "via", g.Gateway6.String())
+	g.Client.IP(t, "route", "add", "default", "via", g.Server4.String())
+	g.Client.IP(t, "-6", "route", "add", "default", "via", g.Server6.String())
+	gw.Exec(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	return g
+}

@@ -1,0 +1,261 @@
+package firewall_test
+
+import (
+	"bufio"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/port"
+)
+
+// whoami connects from the client (from its address from) to to and returns
+// what the service there saw as the source, or "" if nothing answered.
+func whoami(g *netnstest.Gateway, from netip.Addr, to netip.AddrPort, timeout time.Duration) string {
+	c, err := g.Client.Dial("tcp", from, to, timeout)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+func TestNFTablesGateway(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft")
+	g := netnstest.NewGateway(t)
+	fw := firewall.NewKeeper(nftIn(t, g.Server), nil)
+	defer fw.Close()
+	testGateway(t, g, fw)
+}
+
+// testGateway checks forwarded grants through a real gateway: closed
+// destinations, grants for one address, DNAT, masquerade and SNAT, expiry
+// and revocation in the kernel, and their restoration after a flush.
+func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper) {
+	snatAddr := netip.MustParseAddr("10.77.1.9")
+	g.Server.IP(t, "addr", "add", snatAddr.String()+"/24", "dev", netnstest.InsideInterface)
+	g.Inside.Whoami(t, ":22")
+	in4 := netip.AddrPortFrom(g.Inside4, 22)
+	in6 := netip.AddrPortFrom(g.Inside6, 22)
+	// Reachable before postern closes it: the topology works.
+	if got := whoami(g, g.Client4, in4, expectOpen); got != g.Client4.String() {
+		t.Fatalf("before setup, the inside host saw %q", got)
+	}
+	rules := firewall.Rules{Protected: []port.Spec{ssh}, Published: true,
+		Forwarded: []firewall.Destination{{Addr: g.Inside4, Port: ssh}, {Addr: g.Inside6, Port: ssh}}}
+	if err := fw.Setup(rules); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []netip.AddrPort{in4, in6} {
+		from := g.Client4
+		if to.Addr().Is6() {
+			from = g.Client6
+		}
+		if got := whoami(g, from, to, expectClosed); got != "" {
+			t.Fatalf("%v reachable before any grant (saw %q)", to, got)
+		}
+	}
+
+	grants := []firewall.Grant{
+		{Addr: g.Client4, To: g.Inside4, Port: ssh, Timeout: time.Minute, Name: "alice"},
+		{Addr: g.Client6, To: g.Inside6, Port: ssh, Timeout: time.Minute, Name: "alice"},
+	}
+	if err := fw.Grant(grants); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, in4, expectOpen); got != g.Client4.String() {
+		t.Errorf("granted IPv4 forward: inside saw %q", got)
+	}
+	if got := whoami(g, g.Client6, in6, expectOpen); got != g.Client6.String() {
+		t.Errorf("granted IPv6 forward: inside saw %q", got)
+	}
+	if got := whoami(g, g.Client4b, in4, expectClosed); got != "" {
+		t.Errorf("another address reached the inside host: %q", got)
+	}
+	live, err := fw.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countForwarded(live, g.Client4, g.Inside4); n != 1 {
+		t.Errorf("List: %d forwarded grants for %v, want 1: %v", n, g.Client4, live)
+	}
+
+	// The ruleset flushed: the Keeper puts the forward path back, grants too.
+	g.Server.Exec(t, "nft", "flush", "ruleset")
+	if d, err := fw.Check(); err != nil || d.Intact() || !d.GrantsLost {
+		t.Fatalf("check after flush: %+v %v", d, err)
+	}
+	if got := whoami(g, g.Client4, in4, expectOpen); got != g.Client4.String() {
+		t.Errorf("after restore: inside saw %q", got)
+	}
+	if got := whoami(g, g.Client4b, in4, expectClosed); got != "" {
+		t.Errorf("after restore another address got in: %q", got)
+	}
+	if err := fw.Revoke(grants); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, in4, expectClosed); got != "" {
+		t.Errorf("revoked forward still open: %q", got)
+	}
+
+	// DNAT: the gateway's port 2222 leads to the inside host's 22, for the
+	// granted address only.
+	dnat := firewall.Grant{Addr: g.Client4, To: g.Inside4, Port: ssh, External: 2222, Timeout: 2 * time.Second, Name: "bob"}
+	ext := netip.AddrPortFrom(g.Server4, 2222)
+	if got := whoami(g, g.Client4, ext, expectClosed); got != "" {
+		t.Fatalf("port 2222 answered before the grant: %q", got)
+	}
+	if err := fw.Grant([]firewall.Grant{dnat}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, ext, expectOpen); got != g.Client4.String() {
+		t.Errorf("DNAT grant: inside saw %q", got)
+	}
+	if got := whoami(g, g.Client4b, ext, expectClosed); got != "" {
+		t.Errorf("DNAT reached the inside host from another address: %q", got)
+	}
+	live, _ = fw.List()
+	if !containsGrant(live, dnat) {
+		t.Errorf("List lost the DNAT: %v", live)
+	}
+	// Kernel expiry: nobody revokes it.
+	deadline := time.Now().Add(10 * time.Second)
+	for whoami(g, g.Client4, ext, expectClosed) != "" {
+		if time.Now().After(deadline) {
+			t.Fatal("DNAT grant did not expire")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Masquerade and SNAT: the inside host sees the gateway.
+	masq := firewall.Grant{Addr: g.Client4, To: g.Inside4, Port: ssh, External: 2222, Masquerade: true, Timeout: time.Minute}
+	if err := fw.Grant([]firewall.Grant{masq}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, ext, expectOpen); got != g.Gateway4.String() {
+		t.Errorf("masqueraded: inside saw %q, want the gateway's %v", got, g.Gateway4)
+	}
+	snat := firewall.Grant{Addr: g.Client4b, To: g.Inside4, Port: ssh, SNAT: snatAddr, Timeout: time.Minute}
+	if err := fw.Grant([]firewall.Grant{snat}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4b, in4, expectOpen); got != snatAddr.String() {
+		t.Errorf("SNAT: inside saw %q, want %v", got, snatAddr)
+	}
+	live, _ = fw.List()
+	if !containsGrant(live, masq) || !containsGrant(live, snat) {
+		t.Errorf("List: want the masquerade and SNAT grants, got %v", live)
+	}
+}
+
+func countForwarded(gs []firewall.Grant, from, to netip.Addr) int {
+	n := 0
+	for _, g := range gs {
+		if g.Addr == from && g.To == to {
+			n++
+		}
+	}
+	return n
+}
+
+func containsGrant(gs []firewall.Grant, want firewall.Grant) bool {
+	for _, g := range gs {
+		g.Timeout, g.Name = 0, ""
+		w := want
+		w.Timeout, w.Name = 0, ""
+		if g == w {
+			return true
+		}
+	}
+	return false
+}
+
+// dockerHost makes the gateway namespace a stand-in for a Docker host: a
+// bridge docker0 with one container behind it and the rules Docker writes
+// for `docker run -p 8080:80` with iptables-nft (DNAT in its nat chain
+// DOCKER, FORWARD policy drop, its filter chain DOCKER accepting the
+// container's port). It returns iptables-save's view of Docker's rules.
+func dockerHost(t *testing.T, g *netnstest.Gateway) (container *netnstest.NS, rules func() string) {
+	gw := g.Server
+	container = netnstest.New(t, "ctr")
+	gw.IP(t, "link", "add", "docker0", "type", "bridge")
+	gw.IP(t, "addr", "add", "172.17.0.1/16", "dev", "docker0")
+	gw.IP(t, "link", "set", "docker0", "up")
+	netnstest.Run(t, "ip", "link", "add", "vethctr", "netns", gw.Name, "type", "veth", "peer", "name", "eth0", "netns", container.Name)
+	gw.IP(t, "link", "set", "vethctr", "master", "docker0", "up")
+	container.IP(t, "addr", "add", "172.17.0.2/16", "dev", "eth0")
+	container.IP(t, "link", "set", "eth0", "up")
+	container.IP(t, "route", "add", "default", "via", "172.17.0.1")
+	for _, args := range [][]string{
+		{"-t", "nat", "-N", "DOCKER"},
+		{"-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"},
+		{"-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN"},
+		{"-t", "nat", "-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "172.17.0.2:80"},
+		{"-N", "DOCKER"},
+		{"-P", "FORWARD", "DROP"},
+		{"-A", "FORWARD", "-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+		{"-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"},
+		{"-A", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"},
+		{"-A", "DOCKER", "-d", "172.17.0.2/32", "!", "-i", "docker0", "-o", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "ACCEPT"},
+	} {
+		gw.Exec(t, "iptables", args...)
+	}
+	container.Whoami(t, ":80")
+	return container, func() string {
+		var keep []string
+		for _, l := range strings.Split(gw.Exec(t, "iptables-save"), "\n") {
+			if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ":") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+}
+
+func TestNFTablesDockerPublishedPort(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft", "iptables")
+	g := netnstest.NewGateway(t)
+	_, dockerRules := dockerHost(t, g)
+	published := netip.AddrPortFrom(g.Server4, 8080)
+	if got := whoami(g, g.Client4, published, expectOpen); got != g.Client4.String() {
+		t.Fatalf("the published port does not work before postern: %q", got)
+	}
+	before := dockerRules()
+	fw := firewall.NewKeeper(nftIn(t, g.Server), nil)
+	defer fw.Close()
+	web := port.Spec{Proto: port.TCP, Num: 8080}
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{web}, Published: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, published, expectClosed); got != "" {
+		t.Fatalf("published port open without a grant: %q", got)
+	}
+	if err := fw.Grant([]firewall.Grant{{Addr: g.Client4, Port: web, Timeout: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4, published, expectOpen); got != g.Client4.String() {
+		t.Errorf("granted: the container saw %q", got)
+	}
+	if got := whoami(g, g.Client4b, published, expectClosed); got != "" {
+		t.Errorf("another address reached the container: %q", got)
+	}
+	if after := dockerRules(); after != before {
+		t.Errorf("Docker's rules changed:\n%s\nwas\n%s", after, before)
+	}
+	// Without Published the same rules leave the container alone (Docker
+	// hosts opt in).
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{web}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4b, published, expectOpen); got != g.Client4b.String() {
+		t.Errorf("Published off: the container saw %q", got)
+	}
+}

@@ -277,7 +277,9 @@ func flowElemKey(g Grant) []byte {
 
 func cat3(a, b, c []byte) []byte { return append(append(append([]byte{}, a...), b...), c...) }
 
-func destinationKey(d Destination) []byte { return cat3(addrBytes(d.Addr), nil, protoPort(d.Port, d.Port.Num)) }
+func destinationKey(d Destination) []byte {
+	return cat3(addrBytes(d.Addr), nil, protoPort(d.Port, d.Port.Num))
+}
 
 // gatewayElems returns the elements g needs in each set, with their map
 // values.

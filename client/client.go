@@ -40,6 +40,10 @@ type Options struct {
 	// known to be off; also how tests make stale knocks).
 	TimeOffset time.Duration
 	Action     string
+	// To, when valid, asks for Open on that host behind the server (a
+	// gateway) instead of on the server. The knock then goes over To's
+	// address family, so the address granted is of the same family.
+	To netip.Addr
 }
 
 // Sent says what was sent where.
@@ -60,6 +64,10 @@ type Sent struct {
 // come back with the knocks that went.
 func KnockEach(ctx context.Context, o Options) ([]Sent, error) {
 	network := cmp.Or(o.Network, "udp")
+	if network == "udp" && o.To.IsValid() {
+		network = map[bool]string{true: "udp4", false: "udp6"}[o.To.Unmap().Is4()]
+		o.Network = network
+	}
 	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || o.Allow != "" {
 		s, err := Knock(ctx, o)
 		if err != nil {
@@ -119,7 +127,7 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 	// on the route to the server: what to grant by default.
 	local := conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
 
-	k := spa.Knock{Time: time.Now().Add(o.TimeOffset), Ports: o.Open, Duration: o.Duration, Action: o.Action}
+	k := spa.Knock{Time: time.Now().Add(o.TimeOffset), Ports: o.Open, Duration: o.Duration, Action: o.Action, To: o.To}
 	switch o.Allow {
 	case "":
 		k.Allow = local

@@ -14,15 +14,18 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/postern/postern/covert"
+	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/conferr"
 	"github.com/postern/postern/knock"
+	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/spa"
 )
@@ -53,6 +56,8 @@ type Config struct {
 
 	SSH *SSH // nil without [ssh]
 
+	Gateway Gateway
+
 	// Warnings are what the files named allow but their own daemons only
 	// warn about (fwknopd and unknown access.conf keywords), with file:line.
 	Warnings []string
@@ -75,6 +80,18 @@ type Fwknop struct {
 	Port         uint16
 	MaxPacketAge time.Duration
 	Stanzas      []*fko.Stanza
+	NAT          fko.NATOptions // fwknopd.conf's gateway switches
+}
+
+// Gateway configures the forward path (gateway mode).
+type Gateway struct {
+	// Protect lists destinations behind this host closed on the forward
+	// path except for grants, beyond those clients may be granted (which
+	// are always closed).
+	Protect []firewall.Destination
+	// Published closes protected ports on connections that others DNAT to
+	// another host, such as the ports Docker publishes.
+	Published bool
 }
 
 // SPA configures postern SPA v1.
@@ -99,6 +116,7 @@ type Client struct {
 	MaxDuration     time.Duration
 	DefaultDuration time.Duration
 	AllowSource     bool
+	Forward         []policy.Forward // destinations behind this host it may reach
 }
 
 // Defaults for keys that may be left out.
@@ -135,6 +153,12 @@ type rawConfig struct {
 	Fwknop         *rawFwknop  `toml:"fwknop"`
 	Covert         []rawCovert `toml:"covert"`
 	SSH            *rawSSH     `toml:"ssh"`
+	Gateway        rawGateway  `toml:"gateway"`
+}
+
+type rawGateway struct {
+	Protect   []string `toml:"protect"`
+	Published bool     `toml:"published"`
 }
 
 type rawCovert struct {
@@ -152,9 +176,13 @@ type rawCovertClient struct {
 }
 
 type rawFwknop struct {
-	AccessFile   string `toml:"access_file"`
-	Port         *int   `toml:"port"`
-	MaxPacketAge string `toml:"max_packet_age"`
+	AccessFile      string `toml:"access_file"`
+	Port            *int   `toml:"port"`
+	MaxPacketAge    string `toml:"max_packet_age"`
+	Forwarding      bool   `toml:"forwarding"`
+	LocalNAT        bool   `toml:"local_nat"`
+	SNAT            bool   `toml:"snat"`
+	SNATTranslateIP string `toml:"snat_translate_ip"`
 }
 
 type rawKnock struct {
@@ -201,6 +229,7 @@ type rawClient struct {
 	MaxDuration     string   `toml:"max_duration"`
 	DefaultDuration string   `toml:"default_duration"`
 	AllowSource     bool     `toml:"allow_source"`
+	Forward         []string `toml:"forward"`
 }
 
 // Error and Errors are the configuration errors every reader returns.
@@ -380,7 +409,105 @@ func (v *validator) validate(raw *rawConfig) *Config {
 		v.fail("client", "no [[client]], [ssh], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
 	}
 	v.clients(cfg, raw.Clients)
+	v.gateway(cfg, raw.Gateway)
+	if cfg.Gateway.Published && cfg.Firewall.Backend != "nftables" {
+		v.fail("gateway.published", "needs firewall.backend = \"nftables\": only conntrack knows the port a connection had before someone else's DNAT")
+	}
 	return cfg
+}
+
+// gateway reads [gateway].
+func (v *validator) gateway(cfg *Config, raw rawGateway) {
+	cfg.Gateway.Published = raw.Published
+	for _, s := range raw.Protect {
+		f, err := ParseForward(s)
+		if err != nil {
+			v.fail("gateway.protect", "%v", err)
+			continue
+		}
+		if f.External != 0 || f.Masquerade || f.SNAT.IsValid() {
+			v.fail("gateway.protect", "%q: list destinations only (HOST:PROTO/PORT)", s)
+			continue
+		}
+		cfg.Gateway.Protect = append(cfg.Gateway.Protect, firewall.Destination{Addr: f.To, Port: f.Port})
+	}
+}
+
+// ParseForward reads a forwarded destination: HOST:PROTO/PORT, then
+// optionally "via PORT" (DNAT from this host's PORT) and "masquerade" or
+// "snat ADDRESS". An IPv6 HOST is written in brackets.
+func ParseForward(s string) (policy.Forward, error) {
+	fs := strings.Fields(s)
+	bad := func(why string) (policy.Forward, error) {
+		return policy.Forward{}, fmt.Errorf("%q: %s (want HOST:PROTO/PORT [via PORT] [masquerade | snat ADDRESS])", s, why)
+	}
+	if len(fs) == 0 {
+		return bad("empty")
+	}
+	i := strings.LastIndex(fs[0], ":")
+	if i < 0 {
+		return bad("no HOST:")
+	}
+	var f policy.Forward
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(fs[0][:i], "["), "]"))
+	if err != nil || !a.Unmap().IsGlobalUnicast() {
+		return bad("the host must be a unicast IP address")
+	}
+	f.To = a.Unmap()
+	if f.Port, err = port.Parse(fs[0][i+1:]); err != nil {
+		return bad(err.Error())
+	}
+	for rest := fs[1:]; len(rest) > 0; {
+		switch {
+		case rest[0] == "via" && len(rest) > 1 && f.External == 0:
+			n, err := strconv.ParseUint(rest[1], 10, 16)
+			if err != nil || n == 0 {
+				return bad("via takes a port number")
+			}
+			f.External, rest = uint16(n), rest[2:]
+		case rest[0] == "masquerade" && !f.SNAT.IsValid() && !f.Masquerade:
+			f.Masquerade, rest = true, rest[1:]
+		case rest[0] == "snat" && len(rest) > 1 && !f.SNAT.IsValid() && !f.Masquerade:
+			sa, err := netip.ParseAddr(rest[1])
+			if err != nil || !sa.Unmap().IsGlobalUnicast() || sa.Unmap().Is4() != f.To.Is4() {
+				return bad("snat takes a unicast address of the destination's family")
+			}
+			f.SNAT, rest = sa.Unmap(), rest[2:]
+		default:
+			return bad(fmt.Sprintf("unexpected %q", rest[0]))
+		}
+	}
+	return f, nil
+}
+
+// Forwarded returns every destination behind this host that postern
+// closes: those clients may be granted, FORCE_NAT destinations and
+// [gateway] protect.
+func (c *Config) Forwarded() []firewall.Destination {
+	var out []firewall.Destination
+	add := func(d firewall.Destination) {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	for _, cl := range c.Clients {
+		for _, f := range cl.Forward {
+			add(firewall.Destination{Addr: f.To, Port: f.Port})
+		}
+	}
+	if c.Fwknop != nil {
+		for _, st := range c.Fwknop.Stanzas {
+			if st.ForceNAT.IsValid() {
+				for _, p := range []port.Protocol{port.TCP, port.UDP} {
+					add(firewall.Destination{Addr: st.ForceNAT.Addr(), Port: port.Spec{Proto: p, Num: st.ForceNAT.Port()}})
+				}
+			}
+		}
+	}
+	for _, d := range c.Gateway.Protect {
+		add(d)
+	}
+	return out
 }
 
 // knockdFile reads a knockd.conf; its doors join the [[door]]s.
@@ -422,6 +549,21 @@ func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
 		}
 	}
 	f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.MaxPacketAge, DefaultMaxPacketAge)
+	f.NAT = fko.NATOptions{Forwarding: raw.Forwarding, LocalNAT: raw.LocalNAT, SNAT: raw.SNAT}
+	if raw.SNATTranslateIP != "" {
+		if a, err := netip.ParseAddr(raw.SNATTranslateIP); err != nil || !a.IsGlobalUnicast() {
+			v.fail("fwknop.snat_translate_ip", "%q: want the address forwarded traffic leaves with", raw.SNATTranslateIP)
+		} else {
+			f.NAT.SNATTranslateIP = a.Unmap()
+		}
+	}
+	for _, st := range f.Stanzas {
+		if st.NATLine > 0 && !raw.Forwarding && !raw.LocalNAT {
+			// fwknopd refuses to start the same way.
+			v.fail("fwknop.access_file", "%s:%d: FORCE_NAT, FORCE_SNAT and FORCE_MASQUERADE need [fwknop] forwarding = true (or local_nat = true)",
+				st.NATFile, st.NATLine)
+		}
+	}
 	cfg.Fwknop = f
 }
 
@@ -516,8 +658,16 @@ func (v *validator) clients(cfg *Config, raw []rawClient) {
 			keys[k] = rc.Name
 			c.PublicKey = k
 		}
-		if len(rc.Allow) == 0 {
+		if len(rc.Allow) == 0 && len(rc.Forward) == 0 {
 			v.fail(at("allow"), "missing: list what this client may open, such as [\"tcp/22\"]")
+		}
+		for _, s := range rc.Forward {
+			f, err := ParseForward(s)
+			if err != nil {
+				v.fail(at("forward"), "%v", err)
+				continue
+			}
+			c.Forward = append(c.Forward, f)
 		}
 		for _, s := range rc.Allow {
 			p, err := port.Parse(s)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,7 +66,8 @@ func TestReference(t *testing.T) {
 		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
 		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
 		"open", "duration", "start_command", "start_command_6", "stop_command", "stop_command_6", "cmd_timeout",
-		"secret_file", "period", "length", "port_range", "protocol", "access_file", "max_packet_age"} {
+		"secret_file", "period", "length", "port_range", "protocol", "access_file", "max_packet_age",
+		"forward", "protect", "published", "forwarding", "local_nat", "snat", "snat_translate_ip"} {
 		if !strings.Contains(string(data), "\n"+key+" = ") {
 			t.Errorf("reference.toml does not show %q", key)
 		}
@@ -280,5 +282,60 @@ func TestSSHFileErrors(t *testing.T) {
 	_, err = Parse("p.toml", []byte("interface = \"eth0\"\nprivate_key_file = \"/k\"\n[ssh]\ntrusted_user_ca_keys = \""+ca+"\"\n"))
 	if err == nil || !strings.Contains(err.Error(), "ssh.principal") {
 		t.Fatalf("a CA without principals: %v", err)
+	}
+}
+
+func TestGatewayConfig(t *testing.T) {
+	good := clientKey(t)
+	doc := "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\n" +
+		"forward = [\"10.77.1.2:tcp/22\", \"10.77.1.2:tcp/80 via 8080 masquerade\", \"[fd77::2]:udp/53 snat fd77::9\"]\n" +
+		"[gateway]\nprotect = [\"10.77.1.5:tcp/443\"]\npublished = true\n"
+	cfg, err := Parse("p.toml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := cfg.Clients[0].Forward
+	if len(fw) != 3 || fw[1].External != 8080 || !fw[1].Masquerade || fw[2].SNAT != netip.MustParseAddr("fd77::9") ||
+		fw[2].Port.Proto != port.UDP {
+		t.Errorf("forward: %+v", fw)
+	}
+	if !cfg.Gateway.Published || len(cfg.Forwarded()) != 4 {
+		t.Errorf("gateway %+v, forwarded %v", cfg.Gateway, cfg.Forwarded())
+	}
+	if len(cfg.Protected()) != 0 {
+		t.Errorf("a client with only forward destinations protects host ports %v", cfg.Protected())
+	}
+
+	for _, tt := range []struct{ name, extra, want string }{
+		{"bad forward host", "forward = [\"gw:tcp/22\"]\n", "p.toml:6: client[1].forward: \"gw:tcp/22\": the host must be"},
+		{"bad forward via", "forward = [\"10.0.0.5:tcp/22 via x\"]\n", "client[1].forward: \"10.0.0.5:tcp/22 via x\": via takes a port"},
+		{"bad forward snat family", "forward = [\"10.0.0.5:tcp/22 snat fd00::1\"]\n", "snat takes a unicast address of the destination's family"},
+		{"bad forward both", "forward = [\"10.0.0.5:tcp/22 masquerade snat 10.0.0.1\"]\n", "unexpected \"snat\""},
+		{"bad protect translation", "forward = [\"10.0.0.5:tcp/22\"]\n[gateway]\nprotect = [\"10.0.0.6:tcp/22 via 2\"]\n", "p.toml:8: gateway.protect"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.toml", []byte("interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \""+good+"\"\n"+tt.extra))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestFwknopNATNeedsForwarding(t *testing.T) {
+	dir := t.TempDir()
+	access := filepath.Join(dir, "access.conf")
+	os.WriteFile(access, []byte("SOURCE ANY\nKEY k\nOPEN_PORTS tcp/22\nFORCE_NAT 10.77.1.2 22\n"), 0o600)
+	doc := "interface = \"eth0\"\n[fwknop]\naccess_file = \"" + access + "\"\n"
+	_, err := Parse("p.toml", []byte(doc))
+	if err == nil || !strings.Contains(err.Error(), "access.conf:4: FORCE_NAT, FORCE_SNAT and FORCE_MASQUERADE need [fwknop] forwarding = true") {
+		t.Fatalf("error %v", err)
+	}
+	cfg, err := Parse("p.toml", []byte(doc+"forwarding = true\nsnat = true\nsnat_translate_ip = \"10.77.1.9\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Fwknop.NAT.Forwarding || !cfg.Fwknop.NAT.SNAT || len(cfg.Forwarded()) != 2 {
+		t.Errorf("NAT %+v, forwarded %v", cfg.Fwknop.NAT, cfg.Forwarded())
 	}
 }

@@ -3,6 +3,7 @@ package firewall_test
 import (
 	"bufio"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -31,13 +32,13 @@ func TestNFTablesGateway(t *testing.T) {
 	g := netnstest.NewGateway(t)
 	fw := firewall.NewKeeper(nftIn(t, g.Server), nil)
 	defer fw.Close()
-	testGateway(t, g, fw)
+	testGateway(t, g, fw, true)
 }
 
 // testGateway checks forwarded grants through a real gateway: closed
 // destinations, grants for one address, DNAT, masquerade and SNAT, expiry
 // and revocation in the kernel, and their restoration after a flush.
-func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper) {
+func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, published bool) {
 	snatAddr := netip.MustParseAddr("10.77.1.9")
 	g.Server.IP(t, "addr", "add", snatAddr.String()+"/24", "dev", netnstest.InsideInterface)
 	g.Inside.Whoami(t, ":22")
@@ -47,7 +48,7 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper) {
 	if got := whoami(g, g.Client4, in4, expectOpen); got != g.Client4.String() {
 		t.Fatalf("before setup, the inside host saw %q", got)
 	}
-	rules := firewall.Rules{Protected: []port.Spec{ssh}, Published: true,
+	rules := firewall.Rules{Protected: []port.Spec{ssh}, Published: published,
 		Forwarded: []firewall.Destination{{Addr: g.Inside4, Port: ssh}, {Addr: g.Inside6, Port: ssh}}}
 	if err := fw.Setup(rules); err != nil {
 		t.Fatal(err)
@@ -176,54 +177,11 @@ func containsGrant(gs []firewall.Grant, want firewall.Grant) bool {
 	return false
 }
 
-// dockerHost makes the gateway namespace a stand-in for a Docker host: a
-// bridge docker0 with one container behind it and the rules Docker writes
-// for `docker run -p 8080:80` with iptables-nft (DNAT in its nat chain
-// DOCKER, FORWARD policy drop, its filter chain DOCKER accepting the
-// container's port). It returns iptables-save's view of Docker's rules.
-func dockerHost(t *testing.T, g *netnstest.Gateway) (container *netnstest.NS, rules func() string) {
-	gw := g.Server
-	container = netnstest.New(t, "ctr")
-	gw.IP(t, "link", "add", "docker0", "type", "bridge")
-	gw.IP(t, "addr", "add", "172.17.0.1/16", "dev", "docker0")
-	gw.IP(t, "link", "set", "docker0", "up")
-	netnstest.Run(t, "ip", "link", "add", "vethctr", "netns", gw.Name, "type", "veth", "peer", "name", "eth0", "netns", container.Name)
-	gw.IP(t, "link", "set", "vethctr", "master", "docker0", "up")
-	container.IP(t, "addr", "add", "172.17.0.2/16", "dev", "eth0")
-	container.IP(t, "link", "set", "eth0", "up")
-	container.IP(t, "route", "add", "default", "via", "172.17.0.1")
-	for _, args := range [][]string{
-		{"-t", "nat", "-N", "DOCKER"},
-		{"-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
-		{"-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"},
-		{"-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN"},
-		{"-t", "nat", "-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "172.17.0.2:80"},
-		{"-N", "DOCKER"},
-		{"-P", "FORWARD", "DROP"},
-		{"-A", "FORWARD", "-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-		{"-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"},
-		{"-A", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"},
-		{"-A", "DOCKER", "-d", "172.17.0.2/32", "!", "-i", "docker0", "-o", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "ACCEPT"},
-	} {
-		gw.Exec(t, "iptables", args...)
-	}
-	container.Whoami(t, ":80")
-	return container, func() string {
-		var keep []string
-		for _, l := range strings.Split(gw.Exec(t, "iptables-save"), "\n") {
-			if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ":") {
-				keep = append(keep, l)
-			}
-		}
-		return strings.Join(keep, "\n")
-	}
-}
-
 func TestNFTablesDockerPublishedPort(t *testing.T) {
 	t.Parallel()
 	netnstest.Require(t, "nft", "iptables")
 	g := netnstest.NewGateway(t)
-	_, dockerRules := dockerHost(t, g)
+	_, dockerRules := g.DockerPublish(t)
 	published := netip.AddrPortFrom(g.Server4, 8080)
 	if got := whoami(g, g.Client4, published, expectOpen); got != g.Client4.String() {
 		t.Fatalf("the published port does not work before postern: %q", got)
@@ -257,5 +215,24 @@ func TestNFTablesDockerPublishedPort(t *testing.T) {
 	}
 	if got := whoami(g, g.Client4b, published, expectOpen); got != g.Client4b.String() {
 		t.Errorf("Published off: the container saw %q", got)
+	}
+}
+
+func TestIPTablesGateway(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "iptables", "ip6tables", "ipset", "nft")
+	g := netnstest.NewGateway(t)
+	b := firewall.NewIPTables(func(name string, args ...string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", g.Server.Name, name}, args...)...)
+	})
+	fw := firewall.NewKeeper(b, nil)
+	defer fw.Close()
+	testGateway(t, g, fw, false)
+	if err := fw.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	left := g.Server.Exec(t, "iptables-save") + g.Server.Exec(t, "ip6tables-save") + g.Server.Exec(t, "ipset", "list", "-n")
+	if strings.Contains(strings.ToLower(left), "postern") {
+		t.Errorf("cleanup left:\n%s", left)
 	}
 }

@@ -103,6 +103,11 @@ func chainRules(r Rules, set string) []string {
 func (t *IPTables) Setup(r Rules) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if r.Published {
+		// ipset matches what the packet carries; the port a connection
+		// had before someone else's DNAT is conntrack's alone.
+		return errors.New("iptables: closing published ports (gateway.published) needs the nftables backend")
+	}
 	for _, f := range families {
 		if err := t.createSet(f.set, f.family); err != nil {
 			return fmt.Errorf("iptables: %w", err)
@@ -122,6 +127,9 @@ func (t *IPTables) Setup(r Rules) error {
 			if _, err := t.run("", f.tables, "-I", "INPUT", "1", "-j", IPTablesChain); err != nil {
 				return fmt.Errorf("iptables: %w", err)
 			}
+		}
+		if err := t.setupGateway(r, f.tables, f.restore, f.family); err != nil {
+			return fmt.Errorf("iptables: %w", err)
 		}
 	}
 	return nil
@@ -164,6 +172,12 @@ func (t *IPTables) Grant(gs []Grant) error {
 		if g.Timeout < time.Second {
 			return fmt.Errorf("iptables: grant %v: ipset timeouts are whole seconds", g)
 		}
+		if g.To.IsValid() {
+			if err := t.gatewayScript(&script, g, false); err != nil {
+				return fmt.Errorf("iptables: granting %v: %w", g, err)
+			}
+			continue
+		}
 		set := setFor(g.Addr)
 		fmt.Fprintf(&script, "add %s %s timeout %d", set, element(g), int(math.Ceil(g.Timeout.Seconds())))
 		if t.comments[set] && g.Name != "" {
@@ -197,6 +211,10 @@ func (t *IPTables) Revoke(gs []Grant) error {
 	defer t.mu.Unlock()
 	var script strings.Builder
 	for _, g := range gs {
+		if g.To.IsValid() {
+			t.gatewayScript(&script, g, true)
+			continue
+		}
 		fmt.Fprintf(&script, "del %s %s\n", setFor(g.Addr), element(g))
 	}
 	if script.Len() == 0 {
@@ -230,7 +248,11 @@ func (t *IPTables) List() ([]Grant, error) {
 			}
 		}
 	}
-	return out, nil
+	gw, err := t.listGateway()
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	return append(out, gw...), nil
 }
 
 func parseSetLine(line string) (Grant, bool) {
@@ -278,6 +300,10 @@ func (t *IPTables) Cleanup() error {
 		if out, err := t.run("", "ipset", "destroy", f.set); err != nil && !strings.Contains(out, "does not exist") {
 			errs = append(errs, err)
 		}
+		errs = append(errs, t.cleanupGateway(f.tables)...)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, t.destroyGatewaySets())
 	}
 	return errors.Join(errs...)
 }
@@ -318,6 +344,7 @@ func (t *IPTables) Audit(r Rules) (Damage, error) {
 	}
 	sets := strings.Fields(names)
 	for _, f := range families {
+		t.auditGateway(&d, f, sets)
 		if !slices.Contains(sets, f.set) {
 			d.add("ipset "+f.set, true)
 		}

@@ -51,6 +51,18 @@ type Stanza struct {
 	GPGIgnoreSigError bool
 	GPGRemoteIDs      []string
 	GPGFingerprints   []string
+
+	// Gateway keywords: FORCE_NAT sends every request of the stanza to
+	// one internal host and port; FORCE_SNAT / FORCE_MASQUERADE rewrite
+	// the source of forwarded traffic; DISABLE_DNAT forwards without
+	// translating the destination. NATLine is where the first of them is,
+	// for the error when fwknopd.conf's switches are off.
+	ForceNAT        netip.AddrPort
+	ForceSNAT       netip.Addr
+	ForceMasquerade bool
+	DisableDNAT     bool
+	NATFile         string
+	NATLine         int
 }
 
 // fwknopd's defaults.
@@ -172,15 +184,12 @@ var stanzaKeywords = map[string]bool{
 	"GPG_HOME_DIR": true, "GPG_EXE": true, "GPG_DECRYPT_ID": true, "GPG_DECRYPT_PW": true, "GPG_ALLOW_NO_PW": true,
 	"GPG_REQUIRE_SIG": true, "GPG_DISABLE_SIG": true, "GPG_IGNORE_SIG_VERIFY_ERROR": true,
 	"GPG_REMOTE_ID": true, "GPG_FINGERPRINT_ID": true,
+	"FORCE_NAT": true, "FORCE_SNAT": true, "FORCE_MASQUERADE": true, "DISABLE_DNAT": true,
 }
 
 // known but not supported, with the reason given to the administrator.
 var unsupportedKeywords = map[string]string{
-	"FORCE_NAT":            "NAT is not supported by postern's firewall backends",
-	"FORCE_SNAT":           "NAT is not supported by postern's firewall backends",
-	"FORCE_MASQUERADE":     "NAT is not supported by postern's firewall backends",
-	"DISABLE_DNAT":         "NAT is not supported by postern's firewall backends",
-	"FORWARD_ALL":          "forwarding (SPA gateway mode) is not supported",
+	"FORWARD_ALL":          "forwarding all of a client's traffic is not supported: list the destinations (FORCE_NAT, or NAT requests with [fwknop] forwarding = true)",
 	"ENABLE_CMD_SUDO_EXEC": "use CMD_EXEC_USER / CMD_EXEC_GROUP instead of sudo",
 	"CMD_SUDO_EXEC_USER":   "use CMD_EXEC_USER instead of sudo",
 	"CMD_SUDO_EXEC_GROUP":  "use CMD_EXEC_GROUP instead of sudo",
@@ -362,7 +371,7 @@ func (r *accessReader) finish() error {
 	}
 	r.cur = nil
 	f := fields(raw)
-	for _, step := range []func(*Stanza, fields) error{readAddresses, readKeys, readGPG, readLimits, readCommands} {
+	for _, step := range []func(*Stanza, fields) error{readAddresses, readKeys, readGPG, readLimits, readCommands, readNAT} {
 		if err := step(s, f); err != nil {
 			return err
 		}
@@ -709,4 +718,44 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// readNAT reads the gateway keywords.
+func readNAT(s *Stanza, f fields) error {
+	var err error
+	for _, kw := range []string{"FORCE_NAT", "FORCE_SNAT", "FORCE_MASQUERADE", "DISABLE_DNAT"} {
+		if v, ok := f[kw]; ok && (s.NATLine == 0 || v.line < s.NATLine) {
+			s.NATFile, s.NATLine = v.file, v.line
+		}
+	}
+	if v, ok := f["FORCE_NAT"]; ok {
+		// fwknopd: "FORCE_NAT <ip> <port>".
+		fs := strings.Fields(v.value)
+		var a netip.Addr
+		var p uint64
+		if len(fs) == 2 {
+			a, err = netip.ParseAddr(fs[0])
+			if err == nil {
+				p, err = strconv.ParseUint(fs[1], 10, 16)
+			}
+		}
+		if len(fs) != 2 || err != nil || p == 0 || !a.IsGlobalUnicast() {
+			return f.fail("FORCE_NAT", "%q: want an internal address and a port, such as 192.168.10.2 22", v.value)
+		}
+		s.ForceNAT = netip.AddrPortFrom(a.Unmap(), uint16(p))
+	}
+	if v, ok := f["FORCE_SNAT"]; ok {
+		a, err := netip.ParseAddr(strings.TrimSpace(v.value))
+		if err != nil || !a.IsGlobalUnicast() {
+			return f.fail("FORCE_SNAT", "%q: want the address to translate sources to", v.value)
+		}
+		s.ForceSNAT = a.Unmap()
+	}
+	if s.ForceMasquerade, err = f.yes("FORCE_MASQUERADE", false); err != nil {
+		return err
+	}
+	if s.DisableDNAT, err = f.yes("DISABLE_DNAT", false); err != nil {
+		return err
+	}
+	return nil
 }

@@ -73,7 +73,11 @@ CMD_CYCLE_CLOSE     NONE
 
 func TestAccessErrors(t *testing.T) {
 	for _, tt := range []struct{ name, conf, want string }{
-		{"bad unsupported NAT", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2 22\n", "a.conf:3: FORCE_NAT: not supported: NAT"},
+		{"bad unsupported FORWARD_ALL", "SOURCE ANY\nKEY k\nFORWARD_ALL Y\n", "a.conf:3: FORWARD_ALL: not supported: forwarding all"},
+		{"bad FORCE_NAT", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2\n", "a.conf:3: FORCE_NAT: \"192.168.1.2\": want an internal address and a port"},
+		{"bad FORCE_NAT port", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2 70000\n", "a.conf:3: FORCE_NAT"},
+		{"bad FORCE_SNAT", "SOURCE ANY\nKEY k\nFORCE_SNAT 0.0.0.0\n", "a.conf:3: FORCE_SNAT"},
+		{"bad FORCE_MASQUERADE", "SOURCE ANY\nKEY k\nFORCE_MASQUERADE maybe\n", "a.conf:3: FORCE_MASQUERADE"},
 		{"bad same keys", "SOURCE ANY\nKEY same\nHMAC_KEY same\n", "a.conf:3: HMAC_KEY: the HMAC key must differ"},
 		{"bad no key", "SOURCE ANY\nOPEN_PORTS tcp/22\n", "a.conf:1: SOURCE: stanza has no KEY"},
 		{"bad port", "SOURCE ANY\nKEY k\nOPEN_PORTS tcp/99999\n", "a.conf:3: OPEN_PORTS"},
@@ -241,5 +245,21 @@ func TestIncludeKeys(t *testing.T) {
 		if _, err := ReadAccess(filepath.Join(dir, "access.conf")); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+func TestAccessNATKeywords(t *testing.T) {
+	ss, err := ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY k\nOPEN_PORTS tcp/22\nFORCE_NAT 10.77.1.2 2200\nFORCE_SNAT 10.77.1.9\nDISABLE_DNAT Y\n"+
+		"SOURCE ANY\nKEY k2\nFORCE_MASQUERADE Y\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ss[0]
+	if s.ForceNAT != netip.MustParseAddrPort("10.77.1.2:2200") || s.ForceSNAT != netip.MustParseAddr("10.77.1.9") ||
+		!s.DisableDNAT || s.ForceMasquerade || s.NATLine != 4 {
+		t.Errorf("first stanza: %+v", s)
+	}
+	if s := ss[1]; !s.ForceMasquerade || s.ForceNAT.IsValid() || s.NATLine != 9 {
+		t.Errorf("second stanza: %+v", s)
 	}
 }

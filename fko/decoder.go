@@ -24,7 +24,7 @@ const (
 	ReasonSignature  = "signature refused"
 	ReasonSource     = "source address required"
 	ReasonUser       = "username refused"
-	ReasonNAT        = "NAT not supported"
+	ReasonNAT        = "NAT refused"
 	ReasonPort       = "port not allowed"
 	ReasonCmdRefused = "command refused"
 	ReasonState      = "state error"
@@ -66,6 +66,17 @@ type DecoderConfig struct {
 	// Rate and Burst bound GnuPG work from all sources together: a flood
 	// from many sources costs at most this many gpg runs a second.
 	Rate, Burst float64
+	// NAT holds fwknopd.conf's gateway switches.
+	NAT NATOptions
+}
+
+// NATOptions are fwknopd.conf's gateway switches, which postern.toml's
+// [fwknop] table sets.
+type NATOptions struct {
+	Forwarding      bool       // ENABLE_IPT_FORWARDING: NAT requests and FORCE_NAT forward to inside hosts
+	LocalNAT        bool       // ENABLE_IPT_LOCAL_NAT: local NAT requests
+	SNAT            bool       // ENABLE_IPT_SNAT: forwarded traffic gets a new source
+	SNATTranslateIP netip.Addr // SNAT_TRANSLATE_IP: that source (else masquerade)
 }
 
 // Decoder is the fwknop language in the daemon's pipeline: it accepts FKO
@@ -295,8 +306,9 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		v.Refuse(policy.Fwknop, src, who, ReasonUser, user)
 		return
 	}
-	if m.Type.HasNAT() {
-		v.Refuse(policy.Fwknop, src, who, ReasonNAT, user, slog.Int("type", int(m.Type)))
+	nat, why := d.natRequest(st, m, dst)
+	if why != "" {
+		v.Refuse(policy.Fwknop, src, who, ReasonNAT, user, slog.Int("type", int(m.Type)), slog.String("detail", why))
 		return
 	}
 	for _, p := range acc.Ports {
@@ -307,6 +319,16 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 	}
 	r := policy.Request{Language: policy.Fwknop, Client: who, Src: src, Allow: allow, Ports: acc.Ports,
 		Duration: time.Duration(timeout) * time.Second}
+	if nat.to.IsValid() {
+		// fwknopd (process_spa_request): a NAT request opens the first
+		// requested port only, forwarded to the NAT host and port, the
+		// requested port being the one the client connects to.
+		first := acc.Ports[0]
+		r.Ports = []port.Spec{{Proto: first.Proto, Num: nat.port}}
+		r.To, r.External, r.LocalNAT = nat.to, first.Num, nat.local
+		v.Grant(r, user, slog.String("nat", netip.AddrPortFrom(nat.to, nat.port).String()))
+		return
+	}
 	if st.CmdCycleOpen != "" {
 		// CMD_CYCLE runs its commands instead of a grant.
 		r.Commands = cycleCommands(st, src, dst, allow, acc.Ports, m.ClientTimeout, m.Timestamp)
@@ -315,6 +337,58 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		return
 	}
 	v.Grant(r, user)
+}
+
+// natTarget is where a NAT request (or FORCE_NAT) leads.
+type natTarget struct {
+	to    netip.Addr
+	port  uint16
+	local bool
+}
+
+// natRequest reads the NAT part of an access request: the stanza's
+// FORCE_NAT, else the message's NAT field. why says what is refused: NAT
+// types fwknopd.conf's switches leave off (fwknopd then tries the next
+// stanza, as the refusal here does), and host names (fwknopd's
+// ENABLE_NAT_DNS: postern resolves nothing on the packet path).
+func (d *Decoder) natRequest(st *Stanza, m *Message, dst netip.Addr) (natTarget, string) {
+	local := m.Type == LocalNATAccessMsg || m.Type == ClientTimeoutLocalNATAccessMsg
+	switch {
+	case m.Type.HasNAT() && local && !d.cfg.NAT.LocalNAT:
+		return natTarget{}, "local NAT is not enabled ([fwknop] local_nat)"
+	case m.Type.HasNAT() && !local && !d.cfg.NAT.Forwarding:
+		return natTarget{}, "forwarding is not enabled ([fwknop] forwarding)"
+	case st.ForceNAT.IsValid() && !local:
+		if !d.cfg.NAT.Forwarding {
+			return natTarget{}, "forwarding is not enabled ([fwknop] forwarding)"
+		}
+		return natTarget{to: st.ForceNAT.Addr(), port: st.ForceNAT.Port()}, ""
+	case !m.Type.HasNAT():
+		return natTarget{}, ""
+	}
+	host, ps, ok := strings.Cut(m.NAT, ",")
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if !ok || err != nil || p == 0 {
+		return natTarget{}, "malformed NAT field"
+	}
+	if st.ForceNAT.IsValid() {
+		// FORCE_NAT decides the destination; a local request keeps it.
+		return natTarget{to: dst, port: st.ForceNAT.Port(), local: true}, ""
+	}
+	if local {
+		// The client names the server as it sees it (possibly through a
+		// NAT of its own); the packet's destination is this host's own
+		// address.
+		return natTarget{to: dst, port: uint16(p), local: true}, ""
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return natTarget{}, "host names in NAT requests are not resolved: send an address"
+	}
+	if !a.Unmap().IsGlobalUnicast() {
+		return natTarget{}, "NAT address is not a unicast address"
+	}
+	return natTarget{to: a.Unmap(), port: uint16(p)}, ""
 }
 
 // cycleCommands is CMD_CYCLE_OPEN now and CMD_CYCLE_CLOSE later, as
@@ -356,15 +430,32 @@ func (d *Decoder) command(st *Stanza, m *Message, src netip.Addr, v *policy.Verd
 }
 
 // PolicyClients are what each stanza may do, for package policy: its
-// ports (OPEN_PORTS less RESTRICT_PORTS), up to MAX_FW_TIMEOUT, and its
-// commands.
-func PolicyClients(stanzas []*Stanza) []policy.Client {
+// ports (OPEN_PORTS less RESTRICT_PORTS), up to MAX_FW_TIMEOUT, its
+// commands, and with forwarding on any destination the decoder names,
+// translated as fwknopd's snat_rule does: FORCE_SNAT's address, else
+// FORCE_MASQUERADE, else (with ENABLE_IPT_SNAT) SNAT_TRANSLATE_IP, else
+// masquerade.
+func PolicyClients(stanzas []*Stanza, nat NATOptions) []policy.Client {
 	out := make([]policy.Client, 0, len(stanzas))
 	for _, st := range stanzas {
-		out = append(out, policy.Client{Language: policy.Fwknop, Name: StanzaName(st), AllowPort: st.PortAllowed,
+		c := policy.Client{Language: policy.Fwknop, Name: StanzaName(st), AllowPort: st.PortAllowed,
 			MaxDuration:     time.Duration(max(st.MaxFWTimeout, st.FWAccessTimeout)) * time.Second,
 			DefaultDuration: time.Duration(st.FWAccessTimeout) * time.Second, AllowSource: true,
-			Commands: st.CmdCycleOpen != "" || st.EnableCmdExec})
+			Commands: st.CmdCycleOpen != "" || st.EnableCmdExec,
+			ForwardAny: nat.Forwarding, LocalNAT: nat.LocalNAT, NoDNAT: st.DisableDNAT}
+		if st.ForceSNAT.IsValid() || st.ForceMasquerade || nat.SNAT {
+			switch {
+			case st.ForceSNAT.IsValid():
+				c.AnyNAT.SNAT = st.ForceSNAT
+			case st.ForceMasquerade:
+				c.AnyNAT.Masquerade = true
+			case nat.SNATTranslateIP.IsValid():
+				c.AnyNAT.SNAT = nat.SNATTranslateIP
+			default:
+				c.AnyNAT.Masquerade = true
+			}
+		}
+		out = append(out, c)
 	}
 	return out
 }

@@ -77,3 +77,64 @@ func TestDecideClose(t *testing.T) {
 		t.Fatalf("a close without ports: %q", r)
 	}
 }
+
+func TestDecideForward(t *testing.T) {
+	ssh := port.Spec{Proto: port.TCP, Num: 22}
+	inside := netip.MustParseAddr("10.77.1.2")
+	inside6 := netip.MustParseAddr("fd77::2")
+	gw := netip.MustParseAddr("10.77.1.9")
+	p := New([]Client{
+		{Name: "alice", Allow: []port.Spec{ssh}, MaxDuration: time.Minute, DefaultDuration: 30 * time.Second,
+			Forward: []Forward{{To: inside, Port: ssh, External: 2222, Masquerade: true}, {To: inside6, Port: ssh}}},
+		{Language: Fwknop, Name: "stanza", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute,
+			ForwardAny: true, AnyNAT: Forward{SNAT: gw}},
+		{Language: Fwknop, Name: "nodnat", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute,
+			ForwardAny: true, NoDNAT: true},
+		{Language: Fwknop, Name: "local", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute, LocalNAT: true},
+	})
+	own := netip.MustParseAddr("198.18.0.2")
+	own6 := netip.MustParseAddr("2001:db8::2")
+	tests := []struct {
+		name string
+		req  Request
+		want Refusal
+		out  Grant
+	}{
+		{"listed destination, its translation", Request{Client: "alice", Allow: own, To: inside, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, To: inside, Port: ssh, External: 2222, Masquerade: true}},
+		{"IPv6 destination", Request{Client: "alice", Allow: own6, To: inside6, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own6, To: inside6, Port: ssh}},
+		{"bad unlisted host", Request{Client: "alice", Allow: own, To: netip.MustParseAddr("10.77.1.3"), Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+		{"bad unlisted port", Request{Client: "alice", Allow: own, To: inside, Ports: []port.Spec{{Proto: port.TCP, Num: 23}}}, ForwardNotAllowed, Grant{}},
+		{"bad family mix", Request{Client: "alice", Allow: own, To: inside6, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+		{"bad other external port", Request{Client: "alice", Allow: own, To: inside, External: 22, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+		{"bad local NAT not allowed", Request{Client: "alice", Allow: own, To: own, LocalNAT: true, External: 2222, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+		{"fwknop any destination, DNAT from its port", Request{Language: Fwknop, Client: "stanza", Allow: own, To: inside, External: 2222, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, To: inside, Port: ssh, External: 2222, SNAT: gw}},
+		{"fwknop DISABLE_DNAT", Request{Language: Fwknop, Client: "nodnat", Allow: own, To: inside, External: 2222, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, To: inside, Port: ssh}},
+		{"bad fwknop loopback destination", Request{Language: Fwknop, Client: "stanza", Allow: own, To: netip.MustParseAddr("127.0.0.1"), Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+		{"fwknop local NAT", Request{Language: Fwknop, Client: "local", Allow: own, To: netip.MustParseAddr("198.18.0.1"), LocalNAT: true, External: 2222, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, To: netip.MustParseAddr("198.18.0.1"), Port: ssh, External: 2222, Local: true}},
+		{"bad forward without the switch", Request{Language: Fwknop, Client: "local", Allow: own, To: inside, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dec, r := p.Decide(&tt.req)
+			if r != tt.want {
+				t.Fatalf("refusal %q, want %q", r, tt.want)
+			}
+			if r != "" {
+				return
+			}
+			if len(dec.Grants) != 1 {
+				t.Fatalf("grants %v", dec.Grants)
+			}
+			g := dec.Grants[0]
+			g.Timeout, g.Name = 0, ""
+			if g != tt.out {
+				t.Errorf("grant %+v, want %+v", g, tt.out)
+			}
+		})
+	}
+}

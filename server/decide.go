@@ -45,7 +45,11 @@ func (s *Server) apply(v *policy.Verdict) {
 	dec, refusal := s.pipe.Load().policy.Decide(r)
 	if refusal != "" {
 		v.Reason = string(refusal)
-		s.refuse(v, slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration))
+		extra := []slog.Attr{slog.String("ports", port.Join(r.Ports)), slog.Duration("duration", r.Duration)}
+		if r.To.IsValid() {
+			extra = append(extra, slog.String("to", r.To.String()))
+		}
+		s.refuse(v, extra...)
 		return
 	}
 	if len(dec.Revokes) > 0 {
@@ -87,6 +91,11 @@ func (s *Server) apply(v *policy.Verdict) {
 	if len(dec.Grants) > 0 {
 		g := dec.Grants[0]
 		args = append(args, "allow", g.Addr, "ports", port.Join(r.Ports), "duration", g.Timeout)
+		if g.To.IsValid() {
+			// A gateway grant: where it leads and how it is translated.
+			f := policy.Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}
+			args = append(args, "to", f.String())
+		}
 	}
 	if len(dec.Commands) > 0 {
 		args = append(args, "commands", len(dec.Commands))

@@ -174,7 +174,8 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 		p.routes.spaPort = cfg.SPA.Port
 		for _, c := range cfg.Clients {
 			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
-				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource})
+				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource,
+				Forward: c.Forward})
 		}
 		if cfg.SSH != nil {
 			for _, id := range cfg.SSH.Identities {
@@ -214,9 +215,9 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 		}
 		// Last: it starts GnuPG workers, which nothing after may leave running.
 		p.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
-			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4})
+			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4, NAT: f.NAT})
 		p.routes.fwknopPort = f.Port
-		clients = append(clients, fko.PolicyClients(f.Stanzas)...)
+		clients = append(clients, fko.PolicyClients(f.Stanzas, f.NAT)...)
 	}
 	p.policy = policy.New(clients)
 	return p, nil
@@ -318,7 +319,7 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 // and what capture must pass. It needs no key or state file, so the closed
 // state can be installed before anything that may fail is loaded.
 func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
-	rules := firewall.Rules{Protected: cfg.Protected()}
+	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published}
 	var matches []capture.Match
 	closeKnock := func(ps ...port.Spec) {
 		if cfg.Capture == "afpacket" {

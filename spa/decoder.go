@@ -34,7 +34,7 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 	}
 	d.out.Grant(policy.Request{
 		Language: policy.SPA, Client: d.v.ClientName(k), Src: f.Src, UseSource: k.UseSource,
-		Allow: k.Allow, Ports: k.Ports, Duration: k.Duration, Action: k.Action,
+		Allow: k.Allow, Ports: k.Ports, Duration: k.Duration, Action: k.Action, To: k.To,
 	})
 	emit(&d.out)
 }

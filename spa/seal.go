@@ -73,6 +73,8 @@ func checkKnock(k *Knock) error {
 		return fmt.Errorf("cannot grant address %v", k.Allow)
 	case k.Time.IsZero():
 		return errors.New("knock has no timestamp")
+	case k.To.IsValid() && !grantable(k.To):
+		return fmt.Errorf("cannot ask for destination %v", k.To)
 	}
 	for _, p := range k.Ports {
 		if p.Num == 0 {

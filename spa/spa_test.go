@@ -129,8 +129,15 @@ func TestOptions(t *testing.T) {
 	k.Allow = netip.MustParseAddr("2001:db8::2")
 	k.Dest = netip.MustParseAddr("2001:db8::99") // a configured extra destination
 	got, r = f.verify(f.seal(t, k))
-	if r != Accepted || got.Allow != k.Allow || got.Dest != k.Dest {
+	if r != Accepted || got.Allow != k.Allow || got.Dest != k.Dest || got.To.IsValid() {
 		t.Fatalf("IPv6 allow + configured dest: %v %+v", r, got)
+	}
+	// A destination behind the server (gateway mode) travels signed.
+	k.Time = k.Time.Add(time.Millisecond)
+	k.To = netip.MustParseAddr("10.77.1.2")
+	got, r = f.verify(f.seal(t, k))
+	if r != Accepted || got.To != k.To {
+		t.Fatalf("forwarded destination: %v %+v", r, got)
 	}
 }
 
@@ -354,6 +361,7 @@ func TestSealRefusesBadRequests(t *testing.T) {
 		"bad allow":          func(k *Knock) { k.Allow = netip.IPv4Unspecified() },
 		"bad fraction":       func(k *Knock) { k.Duration = 1500 * time.Millisecond },
 		"bad no time":        func(k *Knock) { k.Time = time.Time{} },
+		"bad destination":    func(k *Knock) { k.To = netip.IPv4Unspecified() },
 	}
 	for name, mod := range bad {
 		k := f.knock()

@@ -66,13 +66,15 @@ const (
 	ptPorts    = 78  // MaxPorts × 3: protocol, port (big-endian)
 	ptActLen   = 126 // 1: 0..MaxActionLen
 	ptAction   = 127 // MaxActionLen
-	ptPad      = 159 // zeros up to the signature
+	ptTo       = 159 // 16: the destination behind the server (flagTo), IPv6 or IPv4-mapped
+	ptPad      = 175 // zeros up to the signature
 	ptSig      = 192 // 64: Ed25519 signature
 	signedLen  = ptSig
 
 	flagUseSource = 0x01
 	flagDest      = 0x02
-	knownFlags    = flagUseSource | flagDest
+	flagTo        = 0x04
+	knownFlags    = flagUseSource | flagDest | flagTo
 
 	// MaxPorts is how many ports one knock can ask for.
 	MaxPorts = 16
@@ -103,6 +105,9 @@ type Knock struct {
 	Ports     []port.Spec
 	Duration  time.Duration // 0: the server's default for this client
 	Action    string
+	// To, when valid, asks for Ports on that host behind the server (a
+	// gateway) instead of on the server.
+	To netip.Addr
 }
 
 func putAddr(b []byte, a netip.Addr) {
@@ -129,6 +134,10 @@ func encodePlaintext(pt []byte, k *Knock) {
 	if k.Dest.IsValid() {
 		flags |= flagDest
 		putAddr(pt[ptDest:], k.Dest)
+	}
+	if k.To.IsValid() {
+		flags |= flagTo
+		putAddr(pt[ptTo:], k.To)
 	}
 	pt[ptFlags] = flags
 	binary.BigEndian.PutUint32(pt[ptDuration:], uint32(k.Duration/time.Second))
@@ -204,8 +213,20 @@ func decodePlaintext(pt []byte, k *Knock) bool {
 		k.Ports = append(k.Ports, p)
 	}
 	al := int(pt[ptActLen])
-	if al > MaxActionLen || !validAction(pt[ptAction:ptAction+al]) || !allZero(pt[ptAction+al:ptSig]) {
+	if al > MaxActionLen || !validAction(pt[ptAction:ptAction+al]) || !allZero(pt[ptAction+al:ptTo]) ||
+		!allZero(pt[ptPad:ptSig]) {
 		return false
+	}
+	if flags&flagTo != 0 {
+		k.To = getAddr(pt[ptTo:])
+		if !grantable(k.To) {
+			return false
+		}
+	} else {
+		k.To = netip.Addr{}
+		if !allZero(pt[ptTo:ptPad]) {
+			return false
+		}
 	}
 	k.Action = string(pt[ptAction : ptAction+al])
 	return true

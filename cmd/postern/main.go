@@ -164,7 +164,7 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	fs.StringVar(&k.sshKey, "ssh-key", "", "SPA: sign with this OpenSSH private key `file` (and FILE-cert.pub if there) instead of --key")
 	fs.StringVar(&k.sshAgent, "ssh-agent", "", "SPA: sign with a key held by ssh-agent: --ssh-agent alone for its only key, --ssh-agent=`FINGERPRINT|COMMENT` to choose")
 	fs.Lookup("ssh-agent").NoOptDefVal = "*"
-	fs.StringVar(&k.open, "open", "", "SPA: what to open: `proto/port[,proto/port…]`, such as tcp/22")
+	fs.StringVar(&k.open, "open", "", "SPA: what to open: `[HOST:]proto/port[,proto/port…]`, such as tcp/22, or 10.0.0.5:tcp/22 for a host behind a gateway")
 	fs.DurationVar(&k.wait, "wait", 0, "SPA: after knocking, wait up to this `long` (default 10s) for the first TCP port to answer, knocking again (fresh) up to twice")
 	fs.Lookup("wait").NoOptDefVal = "10s"
 	fs.StringVar(&k.closePorts, "close", "", "SPA: close these `proto/port[,…]` for this address now (an authenticated close request) instead of opening")
@@ -305,6 +305,28 @@ func (k *knockFlags) sequence(pos []string, out io.Writer) error {
 	return client.Sequence(ctx, o)
 }
 
+// parseOpen reads --open: ports of the server, or of a host behind it
+// (gateway mode) written HOST:proto/port[,proto/port…], an IPv6 HOST in
+// brackets.
+func parseOpen(s string) (netip.Addr, []port.Spec, error) {
+	var to netip.Addr
+	if host, rest, ok := strings.Cut(s, ":"); ok {
+		if strings.HasPrefix(host, "[") {
+			host, rest, ok = strings.Cut(s[1:], "]:")
+			if !ok {
+				return to, nil, fmt.Errorf("%q: want [IPV6]:proto/port", s)
+			}
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			return to, nil, fmt.Errorf("%q: %q is not an IP address", s, host)
+		}
+		to, s = a.Unmap(), rest
+	}
+	ports, err := port.ParseList(s)
+	return to, ports, err
+}
+
 // spaKnock sends one postern SPA knock.
 func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	switch {
@@ -325,7 +347,7 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	if k.closePorts != "" {
 		what, action = "close", policy.ActionClose
 	}
-	ports, err := port.ParseList(cmp.Or(k.open, k.closePorts))
+	to, ports, err := parseOpen(cmp.Or(k.open, k.closePorts))
 	if err != nil {
 		return errUsage{fmt.Errorf("--%s: %w", what, err)}
 	}
@@ -342,7 +364,7 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	defer cancel()
 	opts := client.Options{
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
-		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action,
+		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action, To: to,
 	}
 	var probe port.Spec
 	if k.wait > 0 {
@@ -387,7 +409,11 @@ func waitForDoor(ctx context.Context, o client.Options, sent []client.Sent, prob
 	for n := 1; ; n++ {
 		open := true
 		for _, s := range sent {
-			to := netip.AddrPortFrom(s.To.Addr(), probe.Num).String()
+			host := s.To.Addr()
+			if o.To.IsValid() {
+				host = o.To // the host behind the gateway, reached through it
+			}
+			to := netip.AddrPortFrom(host, probe.Num).String()
 			c, err := client.DialPatiently(ctx, to, wait/knocks)
 			if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
 				open = false // dropped: a refusal means the firewall let it through

@@ -54,6 +54,7 @@ var sshPort = port.Spec{Proto: port.TCP, Num: 22}
 type rig struct {
 	t        testing.TB
 	p        *netnstest.Pair
+	g        *netnstest.Gateway // with rigOptions.gateway
 	dir      string
 	cfgPath  string
 	server   spa.ServerPrivateKey
@@ -71,12 +72,19 @@ type rigOptions struct {
 	extra   string // appended to the configuration
 	noSPA   bool   // doors only: no [[client]], no server key
 	pq      bool   // a post-quantum (suite 2) server key
+	gateway bool   // the server is a gateway to an inside host (r.g)
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	netnstest.Require(t, "nft")
-	r := &rig{t: t, p: netnstest.NewPair(t), dir: t.TempDir()}
+	r := &rig{t: t, dir: t.TempDir()}
+	if o.gateway {
+		r.g = netnstest.NewGateway(t)
+		r.p = r.g.Pair
+	} else {
+		r.p = netnstest.NewPair(t)
+	}
 	var err error
 	gen := spa.GenerateServerKey
 	if o.pq {

@@ -368,3 +368,48 @@ func NewGateway(t TB) *Gateway {
 	gw.Exec(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return g
 }
+
+// DockerPublish makes the gateway namespace a stand-in for a Docker host: a
+// bridge docker0 with one container behind it and the rules Docker writes
+// for `docker run -p 8080:80` with iptables-nft (DNAT in its nat chain
+// DOCKER, FORWARD policy drop, its filter chain DOCKER accepting the
+// container's port). It returns iptables-save's view of Docker's rules.
+// The container answers on port 80 with the address it sees (Whoami).
+func (g *Gateway) DockerPublish(t TB) (container *NS, rules func() string) {
+	t.Helper()
+	gw := g.Server
+	container = New(t, "ctr")
+	gw.IP(t, "link", "add", "docker0", "type", "bridge")
+	gw.IP(t, "addr", "add", "172.17.0.1/16", "dev", "docker0")
+	gw.IP(t, "link", "set", "docker0", "up")
+	run(t, "ip", "link", "add", "vethctr", "netns", gw.Name, "type", "veth", "peer", "name", "eth0", "netns", container.Name)
+	gw.IP(t, "link", "set", "vethctr", "master", "docker0", "up")
+	container.IP(t, "addr", "add", "172.17.0.2/16", "dev", "eth0")
+	container.IP(t, "link", "set", "eth0", "up")
+	container.IP(t, "route", "add", "default", "via", "172.17.0.1")
+	for _, args := range [][]string{
+		{"-t", "nat", "-N", "DOCKER"},
+		{"-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"},
+		{"-t", "nat", "-A", "DOCKER", "-i", "docker0", "-j", "RETURN"},
+		{"-t", "nat", "-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "172.17.0.2:80"},
+		{"-N", "DOCKER"},
+		{"-P", "FORWARD", "DROP"},
+		{"-A", "FORWARD", "-o", "docker0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+		{"-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"},
+		{"-A", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT"},
+		{"-A", "DOCKER", "-d", "172.17.0.2/32", "!", "-i", "docker0", "-o", "docker0", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "ACCEPT"},
+	} {
+		gw.Exec(t, "iptables", args...)
+	}
+	container.Whoami(t, ":80")
+	return container, func() string {
+		var keep []string
+		for _, l := range strings.Split(gw.Exec(t, "iptables-save"), "\n") {
+			if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ":") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+}

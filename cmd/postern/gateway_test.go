@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/internal/netnstest"
+	"github.com/postern/postern/spa"
+)
+
+// The gateway tests: a client, a gateway running postern, and an inside
+// host that the client reaches only through the gateway (issue #15).
+
+// whoami connects from the client's address from to to and returns the
+// source address the inside host saw, or "" if the connection failed.
+func (r *rig) whoami(from netip.Addr, to netip.AddrPort, timeout time.Duration) string {
+	c, err := r.p.Client.Dial("tcp", from, to, timeout)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line)
+}
+
+// waitWhoami polls until the inside host answers from as want.
+func (r *rig) waitWhoami(from netip.Addr, to netip.AddrPort, want netip.Addr, what string) {
+	r.t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got := r.whoami(from, to, 200*time.Millisecond)
+		if got == want.String() {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: %v → %v: the inside host saw %q, want %v", what, from, to, got, want)
+		}
+	}
+}
+
+// requireNoWay fails if from reaches to at all.
+func (r *rig) requireNoWay(from netip.Addr, to netip.AddrPort, what string) {
+	r.t.Helper()
+	if got := r.whoami(from, to, probeTimeout); got != "" {
+		r.t.Fatalf("%s: %v reached %v (the inside host saw %q)", what, from, to, got)
+	}
+}
+
+// waitNoWay polls until from no longer reaches to.
+func (r *rig) waitNoWay(from netip.Addr, to netip.AddrPort, within time.Duration, what string) {
+	r.t.Helper()
+	deadline := time.Now().Add(within)
+	for r.whoami(from, to, probeTimeout) != "" {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s: %v still reaches %v after %v", what, from, to, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestGatewaySPA(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{gateway: true, extra: `forward = ["10.77.1.2:tcp/22", "10.77.1.2:tcp/2200 via 2222 masquerade", "[fd77::2]:tcp/22"]
+`})
+	g := r.g
+	g.Inside.Whoami(t, ":22")
+	g.Inside.Whoami(t, ":2200")
+	in4, in6 := netip.AddrPortFrom(g.Inside4, 22), netip.AddrPortFrom(g.Inside6, 22)
+	r.start()
+	r.requireNoWay(r.p.Client4, in4, "before any knock")
+	r.requireNoWay(r.p.Client6, in6, "before any knock (IPv6)")
+
+	mark := r.out.Mark()
+	r.knockForward(r.p.Server4, "10.77.1.2:tcp/22")
+	r.waitWhoami(r.p.Client4, in4, r.p.Client4, "after the knock")
+	r.out.WaitAfter(t, mark, time.Second, "msg=granted language=spa", "client=alice", "allow="+r.p.Client4.String(),
+		"to=10.77.1.2:tcp/22")
+	r.requireNoWay(r.p.Client4b, in4, "another address")
+	r.requireNoWay(r.p.Client6, in6, "the IPv6 destination, not asked for")
+
+	r.knockForward(r.p.Server6, "[fd77::2]:tcp/22")
+	r.waitWhoami(r.p.Client6, in6, r.p.Client6, "after the IPv6 knock")
+
+	// DNAT from the gateway's port 2222, masqueraded: the inside host sees
+	// the gateway.
+	ext := netip.AddrPortFrom(r.p.Server4, 2222)
+	r.requireNoWay(r.p.Client4, ext, "port 2222 before its knock")
+	r.knockForward(r.p.Server4, "10.77.1.2:tcp/2200")
+	r.waitWhoami(r.p.Client4, ext, g.Gateway4, "through DNAT and masquerade")
+	r.requireNoWay(r.p.Client4b, ext, "port 2222 from another address")
+
+	// Destinations outside alice's forward list: refused with their own
+	// reason, nothing opened.
+	for _, to := range []string{"10.77.1.3:tcp/22", "10.77.1.2:tcp/23"} {
+		mark := r.out.Mark()
+		r.knockForward(r.p.Server4, to)
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused language=spa", `reason="destination not allowed"`, "client=alice")
+	}
+	if n := r.metric("spa", "destination not allowed"); n != 2 {
+		t.Errorf("destination not allowed counted %d times, want 2", n)
+	}
+
+	// Expiry is the kernel's, also after SIGKILL.
+	r.waitNoWay(r.p.Client4, in4, 5*time.Second, "after default_duration")
+	r.knockForward(r.p.Server4, "10.77.1.2:tcp/22", "--for", "3s")
+	r.waitWhoami(r.p.Client4, in4, r.p.Client4, "knocked again")
+	r.signal(syscall.SIGKILL)
+	r.waitWhoami(r.p.Client4, in4, r.p.Client4, "right after SIGKILL")
+	r.waitNoWay(r.p.Client4, in4, 5*time.Second, "grant after SIGKILL")
+}
+
+// knockForward knocks as alice for a destination behind the gateway.
+func (r *rig) knockForward(gateway netip.Addr, open string, extra ...string) {
+	r.t.Helper()
+	args := append([]string{"knock", "--key", r.alice, "--server-key", r.server.Public().String(), "--open", open}, extra...)
+	if out, err := r.postern(append(args, gateway.String())...); err != nil {
+		r.t.Fatalf("postern knock --open %s: %v\n%s", open, err, out)
+	}
+}
+
+// fwknopGatewayRig is a gateway whose postern reads an access.conf with
+// fwknopd's forwarding switched on.
+func fwknopGatewayRig(t *testing.T, access, fwknop string, backend ...string) *rig {
+	t.Helper()
+	netnstest.Require(t, "fwknop", "nft")
+	be := "nftables"
+	if len(backend) > 0 {
+		be = backend[0]
+		netnstest.Require(t, "iptables", "ip6tables", "ipset")
+	}
+	r := newRig(t, rigOptions{noSPA: true, gateway: true})
+	path := r.writeFile("access.conf", access)
+	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
+state_dir = %q
+metrics_listen = "127.0.0.1:9101"
+[fwknop]
+access_file = %q
+%s
+[gateway]
+protect = ["10.77.1.2:tcp/22"]
+[firewall]
+backend = %q
+`, netnstest.Interface, r.dir+"/state", path, fwknop, be))
+	return r
+}
+
+func TestGatewayRealFwknopNAT(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []string{"nftables", "iptables"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			testGatewayRealFwknopNAT(t, backend)
+		})
+	}
+}
+
+func testGatewayRealFwknopNAT(t *testing.T, backend string) {
+	r := fwknopGatewayRig(t, `SOURCE              ANY
+KEY_BASE64          `+fwKey+`
+HMAC_KEY_BASE64     `+fwHMAC+`
+OPEN_PORTS          tcp/22
+FW_ACCESS_TIMEOUT   3
+
+SOURCE              ANY
+KEY_BASE64          `+fwKey2+`
+HMAC_KEY_BASE64     `+fwHMAC2+`
+HMAC_DIGEST_TYPE    sha512
+OPEN_PORTS          tcp/2222
+FORCE_NAT           10.77.1.2 2200
+FORCE_MASQUERADE    Y
+FW_ACCESS_TIMEOUT   3
+`, "forwarding = true", backend)
+	g := r.g
+	g.Inside.Whoami(t, ":22")
+	g.Inside.Whoami(t, ":2200")
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	viaGateway := netip.AddrPortFrom(srv, 22)
+	inside := netip.AddrPortFrom(g.Inside4, 22)
+	r.requireNoWay(cli, inside, "before the knock")
+
+	// fwknop -N: the gateway's port 22 leads to the inside host's 22 for
+	// the client's address, which the inside host sees.
+	mark := r.out.Mark()
+	r.fwknop("-A", "tcp/22", "-N", "10.77.1.2:22", "-a", cli.String(), "-D", srv.String(),
+		"--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac")
+	r.waitWhoami(cli, viaGateway, cli, "after fwknop -N")
+	r.out.WaitAfter(t, mark, time.Second, "msg=granted language=fwknop", "allow="+cli.String(), "to=\"10.77.1.2:tcp/22 via 22\"")
+	r.waitWhoami(cli, inside, cli, "routed to the inside host")
+	r.requireNoWay(r.p.Client4b, viaGateway, "another address through the gateway")
+	r.requireNoWay(r.p.Client4b, inside, "another address to the inside host")
+	r.waitNoWay(cli, viaGateway, 5*time.Second, "after FW_ACCESS_TIMEOUT")
+
+	// FORCE_NAT without a NAT request: the stanza decides where -A tcp/2222
+	// leads (masqueraded: the inside host sees the gateway).
+	ext := netip.AddrPortFrom(srv, 2222)
+	r.requireNoWay(cli, ext, "FORCE_NAT port before the knock")
+	r.fwknop("-A", "tcp/2222", "-a", cli.String(), "-D", srv.String(),
+		"--key-base64-rijndael", fwKey2, "--key-base64-hmac", fwHMAC2, "--use-hmac", "--hmac-digest-type", "sha512")
+	r.waitWhoami(cli, ext, g.Gateway4, "after the FORCE_NAT knock")
+	r.requireNoWay(r.p.Client4b, ext, "FORCE_NAT port from another address")
+
+	// SIGKILL leaves expiry to the kernel.
+	r.signal(syscall.SIGKILL)
+	r.waitWhoami(cli, ext, g.Gateway4, "right after SIGKILL")
+	r.waitNoWay(cli, ext, 5*time.Second, "FORCE_NAT grant after SIGKILL")
+}
+
+func TestGatewayFwknopNATNeedsForwarding(t *testing.T) {
+	t.Parallel()
+	r := fwknopGatewayRig(t, `SOURCE              ANY
+KEY_BASE64          `+fwKey+`
+HMAC_KEY_BASE64     `+fwHMAC+`
+OPEN_PORTS          tcp/22
+FW_ACCESS_TIMEOUT   3
+`, "")
+	r.g.Inside.Whoami(t, ":22")
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	mark := r.out.Mark()
+	r.fwknop("-A", "tcp/22", "-N", "10.77.1.2:22", "-a", cli.String(), "-D", srv.String(),
+		"--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused language=fwknop", `reason="NAT refused"`,
+		`detail="forwarding is not enabled ([fwknop] forwarding)"`)
+	r.requireNoWay(cli, netip.AddrPortFrom(srv, 22), "through the gateway")
+	r.requireNoWay(cli, netip.AddrPortFrom(r.g.Inside4, 22), "to the inside host")
+}
+
+// A Docker host: the port a container publishes is closed until a knock,
+// then open for the knocker only; Docker's rules stay as Docker wrote them.
+func TestGatewayDockerPublishedPort(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "iptables")
+	web, err := spa.GenerateClientKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, rigOptions{gateway: true, extra: `
+[[client]]
+name = "web"
+public_key = "` + web.Public().String() + `"
+allow = ["tcp/8080"]
+default_duration = "3s"
+
+[gateway]
+published = true
+`})
+	_, dockerRules := r.g.DockerPublish(t)
+	published := netip.AddrPortFrom(r.p.Server4, 8080)
+	r.waitWhoami(r.p.Client4, published, r.p.Client4, "before postern")
+	before := dockerRules()
+	r.start()
+	r.requireNoWay(r.p.Client4, published, "published port before the knock")
+	webKey := r.writeKey("web.key", web.Encode())
+	if out, err := r.postern("knock", "--key", webKey, "--server-key", r.server.Public().String(), "--open", "tcp/8080",
+		r.p.Server4.String()); err != nil {
+		t.Fatalf("knock: %v\n%s", err, out)
+	}
+	r.waitWhoami(r.p.Client4, published, r.p.Client4, "after the knock")
+	r.requireNoWay(r.p.Client4b, published, "another address")
+	if after := dockerRules(); after != before {
+		t.Errorf("Docker's rules changed:\n%s\nwas\n%s", after, before)
+	}
+	r.waitNoWay(r.p.Client4, published, 5*time.Second, "after the grant expired")
+}

@@ -441,7 +441,7 @@ func PolicyClients(stanzas []*Stanza, nat NATOptions) []policy.Client {
 		c := policy.Client{Language: policy.Fwknop, Name: StanzaName(st), AllowPort: st.PortAllowed,
 			MaxDuration:     time.Duration(max(st.MaxFWTimeout, st.FWAccessTimeout)) * time.Second,
 			DefaultDuration: time.Duration(st.FWAccessTimeout) * time.Second, AllowSource: true,
-			Commands: st.CmdCycleOpen != "" || st.EnableCmdExec,
+			Commands:   st.CmdCycleOpen != "" || st.EnableCmdExec,
 			ForwardAny: nat.Forwarding, LocalNAT: nat.LocalNAT, NoDNAT: st.DisableDNAT}
 		if st.ForceSNAT.IsValid() || st.ForceMasquerade || nat.SNAT {
 			switch {

@@ -21,6 +21,7 @@ import (
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/internal/pidlock"
+	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/server"
 )
@@ -198,6 +199,7 @@ type statusGrant struct {
 	Address   string  `json:"address"`
 	Port      string  `json:"port"`
 	Name      string  `json:"name,omitempty"`
+	To        string  `json:"to,omitempty"` // a gateway grant: where it leads, how translated
 	ExpiresIn float64 `json:"expires_in_seconds"`
 	Backend   string  `json:"backend"`
 }
@@ -228,7 +230,7 @@ func status(asJSON bool, stdout io.Writer) error {
 		}
 		for _, g := range gs {
 			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
-				ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
+				To: grantDestination(g), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
 		}
 	}
 	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
@@ -248,12 +250,23 @@ func status(asJSON bool, stdout io.Writer) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ADDRESS\tPORT\tNAME\tEXPIRES IN\tBACKEND")
+	fmt.Fprintln(w, "ADDRESS\tPORT\tTO\tNAME\tEXPIRES IN\tBACKEND")
 	for _, g := range rep.Grants {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.Name, "-"),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.To, "this host"), cmp.Or(g.Name, "-"),
 			time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
 	}
 	return w.Flush()
+}
+
+// grantDestination says where a gateway grant leads ("" for this host).
+func grantDestination(g firewall.Grant) string {
+	switch {
+	case g.Local:
+		return fmt.Sprintf("this host via %d", g.External)
+	case g.To.IsValid():
+		return policy.Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}.String()
+	}
+	return ""
 }
 
 func cleanup(force bool, stdout io.Writer) error {
@@ -324,7 +337,8 @@ func revokeCmd(pos []string, stdout io.Writer) error {
 				return fmt.Errorf("%s: %w", b.name, err)
 			}
 			for _, g := range mine {
-				fmt.Fprintf(stdout, "revoked %s %s (%s, %s)\n", g.Addr, g.Port, cmp.Or(g.Name, "-"), b.name)
+				fmt.Fprintf(stdout, "revoked %s %s%s (%s, %s)\n", g.Addr, g.Port,
+					strings.TrimSuffix(" to "+grantDestination(g), " to "), cmp.Or(g.Name, "-"), b.name)
 			}
 			revoked += len(mine)
 		}

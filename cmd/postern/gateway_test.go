@@ -94,6 +94,10 @@ func TestGatewaySPA(t *testing.T) {
 	r.knockForward(r.p.Server4, "10.77.1.2:tcp/2200")
 	r.waitWhoami(r.p.Client4, ext, g.Gateway4, "through DNAT and masquerade")
 	r.requireNoWay(r.p.Client4b, ext, "port 2222 from another address")
+	status := r.p.Server.Exec(t, posternBin, "status")
+	if !strings.Contains(status, "10.77.1.2:tcp/2200 via 2222 masquerade") || !strings.Contains(status, "[fd77::2]:tcp/22") {
+		t.Errorf("postern status does not show the gateway grants:\n%s", status)
+	}
 
 	// Destinations outside alice's forward list: refused with their own
 	// reason, nothing opened.

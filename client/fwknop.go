@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/user"
@@ -52,6 +53,9 @@ var fwknopOpts = []struct {
 	{"P", "server-proto", true, "SPA_SERVER_PROTO"},
 	{"f", "fw-timeout", true, "FW_TIMEOUT"},
 	{"N", "nat-access", true, "NAT_ACCESS"},
+	{"", "nat-local", false, "NAT_LOCAL=Y"},
+	{"", "nat-port", true, "NAT_PORT"},
+	{"", "nat-rand-port", false, "NAT_RAND_PORT=Y"},
 	{"C", "server-cmd", true, "SERVER_CMD"},
 	{"U", "spoof-user", true, "SPOOF_USER"},
 	{"m", "digest-type", true, "DIGEST_TYPE"},
@@ -136,7 +140,7 @@ func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 			case o.rcVar == "ALLOW_IP=source":
 				cli.Value = "source"
 				r.Settings["ALLOW_IP"] = cli
-			case o.rcVar == "USE_HMAC=Y" || o.rcVar == "USE_GPG=Y":
+			case strings.HasSuffix(o.rcVar, "=Y"):
 				cli.Value = "Y"
 				r.Settings[strings.TrimSuffix(o.rcVar, "=Y")] = cli
 			case o.rcVar == "TIME_OFFSET+" || o.rcVar == "TIME_OFFSET-":
@@ -249,8 +253,8 @@ func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 // setting them to anything but their harmless value is an error, so that a
 // stanza never silently does something else than it says.
 var fwknopUnsupported = map[string]string{
-	"RESOLVE_IP_HTTPS": "N", "RESOLVE_HTTP_ONLY": "N", "NAT_LOCAL": "N", "NAT_RAND_PORT": "N", "RAND_PORT": "N",
-	"SPOOF_SOURCE_IP": "", "NAT_PORT": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
+	"RESOLVE_IP_HTTPS": "N", "RESOLVE_HTTP_ONLY": "N", "RAND_PORT": "N",
+	"SPOOF_SOURCE_IP": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
 	"USE_GPG_AGENT": "N", "RESOLVE_IP_HTTP": "N",
 }
 
@@ -439,15 +443,12 @@ func (s FwknopSettings) message(now time.Time) (*fko.Message, error) {
 		return nil, errors.New("nothing to ask for: use -A proto/port[,…] (or -C CMD)")
 	}
 	m.Message = allow + "," + access
-	if _, err := fko.ParseAccessMessage(m.Message); err != nil {
+	acc, err := fko.ParseAccessMessage(m.Message)
+	if err != nil {
 		return nil, err
 	}
-	if nat := s.get("NAT_ACCESS"); nat != "" {
-		h, p, ok := strings.Cut(nat, ":")
-		if !ok {
-			return nil, s.bad("NAT_ACCESS", "%q: want host:port", nat)
-		}
-		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
+	if err := s.nat(m, acc); err != nil {
+		return nil, err
 	}
 	if t := s.get("FW_TIMEOUT"); t != "" {
 		n, err := strconv.Atoi(t)
@@ -457,10 +458,58 @@ func (s FwknopSettings) message(now time.Time) (*fko.Message, error) {
 		if n > 0 {
 			m.ClientTimeout = n
 			m.Type = map[fko.MessageType]fko.MessageType{fko.AccessMsg: fko.ClientTimeoutAccessMsg,
-				fko.NATAccessMsg: fko.ClientTimeoutNATAccessMsg}[m.Type]
+				fko.NATAccessMsg: fko.ClientTimeoutNATAccessMsg, fko.LocalNATAccessMsg: fko.ClientTimeoutLocalNATAccessMsg}[m.Type]
 		}
 	}
 	return m, nil
+}
+
+// nat sets the NAT part of an access message as fwknop's client does
+// (set_access_buf, set_nat_access): -N HOST:PORT asks the server to forward
+// the requested port to HOST:PORT; --nat-local to its own PORT (the -A
+// port); --nat-port or --nat-rand-port replace the requested port, which
+// is then the one the client connects to.
+func (s FwknopSettings) nat(m *fko.Message, acc fko.Access) error {
+	local, natAccess := s.yes("NAT_LOCAL"), s.get("NAT_ACCESS")
+	if !local && natAccess == "" {
+		if s.get("NAT_PORT") != "" || s.yes("NAT_RAND_PORT") {
+			return s.bad("NAT_PORT", "needs -N HOST:PORT or --nat-local")
+		}
+		return nil
+	}
+	if len(acc.Ports) != 1 {
+		return s.bad("ACCESS", "NAT takes one proto/port with -A")
+	}
+	first := acc.Ports[0]
+	var external uint16
+	switch {
+	case s.yes("NAT_RAND_PORT"):
+		external = uint16(10000 + mathrand.IntN(55535))
+		fmt.Fprintf(os.Stderr, "[+] Randomly assigned port '%d' will grant access\n", external)
+	case s.get("NAT_PORT") != "":
+		n, err := strconv.ParseUint(s.get("NAT_PORT"), 10, 16)
+		if err != nil || n == 0 {
+			return s.bad("NAT_PORT", "%q: want a port", s.get("NAT_PORT"))
+		}
+		external = uint16(n)
+	}
+	if external != 0 {
+		allow, _, _ := strings.Cut(m.Message, ",")
+		m.Message = fmt.Sprintf("%s,%s/%d", allow, first.Proto, external)
+	}
+	if natAccess != "" {
+		h, p, ok := strings.Cut(natAccess, ":")
+		if n, err := strconv.ParseUint(p, 10, 16); !ok || err != nil || n == 0 || h == "" {
+			return s.bad("NAT_ACCESS", "%q: want host:port", natAccess)
+		}
+		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
+	} else {
+		m.Type, m.NAT = fko.NATAccessMsg, fmt.Sprintf("%s,%d", s.get("SPA_SERVER"), first.Num)
+	}
+	if local {
+		m.Type = fko.LocalNATAccessMsg
+	}
+	return nil
 }
 
 var knownFwknopVar = map[string]bool{
@@ -468,7 +517,7 @@ var knownFwknopVar = map[string]bool{
 	"FW_TIMEOUT": true, "NAT_ACCESS": true, "SERVER_CMD": true, "SPOOF_USER": true, "DIGEST_TYPE": true,
 	"ENCRYPTION_MODE": true, "KEY": true, "KEY_BASE64": true, "HMAC_KEY": true, "HMAC_KEY_BASE64": true,
 	"USE_HMAC": true, "HMAC_DIGEST_TYPE": true, "GPG_RECIPIENT": true, "GPG_SIGNER": true, "GPG_HOMEDIR": true,
-	"TIME_OFFSET": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
+	"TIME_OFFSET": true, "NAT_LOCAL": true, "NAT_PORT": true, "NAT_RAND_PORT": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
 }
 
 func parseOffset(s string) (time.Duration, error) {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -91,7 +92,10 @@ func (s *Server) apply(v *policy.Verdict) {
 	if len(dec.Grants) > 0 {
 		g := dec.Grants[0]
 		args = append(args, "allow", g.Addr, "ports", port.Join(r.Ports), "duration", g.Timeout)
-		if g.To.IsValid() {
+		switch {
+		case g.Local:
+			args = append(args, "to", fmt.Sprintf("this host via %d", g.External))
+		case g.To.IsValid():
 			// A gateway grant: where it leads and how it is translated.
 			f := policy.Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}
 			args = append(args, "to", f.String())

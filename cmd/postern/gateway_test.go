@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -272,4 +273,80 @@ published = true
 		t.Errorf("Docker's rules changed:\n%s\nwas\n%s", after, before)
 	}
 	r.waitNoWay(r.p.Client4, published, 5*time.Second, "after the grant expired")
+}
+
+// postern fwknop's NAT requests (-N, --nat-local, --nat-port) are the
+// messages the real fwknop client makes from the same arguments.
+func TestPosternFwknopNATMessagesMatchFwknop(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "fwknop")
+	keys := []string{"--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac", "-a", "10.9.9.2", "-D", "198.18.0.1"}
+	fields := func(out string) string {
+		var got []string
+		for _, want := range []string{"Message Type:", "Message String:", "Nat Access:"} {
+			for _, line := range strings.Split(out, "\n") {
+				if _, v, ok := strings.Cut(line, want); ok {
+					v, _, _ = strings.Cut(strings.TrimSpace(v), " ") // "5 (Local NAT access msg)" → "5"
+					got = append(got, want+v)
+					break
+				}
+			}
+		}
+		return strings.Join(got, " ")
+	}
+	for _, args := range []string{
+		"-A tcp/22 -N 10.77.1.2:22",
+		"-A tcp/2222 -N 10.77.1.2:22 -f 30",
+		"-A tcp/22 --nat-local --nat-port 55000",
+		"-A udp/53 --nat-local -f 10",
+		"-A tcp/22 -N 10.77.1.2:2200 --nat-port 2222 --nat-local",
+	} {
+		a := append(strings.Fields(args), keys...)
+		real, err := exec.Command("fwknop", append([]string{"-T", "-v", "--no-rc-file", "--no-save-args"}, a...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("fwknop %s: %v\n%s", args, err, real)
+		}
+		ours, err := exec.Command(posternBin, append([]string{"fwknop", "-T", "-v", "--no-rc-file"}, a...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("postern fwknop %s: %v\n%s", args, err, ours)
+		}
+		if w, g := fields(string(real)), fields(string(ours)); w != g || !strings.Contains(w, "Nat Access:") {
+			t.Errorf("%s:\n fwknop  %s\n postern %s", args, w, g)
+		}
+	}
+}
+
+// fwknop's local NAT (fwknopd's ENABLE_IPT_LOCAL_NAT), asked for by
+// postern's own fwknop client: the gateway's port 2222 leads to its own
+// port 22, for the knocker only.
+func TestGatewayFwknopLocalNAT(t *testing.T) {
+	t.Parallel()
+	r := fwknopGatewayRig(t, `SOURCE              ANY
+KEY_BASE64          `+fwKey+`
+HMAC_KEY_BASE64     `+fwHMAC+`
+OPEN_PORTS          tcp/22, tcp/2222
+FW_ACCESS_TIMEOUT   3
+`, "local_nat = true")
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	ext := netip.AddrPortFrom(srv, 2222)
+	mark := r.out.Mark()
+	if out, err := r.postern("fwknop", "--no-rc-file", "-A", "tcp/22", "--nat-local", "--nat-port", "2222", "-a", cli.String(),
+		"-D", srv.String(), "--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac"); err != nil {
+		t.Fatalf("postern fwknop --nat-local: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=fwknop", "allow="+cli.String(), `to="this host via 2222"`)
+	c, err := r.p.Client.Dial("tcp", cli, ext, time.Second)
+	if err != nil {
+		t.Fatalf("port 2222 after the local NAT knock: %v", err)
+	}
+	if err := echoes(c); err != nil {
+		t.Errorf("port 2222 does not lead to port 22: %v", err)
+	}
+	c.Close()
+	if c, err := r.p.Client.Dial("tcp", r.p.Client4b, ext, probeTimeout); err == nil {
+		c.Close()
+		t.Error("another address reached port 22 through 2222")
+	}
+	r.requireClosed(r.p.Client4b, srv, "port 22 from another address")
 }

@@ -128,3 +128,39 @@ func TestDecoderJunkLimits(t *testing.T) {
 		t.Fatalf("5 000 sources: %v (budget %d packets)", got, budget)
 	}
 }
+
+func TestNATRequest(t *testing.T) {
+	dst := netip.MustParseAddr("198.18.0.1")
+	plain := &Stanza{}
+	forced := &Stanza{ForceNAT: netip.MustParseAddrPort("10.77.1.2:2200")}
+	on := &Decoder{cfg: DecoderConfig{NAT: NATOptions{Forwarding: true, LocalNAT: true}}}
+	off := &Decoder{}
+	for _, tt := range []struct {
+		name string
+		d    *Decoder
+		st   *Stanza
+		m    Message
+		want natTarget
+		why  string
+	}{
+		{"plain access", off, plain, Message{Type: AccessMsg}, natTarget{}, ""},
+		{"NAT request", on, plain, Message{Type: NATAccessMsg, NAT: "10.77.1.2,22"}, natTarget{to: netip.MustParseAddr("10.77.1.2"), port: 22}, ""},
+		{"local NAT goes to the packet's destination", on, plain, Message{Type: LocalNATAccessMsg, NAT: "203.0.113.9,22"}, natTarget{to: dst, port: 22, local: true}, ""},
+		{"FORCE_NAT overrides", on, forced, Message{Type: NATAccessMsg, NAT: "10.77.1.3,22"}, natTarget{to: netip.MustParseAddr("10.77.1.2"), port: 2200}, ""},
+		{"FORCE_NAT without a request", on, forced, Message{Type: AccessMsg}, natTarget{to: netip.MustParseAddr("10.77.1.2"), port: 2200}, ""},
+		{"bad forwarding off", off, plain, Message{Type: NATAccessMsg, NAT: "10.77.1.2,22"}, natTarget{}, "forwarding is not enabled"},
+		{"bad local NAT off", off, plain, Message{Type: LocalNATAccessMsg, NAT: "10.77.1.2,22"}, natTarget{}, "local NAT is not enabled"},
+		{"bad FORCE_NAT forwarding off", off, forced, Message{Type: AccessMsg}, natTarget{}, "forwarding is not enabled"},
+		{"bad host name", on, plain, Message{Type: NATAccessMsg, NAT: "inside.lan,22"}, natTarget{}, "host names"},
+		{"bad port", on, plain, Message{Type: NATAccessMsg, NAT: "10.77.1.2,0"}, natTarget{}, "malformed"},
+		{"bad no comma", on, plain, Message{Type: NATAccessMsg, NAT: "10.77.1.2"}, natTarget{}, "malformed"},
+		{"bad loopback", on, plain, Message{Type: NATAccessMsg, NAT: "127.0.0.1,22"}, natTarget{}, "not a unicast"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := tt.d.natRequest(tt.st, &tt.m, dst)
+			if got != tt.want || !strings.Contains(why, tt.why) || (tt.why == "") != (why == "") {
+				t.Errorf("got %+v %q, want %+v %q", got, why, tt.want, tt.why)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package spa
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -38,6 +39,10 @@ func FuzzPlaintext(f *testing.F) {
 	pt := make([]byte, plaintextSize)
 	encodePlaintext(pt, &k)
 	f.Add(pt)
+	k.To = netip.MustParseAddr("10.77.1.2") // a forwarded destination
+	fwd := make([]byte, plaintextSize)
+	encodePlaintext(fwd, &k)
+	f.Add(fwd)
 	f.Add(make([]byte, plaintextSize))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) < plaintextSize {
@@ -56,6 +61,9 @@ func FuzzPlaintext(f *testing.F) {
 		}
 		if !got.UseSource && !grantable(got.Allow) {
 			t.Fatalf("accepted ungrantable address %v", got.Allow)
+		}
+		if got.To.IsValid() && !grantable(got.To) {
+			t.Fatalf("accepted an ungrantable destination %v", got.To)
 		}
 	})
 }

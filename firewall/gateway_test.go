@@ -42,6 +42,7 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 	snatAddr := netip.MustParseAddr("10.77.1.9")
 	g.Server.IP(t, "addr", "add", snatAddr.String()+"/24", "dev", netnstest.InsideInterface)
 	g.Inside.Whoami(t, ":22")
+	g.Inside.Echo(t, ":7")
 	in4 := netip.AddrPortFrom(g.Inside4, 22)
 	in6 := netip.AddrPortFrom(g.Inside6, 22)
 	// Reachable before postern closes it: the topology works.
@@ -49,7 +50,7 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 		t.Fatalf("before setup, the inside host saw %q", got)
 	}
 	rules := firewall.Rules{Protected: []port.Spec{ssh}, Published: published,
-		Forwarded: []firewall.Destination{{Addr: g.Inside4, Port: ssh}, {Addr: g.Inside6, Port: ssh}}}
+		Forwarded: []firewall.Destination{{Addr: g.Inside4, Port: ssh}, {Addr: g.Inside6, Port: ssh}, {Addr: g.Inside4, Port: echoPort}}}
 	if err := fw.Setup(rules); err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +66,7 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 
 	grants := []firewall.Grant{
 		{Addr: g.Client4, To: g.Inside4, Port: ssh, Timeout: time.Minute, Name: "alice"},
+		{Addr: g.Client4, To: g.Inside4, Port: echoPort, Timeout: time.Minute, Name: "alice"},
 		{Addr: g.Client6, To: g.Inside6, Port: ssh, Timeout: time.Minute, Name: "alice"},
 	}
 	if err := fw.Grant(grants); err != nil {
@@ -83,8 +85,8 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := countForwarded(live, g.Client4, g.Inside4); n != 1 {
-		t.Errorf("List: %d forwarded grants for %v, want 1: %v", n, g.Client4, live)
+	if n := countForwarded(live, g.Client4, g.Inside4); n != 2 {
+		t.Errorf("List: %d forwarded grants for %v, want 2: %v", n, g.Client4, live)
 	}
 
 	// The ruleset flushed: the Keeper puts the forward path back, grants too.
@@ -98,11 +100,20 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 	if got := whoami(g, g.Client4b, in4, expectClosed); got != "" {
 		t.Errorf("after restore another address got in: %q", got)
 	}
+	// A connection made under the grant outlives it.
+	held, err := g.Client.Dial("tcp", g.Client4, netip.AddrPortFrom(g.Inside4, 7), expectOpen)
+	if err != nil {
+		t.Fatalf("echo through the grant: %v", err)
+	}
+	defer held.Close()
 	if err := fw.Revoke(grants); err != nil {
 		t.Fatal(err)
 	}
 	if got := whoami(g, g.Client4, in4, expectClosed); got != "" {
 		t.Errorf("revoked forward still open: %q", got)
+	}
+	if !echo(t, held) {
+		t.Error("an established forwarded connection was cut by the revoke")
 	}
 
 	// DNAT: the gateway's port 2222 leads to the inside host's 22, for the
@@ -154,6 +165,8 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 		t.Errorf("List: want the masquerade and SNAT grants, got %v", live)
 	}
 }
+
+var echoPort = port.Spec{Proto: port.TCP, Num: 7}
 
 func countForwarded(gs []firewall.Grant, from, to netip.Addr) int {
 	n := 0

@@ -73,6 +73,10 @@ func TestGatewaySPA(t *testing.T) {
 	g.Inside.Whoami(t, ":22")
 	g.Inside.Whoami(t, ":2200")
 	in4, in6 := netip.AddrPortFrom(g.Inside4, 22), netip.AddrPortFrom(g.Inside6, 22)
+	check := r.p.Server.Exec(t, posternBin, "check-config", "-c", r.cfgPath)
+	if !strings.Contains(check, "gateway: closed on the forward path: 10.77.1.2:tcp/22, 10.77.1.2:tcp/2200, [fd77::2]:tcp/22") {
+		t.Errorf("check-config does not say what the forward path closes:\n%s", check)
+	}
 	r.start()
 	r.requireNoWay(r.p.Client4, in4, "before any knock")
 	r.requireNoWay(r.p.Client6, in6, "before any knock (IPv6)")

@@ -129,6 +129,20 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s: OK: %d clients, %d doors, protected %s\n",
 		cfg.Path, len(cfg.Clients), len(cfg.Doors), port.Join(cfg.Protected()))
+	if fw := cfg.Forwarded(); len(fw) > 0 || cfg.Gateway.Published || cfg.Fwknop != nil && cfg.Fwknop.NAT.Forwarding {
+		var dests []string
+		for _, d := range fw {
+			dests = append(dests, policy.Forward{To: d.Addr, Port: d.Port}.String())
+		}
+		fmt.Fprintf(stdout, "gateway: closed on the forward path: %s", cmp.Or(strings.Join(dests, ", "), "none"))
+		if cfg.Gateway.Published {
+			fmt.Fprint(stdout, "; published ports closed too")
+		}
+		fmt.Fprintln(stdout)
+		if cfg.Fwknop != nil && cfg.Fwknop.NAT.Forwarding {
+			fmt.Fprintln(stdout, "gateway: fwknop clients may ask for any host behind this one (-N): list those to keep closed in [gateway] protect")
+		}
+	}
 	return nil
 }
 

@@ -497,7 +497,7 @@ func (c *Config) Forwarded() []firewall.Destination {
 	}
 	if c.Fwknop != nil {
 		for _, st := range c.Fwknop.Stanzas {
-			if st.ForceNAT.IsValid() {
+			if st.ForceNAT.IsValid() && !st.ForceNAT.Addr().IsUnspecified() {
 				for _, p := range []port.Protocol{port.TCP, port.UDP} {
 					add(firewall.Destination{Addr: st.ForceNAT.Addr(), Port: port.Spec{Proto: p, Num: st.ForceNAT.Port()}})
 				}

@@ -164,6 +164,39 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 	if !containsGrant(live, masq) || !containsGrant(live, snat) {
 		t.Errorf("List: want the masquerade and SNAT grants, got %v", live)
 	}
+	if err := fw.Revoke([]firewall.Grant{masq, snat}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Forward-all (fwknop's FORWARD_ALL): every port of every inside host,
+	// here masqueraded; and everything sent to the gateway DNATed inside.
+	if got := whoami(g, g.Client4b, in4, expectClosed); got != "" {
+		t.Fatalf("revoked SNAT grant still open: %q", got)
+	}
+	all := firewall.Grant{Addr: g.Client4b, All: true, Masquerade: true, Timeout: time.Minute}
+	dnatAll := firewall.Grant{Addr: g.Client4, All: true, To: g.Inside4, Timeout: time.Minute}
+	if err := fw.Grant([]firewall.Grant{all, dnatAll}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4b, in4, expectOpen); got != g.Gateway4.String() {
+		t.Errorf("forward-all masqueraded: inside saw %q, want %v", got, g.Gateway4)
+	}
+	if got := whoami(g, g.Client4, netip.AddrPortFrom(g.Server4, 22), expectOpen); got != g.Client4.String() {
+		t.Errorf("forward-all DNAT: the gateway's port 22 led to %q", got)
+	}
+	if got := whoami(g, g.Client6, in6, expectClosed); got != "" {
+		t.Errorf("forward-all for one address opened the inside host to another: %q", got)
+	}
+	live, _ = fw.List()
+	if !containsGrant(live, all) || !containsGrant(live, dnatAll) {
+		t.Errorf("List: want the forward-all grants, got %v", live)
+	}
+	if err := fw.Revoke([]firewall.Grant{all, dnatAll}); err != nil {
+		t.Fatal(err)
+	}
+	if got := whoami(g, g.Client4b, in4, expectClosed); got != "" {
+		t.Errorf("revoked forward-all still open: %q", got)
+	}
 }
 
 var echoPort = port.Spec{Proto: port.TCP, Num: 7}

@@ -172,7 +172,7 @@ func (t *IPTables) Grant(gs []Grant) error {
 		if g.Timeout < time.Second {
 			return fmt.Errorf("iptables: grant %v: ipset timeouts are whole seconds", g)
 		}
-		if g.To.IsValid() {
+		if g.Forwarded() || g.Local {
 			if err := t.gatewayScript(&script, g, false); err != nil {
 				return fmt.Errorf("iptables: granting %v: %w", g, err)
 			}
@@ -211,7 +211,7 @@ func (t *IPTables) Revoke(gs []Grant) error {
 	defer t.mu.Unlock()
 	var script strings.Builder
 	for _, g := range gs {
-		if g.To.IsValid() {
+		if g.Forwarded() || g.Local {
 			t.gatewayScript(&script, g, true)
 			continue
 		}

@@ -21,6 +21,7 @@ import (
 //	filter POSTERN_FORWARD, jumped to from the top of FORWARD:
 //	  -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 //	  -m set --match-set postern-fwd4 src,dst,dst -j ACCEPT   # client, port, inside host
+//	  -m set --match-set postern-fwdall4 src -j ACCEPT         # forward-all clients (FORWARD_ALL)
 //	  -m set --match-set postern-closed4 dst,dst -j DROP       # protected destinations
 //	nat POSTERN_DNAT, jumped to from the top of PREROUTING, one rule per
 //	translation in use, its clients in a set of their own:
@@ -28,6 +29,10 @@ import (
 //	nat POSTERN_SNAT, jumped to from the top of POSTROUTING:
 //	  -m set --match-set postern-masq4 src,dst,dst -j MASQUERADE
 //	  -m set --match-set postern-s4-5e6f7a8b src,dst,dst -j SNAT --to-source 10.0.0.1
+//	  -m set --match-set postern-masqall4 src -j MASQUERADE     # and per address for forward-all SNAT
+//
+// Forward-all DNAT rules have no port: -m addrtype --dst-type LOCAL -m set
+// --match-set postern-da4-… src -j DNAT --to-destination 10.0.0.5.
 //
 // Every set element carries its timeout, so grants expire in the kernel.
 // Unlike POSTERN, POSTERN_FORWARD accepts granted connections, as fwknop's
@@ -70,6 +75,16 @@ func dnatRule(g Grant) (set, rule string) {
 		g.Port.Proto, g.Port.Proto, g.External, set, to)
 }
 
+func dnatAllRule(g Grant) (set, rule string) {
+	set = mappingSet("da", g.Addr, g.To.String())
+	return set, fmt.Sprintf("-m addrtype --dst-type LOCAL -m set --match-set %s src -j DNAT --to-destination %s", set, g.To.Unmap())
+}
+
+func snatAllRule(g Grant) (set, rule string) {
+	set = mappingSet("sa", g.Addr, g.SNAT.String())
+	return set, fmt.Sprintf("-m set --match-set %s src -j SNAT --to-source %s", set, g.SNAT)
+}
+
 func snatRule(g Grant) (set, rule string) {
 	set = mappingSet("s", g.Addr, g.SNAT.String())
 	return set, fmt.Sprintf("-m set --match-set %s src,dst,dst -j SNAT --to-source %s", set, g.SNAT)
@@ -83,6 +98,7 @@ func forwardRules(fam string) []string {
 	return []string{
 		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
 		"-m set --match-set " + ipsetPrefix + "fwd" + fam + " src,dst,dst -j ACCEPT",
+		"-m set --match-set " + ipsetPrefix + "fwdall" + fam + " src -j ACCEPT",
 		"-m set --match-set " + ipsetPrefix + "closed" + fam + " dst,dst -j DROP",
 	}
 }
@@ -99,7 +115,8 @@ func famSuffix(family string) string {
 // their translations) and the jumps.
 func (t *IPTables) setupGateway(r Rules, tables, restore, family string) error {
 	fam := famSuffix(family)
-	for _, s := range []struct{ name, typ string }{{"fwd", "hash:ip,port,ip"}, {"masq", "hash:ip,port,ip"}} {
+	for _, s := range []struct{ name, typ string }{{"fwd", "hash:ip,port,ip"}, {"masq", "hash:ip,port,ip"},
+		{"fwdall", "hash:ip"}, {"masqall", "hash:ip"}} {
 		if _, err := t.run("", "ipset", "create", ipsetPrefix+s.name+fam, s.typ, "family", family, "timeout", "0", "-exist"); err != nil {
 			return err
 		}
@@ -134,9 +151,10 @@ func (t *IPTables) setupGateway(r Rules, tables, restore, family string) error {
 			}
 		}
 	}
-	masq := strings.Fields("-m set --match-set " + ipsetPrefix + "masq" + fam + " src,dst,dst -j MASQUERADE")
-	if err := t.ensureRule(tables, "nat", IPTablesSNAT, masq); err != nil {
-		return err
+	for _, rule := range masqRules(fam) {
+		if err := t.ensureRule(tables, "nat", IPTablesSNAT, strings.Fields(rule)); err != nil {
+			return err
+		}
 	}
 	for _, j := range []struct{ table, from, to string }{
 		{"filter", "FORWARD", IPTablesForward}, {"nat", "PREROUTING", IPTablesDNAT}, {"nat", "POSTROUTING", IPTablesSNAT},
@@ -148,6 +166,14 @@ func (t *IPTables) setupGateway(r Rules, tables, restore, family string) error {
 		}
 	}
 	return nil
+}
+
+// masqRules are POSTERN_SNAT's fixed rules.
+func masqRules(fam string) []string {
+	return []string{
+		"-m set --match-set " + ipsetPrefix + "masq" + fam + " src,dst,dst -j MASQUERADE",
+		"-m set --match-set " + ipsetPrefix + "masqall" + fam + " src -j MASQUERADE",
+	}
 }
 
 // ensureRule appends rule to chain unless it is there.
@@ -191,6 +217,28 @@ func (t *IPTables) gatewayScript(script *strings.Builder, g Grant, revoke bool) 
 			return err
 		}
 		return t.ensureRule(tablesFor(g.Addr), "nat", chain, strings.Fields(rule))
+	}
+	if g.All {
+		src := g.Addr.Unmap().String()
+		add(gwSet("fwdall", g.Addr), src)
+		if g.To.IsValid() {
+			set, r := dnatAllRule(g)
+			if err := rule(set, r, IPTablesDNAT, "hash:ip"); err != nil {
+				return err
+			}
+			add(set, src)
+		}
+		switch {
+		case g.Masquerade:
+			add(gwSet("masqall", g.Addr), src)
+		case g.SNAT.IsValid():
+			set, r := snatAllRule(g)
+			if err := rule(set, r, IPTablesSNAT, "hash:ip"); err != nil {
+				return err
+			}
+			add(set, src)
+		}
+		return nil
 	}
 	if g.External != 0 {
 		set, r := dnatRule(g)
@@ -253,6 +301,17 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 		for _, l := range masq {
 			masqueraded[strings.Fields(l)[2]] = true
 		}
+		fwdAll, err := save(ipsetPrefix + "fwdall" + fam)
+		if err != nil {
+			return nil, err
+		}
+		masqAll, err := save(ipsetPrefix + "masqall" + fam)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range masqAll {
+			masqueraded["all "+strings.Fields(l)[2]] = true
+		}
 		// Translations from the nat chains' rules.
 		snatTo := map[string]netip.Addr{}
 		type target struct {
@@ -260,6 +319,7 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 			port    port.Spec
 		}
 		external := map[target]uint16{}
+		dnatAllTo := map[string]netip.Addr{}
 		var dnats []Grant
 		for _, c := range []string{IPTablesDNAT, IPTablesSNAT} {
 			text, err := t.run("", f.tables, "-t", "nat", "-S", c)
@@ -269,9 +329,10 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 			for _, line := range strings.Split(text, "\n") {
 				fs := strings.Fields(line)
 				set := fieldAfter(fs, "--match-set")
-				if len(fs) < 2 || fs[0] != "-A" || set == "" || strings.HasSuffix(set, "masq"+fam) {
+				if len(fs) < 2 || fs[0] != "-A" || set == "" || strings.HasSuffix(set, "masq"+fam) || strings.HasSuffix(set, "masqall"+fam) {
 					continue
 				}
+				allRule := fieldAfter(fs, set) == "src" // forward-all: keyed by the client alone
 				members, err := save(set)
 				if err != nil {
 					return nil, err
@@ -282,7 +343,19 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 						continue
 					}
 					for _, m := range members {
-						snatTo[strings.Fields(m)[2]] = a
+						k := strings.Fields(m)[2]
+						if allRule {
+							k = "all " + k
+						}
+						snatTo[k] = a
+					}
+					continue
+				}
+				if allRule && c == IPTablesDNAT && fieldAfter(fs, "--dport") == "" {
+					if to, err := netip.ParseAddr(fieldAfter(fs, "--to-destination")); err == nil {
+						for _, m := range members {
+							dnatAllTo["all "+strings.Fields(m)[2]] = to
+						}
 					}
 					continue
 				}
@@ -329,6 +402,16 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 				out = append(out, g)
 			}
 		}
+		for _, l := range fwdAll {
+			fs := strings.Fields(l)
+			src, err := netip.ParseAddr(fs[2])
+			if err != nil {
+				continue
+			}
+			k := "all " + fs[2]
+			out = append(out, Grant{Addr: src, All: true, To: dnatAllTo[k], Masquerade: masqueraded[k], SNAT: snatTo[k],
+				Timeout: timeoutField(fs)})
+		}
 	}
 	return out, nil
 }
@@ -349,7 +432,7 @@ func timeoutField(fs []string) time.Duration {
 // auditGateway checks one family's gateway part.
 func (t *IPTables) auditGateway(d *Damage, f struct{ tables, restore, set, family string }, sets []string) {
 	fam := famSuffix(f.family)
-	for _, s := range []string{"fwd", "masq"} {
+	for _, s := range []string{"fwd", "masq", "fwdall", "masqall"} {
 		if !slices.Contains(sets, ipsetPrefix+s+fam) {
 			d.add("ipset "+ipsetPrefix+s+fam, true)
 		}
@@ -384,9 +467,11 @@ func (t *IPTables) auditGateway(d *Damage, f struct{ tables, restore, set, famil
 			d.add(f.tables+" jump "+j.from+" → "+j.to, j.table == "nat")
 		}
 	}
-	if _, err := t.run("", f.tables, "-t", "nat", "-C", IPTablesSNAT, "-m", "set", "--match-set", ipsetPrefix+"masq"+fam,
-		"src,dst,dst", "-j", "MASQUERADE"); err != nil {
-		d.add(f.tables+" chain "+IPTablesSNAT+" masquerade rule", true)
+	for _, rule := range masqRules(fam) {
+		if _, err := t.run("", f.tables, append([]string{"-t", "nat", "-C", IPTablesSNAT}, strings.Fields(rule)...)...); err != nil {
+			d.add(f.tables+" chain "+IPTablesSNAT+" masquerade rules", true)
+			break
+		}
 	}
 }
 

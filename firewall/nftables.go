@@ -287,7 +287,7 @@ type grantElem struct {
 func (n *NFTables) elemsOf(gs []Grant) []grantElem {
 	out := make([]grantElem, 0, len(gs))
 	for _, g := range gs {
-		if !g.To.IsValid() {
+		if !g.To.IsValid() && !g.All {
 			set, k := n.grantSetAndKey(g)
 			out = append(out, grantElem{setElem{set, k, nil}, g.Timeout, g.Name})
 			continue

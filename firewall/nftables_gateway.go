@@ -24,10 +24,13 @@ import (
 //	map snat4   { same type : ipv4_addr; flags timeout; }
 //	map dnat4   { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags timeout; }  # client . external port : to . port
 //	set closed4 { type ipv4_addr . inet_proto . inet_service; }  # protected destinations
+//	set fwdall4, masqall4 { type ipv4_addr; flags timeout; }  # forward-all clients (FORWARD_ALL)
+//	map snatall4, dnatall4 { type ipv4_addr : ipv4_addr; flags timeout; }
 //	chain forward {
 //	  type filter hook forward priority filter - 10; policy accept;
 //	  ct state established,related accept
 //	  ip saddr . ip daddr . meta l4proto . th dport @fwd4 accept
+//	  ip saddr @fwdall4 accept
 //	  # with Rules.Published (Docker hosts):
 //	  ct status dnat ip saddr . meta l4proto . ct original proto-dst @grants4 accept
 //	  ct status dnat meta l4proto . ct original proto-dst @protected drop
@@ -36,11 +39,14 @@ import (
 //	chain dnat {
 //	  type nat hook prerouting priority dstnat - 10; policy accept;
 //	  fib daddr type local dnat ip to ip saddr . meta l4proto . th dport map @dnat4
+//	  fib daddr type local dnat ip to ip saddr map @dnatall4
 //	}
 //	chain snat {
 //	  type nat hook postrouting priority srcnat - 10; policy accept;
 //	  ip saddr . ip daddr . meta l4proto . th dport @masq4 masquerade
 //	  snat ip to ip saddr . ip daddr . meta l4proto . th dport map @snat4
+//	  ip saddr @masqall4 masquerade
+//	  snat ip to ip saddr map @snatall4
 //	}
 //
 // Like the input chain, an accept here ends only postern's chain: the
@@ -49,6 +55,8 @@ import (
 // - 10) and touch only granted clients.
 type gatewaySets struct {
 	fwd, masq, snat, dnat, closed [2]*nftables.Set // [0] IPv4, [1] IPv6
+	// Forward-all grants (fwknop's FORWARD_ALL), keyed by the client.
+	fwdAll, masqAll, snatAll, dnatAll [2]*nftables.Set
 }
 
 // ipFamily describes what differs between IPv4 and IPv6 in rules and keys.
@@ -76,15 +84,19 @@ func (n *NFTables) newGatewaySets(nextID uint32) {
 		sfx := fmt.Sprint([]int{4, 6}[i])
 		flow := nftables.MustConcatSetType(f.addrType, f.addrType, nftables.TypeInetProto, nftables.TypeInetService)
 		svc := nftables.MustConcatSetType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService)
-		n.gw.fwd[i] = &nftables.Set{Name: "fwd" + sfx, KeyType: flow, HasTimeout: true}
-		n.gw.masq[i] = &nftables.Set{Name: "masq" + sfx, KeyType: flow, HasTimeout: true}
-		n.gw.snat[i] = &nftables.Set{Name: "snat" + sfx, KeyType: flow, HasTimeout: true, IsMap: true, DataType: f.addrType}
-		n.gw.dnat[i] = &nftables.Set{Name: "dnat" + sfx, KeyType: svc, HasTimeout: true, IsMap: true,
+		n.gw.fwd[i] = &nftables.Set{Name: "fwd" + sfx, Concatenation: true, KeyType: flow, HasTimeout: true}
+		n.gw.masq[i] = &nftables.Set{Name: "masq" + sfx, Concatenation: true, KeyType: flow, HasTimeout: true}
+		n.gw.snat[i] = &nftables.Set{Name: "snat" + sfx, Concatenation: true, KeyType: flow, HasTimeout: true, IsMap: true, DataType: f.addrType}
+		n.gw.dnat[i] = &nftables.Set{Name: "dnat" + sfx, Concatenation: true, KeyType: svc, HasTimeout: true, IsMap: true,
 			DataType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService)}
-		n.gw.closed[i] = &nftables.Set{Name: "closed" + sfx, KeyType: svc}
+		n.gw.closed[i] = &nftables.Set{Name: "closed" + sfx, Concatenation: true, KeyType: svc}
+		n.gw.fwdAll[i] = &nftables.Set{Name: "fwdall" + sfx, KeyType: f.addrType, HasTimeout: true}
+		n.gw.masqAll[i] = &nftables.Set{Name: "masqall" + sfx, KeyType: f.addrType, HasTimeout: true}
+		n.gw.snatAll[i] = &nftables.Set{Name: "snatall" + sfx, KeyType: f.addrType, HasTimeout: true, IsMap: true, DataType: f.addrType}
+		n.gw.dnatAll[i] = &nftables.Set{Name: "dnatall" + sfx, KeyType: f.addrType, HasTimeout: true, IsMap: true, DataType: f.addrType}
 	}
 	for _, s := range n.gatewaySetList() {
-		s.Table, s.Concatenation, s.ID = n.table, true, nextID
+		s.Table, s.ID = n.table, nextID
 		nextID++
 	}
 	accept := nftables.ChainPolicyAccept
@@ -102,7 +114,8 @@ func (n *NFTables) newGatewaySets(nextID uint32) {
 func (n *NFTables) gatewaySetList() []*nftables.Set {
 	var out []*nftables.Set
 	for i := range 2 {
-		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i], n.gw.closed[i])
+		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i], n.gw.closed[i],
+			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i])
 	}
 	return out
 }
@@ -112,7 +125,8 @@ func (n *NFTables) gatewaySetList() []*nftables.Set {
 func (n *NFTables) grantSets() []*nftables.Set {
 	var out []*nftables.Set
 	for i := range 2 {
-		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i])
+		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i],
+			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i])
 	}
 	return out
 }
@@ -211,6 +225,9 @@ func (n *NFTables) forwardRules(published bool) [][]expr.Any {
 	for i, f := range ipFamilies {
 		rules = append(rules, cat(isFamily(f), flowKey(f), []expr.Any{lookup(n.gw.fwd[i])}, accept))
 	}
+	for i, f := range ipFamilies {
+		rules = append(rules, cat(isFamily(f), saddr(f), []expr.Any{lookup(n.gw.fwdAll[i])}, accept))
+	}
 	if published {
 		for i, f := range ipFamilies {
 			grants := n.sets.grants4
@@ -243,7 +260,18 @@ func (n *NFTables) dnatRules() [][]expr.Any {
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: reg1, RegProtoMin: reg(f.alen / 4)},
 		}))
 	}
+	for i, f := range ipFamilies {
+		rules = append(rules, cat(local, isFamily(f), saddr(f), []expr.Any{
+			mapLookup(n.gw.dnatAll[i]),
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: reg1},
+		}))
+	}
 	return rules
+}
+
+// saddr loads the source address into reg 1.
+func saddr(f ipFamily) []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: uint32(f.alen)}}
 }
 
 func (n *NFTables) snatRules() [][]expr.Any {
@@ -254,6 +282,15 @@ func (n *NFTables) snatRules() [][]expr.Any {
 	for i, f := range ipFamilies {
 		rules = append(rules, cat(isFamily(f), flowKey(f), []expr.Any{
 			mapLookup(n.gw.snat[i]),
+			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.nfproto), RegAddrMin: reg1},
+		}))
+	}
+	for i, f := range ipFamilies {
+		rules = append(rules, cat(isFamily(f), saddr(f), []expr.Any{lookup(n.gw.masqAll[i]), &expr.Masq{}}))
+	}
+	for i, f := range ipFamilies {
+		rules = append(rules, cat(isFamily(f), saddr(f), []expr.Any{
+			mapLookup(n.gw.snatAll[i]),
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.nfproto), RegAddrMin: reg1},
 		}))
 	}
@@ -286,6 +323,20 @@ func destinationKey(d Destination) []byte {
 func (n *NFTables) gatewayElems(g Grant) []setElem {
 	i := familyIndex(g.Addr)
 	var out []setElem
+	if g.All {
+		src := addrBytes(g.Addr)
+		out = append(out, setElem{n.gw.fwdAll[i], src, nil})
+		if g.To.IsValid() {
+			out = append(out, setElem{n.gw.dnatAll[i], src, addrBytes(g.To)})
+		}
+		switch {
+		case g.Masquerade:
+			out = append(out, setElem{n.gw.masqAll[i], src, nil})
+		case g.SNAT.IsValid():
+			out = append(out, setElem{n.gw.snatAll[i], src, addrBytes(g.SNAT)})
+		}
+		return out
+	}
 	if g.External != 0 {
 		v := cat3(addrBytes(g.To), nil, []byte{0, 0, 0, 0})
 		binary.BigEndian.PutUint16(v[len(v)-4:], g.Port.Num)
@@ -381,6 +432,11 @@ func (n *NFTables) listGateway() ([]Grant, error) {
 			g.External, explained[t] = external[t], true
 			out = append(out, g)
 		}
+		all, err := n.listAll(i, a, get)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, all...)
 		for _, e := range dnat {
 			if len(e.Key) < a+8 || len(e.Val) < a+4 {
 				continue
@@ -391,6 +447,45 @@ func (n *NFTables) listGateway() ([]Grant, error) {
 					Timeout: e.Expires, Name: e.Comment})
 			}
 		}
+	}
+	return out, nil
+}
+
+// listAll reads family i's forward-all grants.
+func (n *NFTables) listAll(i, alen int, get func(*nftables.Set) ([]nftables.SetElement, error)) ([]Grant, error) {
+	var sets [4][]nftables.SetElement
+	for j, set := range []*nftables.Set{n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i]} {
+		elems, err := get(set)
+		if err != nil {
+			return nil, err
+		}
+		sets[j] = elems
+	}
+	addr := func(b []byte) netip.Addr {
+		if len(b) < alen {
+			return netip.Addr{}
+		}
+		a, _ := netip.AddrFromSlice(b[:alen])
+		return a
+	}
+	masq, snat, dnat := map[netip.Addr]bool{}, map[netip.Addr]netip.Addr{}, map[netip.Addr]netip.Addr{}
+	for _, e := range sets[1] {
+		masq[addr(e.Key)] = true
+	}
+	for _, e := range sets[2] {
+		snat[addr(e.Key)] = addr(e.Val)
+	}
+	for _, e := range sets[3] {
+		dnat[addr(e.Key)] = addr(e.Val)
+	}
+	var out []Grant
+	for _, e := range sets[0] {
+		src := addr(e.Key)
+		if !src.IsValid() {
+			continue
+		}
+		out = append(out, Grant{Addr: src, All: true, To: dnat[src], Masquerade: masq[src], SNAT: snat[src],
+			Timeout: e.Expires, Name: e.Comment})
 	}
 	return out, nil
 }

@@ -61,8 +61,11 @@ type Stanza struct {
 	ForceSNAT       netip.Addr
 	ForceMasquerade bool
 	DisableDNAT     bool
-	NATFile         string
-	NATLine         int
+	// ForwardAll (FORWARD_ALL) forwards everything the client sends
+	// through this host, DNATed to FORCE_NAT's host unless DISABLE_DNAT.
+	ForwardAll bool
+	NATFile    string
+	NATLine    int
 }
 
 // fwknopd's defaults.
@@ -184,12 +187,11 @@ var stanzaKeywords = map[string]bool{
 	"GPG_HOME_DIR": true, "GPG_EXE": true, "GPG_DECRYPT_ID": true, "GPG_DECRYPT_PW": true, "GPG_ALLOW_NO_PW": true,
 	"GPG_REQUIRE_SIG": true, "GPG_DISABLE_SIG": true, "GPG_IGNORE_SIG_VERIFY_ERROR": true,
 	"GPG_REMOTE_ID": true, "GPG_FINGERPRINT_ID": true,
-	"FORCE_NAT": true, "FORCE_SNAT": true, "FORCE_MASQUERADE": true, "DISABLE_DNAT": true,
+	"FORCE_NAT": true, "FORCE_SNAT": true, "FORCE_MASQUERADE": true, "DISABLE_DNAT": true, "FORWARD_ALL": true,
 }
 
 // known but not supported, with the reason given to the administrator.
 var unsupportedKeywords = map[string]string{
-	"FORWARD_ALL":          "forwarding all of a client's traffic is not supported: list the destinations (FORCE_NAT, or NAT requests with [fwknop] forwarding = true)",
 	"ENABLE_CMD_SUDO_EXEC": "use CMD_EXEC_USER / CMD_EXEC_GROUP instead of sudo",
 	"CMD_SUDO_EXEC_USER":   "use CMD_EXEC_USER instead of sudo",
 	"CMD_SUDO_EXEC_GROUP":  "use CMD_EXEC_GROUP instead of sudo",
@@ -723,7 +725,7 @@ func splitList(s string) []string {
 // readNAT reads the gateway keywords.
 func readNAT(s *Stanza, f fields) error {
 	var err error
-	for _, kw := range []string{"FORCE_NAT", "FORCE_SNAT", "FORCE_MASQUERADE", "DISABLE_DNAT"} {
+	for _, kw := range []string{"FORCE_NAT", "FORCE_SNAT", "FORCE_MASQUERADE", "DISABLE_DNAT", "FORWARD_ALL"} {
 		if v, ok := f[kw]; ok && (s.NATLine == 0 || v.line < s.NATLine) {
 			s.NATFile, s.NATLine = v.file, v.line
 		}
@@ -756,6 +758,22 @@ func readNAT(s *Stanza, f fields) error {
 	}
 	if s.DisableDNAT, err = f.yes("DISABLE_DNAT", false); err != nil {
 		return err
+	}
+	if s.ForwardAll, err = f.yes("FORWARD_ALL", false); err != nil {
+		return err
+	}
+	if (s.ForceSNAT.IsValid() || s.ForceMasquerade) && !s.ForceNAT.IsValid() {
+		if !s.ForwardAll {
+			kw := "FORCE_SNAT"
+			if !s.ForceSNAT.IsValid() {
+				kw = "FORCE_MASQUERADE"
+			}
+			// fwknopd drops the stanza the same way (acc_data_is_valid).
+			return f.fail(kw, "needs FORCE_NAT or FORWARD_ALL in the same stanza")
+		}
+		// fwknopd: FORWARD_ALL with a translated source and no FORCE_NAT
+		// is FORCE_NAT 0.0.0.0 0: everything forwarded, nothing DNATed.
+		s.ForceNAT = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
 	}
 	return nil
 }

@@ -73,7 +73,8 @@ CMD_CYCLE_CLOSE     NONE
 
 func TestAccessErrors(t *testing.T) {
 	for _, tt := range []struct{ name, conf, want string }{
-		{"bad unsupported FORWARD_ALL", "SOURCE ANY\nKEY k\nFORWARD_ALL Y\n", "a.conf:3: FORWARD_ALL: not supported: forwarding all"},
+		{"bad FORWARD_ALL", "SOURCE ANY\nKEY k\nFORWARD_ALL maybe\n", "a.conf:3: FORWARD_ALL"},
+		{"bad FORCE_MASQUERADE alone", "SOURCE ANY\nKEY k\nFORCE_MASQUERADE Y\n", "a.conf:3: FORCE_MASQUERADE: needs FORCE_NAT or FORWARD_ALL"},
 		{"bad FORCE_NAT", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2\n", "a.conf:3: FORCE_NAT: \"192.168.1.2\": want an internal address and a port"},
 		{"bad FORCE_NAT port", "SOURCE ANY\nKEY k\nFORCE_NAT 192.168.1.2 70000\n", "a.conf:3: FORCE_NAT"},
 		{"bad FORCE_SNAT", "SOURCE ANY\nKEY k\nFORCE_SNAT 0.0.0.0\n", "a.conf:3: FORCE_SNAT"},
@@ -250,7 +251,7 @@ func TestIncludeKeys(t *testing.T) {
 
 func TestAccessNATKeywords(t *testing.T) {
 	ss, err := ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY k\nOPEN_PORTS tcp/22\nFORCE_NAT 10.77.1.2 2200\nFORCE_SNAT 10.77.1.9\nDISABLE_DNAT Y\n"+
-		"SOURCE ANY\nKEY k2\nFORCE_MASQUERADE Y\n"))
+		"SOURCE ANY\nKEY k2\nFORCE_MASQUERADE Y\nFORWARD_ALL Y\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestAccessNATKeywords(t *testing.T) {
 		!s.DisableDNAT || s.ForceMasquerade || s.NATLine != 4 {
 		t.Errorf("first stanza: %+v", s)
 	}
-	if s := ss[1]; !s.ForceMasquerade || s.ForceNAT.IsValid() || s.NATLine != 9 {
+	if s := ss[1]; !s.ForceMasquerade || !s.ForwardAll || !s.ForceNAT.Addr().IsUnspecified() || s.NATLine != 9 {
 		t.Errorf("second stanza: %+v", s)
 	}
 }

@@ -319,6 +319,13 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 	}
 	r := policy.Request{Language: policy.Fwknop, Client: who, Src: src, Allow: allow, Ports: acc.Ports,
 		Duration: time.Duration(timeout) * time.Second}
+	if nat.to.IsValid() && st.ForwardAll && !nat.local {
+		// FORWARD_ALL: everything from the client, DNATed to the NAT
+		// host (none for FORCE_NAT 0.0.0.0 0) unless DISABLE_DNAT.
+		r.Ports, r.To, r.ForwardAll = acc.Ports, nat.to, true
+		v.Grant(r, user, slog.String("nat", nat.to.String()), slog.Bool("forward_all", true))
+		return
+	}
 	if nat.to.IsValid() {
 		// fwknopd (process_spa_request): a NAT request opens the first
 		// requested port only, forwarded to the NAT host and port, the
@@ -442,7 +449,8 @@ func PolicyClients(stanzas []*Stanza, nat NATOptions) []policy.Client {
 			MaxDuration:     time.Duration(max(st.MaxFWTimeout, st.FWAccessTimeout)) * time.Second,
 			DefaultDuration: time.Duration(st.FWAccessTimeout) * time.Second, AllowSource: true,
 			Commands:   st.CmdCycleOpen != "" || st.EnableCmdExec,
-			ForwardAny: nat.Forwarding, LocalNAT: nat.LocalNAT, NoDNAT: st.DisableDNAT}
+			ForwardAny: nat.Forwarding, LocalNAT: nat.LocalNAT, NoDNAT: st.DisableDNAT,
+			ForwardAll: nat.Forwarding && st.ForwardAll}
 		if st.ForceSNAT.IsValid() || st.ForceMasquerade || nat.SNAT {
 			switch {
 			case st.ForceSNAT.IsValid():

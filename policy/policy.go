@@ -50,6 +50,9 @@ type Client struct {
 	// LocalNAT lets it ask for a port of this host behind another port
 	// of this host (fwknop's local NAT, ENABLE_IPT_LOCAL_NAT).
 	LocalNAT bool
+	// ForwardAll lets it have every port of every host behind this one
+	// (fwknop's FORWARD_ALL): a VPN-like gateway.
+	ForwardAll bool
 }
 
 // Forward is a destination behind this host that a grant may open, and how
@@ -113,6 +116,10 @@ type Request struct {
 	To       netip.Addr
 	External uint16
 	LocalNAT bool
+	// ForwardAll asks for everything behind this host (fwknop's
+	// FORWARD_ALL); To, if valid and specified, is where all of it is
+	// DNATed.
+	ForwardAll bool
 }
 
 // Grant opens Port for Addr for Timeout; Name says who asked. A gateway
@@ -129,13 +136,19 @@ type Grant struct {
 	Masquerade bool
 	SNAT       netip.Addr
 	Local      bool
+	// All: every port of every host behind this one, from Addr (fwknop's
+	// FORWARD_ALL); Port is unused and To, when valid, is where
+	// everything Addr sends to this host is DNATed.
+	All bool
 }
 
 // Forwarded reports whether g opens a destination behind this host.
-func (g Grant) Forwarded() bool { return g.To.IsValid() && !g.Local }
+func (g Grant) Forwarded() bool { return g.All || g.To.IsValid() && !g.Local }
 
 func (g Grant) String() string {
 	switch {
+	case g.All:
+		return fmt.Sprintf("%v to %s for %v", g.Addr, g.AllString(), g.Timeout)
 	case g.Local:
 		return fmt.Sprintf("%v %v via %d for %v", g.Addr, g.Port, g.External, g.Timeout)
 	case g.To.IsValid():
@@ -143,6 +156,22 @@ func (g Grant) String() string {
 		return fmt.Sprintf("%v to %v for %v", g.Addr, f, g.Timeout)
 	}
 	return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout)
+}
+
+// AllString describes a forward-all grant: "everything", where it is
+// DNATed and how its source is rewritten.
+func (g Grant) AllString() string {
+	s := "everything"
+	if g.To.IsValid() {
+		s += " via " + g.To.String()
+	}
+	switch {
+	case g.Masquerade:
+		s += " masquerade"
+	case g.SNAT.IsValid():
+		s += " snat " + g.SNAT.String()
+	}
+	return s
 }
 
 // Decision is what policy grants: firewall grants and commands to run.
@@ -263,6 +292,25 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	}
 	if d > c.MaxDuration {
 		return Decision{}, DurationTooLong
+	}
+	if r.ForwardAll {
+		if !c.ForwardAll {
+			return Decision{}, ForwardNotAllowed
+		}
+		g := Grant{Addr: addr, All: true, Timeout: d, Name: r.Client, Masquerade: c.AnyNAT.Masquerade, SNAT: c.AnyNAT.SNAT}
+		if to := r.To.Unmap(); to.IsValid() && !to.IsUnspecified() && !c.NoDNAT {
+			if to.Is4() != addr.Is4() {
+				return Decision{}, ForwardNotAllowed
+			}
+			g.To = to
+		}
+		if g.SNAT.IsValid() && g.SNAT.Is4() != addr.Is4() {
+			return Decision{}, ForwardNotAllowed
+		}
+		if r.Action == ActionClose {
+			return Decision{Revokes: []Grant{g}}, ""
+		}
+		return Decision{Grants: []Grant{g}}, ""
 	}
 	grants := make([]Grant, 0, len(r.Ports))
 	for _, pt := range r.Ports {

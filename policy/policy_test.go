@@ -91,6 +91,8 @@ func TestDecideForward(t *testing.T) {
 		{Language: Fwknop, Name: "nodnat", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute,
 			ForwardAny: true, NoDNAT: true},
 		{Language: Fwknop, Name: "local", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute, LocalNAT: true},
+		{Language: Fwknop, Name: "all", AllowPort: func(port.Spec) bool { return true }, MaxDuration: time.Minute,
+			ForwardAny: true, ForwardAll: true, AnyNAT: Forward{Masquerade: true}},
 	})
 	own := netip.MustParseAddr("198.18.0.2")
 	own6 := netip.MustParseAddr("2001:db8::2")
@@ -116,6 +118,11 @@ func TestDecideForward(t *testing.T) {
 		{"bad fwknop loopback destination", Request{Language: Fwknop, Client: "stanza", Allow: own, To: netip.MustParseAddr("127.0.0.1"), Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
 		{"fwknop local NAT", Request{Language: Fwknop, Client: "local", Allow: own, To: netip.MustParseAddr("198.18.0.1"), LocalNAT: true, External: 2222, Ports: []port.Spec{ssh}}, "",
 			Grant{Addr: own, To: netip.MustParseAddr("198.18.0.1"), Port: ssh, External: 2222, Local: true}},
+		{"fwknop FORWARD_ALL, no DNAT", Request{Language: Fwknop, Client: "all", Allow: own, ForwardAll: true, To: netip.IPv4Unspecified(), Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, All: true, Masquerade: true}},
+		{"fwknop FORWARD_ALL with FORCE_NAT", Request{Language: Fwknop, Client: "all", Allow: own, ForwardAll: true, To: inside, Ports: []port.Spec{ssh}}, "",
+			Grant{Addr: own, All: true, To: inside, Masquerade: true}},
+		{"bad FORWARD_ALL not allowed", Request{Language: Fwknop, Client: "stanza", Allow: own, ForwardAll: true, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
 		{"bad forward without the switch", Request{Language: Fwknop, Client: "local", Allow: own, To: inside, Ports: []port.Spec{ssh}}, ForwardNotAllowed, Grant{}},
 	}
 	for _, tt := range tests {

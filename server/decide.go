@@ -93,6 +93,8 @@ func (s *Server) apply(v *policy.Verdict) {
 		g := dec.Grants[0]
 		args = append(args, "allow", g.Addr, "ports", port.Join(r.Ports), "duration", g.Timeout)
 		switch {
+		case g.All:
+			args = append(args, "to", g.AllString())
 		case g.Local:
 			args = append(args, "to", fmt.Sprintf("this host via %d", g.External))
 		case g.To.IsValid():

@@ -261,6 +261,8 @@ func status(asJSON bool, stdout io.Writer) error {
 // grantDestination says where a gateway grant leads ("" for this host).
 func grantDestination(g firewall.Grant) string {
 	switch {
+	case g.All:
+		return g.AllString()
 	case g.Local:
 		return fmt.Sprintf("this host via %d", g.External)
 	case g.To.IsValid():

@@ -184,6 +184,14 @@ OPEN_PORTS          tcp/2222
 FORCE_NAT           10.77.1.2 2200
 FORCE_MASQUERADE    Y
 FW_ACCESS_TIMEOUT   3
+
+SOURCE              ANY
+KEY                 fwknoptest
+HMAC_KEY            hmactest
+OPEN_PORTS          tcp/22
+FORWARD_ALL         Y
+FORCE_MASQUERADE    Y
+FW_ACCESS_TIMEOUT   3
 `, "forwarding = true", backend)
 	g := r.g
 	g.Inside.Whoami(t, ":22")
@@ -215,10 +223,24 @@ FW_ACCESS_TIMEOUT   3
 	r.waitWhoami(cli, ext, g.Gateway4, "after the FORCE_NAT knock")
 	r.requireNoWay(r.p.Client4b, ext, "FORCE_NAT port from another address")
 
+	// FORWARD_ALL with FORCE_MASQUERADE (no FORCE_NAT): everything behind
+	// the gateway, for this address only, masqueraded.
+	mark = r.out.Mark()
+	r.fwknop("-A", "tcp/22", "-a", r.p.Client4b.String(), "-D", srv.String(),
+		"--key-rijndael", "fwknoptest", "--key-hmac", "hmactest", "--use-hmac")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=fwknop", "allow="+r.p.Client4b.String(), `to="everything masquerade"`)
+	r.waitWhoami(r.p.Client4b, inside, g.Gateway4, "FORWARD_ALL")
+	r.waitWhoami(r.p.Client4b, netip.AddrPortFrom(g.Inside4, 2200), g.Gateway4, "FORWARD_ALL, another port")
+	status := r.p.Server.Exec(t, posternBin, "status")
+	if !strings.Contains(status, "everything masquerade") {
+		t.Errorf("postern status does not show the FORWARD_ALL grant:\n%s", status)
+	}
+
 	// SIGKILL leaves expiry to the kernel.
 	r.signal(syscall.SIGKILL)
 	r.waitWhoami(cli, ext, g.Gateway4, "right after SIGKILL")
 	r.waitNoWay(cli, ext, 5*time.Second, "FORCE_NAT grant after SIGKILL")
+	r.waitNoWay(r.p.Client4b, inside, 5*time.Second, "FORWARD_ALL grant after SIGKILL")
 }
 
 func TestGatewayFwknopNATNeedsForwarding(t *testing.T) {

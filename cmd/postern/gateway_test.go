@@ -104,6 +104,17 @@ func TestGatewaySPA(t *testing.T) {
 		t.Errorf("postern status does not show the gateway grants:\n%s", status)
 	}
 
+	// A close request removes the gateway grant at once.
+	r.knockForward(r.p.Server4, "10.77.1.2:tcp/2200", "--for", "60s")
+	r.waitWhoami(r.p.Client4, ext, g.Gateway4, "knocked for a minute")
+	mark = r.out.Mark()
+	if out, err := r.postern("knock", "--key", r.alice, "--server-key", r.server.Public().String(), "--close", "10.77.1.2:tcp/2200",
+		r.p.Server4.String()); err != nil {
+		t.Fatalf("knock --close: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
+	r.requireNoWay(r.p.Client4, ext, "after --close")
+
 	// Destinations outside alice's forward list: refused with their own
 	// reason, nothing opened.
 	for _, to := range []string{"10.77.1.3:tcp/22", "10.77.1.2:tcp/23"} {

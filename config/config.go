@@ -21,7 +21,6 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/postern/postern/covert"
-	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/conferr"
 	"github.com/postern/postern/knock"
@@ -88,7 +87,7 @@ type Gateway struct {
 	// Protect lists destinations behind this host closed on the forward
 	// path except for grants, beyond those clients may be granted (which
 	// are always closed).
-	Protect []firewall.Destination
+	Protect []policy.Destination
 	// Published closes protected ports on connections that others DNAT to
 	// another host, such as the ports Docker publishes.
 	Published bool
@@ -429,7 +428,7 @@ func (v *validator) gateway(cfg *Config, raw rawGateway) {
 			v.fail("gateway.protect", "%q: list destinations only (HOST:PROTO/PORT)", s)
 			continue
 		}
-		cfg.Gateway.Protect = append(cfg.Gateway.Protect, firewall.Destination{Addr: f.To, Port: f.Port})
+		cfg.Gateway.Protect = append(cfg.Gateway.Protect, policy.Destination{Addr: f.To, Port: f.Port})
 	}
 }
 
@@ -483,23 +482,23 @@ func ParseForward(s string) (policy.Forward, error) {
 // Forwarded returns every destination behind this host that postern
 // closes: those clients may be granted, FORCE_NAT destinations and
 // [gateway] protect.
-func (c *Config) Forwarded() []firewall.Destination {
-	var out []firewall.Destination
-	add := func(d firewall.Destination) {
+func (c *Config) Forwarded() []policy.Destination {
+	var out []policy.Destination
+	add := func(d policy.Destination) {
 		if !slices.Contains(out, d) {
 			out = append(out, d)
 		}
 	}
 	for _, cl := range c.Clients {
 		for _, f := range cl.Forward {
-			add(firewall.Destination{Addr: f.To, Port: f.Port})
+			add(policy.Destination{Addr: f.To, Port: f.Port})
 		}
 	}
 	if c.Fwknop != nil {
 		for _, st := range c.Fwknop.Stanzas {
 			if st.ForceNAT.IsValid() && !st.ForceNAT.Addr().IsUnspecified() {
 				for _, p := range []port.Protocol{port.TCP, port.UDP} {
-					add(firewall.Destination{Addr: st.ForceNAT.Addr(), Port: port.Spec{Proto: p, Num: st.ForceNAT.Port()}})
+					add(policy.Destination{Addr: st.ForceNAT.Addr(), Port: port.Spec{Proto: p, Num: st.ForceNAT.Port()}})
 				}
 			}
 		}

@@ -6,8 +6,6 @@
 package firewall
 
 import (
-	"net/netip"
-
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 )
@@ -26,10 +24,7 @@ func keyOf(g Grant) Grant {
 }
 
 // Destination is a port of a host behind this one (gateway mode).
-type Destination struct {
-	Addr netip.Addr
-	Port port.Spec
-}
+type Destination = policy.Destination
 
 // Rules are what the firewall closes.
 type Rules struct {

@@ -55,6 +55,12 @@ type Client struct {
 	ForwardAll bool
 }
 
+// Destination is a port of a host behind this one (gateway mode).
+type Destination struct {
+	Addr netip.Addr
+	Port port.Spec
+}
+
 // Forward is a destination behind this host that a grant may open, and how
 // traffic to it is translated. To and Port are the internal host and port;
 // External, when set, is the port on this host the client connects to

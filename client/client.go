@@ -30,8 +30,9 @@ type Options struct {
 	Open      []port.Spec
 	Duration  time.Duration // 0: the server's default for this client
 	// Allow is the address to grant: "" for this host's own address on
-	// the route to the server, "source" for whatever source address the
-	// server sees (behind NAT), or an explicit address.
+	// the route to the server, "auto" for the address STUN servers see
+	// (this host's public address behind NAT), "source" for whatever
+	// source address the server sees, or an explicit address.
 	Allow string
 	// BindDest binds the knock to the server address it is sent to, so it
 	// cannot be replayed to another server that shares the key.
@@ -40,6 +41,8 @@ type Options struct {
 	// known to be off; also how tests make stale knocks).
 	TimeOffset time.Duration
 	Action     string
+	// STUN lists the STUN servers (host:port) that --allow auto asks.
+	STUN []string
 	// To, when valid, asks for Open on that host behind the server (a
 	// gateway) instead of on the server. The knock then goes over To's
 	// address family, so the address granted is of the same family.
@@ -68,7 +71,7 @@ func KnockEach(ctx context.Context, o Options) ([]Sent, error) {
 		network = map[bool]string{true: "udp4", false: "udp6"}[o.To.Unmap().Is4()]
 		o.Network = network
 	}
-	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || o.Allow != "" {
+	if _, err := netip.ParseAddr(o.Host); err == nil || network != "udp" || o.Allow != "" && o.Allow != "auto" {
 		s, err := Knock(ctx, o)
 		if err != nil {
 			return nil, err
@@ -133,10 +136,15 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 		k.Allow = local
 	case "source":
 		k.UseSource = true
+	case "auto":
+		fam := map[bool]string{true: "udp4", false: "udp6"}[to.Addr().Is4()]
+		if k.Allow, err = DiscoverAddress(ctx, fam, o.STUN); err != nil {
+			return Sent{}, err
+		}
 	default:
 		a, err := netip.ParseAddr(o.Allow)
 		if err != nil {
-			return Sent{}, fmt.Errorf("--allow %q: want an IP address or \"source\"", o.Allow)
+			return Sent{}, fmt.Errorf("--allow %q: want an IP address, \"auto\" or \"source\"", o.Allow)
 		}
 		k.Allow = a.Unmap()
 	}

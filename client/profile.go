@@ -27,7 +27,10 @@ type Profile struct {
 }
 
 type rawProfiles struct {
-	Doors  []rawProfile       `toml:"door"`
+	// STUN servers (host:port) for --allow auto, unless a profile names
+	// its own.
+	STUNServers []string           `toml:"stun_servers"`
+	Doors       []rawProfile       `toml:"door"`
 	Covert []rawCovertProfile `toml:"covert"`
 	SPA    []rawSPAProfile    `toml:"spa"`
 }
@@ -44,6 +47,7 @@ type rawSPAProfile struct {
 	Duration  string   `toml:"duration"`
 	Allow     string   `toml:"allow"`
 	Wait      string   `toml:"wait"`
+	STUN      []string `toml:"stun_servers"`
 }
 
 // SPAProfile is a server to knock with postern SPA, by name or host
@@ -58,6 +62,7 @@ type SPAProfile struct {
 	Open       []port.Spec // default tcp/22
 	Duration   time.Duration
 	Allow      string
+	STUN       []string // STUN servers for Allow "auto"
 	// Wait is how long to let the grant land before connecting, so the
 	// first SYN is not dropped (a dropped SYN costs a second).
 	Wait time.Duration
@@ -91,7 +96,10 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 	where := fmt.Sprintf("%s: spa %q", path, found.Name)
 	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), SSHKey: expandHome(found.SSHKey),
 		SSHAgent: found.SSHAgent, ServerKey: expandHome(found.ServerKey),
-		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond}
+		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond, STUN: found.STUN}
+	if len(p.STUN) == 0 {
+		p.STUN = raw.STUNServers
+	}
 	if found.Port != 0 {
 		if found.Port < 1 || found.Port > 65535 {
 			return nil, fmt.Errorf("%s: port %d", where, found.Port)
@@ -203,6 +211,18 @@ func readProfiles(path string) (*rawProfiles, error) {
 		return nil, config.DecodeError(path, err)
 	}
 	return &raw, nil
+}
+
+// LoadSTUNServers returns client.toml's stun_servers (none without a file).
+func LoadSTUNServers(path string) ([]string, error) {
+	raw, err := readProfiles(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return raw.STUNServers, nil
 }
 
 // LoadProfile reads path and returns the door called name.

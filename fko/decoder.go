@@ -323,7 +323,7 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		// FORWARD_ALL: everything from the client, DNATed to the NAT
 		// host (none for FORCE_NAT 0.0.0.0 0) unless DISABLE_DNAT.
 		r.Ports, r.To, r.ForwardAll = acc.Ports, nat.to, true
-		v.Grant(r, user, slog.String("nat", nat.to.String()), slog.Bool("forward_all", true))
+		v.Grant(r, user, slog.String("nat_request", nat.to.String()), slog.Bool("forward_all", true))
 		return
 	}
 	if nat.to.IsValid() {
@@ -333,7 +333,7 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 		first := acc.Ports[0]
 		r.Ports = []port.Spec{{Proto: first.Proto, Num: nat.port}}
 		r.To, r.External, r.LocalNAT = nat.to, first.Num, nat.local
-		v.Grant(r, user, slog.String("nat", netip.AddrPortFrom(nat.to, nat.port).String()))
+		v.Grant(r, user, slog.String("nat_request", netip.AddrPortFrom(nat.to, nat.port).String()))
 		return
 	}
 	if st.CmdCycleOpen != "" {

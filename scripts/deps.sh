@@ -16,6 +16,7 @@ have systemd-analyze || need+=(systemd)          # the unit file's verifier
 have fail2ban-regex || need+=(fail2ban)         # the fail2ban example's filter
 have promtool || need+=(prometheus)             # promtool check metrics
 have man || need+=(man-db)                      # the man pages render
+have turnserver || need+=(coturn)               # a real STUN server for --allow auto
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2
@@ -25,7 +26,7 @@ if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Packages that ship services must not run them: the tests start their own.
-  for svc in knockd fwknop-server fail2ban prometheus; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
+  for svc in knockd fwknop-server fail2ban prometheus coturn; do systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
 fi
 # Go 1.26 from the machine; /usr/local/go is where it lives on a fresh one.
 case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) PATH=/usr/local/go/bin:$PATH ;; esac

@@ -92,6 +92,13 @@ func (s *Server) apply(v *policy.Verdict) {
 	if len(dec.Grants) > 0 {
 		g := dec.Grants[0]
 		args = append(args, "allow", g.Addr, "ports", port.Join(r.Ports), "duration", g.Timeout)
+		if !r.UseSource && g.Addr != v.Src.Unmap() {
+			// The knock asks for another address than it came from:
+			// usually a client behind NAT granting its private address
+			// (the door then stays shut for its real source; knock with
+			// --allow auto), or a knock sent on another's behalf.
+			args = append(args, "nat", true)
+		}
 		switch {
 		case g.All:
 			args = append(args, "to", g.AllString())

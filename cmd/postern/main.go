@@ -154,6 +154,8 @@ type knockFlags struct {
 	keyFile, serverKey, open, allow, profile string
 	closePorts                               string
 	sshKey, sshAgent                         string
+	stun                                     string
+	stunServers                              []string // from a profile
 	dur, offset, wait                        time.Duration
 	knockPort                                uint
 	bind                                     bool
@@ -183,7 +185,8 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	fs.Lookup("wait").NoOptDefVal = "10s"
 	fs.StringVar(&k.closePorts, "close", "", "SPA: close these `proto/port[,…]` for this address now (an authenticated close request) instead of opening")
 	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
-	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, \"auto\" for this host's public address as STUN servers see it (behind NAT), or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	fs.StringVar(&k.stun, "stun", "", "SPA: STUN servers for --allow auto, `host:port[,…]` (default: stun_servers in the client config)")
 	fs.UintVar(&k.knockPort, "port", config.DefaultSPAPort, "SPA: the server's knock `port`")
 	fs.BoolVar(&k.bind, "bind", false, "SPA: bind the knock to the server address it is sent to")
 	fs.DurationVar(&k.offset, "time-offset", 0, "SPA: shift the knock's timestamp by this `duration` (negative: into the past)")
@@ -259,6 +262,7 @@ func (k *knockFlags) applyProfile(pos []string) ([]string, error) {
 		k.dur = p.Duration
 	}
 	k.allow = cmp.Or(k.allow, p.Allow)
+	k.stunServers = p.STUN
 	if len(pos) == 0 {
 		pos = []string{p.Host}
 	}
@@ -319,6 +323,23 @@ func (k *knockFlags) sequence(pos []string, out io.Writer) error {
 	return client.Sequence(ctx, o)
 }
 
+// stunList is --stun, else the profile's stun_servers, else client.toml's.
+func (k *knockFlags) stunList() ([]string, error) {
+	if k.stun != "" {
+		var out []string
+		for _, s := range strings.Split(k.stun, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		return out, nil
+	}
+	if len(k.stunServers) > 0 || k.allow != "auto" {
+		return k.stunServers, nil
+	}
+	return client.LoadSTUNServers(cmp.Or(k.cfg, client.DefaultProfiles()))
+}
+
 // parseOpen reads --open: ports of the server, or of a host behind it
 // (gateway mode) written HOST:proto/port[,proto/port…], an IPv6 HOST in
 // brackets.
@@ -374,9 +395,13 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	stunServers, err := k.stunList()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	opts := client.Options{
+	opts := client.Options{STUN: stunServers,
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
 		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action, To: to,
 	}
@@ -666,7 +691,7 @@ func knockProfile(p *client.SPAProfile, open []port.Spec) ([]client.Sent, error)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sent, err := client.KnockEach(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
-		Open: open, Duration: p.Duration, Allow: p.Allow})
+		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN})
 	if len(sent) == 0 {
 		return nil, err
 	}

@@ -73,16 +73,22 @@ type rigOptions struct {
 	noSPA   bool   // doors only: no [[client]], no server key
 	pq      bool   // a post-quantum (suite 2) server key
 	gateway bool   // the server is a gateway to an inside host (r.g)
+	nat     bool   // the server is the inside host, the client behind r.g, a NAT router
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
 	t.Helper()
 	netnstest.Require(t, "nft")
 	r := &rig{t: t, dir: t.TempDir()}
-	if o.gateway {
+	switch {
+	case o.gateway:
 		r.g = netnstest.NewGateway(t)
 		r.p = r.g.Pair
-	} else {
+	case o.nat:
+		r.g = netnstest.NewGateway(t)
+		r.g.Masquerade(t)
+		r.p = r.g.Behind()
+	default:
 		r.p = netnstest.NewPair(t)
 	}
 	var err error

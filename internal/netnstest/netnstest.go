@@ -343,7 +343,8 @@ type Gateway struct {
 	Gateway6, Inside6 netip.Addr
 }
 
-// InsideInterface is the gateway's link to the inside host.
+// InsideInterface is the gateway's link to the inside host; the inside
+// host's end is called Interface, so a daemon can run there as in a Pair.
 const InsideInterface = "veth1"
 
 // NewGateway builds the three namespaces, their links and routes, and turns
@@ -354,13 +355,13 @@ func NewGateway(t TB) *Gateway {
 		Gateway4: netip.MustParseAddr("10.77.1.1"), Inside4: netip.MustParseAddr("10.77.1.2"),
 		Gateway6: netip.MustParseAddr("fd77::1"), Inside6: netip.MustParseAddr("fd77::2")}
 	gw := g.Server
-	run(t, "ip", "link", "add", InsideInterface, "netns", gw.Name, "type", "veth", "peer", "name", InsideInterface, "netns", g.Inside.Name)
+	run(t, "ip", "link", "add", InsideInterface, "netns", gw.Name, "type", "veth", "peer", "name", Interface, "netns", g.Inside.Name)
 	gw.IP(t, "addr", "add", g.Gateway4.String()+"/24", "dev", InsideInterface)
 	gw.IP(t, "addr", "add", g.Gateway6.String()+"/64", "dev", InsideInterface, "nodad")
-	g.Inside.IP(t, "addr", "add", g.Inside4.String()+"/24", "dev", InsideInterface)
-	g.Inside.IP(t, "addr", "add", g.Inside6.String()+"/64", "dev", InsideInterface, "nodad")
+	g.Inside.IP(t, "addr", "add", g.Inside4.String()+"/24", "dev", Interface)
+	g.Inside.IP(t, "addr", "add", g.Inside6.String()+"/64", "dev", Interface, "nodad")
 	gw.IP(t, "link", "set", InsideInterface, "up")
-	g.Inside.IP(t, "link", "set", InsideInterface, "up")
+	g.Inside.IP(t, "link", "set", Interface, "up")
 	g.Inside.IP(t, "route", "add", "default", "via", g.Gateway4.String())
 	g.Inside.IP(t, "-6", "route", "add", "default", "via", g.Gateway6.String())
 	g.Client.IP(t, "route", "add", "default", "via", g.Server4.String())
@@ -412,4 +413,21 @@ func (g *Gateway) DockerPublish(t TB) (container *NS, rules func() string) {
 		}
 		return strings.Join(keep, "\n")
 	}
+}
+
+// Masquerade makes the gateway a NAT router: what the client sends to the
+// inside host leaves with the gateway's inner address, as behind a home
+// router (the client is "inside" the NAT, the far host outside).
+func (g *Gateway) Masquerade(t TB) {
+	t.Helper()
+	g.Server.ExecInput(t, "table inet natlab {\n chain post {\n  type nat hook postrouting priority srcnat;\n  oifname \""+
+		InsideInterface+"\" masquerade\n }\n}\n", "nft", "-f", "-")
+}
+
+// Behind returns the Pair a daemon on the inside host and a client behind
+// the gateway see: the inside host is the server.
+func (g *Gateway) Behind() *Pair {
+	return &Pair{Server: g.Inside, Client: g.Client,
+		Server4: g.Inside4, Client4: g.Client4, Client4b: g.Client4b,
+		Server6: g.Inside6, Client6: g.Client6, Client6b: g.Client6b}
 }

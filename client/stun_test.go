@@ -1,0 +1,103 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+// fakeSTUN answers Binding requests on loopback with the address given
+// (what a STUN server beyond a NAT would see); drop makes it ignore that
+// many requests first, as a lossy path would.
+func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if req.Decode() != nil || req.Type != stun.BindingRequest {
+				continue
+			}
+			if drop > 0 {
+				drop--
+				continue
+			}
+			// A stray datagram first: the client must ignore it.
+			other, _ := stun.Build(stun.TransactionID, stun.BindingSuccess)
+			pc.WriteTo(other.Raw, from)
+			res, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+				&stun.XORMappedAddress{IP: seen.AsSlice(), Port: 40000}, stun.Fingerprint)
+			pc.WriteTo(res.Raw, from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+func TestDiscoverAddress(t *testing.T) {
+	public := netip.MustParseAddr("203.0.113.7")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := DiscoverAddress(ctx, "udp4", []string{fakeSTUN(t, public, 0)})
+	if err != nil || got != public {
+		t.Fatalf("got %v %v, want %v", got, err, public)
+	}
+	// A server that loses the first request is asked again.
+	if got, err := DiscoverAddress(ctx, "udp4", []string{fakeSTUN(t, public, 1)}); err != nil || got != public {
+		t.Fatalf("after a lost request: %v %v", got, err)
+	}
+	// A dead server is skipped for the next one.
+	dead, _ := net.ListenPacket("udp4", "127.0.0.1:0")
+	deadAddr := dead.LocalAddr().String()
+	dead.Close()
+	if got, err := DiscoverAddress(ctx, "udp4", []string{deadAddr, fakeSTUN(t, public, 0)}); err != nil || got != public {
+		t.Fatalf("second server: %v %v", got, err)
+	}
+	if _, err := DiscoverAddress(ctx, "udp4", nil); !errors.Is(err, ErrNoSTUNServer) {
+		t.Fatalf("no server: %v", err)
+	}
+	if _, err := DiscoverAddress(ctx, "udp4", []string{deadAddr}); err == nil || !strings.Contains(err.Error(), deadAddr) {
+		t.Fatalf("dead server: %v", err)
+	}
+}
+
+// FuzzSTUNResponse feeds arbitrary datagrams to the response reader: it
+// never panics, and a mapped address only comes from a success response to
+// the request's transaction.
+func FuzzSTUNResponse(f *testing.F) {
+	req, _ := stun.Build(stun.TransactionID, stun.BindingRequest)
+	ok, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: net.ParseIP("203.0.113.7"), Port: 1}, stun.Fingerprint)
+	plain, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+		&stun.MappedAddress{IP: net.ParseIP("2001:db8::7"), Port: 1})
+	failed, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingError)
+	for _, seed := range [][]byte{ok.Raw, plain.Raw, failed.Raw, req.Raw, {}, make([]byte, 20)} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, found, err := mappedAddress(b, req.TransactionID)
+		if found && err == nil && !a.IsValid() {
+			t.Fatalf("found an invalid address in %x", b)
+		}
+		if a.IsValid() {
+			m := &stun.Message{Raw: append([]byte(nil), b...)}
+			if m.Decode() != nil || m.TransactionID != req.TransactionID || m.Type != stun.BindingSuccess {
+				t.Fatalf("address %v from a datagram that is no answer to the request", a)
+			}
+		}
+	})
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/netnstest"
+)
+
+// startSTUN runs coturn as a STUN-only server on addr:3478 in ns until the
+// test ends, and waits until it answers.
+func startSTUN(t *testing.T, ns *netnstest.NS, addr netip.Addr) string {
+	t.Helper()
+	netnstest.Require(t, "turnserver")
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	cmd := ns.Command(ctx, "turnserver", "-n", "--stun-only", "--listening-ip", addr.String(), "--listening-port", "3478",
+		"--no-cli", "--no-tls", "--no-dtls", "--log-file", filepath.Join(dir, "turn.log"), "--simple-log",
+		"--pidfile", filepath.Join(dir, "turn.pid"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	server := netip.AddrPortFrom(addr, 3478).String()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := ns.Do(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err := client.DiscoverAddress(ctx, "udp4", []string{server})
+			return err
+		})
+		if err == nil {
+			return server
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("coturn does not answer: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // refused until it listens
+	}
+}
+
+// A client behind a NAT router: its own address is private, the server
+// sees the router's. --allow auto asks a STUN server (the real coturn, on
+// the server's host) and the door opens for the router's public address;
+// a plain knock grants the private address, and the server's log line says
+// the address differs from the packet's source.
+func TestKnockBehindNAT(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{nat: true})
+	stun := startSTUN(t, r.p.Server, r.p.Server4)
+	r.start()
+	srv, public := r.p.Server4, r.g.Gateway4
+
+	mark := r.out.Mark()
+	r.knock(srv)
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=spa", "src="+public.String(),
+		"allow="+r.p.Client4.String(), "nat=true")
+	r.requireClosed(r.p.Client4, srv, "a grant for the private address")
+
+	mark = r.out.Mark()
+	r.knock(srv, "--allow", "auto", "--stun", stun)
+	line := r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=spa", "src="+public.String(), "allow="+public.String())
+	if strings.Contains(line, "nat=true") {
+		t.Errorf("the STUN-discovered address is the source, yet: %s", line)
+	}
+	r.waitOpen(r.p.Client4, srv, time.Second, "after --allow auto").Close()
+
+	// The same from a profile: allow = "auto" and client.toml's stun_servers.
+	r.waitClosed(r.p.Client4, srv, 5*time.Second, "after the grant expired")
+	cfg := filepath.Join(r.dir, "client.toml")
+	os.WriteFile(cfg, []byte(`stun_servers = ["`+stun+`"]
+[[spa]]
+name = "home"
+host = "`+srv.String()+`"
+key_file = "`+r.alice+`"
+server_key = "`+r.server.Public().String()+`"
+allow = "auto"
+`), 0o600)
+	if out, err := r.postern("knock", "--config", cfg, "--profile", "home"); err != nil {
+		t.Fatalf("knock --profile: %v\n%s", err, out)
+	}
+	r.waitOpen(r.p.Client4, srv, time.Second, "profile with allow = auto").Close()
+
+	// No STUN server: a clear error, nothing sent.
+	os.WriteFile(cfg, []byte("[[spa]]\nname = \"home\"\nhost = \""+srv.String()+"\"\nkey_file = \""+r.alice+
+		"\"\nserver_key = \""+r.server.Public().String()+"\"\nallow = \"auto\"\n"), 0o600)
+	if out, err := r.postern("knock", "--config", cfg, "--profile", "home"); err == nil || !strings.Contains(out, "needs a STUN server") {
+		t.Fatalf("without a STUN server: %v\n%s", err, out)
+	}
+}

@@ -31,8 +31,8 @@ type rawProfiles struct {
 	// its own.
 	STUNServers []string           `toml:"stun_servers"`
 	Doors       []rawProfile       `toml:"door"`
-	Covert []rawCovertProfile `toml:"covert"`
-	SPA    []rawSPAProfile    `toml:"spa"`
+	Covert      []rawCovertProfile `toml:"covert"`
+	SPA         []rawSPAProfile    `toml:"spa"`
 }
 
 type rawSPAProfile struct {

@@ -107,7 +107,7 @@ USE_HMAC            Y
 VERBOSE             Y
 
 [odd]
-RESOLVE_IP_HTTPS    Y
+SPA_SOURCE_PORT     12345
 `), 0o600)
 	r, _ := ParseFwknopArgs([]string{"--rc-file", rc, "-n", "office", "--key-rijndael", "override"})
 	s, err := r.Resolve()
@@ -129,7 +129,7 @@ RESOLVE_IP_HTTPS    Y
 	}
 	r, _ = ParseFwknopArgs([]string{"--rc-file", rc, "-n", "odd", "-A", "tcp/22", "-s", "-D", "x", "--key-rijndael", "k"})
 	s, _ = r.Resolve()
-	if _, _, err := BuildFwknop(s, time.Now()); err == nil || !strings.Contains(err.Error(), rc+":15: RESOLVE_IP_HTTPS: not supported") {
+	if _, _, err := BuildFwknop(s, time.Now()); err == nil || !strings.Contains(err.Error(), rc+":15: SPA_SOURCE_PORT: not supported") {
 		t.Fatalf("unsupported variable: %v", err)
 	}
 }

@@ -48,6 +48,9 @@ var fwknopOpts = []struct {
 	{"A", "access", true, "ACCESS"},
 	{"a", "allow-ip", true, "ALLOW_IP"},
 	{"s", "source-ip", false, "ALLOW_IP=source"},
+	{"R", "resolve-ip-https", false, "RESOLVE_IP_HTTPS=Y"},
+	{"", "resolve-url", true, "RESOLVE_URL"},
+	{"", "resolve-http-only", false, "RESOLVE_HTTP_ONLY=Y"},
 	{"D", "destination", true, "SPA_SERVER"},
 	{"p", "server-port", true, "SPA_SERVER_PORT"},
 	{"P", "server-proto", true, "SPA_SERVER_PROTO"},
@@ -253,13 +256,13 @@ func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 // setting them to anything but their harmless value is an error, so that a
 // stanza never silently does something else than it says.
 var fwknopUnsupported = map[string]string{
-	"RESOLVE_IP_HTTPS": "N", "RESOLVE_HTTP_ONLY": "N", "RAND_PORT": "N",
+	"RAND_PORT": "N",
 	"SPOOF_SOURCE_IP": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
-	"USE_GPG_AGENT": "N", "RESOLVE_IP_HTTP": "N",
+	"USE_GPG_AGENT": "N",
 }
 
 // cosmetic or irrelevant variables, accepted and ignored.
-var fwknopIgnored = map[string]bool{"VERBOSE": true, "NO_SAVE_ARGS": true, "WGET_CMD": true, "RESOLVE_URL": true,
+var fwknopIgnored = map[string]bool{"VERBOSE": true, "NO_SAVE_ARGS": true, "WGET_CMD": true,
 	"HTTP_USER_AGENT": true, "SERVER_RESOLVE_IPV4": true, "USE_GPG": true}
 
 // FwknopPacket is a built fwknop SPA packet.
@@ -432,7 +435,7 @@ func (s FwknopSettings) message(now time.Time) (*fko.Message, error) {
 	case "source":
 		allow = "0.0.0.0"
 	case "resolve":
-		return nil, s.bad("ALLOW_IP", "\"resolve\" (-R) needs a web service; give the address with -a")
+		return nil, s.bad("ALLOW_IP", "\"resolve\" (-R): the address was not resolved")
 	}
 	if cmd := s.get("SERVER_CMD"); cmd != "" {
 		m.Type, m.Message = fko.CommandMsg, allow+","+cmd
@@ -517,7 +520,8 @@ var knownFwknopVar = map[string]bool{
 	"FW_TIMEOUT": true, "NAT_ACCESS": true, "SERVER_CMD": true, "SPOOF_USER": true, "DIGEST_TYPE": true,
 	"ENCRYPTION_MODE": true, "KEY": true, "KEY_BASE64": true, "HMAC_KEY": true, "HMAC_KEY_BASE64": true,
 	"USE_HMAC": true, "HMAC_DIGEST_TYPE": true, "GPG_RECIPIENT": true, "GPG_SIGNER": true, "GPG_HOMEDIR": true,
-	"TIME_OFFSET": true, "NAT_LOCAL": true, "NAT_PORT": true, "NAT_RAND_PORT": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
+	"TIME_OFFSET": true, "RESOLVE_IP_HTTPS": true, "RESOLVE_IP_HTTP": true, "RESOLVE_HTTP_ONLY": true, "RESOLVE_URL": true,
+	"NAT_LOCAL": true, "NAT_PORT": true, "NAT_RAND_PORT": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
 }
 
 func parseOffset(s string) (time.Duration, error) {

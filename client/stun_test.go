@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -100,4 +102,42 @@ func FuzzSTUNResponse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFwknopResolveAllow(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("User-Agent") == "" {
+			http.Error(w, "no agent", http.StatusBadRequest)
+			return
+		}
+		w.Write([]byte("<html>Your IP: 203.0.113.9.</html>\n"))
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	r, _ := ParseFwknopArgs([]string{"-A", "tcp/22", "-R", "--resolve-url", srv.URL, "-D", "198.18.0.1", "--key-rijndael", "k", "--no-rc-file"})
+	s, err := r.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.WantsResolve() {
+		t.Fatal("-R does not ask for resolving")
+	}
+	if err := s.ResolveAllow(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := BuildFwknop(s, time.Now())
+	if err != nil || p.Message.Message != "203.0.113.9,tcp/22" {
+		t.Fatalf("%v %+v", err, p)
+	}
+	// STUN servers answer when no URL is given.
+	r, _ = ParseFwknopArgs([]string{"-A", "tcp/22", "-R", "-D", "198.18.0.1", "--key-rijndael", "k", "--no-rc-file"})
+	s, _ = r.Resolve()
+	if err := s.ResolveAllow(ctx, []string{fakeSTUN(t, netip.MustParseAddr("198.51.100.4"), 0)}); err != nil || s.get("ALLOW_IP") != "198.51.100.4" {
+		t.Fatalf("STUN: %v %q", err, s.get("ALLOW_IP"))
+	}
+	for _, body := range []string{"no address here", "::1", "300.1.2.3"} {
+		if _, ok := firstIPv4(body); ok {
+			t.Errorf("found an address in %q", body)
+		}
+	}
 }

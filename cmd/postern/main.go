@@ -560,6 +560,18 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if settings.WantsResolve() {
+		stun, err := client.LoadSTUNServers(client.DefaultProfiles())
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err = settings.ResolveAllow(ctx, stun)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	pkt, keys, err := client.BuildFwknop(settings, time.Now())
 	if err != nil {
 		return err

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -94,4 +97,31 @@ allow = "auto"
 	if out, err := r.postern("knock", "--config", cfg, "--profile", "home"); err == nil || !strings.Contains(out, "needs a STUN server") {
 		t.Fatalf("without a STUN server: %v\n%s", err, out)
 	}
+}
+
+// postern fwknop -R --resolve-url behind the same NAT: the page (served on
+// the server's host) says which address it sees, and fwknop's knock asks
+// for that one.
+func TestFwknopResolveBehindNAT(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft")
+	r := newRig(t, rigOptions{nat: true, noSPA: true})
+	access := r.writeFile("access.conf", "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nHMAC_KEY_BASE64 "+fwHMAC+
+		"\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 3\n")
+	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\n[fwknop]\naccess_file = %q\n",
+		netnstest.Interface, r.dir+"/state", access))
+	l := r.p.Server.Listen(t, r.p.Server4.String()+":8080")
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		host, _, _ := net.SplitHostPort(req.RemoteAddr)
+		fmt.Fprintf(w, "<p>%s</p>\n", host)
+	}))
+	r.start()
+	srv, public := r.p.Server4, r.g.Gateway4
+	mark := r.out.Mark()
+	if out, err := r.postern("fwknop", "--no-rc-file", "-A", "tcp/22", "-R", "--resolve-url", "http://"+srv.String()+":8080/ip",
+		"-D", srv.String(), "--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac"); err != nil {
+		t.Fatalf("postern fwknop -R: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=fwknop", "allow="+public.String())
+	r.waitOpen(r.p.Client4, srv, time.Second, "after fwknop -R").Close()
 }

@@ -256,7 +256,7 @@ func (r *FwknopRequest) ResolveWarn(warn func(string)) (FwknopSettings, error) {
 // setting them to anything but their harmless value is an error, so that a
 // stanza never silently does something else than it says.
 var fwknopUnsupported = map[string]string{
-	"RAND_PORT": "N",
+	"RAND_PORT":       "N",
 	"SPOOF_SOURCE_IP": "", "SPA_SOURCE_PORT": "", "KEY_FILE": "", "HMAC_KEY_FILE": "",
 	"USE_GPG_AGENT": "N",
 }

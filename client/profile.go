@@ -48,6 +48,9 @@ type rawSPAProfile struct {
 	Allow     string   `toml:"allow"`
 	Wait      string   `toml:"wait"`
 	STUN      []string `toml:"stun_servers"`
+	// CloseOnExit: postern ssh and postern proxy close the door when the
+	// session ends (default true).
+	CloseOnExit *bool `toml:"close_on_exit"`
 }
 
 // SPAProfile is a server to knock with postern SPA, by name or host
@@ -63,6 +66,10 @@ type SPAProfile struct {
 	Duration   time.Duration
 	Allow      string
 	STUN       []string // STUN servers for Allow "auto"
+	// CloseOnExit: postern ssh and postern proxy send a close request for
+	// what they opened when the session ends. Connections that are up
+	// survive it; the next session knocks again.
+	CloseOnExit bool
 	// Wait is how long to let the grant land before connecting, so the
 	// first SYN is not dropped (a dropped SYN costs a second).
 	Wait time.Duration
@@ -96,7 +103,8 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 	where := fmt.Sprintf("%s: spa %q", path, found.Name)
 	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), SSHKey: expandHome(found.SSHKey),
 		SSHAgent: found.SSHAgent, ServerKey: expandHome(found.ServerKey),
-		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond, STUN: found.STUN}
+		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond, STUN: found.STUN,
+		CloseOnExit: found.CloseOnExit == nil || *found.CloseOnExit}
 	if len(p.STUN) == 0 {
 		p.STUN = raw.STUNServers
 	}

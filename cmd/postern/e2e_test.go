@@ -464,7 +464,15 @@ key_file = %q
 server_key = %q
 open = ["tcp/22"]
 duration = "2s"
-`, srv, r.alice, r.server.Public())), 0o600)
+
+[[spa]]
+name = "keep"
+host = %q
+key_file = %q
+server_key = %q
+duration = "30s"
+close_on_exit = false
+`, srv, r.alice, r.server.Public(), srv, r.alice, r.server.Public())), 0o600)
 
 	t.Run("knock --profile", func(t *testing.T) {
 		if out, err := r.postern("knock", "--config", profiles, "--profile", "office"); err != nil {
@@ -474,21 +482,34 @@ duration = "2s"
 		r.waitClosed(cli, srv, 3*time.Second, "expiry")
 	})
 	t.Run("proxy", func(t *testing.T) {
+		mark := r.out.Mark()
 		cmd := r.p.Client.Command(t.Context(), posternBin, "proxy", "--config", profiles, srv.String(), "22")
 		cmd.Stdin = strings.NewReader("through the proxy\n")
 		out, err := cmd.Output()
 		if err != nil || string(out) != "through the proxy\n" {
 			t.Fatalf("proxy: %q %v", out, err)
 		}
-		r.waitClosed(cli, srv, 3*time.Second, "expiry")
+		// The session over, the proxy closed the door behind it.
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
+		r.requireClosed(cli, srv, "after the proxy session")
 	})
 	t.Run("ssh", func(t *testing.T) {
+		mark := r.out.Mark()
 		out, err := r.standInSSH(xdg, "office", "-o", "BatchMode=yes")
 		// One family knocked (the profile's host is an IPv4 address): ssh
 		// is told so.
 		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes -4 "+srv.String()+" connected") {
 			t.Fatalf("postern ssh: %v\n%s", err, out)
 		}
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
+		r.requireClosed(cli, srv, "after the ssh session")
+	})
+	t.Run("ssh, close_on_exit = false", func(t *testing.T) {
+		out, err := r.standInSSH(xdg, "keep")
+		if err != nil || !strings.Contains(string(out), "connected") {
+			t.Fatalf("postern ssh: %v\n%s", err, out)
+		}
+		r.waitOpen(cli, srv, time.Second, "the door left open").Close()
 	})
 }
 

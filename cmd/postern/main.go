@@ -691,6 +691,21 @@ func (k *knockFlags) covertKnock(pos []string, out io.Writer) error {
 
 // knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
 func knockProfile(p *client.SPAProfile, open []port.Spec) ([]client.Sent, error) {
+	return knockProfileAction(p, open, "")
+}
+
+// closeProfile sends the close request for what knockProfile opened (a
+// session ended); a failure is only a warning, the grant still expires.
+func closeProfile(p *client.SPAProfile, open []port.Spec, stderr io.Writer) {
+	if !p.CloseOnExit {
+		return
+	}
+	if _, err := knockProfileAction(p, open, policy.ActionClose); err != nil {
+		fmt.Fprintf(stderr, "postern: warning: closing the door: %v (it closes on its own when the grant ends)\n", err)
+	}
+}
+
+func knockProfileAction(p *client.SPAProfile, open []port.Spec, action string) ([]client.Sent, error) {
 	key, signer, done, err := knockIdentity(p.KeyFile, p.SSHKey, p.SSHAgent)
 	if err != nil {
 		return nil, err
@@ -703,14 +718,16 @@ func knockProfile(p *client.SPAProfile, open []port.Spec) ([]client.Sent, error)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sent, err := client.KnockEach(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
-		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN})
+		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action})
 	if len(sent) == 0 {
 		return nil, err
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "postern: warning: %v\n", err)
 	}
-	time.Sleep(p.Wait)
+	if action == "" {
+		time.Sleep(p.Wait)
+	}
 	return sent, nil
 }
 
@@ -745,7 +762,9 @@ func proxyCmd(pos []string, profiles, name string, stdin io.Reader, stdout io.Wr
 	if _, err := knockProfile(p, open); err != nil {
 		return err
 	}
-	return client.Proxy(context.Background(), net.JoinHostPort(pos[0], pos[1]), stdin, stdout, 5*time.Second)
+	err = client.Proxy(context.Background(), net.JoinHostPort(pos[0], pos[1]), stdin, stdout, 5*time.Second)
+	closeProfile(p, open, os.Stderr)
+	return err
 }
 
 // sshCmd knocks a [[spa]] profile and replaces itself with ssh to the
@@ -779,5 +798,17 @@ func sshCmd(args []string, stdout, stderr io.Writer) error {
 		argv = append(argv, map[bool]string{true: "-4", false: "-6"}[sent[0].To.Addr().Is4()])
 	}
 	argv = append(argv, p.Host)
-	return execProgram(ssh, argv)
+	if !p.CloseOnExit {
+		return execProgram(ssh, argv)
+	}
+	// ssh runs as a child so that the door can be closed after it.
+	code, err := runProgram(ssh, argv)
+	closeProfile(p, p.Open, stderr)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		os.Exit(code)
+	}
+	return nil
 }

@@ -256,6 +256,34 @@ func (a *AFPacket) RunWithErrors(ctx context.Context, h Handler, transient func(
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { a.Close() })
 	defer stop()
+	frags := NewReassembler()
+	var failed Frame
+	report := func(fs []Failure) {
+		for _, fl := range fs {
+			failed = Frame{Src: fl.Src, Dst: fl.Dst, Proto: ProtoUDP, Time: time.Now()}
+			h(&failed, fl.Err)
+		}
+	}
+	// Datagrams whose last fragments never come are reported even when
+	// no other packet arrives.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(fragmentTimeout / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			if frags.Pending() > 0 {
+				report(frags.Expire(time.Now()))
+			}
+			mu.Unlock()
+		}
+	}()
 	for _, c := range a.conns {
 		wg.Add(1)
 		go func() {
@@ -281,6 +309,18 @@ func (a *AFPacket) RunWithErrors(ctx context.Context, h Handler, transient func(
 				mu.Lock()
 				f.Time = time.Now()
 				perr := Parse(buf[:n], &f)
+				if errors.Is(perr, ErrFragment) {
+					whole := frags.Add(buf[:n], f.Time)
+					report(frags.Failures())
+					if whole == nil {
+						mu.Unlock()
+						continue
+					}
+					if perr = Parse(whole, &f); perr == nil && !a.wants(&f) {
+						mu.Unlock()
+						continue // another port's datagram: not ours
+					}
+				}
 				h(&f, perr)
 				mu.Unlock()
 			}
@@ -288,6 +328,19 @@ func (a *AFPacket) RunWithErrors(ctx context.Context, h Handler, transient func(
 	}
 	wg.Wait()
 	return nil
+}
+
+// wants reports whether a rebuilt datagram is for a knock port: the kernel
+// filter passes every UDP fragment after the first, whatever its port.
+func (a *AFPacket) wants(f *Frame) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range a.matches {
+		if m.Proto == ProtoUDP && f.Proto == ProtoUDP && m.Lo <= f.DstPort && f.DstPort <= m.Hi {
+			return true
+		}
+	}
+	return false
 }
 
 // Close closes the sockets.

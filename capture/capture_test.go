@@ -149,6 +149,12 @@ func TestFilter(t *testing.T) {
 	}
 	frag := ipv4UDP(v4a, v4b, 1, 62201, nil)
 	binary.BigEndian.PutUint16(frag[6:], 10) // fragment offset 80
+	tcpFrag := append([]byte(nil), frag...)
+	tcpFrag[9] = ProtoTCP
+	setHeaderSum(tcpFrag)
+	v6UDPFrag := ipv6Fragments(ipv6UDP(v6a, v6b, 1, 9, make([]byte, 100)), 64)[1]
+	v6TCPFrag := append([]byte(nil), v6UDPFrag...)
+	v6TCPFrag[40] = ProtoTCP
 	withOpts := ipv4UDP(v4a, v4b, 1, 62201, nil)
 	withOpts = append(withOpts[:20:20], append([]byte{1, 1, 1, 0}, withOpts[20:]...)...)
 	withOpts[0] = 0x46
@@ -163,7 +169,10 @@ func TestFilter(t *testing.T) {
 		{"v4 with IP options", IPv4, withOpts, true},
 		{"v4 other port", IPv4, ipv4UDP(v4a, v4b, 1, 62202, nil), false},
 		{"v4 tcp port number on udp", IPv4, ipv4UDP(v4a, v4b, 1, 7000, nil), false},
-		{"v4 later fragment", IPv4, frag, false},
+		{"v4 later UDP fragment (to the reassembler)", IPv4, frag, true},
+		{"v4 later TCP fragment", IPv4, tcpFrag, false},
+		{"v6 UDP fragment (to the reassembler)", IPv6, v6UDPFrag, true},
+		{"v6 TCP fragment", IPv6, v6TCPFrag, false},
 		{"v6 tcp knock port", IPv6, ipv6TCP(v6a, v6b, 1, 7000, 2, nil), true},
 		{"v6 tcp other port", IPv6, ipv6TCP(v6a, v6b, 1, 22, 2, nil), false},
 		{"v4 tcp range low end", IPv4, retcp4(20000), true},

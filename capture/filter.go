@@ -46,8 +46,10 @@ func PortMatches(ports []port.Spec) []Match {
 // Filter compiles a classic BPF program that accepts only packets of family
 // that fit one of matches, so that the kernel discards all other traffic
 // before it costs a copy or a wake-up. Programs start at the IP header (a
-// SOCK_DGRAM packet socket). IPv4 fragments other than the first never
-// match; IPv6 packets with extension headers never match (knocks have none).
+// SOCK_DGRAM packet socket). When UDP ports are matched, UDP fragments
+// pass too (only the first carries the port; the reassembler decides);
+// other fragments and IPv6 packets with other extension headers never
+// match (knocks have none).
 func Filter(family Family, matches []Match) ([]bpf.Instruction, error) {
 	byProto := map[port.Protocol][]Match{}
 	var protos []port.Protocol
@@ -73,6 +75,18 @@ func Filter(family Family, matches []Match) ([]bpf.Instruction, error) {
 	if family == IPv6 {
 		protoOff, l4Off = 6, 40
 	}
+	if _, udp := byProto[port.UDP]; udp && family == IPv6 {
+		// UDP fragments (a fragment header right after the fixed one) go
+		// to the reassembler, whatever their port: only the first one
+		// carries it.
+		groupStarts = append(groupStarts, len(prog))
+		prog = append(prog,
+			item{ins: bpf.LoadAbsolute{Off: 6, Size: 1}},
+			item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: 44}, jf: toNext},
+			item{ins: bpf.LoadAbsolute{Off: 40, Size: 1}},
+			item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(port.UDP)}, jt: toAccept, jf: toDrop},
+		)
+	}
 	for _, proto := range protos {
 		groupStarts = append(groupStarts, len(prog))
 		wire, echo := uint32(proto), uint32(8)
@@ -84,9 +98,16 @@ func Filter(family Family, matches []Match) ([]bpf.Instruction, error) {
 			item{ins: bpf.JumpIf{Cond: bpf.JumpEqual, Val: wire}, jf: toNext},
 		)
 		if family == IPv4 {
+			// A fragment after the first has no transport header: UDP
+			// ones go to the reassembler (a knock may be fragmented),
+			// others are never knocks.
+			notFirst := toDrop
+			if proto == port.UDP {
+				notFirst = toAccept
+			}
 			prog = append(prog,
 				item{ins: bpf.LoadAbsolute{Off: 6, Size: 2}},
-				item{ins: bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff}, jt: toDrop},
+				item{ins: bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff}, jt: notFirst},
 				item{ins: bpf.LoadMemShift{Off: 0}},
 			)
 		}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/postern/postern/port"
@@ -54,6 +55,9 @@ type Sent struct {
 	To     netip.AddrPort
 	Knock  spa.Knock
 	Packet []byte
+	// Fragmented: a router said the path is too small for the knock, so
+	// it went in fragments, which servers before postern 0.3 drop.
+	Fragmented bool
 }
 
 // KnockEach knocks every address family the server has: a name with an
@@ -151,22 +155,43 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 	if o.BindDest {
 		k.Dest = to.Addr()
 	}
-	var pkt []byte
-	if o.SSH != nil {
-		pkt, err = spa.SealSSH(o.SSH, o.ServerKey, k)
-	} else {
-		pkt, err = spa.Seal(o.Key, o.ServerKey, k)
+	seal := func() ([]byte, error) {
+		if o.SSH != nil {
+			return spa.SealSSH(o.SSH, o.ServerKey, k)
+		}
+		return spa.Seal(o.Key, o.ServerKey, k)
 	}
+	pkt, err := seal()
 	if err != nil {
 		return Sent{}, err
 	}
+	forSmallPaths(conn, len(pkt))
 	if _, err := conn.Write(pkt); err != nil {
 		return Sent{}, fmt.Errorf("knock: sending to %v: %w", to, err)
+	}
+	fragmented := lostToPathMTU(conn, len(pkt))
+	if fragmented {
+		// A router dropped it ("packet too big"); the kernel now
+		// fragments for this path. A fresh knock, so that the server
+		// takes it even if the first got through after all.
+		k.Time = time.Now().Add(o.TimeOffset)
+		if pkt, err = seal(); err != nil {
+			return Sent{}, err
+		}
+		_, err := conn.Write(pkt)
+		if errors.Is(err, syscall.EMSGSIZE) {
+			// The router's answer, reported on the connected socket:
+			// taken, the next send goes out in fragments.
+			_, err = conn.Write(pkt)
+		}
+		if err != nil {
+			return Sent{}, fmt.Errorf("knock: sending to %v: %w", to, err)
+		}
 	}
 	if o.SSH == nil {
 		k.Client = o.Key.Public()
 	}
-	return Sent{To: to, Knock: k, Packet: pkt}, nil
+	return Sent{To: to, Knock: k, Packet: pkt, Fragmented: fragmented}, nil
 }
 
 func resolve(ctx context.Context, network, host string, p uint16) (netip.AddrPort, error) {

@@ -3,12 +3,12 @@
 # static binary, the systemd unit, the man pages and shell completions
 # (generated from the binary itself), a commented /etc/postern/postern.toml
 # (a conffile) and examples. nfpm, pinned, builds the archive.
-#   scripts/package.sh                 # VERSION=0.2.0, this machine's architecture
+#   scripts/package.sh                 # VERSION=0.3.0, this machine's architecture
 #   VERSION=1.0.0 ARCH=arm64 scripts/package.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case ":$PATH:" in *:/usr/local/go/bin:*) ;; *) PATH=/usr/local/go/bin:$PATH ;; esac
-export VERSION=${VERSION:-0.2.0}
+export VERSION=${VERSION:-0.3.0}
 export ARCH=${ARCH:-$(go env GOARCH)}
 BUILD=$(mktemp -d)
 export BUILD

@@ -422,6 +422,13 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 		// door is open over the first; say what failed.
 		fmt.Fprintf(os.Stderr, "postern: warning: %v\n", err)
 	}
+	for _, s := range sent {
+		if s.Fragmented {
+			fmt.Fprintf(os.Stderr, "postern: note: the path to %v is too small for a %d-byte knock: it went in fragments, "+
+				"which servers before postern 0.3 (and any firewall on the way that drops fragments) lose; a suite-1 server key fits every path\n",
+				s.To.Addr(), len(s.Packet))
+		}
+	}
 	if k.wait > 0 {
 		if sent, err = waitForDoor(ctx, opts, sent, probe, k.wait); err != nil {
 			return err

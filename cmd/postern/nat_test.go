@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/packet"
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/netnstest"
@@ -124,4 +127,58 @@ func TestFwknopResolveBehindNAT(t *testing.T) {
 	}
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=fwknop", "allow="+public.String())
 	r.waitOpen(r.p.Client4, srv, time.Second, "after fwknop -R").Close()
+}
+
+// A suite-2 knock (1412 bytes) over a path whose MTU is 1280: over IPv4 the
+// router fragments it, over IPv6 the client does; the server rebuilds the
+// datagram from the fragments its capture sees, and the first knock opens
+// the door over both families.
+func TestPostQuantumKnockOverSmallMTU(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{mtu1280: true, pq: true})
+	r.start()
+	for _, fam := range []struct{ srv, cli, other netip.Addr }{
+		{r.p.Server4, r.p.Client4, r.p.Client4b}, {r.p.Server6, r.p.Client6, r.p.Client6b},
+	} {
+		r.requireClosed(fam.cli, fam.srv, "before the knock")
+		mark := r.out.Mark()
+		r.knock(fam.srv)
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=spa", "allow="+fam.cli.String())
+		r.waitOpen(fam.cli, fam.srv, time.Second, "after a fragmented suite-2 knock").Close()
+		r.requireClosed(fam.other, fam.srv, "another address")
+	}
+}
+
+// Fragments that never complete are counted and logged, not lost in
+// silence: the first fragment of a knock whose rest never comes.
+func TestLostFragmentIsReported(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	conn, srvMAC, cliMAC := rawLink(t, r.p)
+	mark := r.out.Mark()
+	if _, err := conn.WriteTo(firstFragment4(srvMAC, cliMAC, r.p.Client4, r.p.Server4, knockPort), &packet.Addr{HardwareAddr: srvMAC}); err != nil {
+		t.Fatal(err)
+	}
+	r.out.WaitAfter(t, mark, 5*time.Second, "msg=refused language=capture", "src="+r.p.Client4.String(),
+		`detail="IP fragments not completed in time"`)
+}
+
+// firstFragment4 is an Ethernet frame with the first fragment (more to
+// come) of a large UDP datagram to port.
+func firstFragment4(dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, port uint16) []byte {
+	f := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
+	ip := make([]byte, 20+1000)
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], 0x4242)
+	binary.BigEndian.PutUint16(ip[6:], 0x2000) // more fragments, offset 0
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip[:20]))
+	binary.BigEndian.PutUint16(ip[20:], 40001)
+	binary.BigEndian.PutUint16(ip[22:], port)
+	binary.BigEndian.PutUint16(ip[24:], 1420) // the whole datagram's length
+	return append(f, ip...)
 }

@@ -74,6 +74,7 @@ type rigOptions struct {
 	pq      bool   // a post-quantum (suite 2) server key
 	gateway bool   // the server is a gateway to an inside host (r.g)
 	nat     bool   // the server is the inside host, the client behind r.g, a NAT router
+	mtu1280 bool   // the server is the inside host behind r.g, a router whose link to it has MTU 1280
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -87,6 +88,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	case o.nat:
 		r.g = netnstest.NewGateway(t)
 		r.g.Masquerade(t)
+		r.p = r.g.Behind()
+	case o.mtu1280:
+		r.g = netnstest.NewGateway(t)
+		r.g.Server.IP(t, "link", "set", netnstest.InsideInterface, "mtu", "1280")
+		r.g.Inside.IP(t, "link", "set", netnstest.Interface, "mtu", "1280")
 		r.p = r.g.Behind()
 	default:
 		r.p = netnstest.NewPair(t)

@@ -21,7 +21,7 @@ done
 go test -count=1 ./...
 
 for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \
-  fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC covert:FuzzCarrierAndOpen client:FuzzClientInput client:FuzzSTUNResponse spa:FuzzSSHPart; do
+  fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC covert:FuzzCarrierAndOpen client:FuzzClientInput client:FuzzSTUNResponse capture:FuzzReassembly spa:FuzzSSHPart; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"
   log=$(mktemp)

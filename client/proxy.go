@@ -51,6 +51,12 @@ func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, 
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
+	return Relay(conn, stdin, stdout)
+}
+
+// Relay copies stdin to conn and conn to stdout until conn ends, then
+// closes it: the ssh ProxyCommand's session.
+func Relay(conn net.Conn, stdin io.Reader, stdout io.Writer) error {
 	defer conn.Close()
 	go func() {
 		io.Copy(conn, stdin)
@@ -60,6 +66,6 @@ func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, 
 	}()
 	// The connection's end is the session's end; ssh keeps our stdin open
 	// until then, so the copy from it is not waited for.
-	_, err = io.Copy(stdout, conn)
+	_, err := io.Copy(stdout, conn)
 	return err
 }

@@ -678,3 +678,55 @@ func TestKnockWait(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// postern proxy confirms the door answers and knocks again when it does
+// not: here the client's own firewall drops its first knock (a lost
+// packet), the proxy's connection attempts time out, a fresh knock goes
+// after a third of the wait, and the session works.
+func TestProxyKnocksAgain(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	// On the link, after the socket: the knock is sent, then lost.
+	r.p.Client.ExecInput(t, "table netdev lossy {\n chain out {\n  type filter hook egress device \""+netnstest.Interface+
+		"\" priority 0;\n  udp dport 62201 quota until 400 bytes drop\n }\n}\n", "nft", "-f", "-")
+	r.start()
+	profiles := filepath.Join(r.dir, "client.toml")
+	os.WriteFile(profiles, []byte(fmt.Sprintf("[[spa]]\nname = \"office\"\nhost = %q\nkey_file = %q\nserver_key = %q\n",
+		r.p.Server4, r.alice, r.server.Public())), 0o600)
+	mark := r.out.Mark()
+	cmd := r.p.Client.Command(t.Context(), posternBin, "proxy", "--config", profiles, r.p.Server4.String(), "22")
+	cmd.Stdin = strings.NewReader("after a lost knock\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "after a lost knock\n" {
+		t.Fatalf("proxy: %q %v", out, err)
+	}
+	if n := strings.Count(r.out.String()[mark:], "msg=granted language=spa"); n != 1 {
+		t.Fatalf("%d grants, want 1 (the first knock was dropped on the client):\n%s", n, r.out.String()[mark:])
+	}
+}
+
+// postern proxy over a path whose round trip is longer than its first
+// connection attempt waits (the router holds each packet 250 ms: 500 ms
+// there and back): the attempts grow, and it connects.
+func TestProxyOverSlowPath(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{delay: 250 * time.Millisecond})
+	// The path is slow: a refused connection takes a round trip.
+	start := time.Now()
+	if _, err := r.p.Client.Dial("tcp", netip.Addr{}, netip.AddrPortFrom(r.p.Server4, 7), 5*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("port 7: %v, want a refusal", err)
+	}
+	if rtt := time.Since(start); rtt < 500*time.Millisecond {
+		t.Fatalf("round trip %v: the path is not slow", rtt)
+	}
+	r.start()
+	profiles := filepath.Join(r.dir, "client.toml")
+	os.WriteFile(profiles, []byte(fmt.Sprintf("[[spa]]\nname = \"far\"\nhost = %q\nkey_file = %q\nserver_key = %q\n",
+		r.p.Server4, r.alice, r.server.Public())), 0o600)
+	cmd := r.p.Client.Command(t.Context(), posternBin, "proxy", "--config", profiles, r.p.Server4.String(), "22")
+	cmd.Stdin = strings.NewReader("over a slow path\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "over a slow path\n" {
+		t.Fatalf("proxy: %q %v", out, err)
+	}
+}

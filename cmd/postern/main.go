@@ -713,6 +713,17 @@ func closeProfile(p *client.SPAProfile, open []port.Spec, stderr io.Writer) {
 }
 
 func knockProfileAction(p *client.SPAProfile, open []port.Spec, action string) ([]client.Sent, error) {
+	return knockProfileThen(p, open, action, nil)
+}
+
+// doorBudget is how long postern ssh and postern proxy wait for the door
+// to answer, knocking again (fresh) at most twice within it.
+const doorBudget = 15 * time.Second
+
+// knockProfileThen knocks as the profile says and, with then, goes on
+// with the knock's options while the identity is at hand (re-knocks).
+func knockProfileThen(p *client.SPAProfile, open []port.Spec, action string,
+	then func(context.Context, client.Options, []client.Sent) error) ([]client.Sent, error) {
 	key, signer, done, err := knockIdentity(p.KeyFile, p.SSHKey, p.SSHAgent)
 	if err != nil {
 		return nil, err
@@ -722,10 +733,11 @@ func knockProfileAction(p *client.SPAProfile, open []port.Spec, action string) (
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), doorBudget+5*time.Second)
 	defer cancel()
-	sent, err := client.KnockEach(ctx, client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
-		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action})
+	opts := client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
+		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action}
+	sent, err := client.KnockEach(ctx, opts)
 	if len(sent) == 0 {
 		return nil, err
 	}
@@ -735,7 +747,33 @@ func knockProfileAction(p *client.SPAProfile, open []port.Spec, action string) (
 	if action == "" {
 		time.Sleep(p.Wait)
 	}
+	if then != nil {
+		return sent, then(ctx, opts, sent)
+	}
 	return sent, nil
+}
+
+// openDoor connects to addr through a door just knocked: each attempt
+// waits twice as long as the one before (DialPatiently), and when a third
+// of the budget passes without an answer, a fresh knock goes (a lost
+// packet, a grant that came too late), at most twice.
+func openDoor(ctx context.Context, o client.Options, addr string, budget time.Duration) (net.Conn, error) {
+	const knocks = 3
+	start := time.Now()
+	for n := 1; ; n++ {
+		c, err := client.DialPatiently(ctx, addr, budget/knocks)
+		if err == nil {
+			return c, nil
+		}
+		if n == knocks || ctx.Err() != nil || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("the door did not open: %s did not answer within %v after %d knocks "+
+				"(check the key, the server's log — it says why it refused — and the path): %w",
+				addr, time.Since(start).Round(time.Second), n, err)
+		}
+		if _, err := client.KnockEach(ctx, o); err != nil {
+			return nil, err
+		}
+	}
 }
 
 func profileFor(path, name string) (*client.SPAProfile, error) {
@@ -766,10 +804,14 @@ func proxyCmd(pos []string, profiles, name string, stdin io.Reader, stdout io.Wr
 	if !slices.Contains(open, want) {
 		open = []port.Spec{want}
 	}
-	if _, err := knockProfile(p, open); err != nil {
+	var conn net.Conn
+	if _, err := knockProfileThen(p, open, "", func(ctx context.Context, o client.Options, _ []client.Sent) (err error) {
+		conn, err = openDoor(ctx, o, net.JoinHostPort(pos[0], pos[1]), doorBudget)
+		return err
+	}); err != nil {
 		return err
 	}
-	err = client.Proxy(context.Background(), net.JoinHostPort(pos[0], pos[1]), stdin, stdout, 5*time.Second)
+	err = client.Relay(conn, stdin, stdout)
 	closeProfile(p, open, os.Stderr)
 	return err
 }
@@ -790,7 +832,15 @@ func sshCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sent, err := knockProfile(p, p.Open)
+	probe := slices.IndexFunc(p.Open, func(sp port.Spec) bool { return sp.Proto == port.TCP })
+	sent, err := knockProfileThen(p, p.Open, "", func(ctx context.Context, o client.Options, sent []client.Sent) error {
+		if probe < 0 {
+			return nil // nothing to connect to: ssh will tell
+		}
+		// ssh waits minutes on a dropped SYN: confirm the door first.
+		_, err := waitForDoor(ctx, o, sent, p.Open[probe], doorBudget)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -75,6 +75,7 @@ type rigOptions struct {
 	gateway bool   // the server is a gateway to an inside host (r.g)
 	nat     bool   // the server is the inside host, the client behind r.g, a NAT router
 	mtu1280 bool   // the server is the inside host behind r.g, a router whose link to it has MTU 1280
+	delay   time.Duration // the server is the inside host behind r.g, a router that holds each packet this long
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -88,6 +89,10 @@ func newRig(t testing.TB, o rigOptions) *rig {
 	case o.nat:
 		r.g = netnstest.NewGateway(t)
 		r.g.Masquerade(t)
+		r.p = r.g.Behind()
+	case o.delay > 0:
+		r.g = netnstest.NewGateway(t)
+		r.g.Delay(t, o.delay)
 		r.p = r.g.Behind()
 	case o.mtu1280:
 		r.g = netnstest.NewGateway(t)

@@ -68,13 +68,13 @@ type rig struct {
 }
 
 type rigOptions struct {
-	capture string // "" = afpacket
-	extra   string // appended to the configuration
-	noSPA   bool   // doors only: no [[client]], no server key
-	pq      bool   // a post-quantum (suite 2) server key
-	gateway bool   // the server is a gateway to an inside host (r.g)
-	nat     bool   // the server is the inside host, the client behind r.g, a NAT router
-	mtu1280 bool   // the server is the inside host behind r.g, a router whose link to it has MTU 1280
+	capture string        // "" = afpacket
+	extra   string        // appended to the configuration
+	noSPA   bool          // doors only: no [[client]], no server key
+	pq      bool          // a post-quantum (suite 2) server key
+	gateway bool          // the server is a gateway to an inside host (r.g)
+	nat     bool          // the server is the inside host, the client behind r.g, a NAT router
+	mtu1280 bool          // the server is the inside host behind r.g, a router whose link to it has MTU 1280
 	delay   time.Duration // the server is the inside host behind r.g, a router that holds each packet this long
 }
 

@@ -86,7 +86,6 @@ func (g *Gateway) Delay(t TB, delay time.Duration) {
 	go relay(inner, outer, innerMAC, outerMAC, clientMAC)
 }
 
-
 // fixTransportSum computes the TCP or UDP checksum of an IPv4 packet.
 func fixTransportSum(ip []byte) {
 	if len(ip) < 20 {

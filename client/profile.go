@@ -48,6 +48,7 @@ type rawSPAProfile struct {
 	Allow     string   `toml:"allow"`
 	Wait      string   `toml:"wait"`
 	STUN      []string `toml:"stun_servers"`
+	Family    string   `toml:"family"` // "ipv4", "ipv6"; default: every family the host has
 	// CloseOnExit: postern ssh and postern proxy close the door when the
 	// session ends (default true).
 	CloseOnExit *bool `toml:"close_on_exit"`
@@ -66,6 +67,7 @@ type SPAProfile struct {
 	Duration   time.Duration
 	Allow      string
 	STUN       []string // STUN servers for Allow "auto"
+	Network    string   // "udp4" or "udp6" from family; "" knocks every family
 	// CloseOnExit: postern ssh and postern proxy send a close request for
 	// what they opened when the session ends. Connections that are up
 	// survive it; the next session knocks again.
@@ -107,6 +109,15 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 		CloseOnExit: found.CloseOnExit == nil || *found.CloseOnExit}
 	if len(p.STUN) == 0 {
 		p.STUN = raw.STUNServers
+	}
+	switch strings.ToLower(found.Family) {
+	case "", "any":
+	case "ipv4", "4", "inet":
+		p.Network = "udp4"
+	case "ipv6", "6", "inet6":
+		p.Network = "udp6"
+	default:
+		return nil, fmt.Errorf("%s: family %q: want \"ipv4\" or \"ipv6\" (or leave it out: every family the host has)", where, found.Family)
 	}
 	if found.Port != 0 {
 		if found.Port < 1 || found.Port > 65535 {

@@ -599,9 +599,19 @@ func TestDualStackKnock(t *testing.T) {
 	xdg := filepath.Join(r.dir, "xdg")
 	os.MkdirAll(filepath.Join(xdg, "postern"), 0o700)
 	os.WriteFile(filepath.Join(xdg, "postern", "client.toml"), []byte(fmt.Sprintf(
-		"[[spa]]\nname = \"office\"\nhost = \"server.test\"\nkey_file = %q\nserver_key = %q\nopen = [\"tcp/22\"]\n", r.alice, r.server.Public())), 0o600)
+		"[[spa]]\nname = \"office\"\nhost = \"server.test\"\nkey_file = %q\nserver_key = %q\nopen = [\"tcp/22\"]\n"+
+			"[[spa]]\nname = \"v6\"\nhost = \"server.test\"\nkey_file = %q\nserver_key = %q\nfamily = \"ipv6\"\nclose_on_exit = false\n",
+		r.alice, r.server.Public(), r.alice, r.server.Public())), 0o600)
 	if sshOut, err := r.standInSSH(xdg, "office"); err != nil || !strings.Contains(string(sshOut), "ssh server.test connected") {
 		t.Fatalf("postern ssh to a dual-stack name: %v\n%s", err, sshOut)
+	}
+	// A profile's family: one knock, over IPv6, and ssh is told so.
+	mark := r.out.Mark()
+	if sshOut, err := r.standInSSH(xdg, "v6"); err != nil || !strings.Contains(string(sshOut), "ssh -6 server.test connected") {
+		t.Fatalf("postern ssh with family = ipv6: %v\n%s", err, sshOut)
+	}
+	if n := strings.Count(r.out.String()[mark:], "msg=granted"); n != 1 || !strings.Contains(r.out.String()[mark:], "allow="+r.p.Client6.String()) {
+		t.Fatalf("family = ipv6: %d grants:\n%s", n, r.out.String()[mark:])
 	}
 }
 

@@ -263,6 +263,9 @@ func (k *knockFlags) applyProfile(pos []string) ([]string, error) {
 	}
 	k.allow = cmp.Or(k.allow, p.Allow)
 	k.stunServers = p.STUN
+	if !k.only4 && !k.only6 {
+		k.only4, k.only6 = p.Network == "udp4", p.Network == "udp6"
+	}
 	if len(pos) == 0 {
 		pos = []string{p.Host}
 	}
@@ -735,7 +738,7 @@ func knockProfileThen(p *client.SPAProfile, open []port.Spec, action string,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), doorBudget+5*time.Second)
 	defer cancel()
-	opts := client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port,
+	opts := client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port, Network: p.Network,
 		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action}
 	sent, err := client.KnockEach(ctx, opts)
 	if len(sent) == 0 {

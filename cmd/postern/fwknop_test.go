@@ -25,16 +25,23 @@ const (
 // fwknopRig is a postern server reading an access.conf.
 func fwknopRig(t *testing.T, access string) *rig {
 	t.Helper()
+	return fwknopRigWith(t, rigOptions{noSPA: true}, access, `max_packet_age = "120s"`)
+}
+
+// fwknopRigWith is fwknopRig on the topology o gives, with more [fwknop]
+// keys and tables after them in extra.
+func fwknopRigWith(t *testing.T, o rigOptions, access, extra string) *rig {
+	t.Helper()
 	netnstest.Require(t, "fwknop", "nft")
-	r := newRig(t, rigOptions{noSPA: true})
+	r := newRig(t, o)
 	path := r.writeFile("access.conf", access)
 	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
 state_dir = %q
 metrics_listen = "127.0.0.1:9101"
 [fwknop]
 access_file = %q
-max_packet_age = "120s"
-`, netnstest.Interface, r.dir+"/state", path))
+%s
+`, netnstest.Interface, r.dir+"/state", path, extra))
 	return r
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -148,26 +147,13 @@ func (r *rig) knockForward(gateway netip.Addr, open string, extra ...string) {
 // fwknopd's forwarding switched on.
 func fwknopGatewayRig(t *testing.T, access, fwknop string, backend ...string) *rig {
 	t.Helper()
-	netnstest.Require(t, "fwknop", "nft")
 	be := "nftables"
 	if len(backend) > 0 {
 		be = backend[0]
 		netnstest.Require(t, "iptables", "ip6tables", "ipset")
 	}
-	r := newRig(t, rigOptions{noSPA: true, gateway: true})
-	path := r.writeFile("access.conf", access)
-	r.writeFile("postern.toml", fmt.Sprintf(`interface = %q
-state_dir = %q
-metrics_listen = "127.0.0.1:9101"
-[fwknop]
-access_file = %q
-%s
-[gateway]
-protect = ["10.77.1.2:tcp/22"]
-[firewall]
-backend = %q
-`, netnstest.Interface, r.dir+"/state", path, fwknop, be))
-	return r
+	return fwknopRigWith(t, rigOptions{noSPA: true, gateway: true}, access,
+		fwknop+"\n[gateway]\nprotect = [\"10.77.1.2:tcp/22\"]\n[firewall]\nbackend = \""+be+"\"")
 }
 
 func TestGatewayRealFwknopNAT(t *testing.T) {

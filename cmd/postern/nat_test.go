@@ -107,12 +107,8 @@ allow = "auto"
 // for that one.
 func TestFwknopResolveBehindNAT(t *testing.T) {
 	t.Parallel()
-	netnstest.Require(t, "nft")
-	r := newRig(t, rigOptions{nat: true, noSPA: true})
-	access := r.writeFile("access.conf", "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nHMAC_KEY_BASE64 "+fwHMAC+
-		"\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 3\n")
-	r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\n[fwknop]\naccess_file = %q\n",
-		netnstest.Interface, r.dir+"/state", access))
+	r := fwknopRigWith(t, rigOptions{nat: true, noSPA: true}, "SOURCE ANY\nKEY_BASE64 "+fwKey+"\nHMAC_KEY_BASE64 "+fwHMAC+
+		"\nOPEN_PORTS tcp/22\nFW_ACCESS_TIMEOUT 3\n", "")
 	l := r.p.Server.Listen(t, r.p.Server4.String()+":8080")
 	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		host, _, _ := net.SplitHostPort(req.RemoteAddr)

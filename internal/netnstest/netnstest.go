@@ -185,6 +185,13 @@ func (ns *NS) Listen(t TB, addr string) net.Listener {
 // ends: the stand-in for the service postern protects.
 func (ns *NS) Echo(t TB, addr string) {
 	t.Helper()
+	ns.serve(t, addr, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// serve runs a TCP service on addr inside the namespace until the test
+// ends, one goroutine per connection, which it closes after handle.
+func (ns *NS) serve(t TB, addr string, handle func(net.Conn)) {
+	t.Helper()
 	l := ns.Listen(t, addr)
 	go func() {
 		for {
@@ -192,7 +199,7 @@ func (ns *NS) Echo(t TB, addr string) {
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
+			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
 }
@@ -318,18 +325,9 @@ func lineWithAll(s string, subs []string) string {
 // gateway sees of a translated client.
 func (ns *NS) Whoami(t TB, addr string) {
 	t.Helper()
-	l := ns.Listen(t, addr)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			ap := netip.MustParseAddrPort(c.RemoteAddr().String())
-			fmt.Fprintln(c, ap.Addr().Unmap())
-			c.Close()
-		}
-	}()
+	ns.serve(t, addr, func(c net.Conn) {
+		fmt.Fprintln(c, netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap())
+	})
 }
 
 // Gateway is a client, a gateway and an inside host: the client reaches the

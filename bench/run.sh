@@ -13,6 +13,7 @@ trap 'rm -f "$out"' EXIT
 
 echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(go version | cut -d' ' -f3)"
 go test ./spa -run '^$' -bench 'RejectJunk|VerifyValid|Seal|AdvancePersistent' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
+go test ./spa -run '^$' -bench 'ValidMAC1Flood' -benchtime 2000x -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./knock -run '^$' -bench 'Hit' -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./fko -run '^$' -bench . -benchmem -count "$COUNT" | sed 's/^Benchmark/BenchmarkFKO/' | tee -a "$out" | grep '^Benchmark' >&2 || true
 go test ./covert -run '^$' -bench . -benchmem -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true

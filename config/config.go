@@ -99,6 +99,7 @@ type SPA struct {
 	MaxSkew       time.Duration
 	Destinations  []netip.Addr
 	SourcePrefix6 int // IPv6 sources share a rate limit per prefix of this length
+	Workers       int // goroutines verifying knocks with a valid mac1; 0: one per core
 }
 
 // Firewall configures the backend.
@@ -214,6 +215,7 @@ type rawSPA struct {
 	MaxSkew       string   `toml:"max_skew"`
 	Destinations  []string `toml:"destinations"`
 	SourcePrefix6 *int     `toml:"source_prefix6"`
+	Workers       *int     `toml:"workers"`
 }
 
 type rawFirewall struct {
@@ -602,6 +604,13 @@ func (v *validator) spa(cfg *Config, raw rawSPA) {
 			v.fail("spa.source_prefix6", "%d: want 32 to 128 (64: one limit per /64)", n)
 		} else {
 			cfg.SPA.SourcePrefix6 = n
+		}
+	}
+	if raw.Workers != nil {
+		if n := *raw.Workers; n < 1 || n > 256 {
+			v.fail("spa.workers", "%d: want 1 to 256 (leave it out for one per core)", n)
+		} else {
+			cfg.SPA.Workers = n
 		}
 	}
 	for _, d := range raw.Destinations {

@@ -62,7 +62,7 @@ func TestReference(t *testing.T) {
 	}
 	// Every key the decoder knows appears in the reference file.
 	for _, key := range []string{"interface", "capture", "private_key_file", "state_dir", "metrics_listen",
-		"port", "max_skew", "destinations", "backend", "on_exit",
+		"port", "max_skew", "destinations", "workers", "backend", "on_exit",
 		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
 		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
 		"open", "duration", "start_command", "start_command_6", "stop_command", "stop_command_6", "cmd_timeout",

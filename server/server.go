@@ -170,7 +170,7 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.spa = spa.NewDecoder(v)
+		p.spa = spa.NewParallelDecoder(v, cmp.Or(cfg.SPA.Workers, runtime.GOMAXPROCS(0)), s.sink)
 		p.routes.spaPort = cfg.SPA.Port
 		for _, c := range cfg.Clients {
 			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
@@ -223,8 +223,11 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 	return p, nil
 }
 
-// close stops what a pipeline runs (GnuPG workers).
+// close stops what a pipeline runs (verification and GnuPG workers).
 func (p *pipeline) close() {
+	if p.spa != nil {
+		p.spa.Close()
+	}
 	if p.fwknop != nil {
 		p.fwknop.Close()
 	}

@@ -92,6 +92,8 @@ func TestPipelineSPA(t *testing.T) {
 	ssh := []port.Spec{{Proto: port.TCP, Num: 22}}
 
 	p.send(t, frame(spa.Knock{Time: time.Now(), Allow: src, Ports: ssh}))
+	// Knocks are verified on workers: wait for the verdict.
+	p.logs.WaitFor(t, 2*time.Second, "msg=granted language=spa")
 	gs, _ := p.fw.List()
 	if len(gs) != 1 || gs[0].Addr != src || gs[0].Name != "alice" || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
 		t.Fatalf("grants after a valid knock: %v\n%s", gs, p.logs)
@@ -103,6 +105,7 @@ func TestPipelineSPA(t *testing.T) {
 	if err := p.src.SendPacket([]byte{0x45, 0}); err != nil {
 		t.Fatal(err)
 	}
+	p.logs.WaitFor(t, 2*time.Second, `reason="port not allowed"`)
 	for _, want := range []string{"msg=granted language=spa src=198.18.0.2 client=alice allow=198.18.0.2 ports=tcp/22",
 		`msg=refused language=spa src=198.18.0.2 reason="port not allowed" client=alice`,
 		`msg=refused language=capture`, `reason="malformed packet"`} {

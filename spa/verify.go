@@ -32,6 +32,7 @@ const (
 	SSHPrincipalNotAllowed
 	SSHCertInvalid
 	SSHRevoked
+	Busy
 	numReasons
 )
 
@@ -55,6 +56,9 @@ var reasonNames = [numReasons]string{
 	SSHPrincipalNotAllowed: "ssh principal not allowed",
 	SSHCertInvalid:         "ssh certificate invalid",
 	SSHRevoked:             "ssh key revoked",
+	// Every verification worker's queue was full (a flood of packets with
+	// a valid mac1).
+	Busy: "verifier busy",
 }
 
 func (r Reason) String() string {
@@ -88,7 +92,7 @@ type VerifierConfig struct {
 }
 
 // Verifier checks knocks. It is not safe for concurrent use: the server runs
-// one per decode loop.
+// one per decode loop, and Clone makes one for each verification worker.
 type Verifier struct {
 	cfg    VerifierConfig
 	key    hpke.PrivateKey
@@ -134,11 +138,35 @@ func (v *Verifier) ClientName(k *Knock) string {
 // test and one keyed hash, allocates nothing and never reaches public-key
 // code. An accepted knock has advanced its client's replay timestamp, durably.
 func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
-	l := v.layout
-	kind := byte(KindNative)
-	if len(pkt) == PacketSizeSSH && v.suite == SuiteX25519 {
-		l, kind = layoutSSH(), KindSSH
+	if r := v.Precheck(src, pkt, now); r != Accepted {
+		return r
 	}
+	return v.Open(src, dst, pkt, now, k)
+}
+
+// Clone returns a Verifier that shares v's configuration and state (keys,
+// clients, replay state, rate limiter) but has scratch space of its own,
+// for another goroutine. Open may run on clones concurrently; Precheck
+// stays with one goroutine (its limiter is shared, its mac1 state is not).
+func (v *Verifier) Clone() *Verifier {
+	c := *v
+	c.mac = newMAC1(v.cfg.Key.Public())
+	c.sig = make([]byte, 0, cap(v.sig))
+	return &c
+}
+
+// layoutOf returns the layout and kind of a packet of this length.
+func (v *Verifier) layoutOf(pkt []byte) (layout, byte) {
+	if len(pkt) == PacketSizeSSH && v.suite == SuiteX25519 {
+		return layoutSSH(), KindSSH
+	}
+	return v.layout, KindNative
+}
+
+// Precheck runs the checks that cost no public-key operation — length,
+// header, mac1, the per-source limit — in the order Verify does.
+func (v *Verifier) Precheck(src netip.Addr, pkt []byte, now time.Time) Reason {
+	l, kind := v.layoutOf(pkt)
 	if len(pkt) != l.size {
 		return BadLength
 	}
@@ -150,6 +178,16 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	}
 	if v.cfg.Limiter != nil && !v.cfg.Limiter.Allow(src, now) {
 		return RateLimited
+	}
+	return Accepted
+}
+
+// Open runs the rest of Verify on a packet that passed Precheck: HPKE, the
+// client and its signature, the body, the time, the destination, replay.
+func (v *Verifier) Open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
+	l, kind := v.layoutOf(pkt)
+	if len(pkt) != l.size {
+		return BadLength
 	}
 	r, err := hpke.NewRecipient(pkt[offEnc:l.ct], v.key, suiteKDF, suiteAEAD, hpkeInfo)
 	if err != nil {

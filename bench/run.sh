@@ -21,6 +21,7 @@ if [ "$(id -u)" = 0 ]; then
   go test ./firewall -run '^$' -bench 'Grant$' -benchtime 1000x -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
   go test ./firewall -run '^$' -bench 'GrantBatch' -benchtime 20x -count "$COUNT" | tee -a "$out" | grep '^Benchmark' >&2 || true
   go test ./cmd/postern -run '^$' -bench KnockToOpen -benchtime 100x -count "${LATENCY_COUNT:-3}" | tee -a "$out" | grep '^Benchmark' >&2 || true
+  go test ./cmd/postern -run '^$' -bench ValidMAC1FloodNamespace -benchtime 1x -count "${LATENCY_COUNT:-3}" | tee -a "$out" | grep '^Benchmark' >&2 || true
 fi
 
 # Median of every "value unit" pair per benchmark name.

@@ -76,6 +76,7 @@ type rigOptions struct {
 	nat     bool          // the server is the inside host, the client behind r.g, a NAT router
 	mtu1280 bool          // the server is the inside host behind r.g, a router whose link to it has MTU 1280
 	delay   time.Duration // the server is the inside host behind r.g, a router that holds each packet this long
+	spa     string        // more [spa] keys
 }
 
 func newRig(t testing.TB, o rigOptions) *rig {
@@ -128,6 +129,7 @@ metrics_listen = "127.0.0.1:9101"
 [spa]
 port = %d
 max_skew = "30s"
+%s
 
 [[client]]
 name = "alice"
@@ -136,7 +138,7 @@ allow = ["tcp/22"]
 max_duration = "60s"
 default_duration = "3s"
 allow_source = false
-%s`, netnstest.Interface, capture, serverKey, filepath.Join(r.dir, "state"), knockPort, alice.Public(), o.extra)
+%s`, netnstest.Interface, capture, serverKey, filepath.Join(r.dir, "state"), knockPort, o.spa, alice.Public(), o.extra)
 	if o.noSPA {
 		cfg = fmt.Sprintf("interface = %q\nstate_dir = %q\nmetrics_listen = \"127.0.0.1:9101\"\n%s",
 			netnstest.Interface, filepath.Join(r.dir, "state"), o.extra)

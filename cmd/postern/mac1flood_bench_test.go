@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/port"
+	"github.com/postern/postern/spa"
+)
+
+// cpuTicks is a process's user+system time in clock ticks.
+func cpuTicks(b testing.TB, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(data)[strings.LastIndexByte(string(data), ')')+2:])
+	u, _ := strconv.Atoi(f[11])
+	s, _ := strconv.Atoi(f[12])
+	return u + s
+}
+
+// BenchmarkValidMAC1FloodNamespace: the real daemon in a namespace, with
+// 1 and 2 verification workers, under an unpaced flood of packets with a
+// valid mac1 (made with the server's public key, from no client) from
+// random spoofed IPv6 sources, each costing HPKE work. Meanwhile the
+// client knocks 4 times. Reported: the flood rate sent, the daemon's CPU
+// (100 = one core), packets verified per second, packets refused as busy,
+// and how many of the 4 knocks opened the door within 2 s. Run with
+// -benchtime 1x; see docs/BENCHMARKS.md.
+func BenchmarkValidMAC1FloodNamespace(b *testing.B) {
+	for _, workers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			for b.Loop() {
+				mac1Flood(b, workers)
+			}
+		})
+	}
+}
+
+func mac1Flood(b *testing.B, workers int) {
+	r := newRig(b, rigOptions{spa: fmt.Sprintf("workers = %d", workers)})
+	r.start()
+	stranger, _ := spa.GenerateClientKey()
+	var junk [][]byte
+	for i := range 64 {
+		p, err := spa.Seal(stranger, r.server.Public(), spa.Knock{Time: time.Now().Add(time.Duration(i) * time.Millisecond),
+			Allow: r.p.Client6, Ports: []port.Spec{sshPort}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		junk = append(junk, p)
+	}
+	send := r.spoofer()
+	key, err := spa.ParseClientPrivateKey(mustRead(b, r.alice))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			for i := 0; ctx.Err() == nil; i++ {
+				var a [16]byte
+				binary.BigEndian.PutUint64(a[:], 0x20010db800000000|rng.Uint64()&0xffffffff)
+				a[15] = 1
+				send(udp6From(netip.AddrFrom16(a), r.p.Server6, knockPort, junk[i%len(junk)]))
+				sent.Add(1)
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the flood is on
+	pid := r.daemon.Process.Pid
+	cpu0, sent0, busy0, verified0, t0 := cpuTicks(b, pid), sent.Load(), r.metric("spa", "verifier busy"), r.metric("spa", "unknown client"), time.Now()
+	opened := 0
+	for range 4 {
+		opts := client.Options{Key: key, ServerKey: r.server.Public(), Host: r.p.Server6.String(), Port: knockPort,
+			Open: []port.Spec{sshPort}, Duration: 5 * time.Second}
+		if err := r.p.Client.Do(func() error { _, err := client.Knock(context.Background(), opts); return err }); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for time.Since(start) < 2*time.Second {
+			c, err := r.p.Client.Dial("tcp", r.p.Client6, netip.AddrPortFrom(r.p.Server6, 22), 50*time.Millisecond)
+			if err == nil {
+				c.Close()
+				opened++
+				break
+			}
+		}
+		time.Sleep(time.Until(start.Add(2 * time.Second)))
+	}
+	el := time.Since(t0).Seconds()
+	cpu1, sent1, busy1, verified1 := cpuTicks(b, pid), sent.Load(), r.metric("spa", "verifier busy"), r.metric("spa", "unknown client")
+	cancel()
+	wg.Wait()
+	b.ReportMetric(float64(sent1-sent0)/el, "flood-pps")
+	b.ReportMetric(float64(cpu1-cpu0)/el, "daemon-cpu%") // 100 ticks a second = one core
+	b.ReportMetric(float64(verified1-verified0)/el, "verified/s")
+	b.ReportMetric(float64(busy1-busy0)/el, "busy/s")
+	b.ReportMetric(float64(opened), "opened-of-4")
+}

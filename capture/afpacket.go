@@ -74,8 +74,12 @@ func OpenAFPacket(ifname string, matches []Match) (*AFPacket, error) {
 		if rc, err := c.SyscallConn(); err == nil {
 			// A bigger queue rides out bursts; floods beyond it are
 			// dropped by the kernel and counted in its socket stats.
+			// SO_RCVBUF is capped by net.core.rmem_max (208 KiB by
+			// default); with CAP_NET_ADMIN the daemon may go beyond.
 			rc.Control(func(fd uintptr) {
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+				if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+				}
 			})
 		}
 		a.conns = append(a.conns, c)

@@ -44,6 +44,8 @@ type Options struct {
 	Action     string
 	// STUN lists the STUN servers (host:port) that --allow auto asks.
 	STUN []string
+	// TokenKey pre-authenticates the knock (postern token's output, decoded).
+	TokenKey []byte
 	// To, when valid, asks for Open on that host behind the server (a
 	// gateway) instead of on the server. The knock then goes over To's
 	// address family, so the address granted is of the same family.
@@ -134,7 +136,8 @@ func Knock(ctx context.Context, o Options) (Sent, error) {
 	// on the route to the server: what to grant by default.
 	local := conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
 
-	k := spa.Knock{Time: time.Now().Add(o.TimeOffset), Ports: o.Open, Duration: o.Duration, Action: o.Action, To: o.To}
+	k := spa.Knock{Time: time.Now().Add(o.TimeOffset), Ports: o.Open, Duration: o.Duration, Action: o.Action, To: o.To,
+		TokenKey: o.TokenKey}
 	switch o.Allow {
 	case "":
 		k.Allow = local

@@ -49,6 +49,7 @@ type rawSPAProfile struct {
 	Wait      string   `toml:"wait"`
 	STUN      []string `toml:"stun_servers"`
 	Family    string   `toml:"family"` // "ipv4", "ipv6"; default: every family the host has
+	TokenKey  string   `toml:"token_key"`
 	// CloseOnExit: postern ssh and postern proxy close the door when the
 	// session ends (default true).
 	CloseOnExit *bool `toml:"close_on_exit"`
@@ -68,6 +69,7 @@ type SPAProfile struct {
 	Allow      string
 	STUN       []string // STUN servers for Allow "auto"
 	Network    string   // "udp4" or "udp6" from family; "" knocks every family
+	TokenKey   string   // postern token's output: pre-authenticated knocks
 	// CloseOnExit: postern ssh and postern proxy send a close request for
 	// what they opened when the session ends. Connections that are up
 	// survive it; the next session knocks again.
@@ -106,7 +108,7 @@ func LoadSPAProfile(path, name string) (*SPAProfile, error) {
 	p := &SPAProfile{Name: found.Name, Host: found.Host, KeyFile: expandHome(found.KeyFile), SSHKey: expandHome(found.SSHKey),
 		SSHAgent: found.SSHAgent, ServerKey: expandHome(found.ServerKey),
 		Port: 62201, Allow: found.Allow, Wait: 50 * time.Millisecond, STUN: found.STUN,
-		CloseOnExit: found.CloseOnExit == nil || *found.CloseOnExit}
+		CloseOnExit: found.CloseOnExit == nil || *found.CloseOnExit, TokenKey: found.TokenKey}
 	if len(p.STUN) == 0 {
 		p.STUN = raw.STUNServers
 	}

@@ -28,6 +28,7 @@ type Decoder struct {
 	out   policy.Verdict
 
 	jobs   []chan verifyJob // nil: verify on the capture goroutine
+	prio   []chan verifyJob // each worker's queue of pre-authenticated knocks
 	seed   maphash.Seed
 	wg     sync.WaitGroup
 	closed sync.Once
@@ -37,6 +38,8 @@ type verifyJob struct {
 	src, dst netip.Addr
 	at       time.Time
 	pkt      []byte
+	client   ClientPublicKey // the client its token named
+	pre      bool
 }
 
 // queuePerWorker bounds the packets waiting for each worker: at ~150 µs
@@ -55,10 +58,10 @@ func NewParallelDecoder(v *Verifier, workers int, emit policy.Sink) *Decoder {
 		workers = 1
 	}
 	for range workers {
-		jobs := make(chan verifyJob, queuePerWorker)
-		d.jobs = append(d.jobs, jobs)
+		jobs, prio := make(chan verifyJob, queuePerWorker), make(chan verifyJob, queuePerWorker)
+		d.jobs, d.prio = append(d.jobs, jobs), append(d.prio, prio)
 		d.wg.Add(1)
-		go d.work(v.Clone(), jobs, emit)
+		go d.work(v.Clone(), jobs, prio, emit)
 	}
 	return d
 }
@@ -67,19 +70,44 @@ func NewParallelDecoder(v *Verifier, workers int, emit policy.Sink) *Decoder {
 // for nothing.
 func (d *Decoder) Close() {
 	d.closed.Do(func() {
-		for _, j := range d.jobs {
-			close(j)
+		for i := range d.jobs {
+			close(d.jobs[i])
+			close(d.prio[i])
 		}
 	})
 	d.wg.Wait()
 }
 
-func (d *Decoder) work(v *Verifier, jobs <-chan verifyJob, emit policy.Sink) {
+// work verifies its queues' packets, pre-authenticated ones first: a
+// flood made with the server's public key fills only the other queue.
+func (d *Decoder) work(v *Verifier, jobs, prio <-chan verifyJob, emit policy.Sink) {
 	defer d.wg.Done()
 	var k Knock
 	var out policy.Verdict
-	for j := range jobs {
-		decided(v, v.Open(j.src, j.dst, j.pkt, j.at, &k), j.src, &k, &out)
+	for jobs != nil || prio != nil {
+		var j verifyJob
+		var ok bool
+		select {
+		case j, ok = <-prio:
+			if !ok {
+				prio = nil
+				continue
+			}
+		default:
+			select {
+			case j, ok = <-prio:
+				if !ok {
+					prio = nil
+					continue
+				}
+			case j, ok = <-jobs:
+				if !ok {
+					jobs = nil
+					continue
+				}
+			}
+		}
+		decided(v, v.OpenAs(j.src, j.dst, j.pkt, j.at, &k, j.client, j.pre), j.src, &k, &out)
 		emit(&out)
 	}
 }
@@ -93,12 +121,13 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		emit(&d.out)
 		return
 	}
-	if r := d.v.Precheck(f.Src, f.Payload, f.Time); r != Accepted {
+	r, c, pre := d.v.PrecheckClient(f.Src, f.Payload, f.Time)
+	if r != Accepted {
 		decided(d.v, r, f.Src, k, &d.out)
 		emit(&d.out)
 		return
 	}
-	if !d.enqueue(f) {
+	if !d.enqueue(f, c, pre) {
 		decided(d.v, Busy, f.Src, k, &d.out)
 		emit(&d.out)
 	}
@@ -106,11 +135,15 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 
 // enqueue hands a prechecked packet to its source's worker, unless that
 // worker's queue is full.
-func (d *Decoder) enqueue(f *capture.Frame) bool {
+func (d *Decoder) enqueue(f *capture.Frame, c ClientPublicKey, pre bool) bool {
 	a := f.Src.As16()
-	w := d.jobs[maphash.Bytes(d.seed, a[:])%uint64(len(d.jobs))]
+	i := maphash.Bytes(d.seed, a[:]) % uint64(len(d.jobs))
+	w := d.jobs[i]
+	if pre {
+		w = d.prio[i]
+	}
 	select {
-	case w <- verifyJob{src: f.Src, dst: f.Dst, at: f.Time, pkt: append([]byte(nil), f.Payload...)}:
+	case w <- verifyJob{src: f.Src, dst: f.Dst, at: f.Time, pkt: append([]byte(nil), f.Payload...), client: c, pre: pre}:
 		return true
 	default:
 		return false
@@ -120,12 +153,13 @@ func (d *Decoder) enqueue(f *capture.Frame) bool {
 // tryDecode is Decode that, instead of refusing a packet its worker has no
 // room for, says so (benchmarks wait for room).
 func (d *Decoder) tryDecode(f *capture.Frame, emit policy.Sink) bool {
-	if r := d.v.Precheck(f.Src, f.Payload, f.Time); r != Accepted {
+	r, c, pre := d.v.PrecheckClient(f.Src, f.Payload, f.Time)
+	if r != Accepted {
 		decided(d.v, r, f.Src, &d.knock, &d.out)
 		emit(&d.out)
 		return true
 	}
-	return d.enqueue(f)
+	return d.enqueue(f, c, pre)
 }
 
 // decided turns a Reason (and the knock, when Accepted) into a verdict.

@@ -14,7 +14,10 @@ func FuzzVerify(f *testing.F) {
 	fx := newFixture(f, "")
 	k := fx.knock()
 	valid := fx.seal(f, k)
+	k.TokenKey = TokenKey(fx.server, fx.client.Public())
+	pre := fx.seal(f, k) // pre-authenticated
 	f.Add(valid)
+	f.Add(pre)
 	f.Add(valid[:PacketSize-1])
 	f.Add([]byte{})
 	f.Add(make([]byte, PacketSize))
@@ -23,7 +26,7 @@ func FuzzVerify(f *testing.F) {
 		fx.v.cfg.Replay = ts
 		var got Knock
 		r := fx.v.Verify(fx.src, fx.dst, pkt, fx.now, &got)
-		if r == Accepted && string(pkt) != string(valid) {
+		if r == Accepted && string(pkt) != string(valid) && string(pkt) != string(pre) {
 			t.Fatalf("accepted a packet Seal did not make: %x", pkt)
 		}
 	})

@@ -19,7 +19,7 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	if !ok {
 		return nil, errors.New("spa: server key of unknown suite")
 	}
-	return sealPacket(server, l, KindNative, plaintextSize, func(headerAndEnc, pt []byte) error {
+	return sealPacket(server, l, KindNative, plaintextSize, k.TokenKey, k.Time, func(headerAndEnc, pt []byte) error {
 		encodePlaintext(pt, &k)
 		copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(headerAndEnc, pt)))
 		return nil
@@ -29,7 +29,11 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 // sealPacket makes a packet of layout l: header (with kind), HPKE
 // encapsulation to server, the plaintext that fill writes (it is given the
 // header and encapsulation its signature must cover) sealed, and mac1.
-func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, fill func(headerAndEnc, pt []byte) error) ([]byte, error) {
+func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, tokenKey []byte, at time.Time,
+	fill func(headerAndEnc, pt []byte) error) ([]byte, error) {
+	if tokenKey != nil && len(tokenKey) != tokenKeySize {
+		return nil, errTokenKey
+	}
 	pk, err := server.kem().NewPublicKey([]byte(server.b))
 	if err != nil {
 		return nil, err
@@ -41,6 +45,9 @@ func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, fill fu
 	pkt := make([]byte, l.size)
 	putHeader(pkt, server.suite)
 	pkt[2] = kind
+	if tokenKey != nil {
+		pkt[3] = flagPreauth // inside the AEAD's associated data and mac1
+	}
 	copy(pkt[offEnc:], enc)
 	pt := make([]byte, ptSize)
 	defer clear(pt)
@@ -53,6 +60,9 @@ func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, fill fu
 	}
 	copy(pkt[l.ct:], ct)
 	newMAC1(server).put(pkt[l.mac1:], pkt[:l.mac1])
+	if tokenKey != nil {
+		pkt = addPreauth(pkt, tokenKey, at)
+	}
 	return pkt, nil
 }
 

@@ -33,6 +33,7 @@ const (
 	SSHCertInvalid
 	SSHRevoked
 	Busy
+	BadToken
 	numReasons
 )
 
@@ -59,6 +60,9 @@ var reasonNames = [numReasons]string{
 	// Every verification worker's queue was full (a flood of packets with
 	// a valid mac1).
 	Busy: "verifier busy",
+	// Pre-authentication (§2): a token that names no client of this
+	// window, or a wrong mac2.
+	BadToken: "bad token",
 }
 
 func (r Reason) String() string {
@@ -99,7 +103,8 @@ type Verifier struct {
 	suite  byte
 	layout layout
 	mac    *mac1
-	sig    []byte // scratch for the signed message
+	sig    []byte      // scratch for the signed message
+	tokens *tokenTable // pre-authentication; Precheck's alone
 }
 
 // NewVerifier prepares a Verifier.
@@ -121,6 +126,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		layout: l,
 		mac:    newMAC1(cfg.Key.Public()),
 		sig:    make([]byte, 0, len(sigContext)+l.ct+signedLen),
+		tokens: newTokenTable(cfg.Key, cfg.Clients),
 	}, nil
 }
 
@@ -138,10 +144,21 @@ func (v *Verifier) ClientName(k *Knock) string {
 // test and one keyed hash, allocates nothing and never reaches public-key
 // code. An accepted knock has advanced its client's replay timestamp, durably.
 func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
-	if r := v.Precheck(src, pkt, now); r != Accepted {
+	r, c, pre := v.PrecheckClient(src, pkt, now)
+	if r != Accepted {
 		return r
 	}
-	return v.Open(src, dst, pkt, now, k)
+	return v.OpenAs(src, dst, pkt, now, k, c, pre)
+}
+
+// OpenAs is Open for a packet PrecheckClient found pre-authenticated (pre)
+// for client c: the knock inside must be that client's.
+func (v *Verifier) OpenAs(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock, c ClientPublicKey, pre bool) Reason {
+	r := v.Open(src, dst, pkt, now, k)
+	if r == Accepted && pre && k.Client != c {
+		return BadToken
+	}
+	return r
 }
 
 // Clone returns a Verifier that shares v's configuration and state (keys,
@@ -155,37 +172,62 @@ func (v *Verifier) Clone() *Verifier {
 	return &c
 }
 
-// layoutOf returns the layout and kind of a packet of this length.
-func (v *Verifier) layoutOf(pkt []byte) (layout, byte) {
-	if len(pkt) == PacketSizeSSH && v.suite == SuiteX25519 {
-		return layoutSSH(), KindSSH
+// layoutOf returns the layout and kind of a packet of this length, and
+// whether it carries pre-authentication (then its sealed part is l.size
+// bytes and token and mac2 follow).
+func (v *Verifier) layoutOf(pkt []byte) (layout, byte, bool) {
+	n, preauth := len(pkt), len(pkt) > 3 && pkt[3] == flagPreauth
+	if preauth {
+		n -= preauthSize
 	}
-	return v.layout, KindNative
+	if n == PacketSizeSSH && v.suite == SuiteX25519 {
+		return layoutSSH(), KindSSH, preauth
+	}
+	return v.layout, KindNative, preauth
 }
 
 // Precheck runs the checks that cost no public-key operation — length,
-// header, mac1, the per-source limit — in the order Verify does.
+// header, mac1, then the token and mac2 of a pre-authenticated knock, or
+// else the per-source limit — in the order Verify does.
 func (v *Verifier) Precheck(src netip.Addr, pkt []byte, now time.Time) Reason {
-	l, kind := v.layoutOf(pkt)
-	if len(pkt) != l.size {
-		return BadLength
+	r, _, _ := v.PrecheckClient(src, pkt, now)
+	return r
+}
+
+// PrecheckClient is Precheck that also says whether the packet was
+// pre-authenticated, and for which client.
+func (v *Verifier) PrecheckClient(src netip.Addr, pkt []byte, now time.Time) (Reason, ClientPublicKey, bool) {
+	l, kind, preauth := v.layoutOf(pkt)
+	size := l.size
+	if preauth {
+		size += preauthSize
 	}
-	if pkt[0] != Version || pkt[1] != v.suite || pkt[2] != kind || pkt[3] != 0 {
-		return BadHeader
+	if len(pkt) != size {
+		return BadLength, ClientPublicKey{}, false
 	}
-	if !v.mac.ok(pkt[:l.mac1], pkt[l.mac1:]) {
-		return BadMAC1
+	if pkt[0] != Version || pkt[1] != v.suite || pkt[2] != kind || pkt[3] != 0 && !(preauth && kind == KindNative) {
+		return BadHeader, ClientPublicKey{}, false
+	}
+	if !v.mac.ok(pkt[:l.mac1], pkt[l.mac1:l.size]) {
+		return BadMAC1, ClientPublicKey{}, false
+	}
+	if preauth {
+		c, r := v.tokens.preauthenticated(pkt, l.size, now)
+		return r, c, r == Accepted
 	}
 	if v.cfg.Limiter != nil && !v.cfg.Limiter.Allow(src, now) {
-		return RateLimited
+		return RateLimited, ClientPublicKey{}, false
 	}
-	return Accepted
+	return Accepted, ClientPublicKey{}, false
 }
 
 // Open runs the rest of Verify on a packet that passed Precheck: HPKE, the
 // client and its signature, the body, the time, the destination, replay.
 func (v *Verifier) Open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
-	l, kind := v.layoutOf(pkt)
+	l, kind, preauth := v.layoutOf(pkt)
+	if preauth {
+		pkt = pkt[:l.size]
+	}
 	if len(pkt) != l.size {
 		return BadLength
 	}

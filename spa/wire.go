@@ -51,7 +51,11 @@ func layoutFor(suite byte) (layout, bool) {
 // IsKnock reports whether a datagram has the size and first byte of a
 // postern SPA knock (to tell it from an fwknop packet on a shared port).
 func IsKnock(b []byte) bool {
-	return (len(b) == PacketSize || len(b) == PacketSizeXWing || len(b) == PacketSizeSSH) && b[0] == Version
+	n := len(b)
+	if n > 3 && b[3] == flagPreauth {
+		n -= preauthSize
+	}
+	return (n == PacketSize || n == PacketSizeXWing || n == PacketSizeSSH) && b[0] == Version
 }
 
 // Plaintext layout (docs/PROTOCOL.md §3).
@@ -108,6 +112,9 @@ type Knock struct {
 	// To, when valid, asks for Ports on that host behind the server (a
 	// gateway) instead of on the server.
 	To netip.Addr
+	// TokenKey, when set (sealing only), adds pre-authentication: the key
+	// postern token gave this client.
+	TokenKey []byte
 }
 
 func putAddr(b []byte, a netip.Addr) {

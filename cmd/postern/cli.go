@@ -37,7 +37,7 @@ Every command takes -h or --help and then does nothing else.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return errUsage{err} })
-	root.AddCommand(genkeyCommand(), pubkeyCommand(), serverCommand(), checkConfigCommand(), setupCommand(),
+	root.AddCommand(genkeyCommand(), pubkeyCommand(), tokenCommand(), serverCommand(), checkConfigCommand(), setupCommand(),
 		reloadCommand(), knockCommand(), fwknopCommand(), proxyCommand(), sshCommand(), statusCommand(),
 		revokeCommand(), cleanupCommand(), versionCommand(), manCommand())
 	return root
@@ -92,6 +92,23 @@ SIGHUP re-reads the configuration (and reopens a knockd LogFile); SIGTERM stops.
 	path := configFlag(c)
 	c.Flags().BoolVarP(&debug, "debug", "D", false, "log every knock step (debug)")
 	c.RunE = func(c *cobra.Command, _ []string) error { return serve(*path, debug, c.ErrOrStderr()) }
+	return c
+}
+
+func tokenCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "token [-c FILE] CLIENT",
+		Short: "print a client's pre-authentication key (its knocks then get through floods)",
+		Long: `Print the pre-authentication key of CLIENT, a [[client]] name or public key
+of the configuration. Give it to that client (client.toml token_key, or
+postern knock --token-key): its knocks then carry a token that the server
+checks before any public-key work, so a flood made with the server's public
+key cannot crowd them out. The key is derived from the server's private key:
+nothing is stored, and removing the client makes its tokens match nothing.`,
+		Args: args(1, 1, "one CLIENT (a [[client]] name or public key)"),
+	}
+	path := configFlag(c)
+	c.RunE = func(c *cobra.Command, pos []string) error { return token(*path, pos[0], c.OutOrStdout()) }
 	return c
 }
 

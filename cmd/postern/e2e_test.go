@@ -304,7 +304,7 @@ func TestSpoofedSourceGetsNothing(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{})
 	r.start()
-	alice, err := spa.ParseClientPrivateKey(mustReadT(t, r.alice))
+	alice, err := spa.ParseClientPrivateKey(mustRead(t, r.alice))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,13 +319,6 @@ func TestSpoofedSourceGetsNothing(t *testing.T) {
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "the address signed in the knock").Close()
 }
 
-func mustReadT(t *testing.T, path string) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
 
 // capsOf reads the capability sets and no_new_privs from a /proc status
 // file.

@@ -78,7 +78,7 @@ func BenchmarkKnockToOpen(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-func mustRead(b *testing.B, path string) string {
+func mustRead(b testing.TB, path string) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)

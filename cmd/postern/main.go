@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"cmp"
 	"context"
 	"errors"
@@ -88,6 +89,47 @@ func genkey(srv, pq bool, stdout io.Writer) error {
 	return err
 }
 
+// token prints the pre-authentication key of a [[client]] of the
+// configuration at path.
+func token(path, who string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	var pub spa.ClientPublicKey
+	found := false
+	for _, c := range cfg.Clients {
+		if c.Name == who || c.PublicKey.String() == who {
+			pub, found = c.PublicKey, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%s: no [[client]] named %q or with that public key", path, who)
+	}
+	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
+	if err != nil {
+		return err
+	}
+	srv, err := spa.ParseServerPrivateKey(text)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cfg.PrivateKeyFile, err)
+	}
+	_, err = fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(spa.TokenKey(srv, pub)))
+	return err
+}
+
+// parseTokenKey reads --token-key / token_key: postern token's output.
+func parseTokenKey(s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(k) != 32 {
+		return nil, errors.New("token key: want the 44-character output of postern token on the server")
+	}
+	return k, nil
+}
+
 func pubkey(stdin io.Reader, stdout io.Writer) error {
 	line, err := bufio.NewReader(io.LimitReader(stdin, 4096)).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -154,7 +196,7 @@ type knockFlags struct {
 	keyFile, serverKey, open, allow, profile string
 	closePorts                               string
 	sshKey, sshAgent                         string
-	stun                                     string
+	stun, tokenKey                           string
 	stunServers                              []string // from a profile
 	dur, offset, wait                        time.Duration
 	knockPort                                uint
@@ -186,6 +228,7 @@ func addKnockFlags(fs *pflag.FlagSet) *knockFlags {
 	fs.StringVar(&k.closePorts, "close", "", "SPA: close these `proto/port[,…]` for this address now (an authenticated close request) instead of opening")
 	fs.DurationVar(&k.dur, "for", 0, "SPA: how long to open it (default: the server's default for this client)")
 	fs.StringVar(&k.allow, "allow", "", "SPA: address to open it for: an `address`, \"auto\" for this host's public address as STUN servers see it (behind NAT), or \"source\" for whatever address the server sees (default: this host's address on the route to the server)")
+	fs.StringVar(&k.tokenKey, "token-key", "", "SPA: the pre-authentication `key` the server's postern token printed for this client")
 	fs.StringVar(&k.stun, "stun", "", "SPA: STUN servers for --allow auto, `host:port[,…]` (default: stun_servers in the client config)")
 	fs.UintVar(&k.knockPort, "port", config.DefaultSPAPort, "SPA: the server's knock `port`")
 	fs.BoolVar(&k.bind, "bind", false, "SPA: bind the knock to the server address it is sent to")
@@ -262,6 +305,7 @@ func (k *knockFlags) applyProfile(pos []string) ([]string, error) {
 		k.dur = p.Duration
 	}
 	k.allow = cmp.Or(k.allow, p.Allow)
+	k.tokenKey = cmp.Or(k.tokenKey, p.TokenKey)
 	k.stunServers = p.STUN
 	if !k.only4 && !k.only6 {
 		k.only4, k.only6 = p.Network == "udp4", p.Network == "udp6"
@@ -402,9 +446,13 @@ func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tokenKey, err := parseTokenKey(k.tokenKey)
+	if err != nil {
+		return errUsage{fmt.Errorf("--token-key: %w", err)}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	opts := client.Options{STUN: stunServers,
+	opts := client.Options{STUN: stunServers, TokenKey: tokenKey,
 		Key: key, SSH: signer, ServerKey: srv, Host: pos[0], Port: uint16(k.knockPort), Network: k.network("udp"),
 		Open: ports, Duration: k.dur, Allow: k.allow, BindDest: k.bind, TimeOffset: k.offset, Action: action, To: to,
 	}
@@ -738,8 +786,12 @@ func knockProfileThen(p *client.SPAProfile, open []port.Spec, action string,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), doorBudget+5*time.Second)
 	defer cancel()
+	tokenKey, err := parseTokenKey(p.TokenKey)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", p.Name, err)
+	}
 	opts := client.Options{Key: key, SSH: signer, ServerKey: srv, Host: p.Host, Port: p.Port, Network: p.Network,
-		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action}
+		Open: open, Duration: p.Duration, Allow: p.Allow, STUN: p.STUN, Action: action, TokenKey: tokenKey}
 	sent, err := client.KnockEach(ctx, opts)
 	if len(sent) == 0 {
 		return nil, err

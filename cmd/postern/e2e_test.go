@@ -319,7 +319,6 @@ func TestSpoofedSourceGetsNothing(t *testing.T) {
 	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "the address signed in the knock").Close()
 }
 
-
 // capsOf reads the capability sets and no_new_privs from a /proc status
 // file.
 func capsOf(t *testing.T, status string) map[string]uint64 {

@@ -6,9 +6,9 @@ package main
 
 import (
 	"bufio"
-	"encoding/base64"
 	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"github.com/spf13/pflag"

@@ -260,7 +260,7 @@ func TestHelpNeverActsAndCleanupRefuses(t *testing.T) {
 		return regexp.MustCompile(`expires [0-9a-z.]+`).ReplaceAllString(r.p.Server.Exec(t, "nft", "list", "ruleset"), "")
 	}
 	before := ruleset()
-	for _, cmd := range []string{"genkey", "pubkey", "server", "check-config", "setup", "reload", "revoke", "knock", "fwknop", "proxy",
+	for _, cmd := range []string{"genkey", "pubkey", "token", "server", "check-config", "setup", "reload", "revoke", "knock", "fwknop", "proxy",
 		"ssh", "status", "cleanup"} {
 		for _, h := range []string{"-h", "--help"} {
 			c := r.p.Server.Command(context.Background(), posternBin, cmd, h)

@@ -51,6 +51,10 @@ type NFTables struct {
 	gw                            gatewaySets
 	forward, dnatChain, snatChain *nftables.Chain
 
+	// reopen makes a new connection when an operation fails on the
+	// lasting one (a socket overrun leaves it unusable); nil: none.
+	reopen func() (*nftables.Conn, error)
+
 	mu sync.Mutex
 }
 
@@ -86,13 +90,47 @@ func OpenNFTables() (*NFTables, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	return NewNFTables(c), nil
+	n := NewNFTables(c)
+	n.SetReopen(func() (*nftables.Conn, error) { return nftables.New(nftables.AsLasting()) })
+	return n, nil
+}
+
+// badRequest is an error in what was asked, not in the connection.
+type badRequest struct{ error }
+
+func (e badRequest) Unwrap() error { return e.error }
+
+// SetReopen gives the backend a way to replace its connection: an
+// operation that fails is tried once more on a new one.
+func (n *NFTables) SetReopen(reopen func() (*nftables.Conn, error)) { n.reopen = reopen }
+
+// again runs op; if it fails and a new connection can be had, the old one
+// is closed and op runs once more on the new one. Every operation is
+// idempotent (grants add, delete and add again; Setup replaces), so a
+// transaction the failure left half-sent is simply sent whole.
+func (n *NFTables) again(op func() error) error {
+	err := op()
+	if err == nil || n.reopen == nil || errors.As(err, new(badRequest)) {
+		return err
+	}
+	c, rerr := n.reopen()
+	if rerr != nil {
+		return err
+	}
+	n.mu.Lock()
+	old := n.conn
+	n.conn = c
+	n.mu.Unlock()
+	old.CloseLasting()
+	return op()
 }
 
 // Setup implements Backend in one netlink transaction: the table, sets and
 // chain are added if missing (existing grant sets keep their elements), the
 // chain's rules and the port sets are replaced.
-func (n *NFTables) Setup(r Rules) error {
+func (n *NFTables) Setup(r Rules) error { return n.again(func() error { return n.setup(r) }) }
+
+func (n *NFTables) setup(r Rules) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := n.conn
@@ -247,12 +285,14 @@ const grantsPerBatch = 32
 // element that exists, so each grant is added, deleted and added again with
 // its new timeout in one transaction: that works whether or not the element
 // was there, and the port is never closed in between.
-func (n *NFTables) Grant(gs []Grant) error {
+func (n *NFTables) Grant(gs []Grant) error { return n.again(func() error { return n.grant(gs) }) }
+
+func (n *NFTables) grant(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, g := range gs {
 		if g.Timeout < time.Millisecond {
-			return fmt.Errorf("nftables: grant %v: timeout too short", g)
+			return badRequest{fmt.Errorf("nftables: grant %v: timeout too short", g)}
 		}
 	}
 	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
@@ -301,7 +341,9 @@ func (n *NFTables) elemsOf(gs []Grant) []grantElem {
 
 // Revoke implements Backend, with the same add-then-delete idiom so that a
 // grant that already expired is no error.
-func (n *NFTables) Revoke(gs []Grant) error {
+func (n *NFTables) Revoke(gs []Grant) error { return n.again(func() error { return n.revoke(gs) }) }
+
+func (n *NFTables) revoke(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
@@ -321,7 +363,12 @@ func (n *NFTables) Revoke(gs []Grant) error {
 }
 
 // List implements Backend by reading the grant sets from the kernel.
-func (n *NFTables) List() ([]Grant, error) {
+func (n *NFTables) List() (gs []Grant, err error) {
+	err = n.again(func() error { gs, err = n.list(); return err })
+	return gs, err
+}
+
+func (n *NFTables) list() ([]Grant, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if ok, err := n.tableExists(); err != nil || !ok {
@@ -373,7 +420,12 @@ func (n *NFTables) Close() error { return n.conn.CloseLasting() }
 // Audit implements Backend: the table, its four sets, the port sets'
 // contents and the chain's rules (their number and verdicts, in order) are
 // compared with what Setup installs for r.
-func (n *NFTables) Audit(r Rules) (Damage, error) {
+func (n *NFTables) Audit(r Rules) (d Damage, err error) {
+	err = n.again(func() error { d, err = n.audit(r); return err })
+	return d, err
+}
+
+func (n *NFTables) audit(r Rules) (Damage, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var d Damage

@@ -87,3 +87,32 @@ func TestNFTablesMessagesByteForByte(t *testing.T) {
 	}
 	golden(t, "nftables-grant.golden", rec.dump())
 }
+
+// A connection that fails (a netlink socket overrun leaves a lasting one
+// unusable) is replaced and the operation runs again on the new one.
+func TestNFTablesReconnects(t *testing.T) {
+	broken, err := nftables.New(nftables.WithTestDial(func([]netlink.Message) ([]netlink.Message, error) {
+		return nil, fmt.Errorf("recvmsg: no buffer space available")
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := &recorder{}
+	n := NewNFTables(broken)
+	g := []Grant{{Addr: netip.MustParseAddr("198.18.0.2"), Port: port.Spec{Proto: port.TCP, Num: 22}, Timeout: time.Minute}}
+	if err := n.Grant(g); err == nil {
+		t.Fatal("a grant on a broken connection without a way to reopen succeeded")
+	}
+	reopened := 0
+	n.SetReopen(func() (*nftables.Conn, error) {
+		reopened++
+		return nftables.New(nftables.WithTestDial(fresh.dial))
+	})
+	if err := n.Grant(g); err != nil || reopened != 1 || len(fresh.msgs) == 0 {
+		t.Fatalf("grant after reopening: %v, reopened %d times, %d messages on the new connection", err, reopened, len(fresh.msgs))
+	}
+	// What was asked wrongly is not the connection's fault: no reopening.
+	if err := n.Grant([]Grant{{Addr: g[0].Addr, Port: g[0].Port}}); err == nil || reopened != 1 {
+		t.Fatalf("a zero timeout: %v, reopened %d times", err, reopened)
+	}
+}

@@ -445,17 +445,13 @@ func ParseForward(s string) (policy.Forward, error) {
 	if len(fs) == 0 {
 		return bad("empty")
 	}
-	i := strings.LastIndex(fs[0], ":")
-	if i < 0 {
-		return bad("no HOST:")
-	}
 	var f policy.Forward
-	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(fs[0][:i], "["), "]"))
-	if err != nil || !a.Unmap().IsGlobalUnicast() {
-		return bad("the host must be a unicast IP address")
+	to, rest, err := policy.SplitHost(fs[0])
+	if err != nil || !to.IsGlobalUnicast() {
+		return bad("the host must be a unicast IP address, an IPv6 one in brackets")
 	}
-	f.To = a.Unmap()
-	if f.Port, err = port.Parse(fs[0][i+1:]); err != nil {
+	f.To = to
+	if f.Port, err = port.Parse(rest); err != nil {
 		return bad(err.Error())
 	}
 	for rest := fs[1:]; len(rest) > 0; {
@@ -479,6 +475,16 @@ func ParseForward(s string) (policy.Forward, error) {
 		}
 	}
 	return f, nil
+}
+
+// UsesGateway reports whether grants may go through this host to others
+// (or through a NAT of its own): the firewall then installs its forward
+// path and translations.
+func (c *Config) UsesGateway() bool {
+	if c.Gateway.Published || len(c.Gateway.Protect) > 0 || c.Fwknop != nil && (c.Fwknop.NAT.Forwarding || c.Fwknop.NAT.LocalNAT) {
+		return true
+	}
+	return slices.ContainsFunc(c.Clients, func(cl Client) bool { return len(cl.Forward) > 0 })
 }
 
 // Forwarded returns every destination behind this host that postern

@@ -93,7 +93,7 @@ allow = ["tcp/22", "tcp/22", "udp/53"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.StateDir != DefaultStateDir || cfg.SPA.Port != DefaultSPAPort || len(cfg.Protected()) != 2 ||
+	if cfg.StateDir != DefaultStateDir || cfg.SPA.Port != DefaultSPAPort || len(cfg.Protected()) != 2 || cfg.UsesGateway() ||
 		cfg.Clients[0].DefaultDuration != DefaultDuration || cfg.Clients[0].MaxDuration != DefaultMaxDuration {
 		t.Fatalf("%+v", cfg)
 	}
@@ -299,6 +299,9 @@ func TestGatewayConfig(t *testing.T) {
 		fw[2].Port.Proto != port.UDP {
 		t.Errorf("forward: %+v", fw)
 	}
+	if !cfg.UsesGateway() {
+		t.Error("a configuration with forward destinations uses no gateway")
+	}
 	if !cfg.Gateway.Published || len(cfg.Forwarded()) != 4 {
 		t.Errorf("gateway %+v, forwarded %v", cfg.Gateway, cfg.Forwarded())
 	}
@@ -335,7 +338,7 @@ func TestFwknopNATNeedsForwarding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !cfg.Fwknop.NAT.Forwarding || !cfg.Fwknop.NAT.SNAT || len(cfg.Forwarded()) != 2 {
+	if !cfg.Fwknop.NAT.Forwarding || !cfg.Fwknop.NAT.SNAT || len(cfg.Forwarded()) != 2 || !cfg.UsesGateway() {
 		t.Errorf("NAT %+v, forwarded %v", cfg.Fwknop.NAT, cfg.Forwarded())
 	}
 }

@@ -45,7 +45,14 @@ type Rules struct {
 	// (the ports Docker publishes), matched by their original destination
 	// port; the host's own grants open them.
 	Published bool
+	// Gateway installs the forward path and its translations even with no
+	// Forwarded destination (fwknop clients may name any host).
+	Gateway bool
 }
+
+// UsesGateway reports whether the forward path and NAT are installed: a
+// host that needs neither gets nothing its kernel might lack.
+func (r Rules) UsesGateway() bool { return r.Gateway || r.Published || len(r.Forwarded) > 0 }
 
 // PortRange is the ports Lo..Hi of one protocol.
 type PortRange struct {

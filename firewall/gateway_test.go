@@ -33,6 +33,21 @@ func TestNFTablesGateway(t *testing.T) {
 	fw := firewall.NewKeeper(nftIn(t, g.Server), nil)
 	defer fw.Close()
 	testGateway(t, g, fw, true)
+	// The configuration drops the gateway: its part goes, the input part
+	// stays, and the audit finds nothing missing.
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := g.Server.Exec(t, "nft", "list", "table", "inet", "postern"); strings.Contains(out, "hook forward") ||
+		strings.Contains(out, "fwd4") || !strings.Contains(out, "hook input") {
+		t.Errorf("after the gateway was dropped:\n%s", out)
+	}
+	if d, err := fw.Check(); err != nil || !d.Intact() {
+		t.Errorf("audit without a gateway: %+v %v", d, err)
+	}
+	if got := whoami(g, g.Client4, netip.AddrPortFrom(g.Inside4, 22), expectOpen); got != g.Client4.String() {
+		t.Errorf("the forward path still closed after the gateway was dropped: %q", got)
+	}
 }
 
 // testGateway checks forwarded grants through a real gateway: closed
@@ -274,6 +289,16 @@ func TestIPTablesGateway(t *testing.T) {
 	fw := firewall.NewKeeper(b, nil)
 	defer fw.Close()
 	testGateway(t, g, fw, false)
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := g.Server.Exec(t, "iptables-save") + g.Server.Exec(t, "ipset", "list", "-n"); strings.Contains(out, "POSTERN_") ||
+		strings.Contains(out, "postern-fwd") || !strings.Contains(out, "-A INPUT -j POSTERN") {
+		t.Errorf("after the gateway was dropped:\n%s", out)
+	}
+	if d, err := fw.Check(); err != nil || !d.Intact() {
+		t.Errorf("audit without a gateway: %+v %v", d, err)
+	}
 	if err := fw.Cleanup(); err != nil {
 		t.Fatal(err)
 	}

@@ -99,15 +99,13 @@ func chainRules(r Rules, set string) []string {
 
 // Setup implements Backend: the sets are created if missing (keeping live
 // grants), the chain is declared and refilled in one iptables-restore
-// transaction per family, and the jump from INPUT is added once.
+// transaction per family, and the jump from INPUT is added once. The
+// gateway part comes after, only when in use (a part left by an earlier
+// configuration goes), so that whatever it needs, the host's ports are
+// closed first.
 func (t *IPTables) Setup(r Rules) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r.Published {
-		// ipset matches what the packet carries; the port a connection
-		// had before someone else's DNAT is conntrack's alone.
-		return errors.New("iptables: closing published ports (gateway.published) needs the nftables backend")
-	}
 	for _, f := range families {
 		if err := t.createSet(f.set, f.family); err != nil {
 			return fmt.Errorf("iptables: %w", err)
@@ -128,6 +126,26 @@ func (t *IPTables) Setup(r Rules) error {
 				return fmt.Errorf("iptables: %w", err)
 			}
 		}
+	}
+	if !r.UsesGateway() {
+		var errs []error
+		for _, f := range families {
+			errs = append(errs, t.cleanupGateway(f.tables)...)
+		}
+		if len(errs) == 0 {
+			errs = append(errs, t.destroyGatewaySets())
+		}
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("iptables: removing the gateway part: %w", err)
+		}
+		return nil
+	}
+	if r.Published {
+		// ipset matches what the packet carries; the port a connection
+		// had before someone else's DNAT is conntrack's alone.
+		return errors.New("iptables: closing published ports (gateway.published) needs the nftables backend")
+	}
+	for _, f := range families {
 		if err := t.setupGateway(r, f.tables, f.restore, f.family); err != nil {
 			return fmt.Errorf("iptables: %w", err)
 		}
@@ -344,7 +362,9 @@ func (t *IPTables) Audit(r Rules) (Damage, error) {
 	}
 	sets := strings.Fields(names)
 	for _, f := range families {
-		t.auditGateway(&d, f, sets)
+		if r.UsesGateway() {
+			t.auditGateway(&d, f, sets)
+		}
 		if !slices.Contains(sets, f.set) {
 			d.add("ipset "+f.set, true)
 		}

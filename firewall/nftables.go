@@ -125,63 +125,61 @@ func (n *NFTables) again(op func() error) error {
 	return op()
 }
 
-// Setup implements Backend in one netlink transaction: the table, sets and
-// chain are added if missing (existing grant sets keep their elements), the
-// chain's rules and the port sets are replaced.
+// Setup implements Backend: the table, sets and chains are added if
+// missing (existing grant sets keep their elements), the chains' rules and
+// the port sets are replaced. The input part is one netlink transaction of
+// its own, first: a kernel that cannot do the gateway part (no NAT, fib or
+// conntrack expressions) still gets the host's ports closed. Without a
+// gateway in use, a gateway part left by an earlier configuration goes.
 func (n *NFTables) Setup(r Rules) error { return n.again(func() error { return n.setup(r) }) }
 
 func (n *NFTables) setup(r Rules) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c := n.conn
-	c.AddTable(n.table)
-	for _, s := range append([]*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock}, n.gatewaySetList()...) {
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("nftables: %w", err)
+	for i, p := range n.parts(r) {
+		c.AddTable(n.table)
+		for _, s := range p.sets {
+			if err := c.AddSet(s, nil); err != nil {
+				return fmt.Errorf("nftables: %w", err)
+			}
+		}
+		for _, sk := range p.fill {
+			c.FlushSet(sk.set)
+			if len(sk.keys) == 0 {
+				continue
+			}
+			elems := make([]nftables.SetElement, len(sk.keys))
+			for i, k := range sk.keys {
+				elems[i] = nftables.SetElement{Key: k}
+			}
+			if err := c.SetAddElements(sk.set, elems); err != nil {
+				return fmt.Errorf("nftables: %w", err)
+			}
+		}
+		for _, cr := range p.chains {
+			c.AddChain(cr.chain)
+			c.FlushChain(cr.chain)
+			for _, exprs := range cr.rules {
+				c.AddRule(&nftables.Rule{Table: n.table, Chain: cr.chain, Exprs: exprs})
+			}
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nftables: setting up table inet %s (%s part): %w", TableName, []string{"input", "gateway"}[i], err)
 		}
 	}
-	for _, sk := range n.closedKeys(r) {
-		set, keys := sk.set, sk.keys
-		c.FlushSet(set)
-		if len(keys) == 0 {
-			continue
-		}
-		elems := make([]nftables.SetElement, len(keys))
-		for i, k := range keys {
-			elems[i] = nftables.SetElement{Key: k}
-		}
-		if err := c.SetAddElements(set, elems); err != nil {
-			return fmt.Errorf("nftables: %w", err)
-		}
-	}
-	for _, cr := range n.chains(r) {
-		c.AddChain(cr.chain)
-		c.FlushChain(cr.chain)
-		for _, exprs := range cr.rules {
-			c.AddRule(&nftables.Rule{Table: n.table, Chain: cr.chain, Exprs: exprs})
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: setting up table inet %s: %w", TableName, err)
+	if !r.UsesGateway() {
+		return n.removeGateway()
 	}
 	return nil
 }
 
-// closedKeys returns the contents of the sets Setup fills: the protected
-// and knock ports and the protected destinations of each family.
-func (n *NFTables) closedKeys(r Rules) []setKeys {
-	out := []setKeys{{set: n.sets.protected}, {set: n.sets.knock}, {set: n.gw.closed[0]}, {set: n.gw.closed[1]}}
-	for _, p := range r.Protected {
-		out[0].keys = append(out[0].keys, serviceKey(p))
-	}
-	for _, p := range r.Knock {
-		out[1].keys = append(out[1].keys, serviceKey(p))
-	}
-	for _, d := range r.Forwarded {
-		i := 2 + familyIndex(d.Addr)
-		out[i].keys = append(out[i].keys, destinationKey(d))
-	}
-	return out
+// part is what one Setup transaction installs, and what Audit checks.
+type part struct {
+	sets      []*nftables.Set // added if missing
+	grantSets []*nftables.Set // of those, the ones whose elements are grants
+	fill      []setKeys       // sets whose contents are replaced
+	chains    []nftChain      // added if missing, their rules replaced
 }
 
 type setKeys struct {
@@ -189,9 +187,62 @@ type setKeys struct {
 	keys [][]byte
 }
 
-// chains returns every chain with its rules for r, the input chain first.
-func (n *NFTables) chains(r Rules) []nftChain {
-	return append([]nftChain{{n.chain, n.rules(r.KnockRanges)}}, n.gatewayChains(r)...)
+// parts returns the input part and, when r uses a gateway, the gateway part.
+func (n *NFTables) parts(r Rules) []part {
+	in := part{
+		sets:      []*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock},
+		grantSets: []*nftables.Set{n.sets.grants4, n.sets.grants6},
+		fill:      []setKeys{{set: n.sets.protected}, {set: n.sets.knock}},
+		chains:    []nftChain{{n.chain, n.rules(r.KnockRanges)}},
+	}
+	for _, p := range r.Protected {
+		in.fill[0].keys = append(in.fill[0].keys, serviceKey(p))
+	}
+	for _, p := range r.Knock {
+		in.fill[1].keys = append(in.fill[1].keys, serviceKey(p))
+	}
+	if !r.UsesGateway() {
+		return []part{in}
+	}
+	gw := part{sets: n.gatewaySetList(), grantSets: n.grantSets(),
+		fill: []setKeys{{set: n.gw.closed[0]}, {set: n.gw.closed[1]}}, chains: n.gatewayChains(r)}
+	for _, d := range r.Forwarded {
+		i := familyIndex(d.Addr)
+		gw.fill[i].keys = append(gw.fill[i].keys, destinationKey(d))
+	}
+	return []part{in, gw}
+}
+
+// removeGateway deletes the gateway chains and sets an earlier Setup left.
+func (n *NFTables) removeGateway() error {
+	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("nftables: listing chains: %w", err)
+	}
+	found := false
+	for _, ch := range []*nftables.Chain{n.forward, n.dnatChain, n.snatChain} {
+		if slices.ContainsFunc(chains, func(c *nftables.Chain) bool { return c.Table.Name == TableName && c.Name == ch.Name }) {
+			n.conn.DelChain(ch)
+			found = true
+		}
+	}
+	sets, err := n.conn.GetSets(n.table)
+	if err != nil {
+		return fmt.Errorf("nftables: listing sets: %w", err)
+	}
+	for _, s := range n.gatewaySetList() {
+		if slices.ContainsFunc(sets, func(have *nftables.Set) bool { return have.Name == s.Name }) {
+			n.conn.DelSet(s)
+			found = true
+		}
+	}
+	if !found {
+		return nil
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: removing the gateway part of table inet %s: %w", TableName, err)
+	}
+	return nil
 }
 
 // Registers: concatenations are laid out in 32-bit registers (8 = the first),
@@ -256,12 +307,7 @@ func (n *NFTables) establishedRule() []expr.Any {
 	}
 }
 
-func serviceKey(p port.Spec) []byte {
-	k := make([]byte, 8)
-	k[0] = byte(p.Proto)
-	binary.BigEndian.PutUint16(k[4:], p.Num)
-	return k
-}
+func serviceKey(p port.Spec) []byte { return protoPort(p.Proto, p.Num) }
 
 func (n *NFTables) grantSetAndKey(g Grant) (*nftables.Set, []byte) {
 	a := g.Addr.Unmap()
@@ -396,7 +442,15 @@ func (n *NFTables) list() ([]Grant, error) {
 				Port: port.Spec{Proto: port.Protocol(e.Key[alen]), Num: binary.BigEndian.Uint16(e.Key[alen+4:])}})
 		}
 	}
-	gw, err := n.listGateway()
+	sets, err := n.conn.GetSets(n.table)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: listing sets: %w", err)
+	}
+	have := map[string]bool{}
+	for _, s := range sets {
+		have[s.Name] = true
+	}
+	gw, err := n.listGateway(have)
 	return append(out, gw...), err
 }
 
@@ -443,62 +497,78 @@ func (n *NFTables) audit(r Rules) (Damage, error) {
 	for _, s := range sets {
 		have[s.Name] = true
 	}
-	for _, s := range append([]*nftables.Set{n.sets.grants4, n.sets.grants6}, n.grantSets()...) {
-		if !have[s.Name] {
-			d.add("set "+s.Name, true)
-		}
-	}
-	for _, sk := range n.closedKeys(r) {
-		set, keys := sk.set, sk.keys
-		if !have[set.Name] {
-			d.add("set "+set.Name, false)
-			continue
-		}
-		elems, err := n.conn.GetSetElements(set)
-		if err != nil {
-			return d, fmt.Errorf("nftables: listing %s: %w", set.Name, err)
-		}
-		got := make(map[string]bool, len(elems))
-		for _, e := range elems {
-			got[string(e.Key)] = true
-		}
-		want := make(map[string]bool, len(keys))
-		for _, k := range keys {
-			want[string(k)] = true
-		}
-		if !maps.Equal(got, want) {
-			d.add("set "+set.Name+" elements", false)
-		}
-	}
 	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return d, fmt.Errorf("nftables: listing chains: %w", err)
 	}
-	for _, cr := range n.chains(r) {
-		name := cr.chain.Name
-		i := slices.IndexFunc(chains, func(c *nftables.Chain) bool {
-			return c.Table.Name == TableName && c.Name == name
-		})
-		if i < 0 {
-			d.add("chain "+name, false)
-			continue
+	for _, p := range n.parts(r) {
+		for _, s := range p.grantSets {
+			if !have[s.Name] {
+				d.add("set "+s.Name, true)
+			}
 		}
-		if c := chains[i]; c.Hooknum == nil || *c.Hooknum != *cr.chain.Hooknum || c.Policy == nil || *c.Policy != *cr.chain.Policy {
-			d.add("chain "+name+" hook or policy", false)
+		for _, sk := range p.fill {
+			if err := n.auditElements(&d, have, sk); err != nil {
+				return d, err
+			}
 		}
-		rules, err := n.conn.GetRules(n.table, cr.chain)
-		if err != nil {
-			return d, fmt.Errorf("nftables: listing rules: %w", err)
-		}
-		same := len(rules) == len(cr.rules)
-		for j := 0; same && j < len(rules); j++ {
-			same = verdictOf(rules[j].Exprs) == verdictOf(cr.rules[j])
-		}
-		if !same {
-			d.add("chain "+name+" rules", false)
+		for _, cr := range p.chains {
+			if err := n.auditChain(&d, chains, cr); err != nil {
+				return d, err
+			}
 		}
 	}
 	return d, nil
+}
+
+// auditElements compares a filled set's elements with what Setup puts in.
+func (n *NFTables) auditElements(d *Damage, have map[string]bool, sk setKeys) error {
+	if !have[sk.set.Name] {
+		d.add("set "+sk.set.Name, false)
+		return nil
+	}
+	elems, err := n.conn.GetSetElements(sk.set)
+	if err != nil {
+		return fmt.Errorf("nftables: listing %s: %w", sk.set.Name, err)
+	}
+	got := make(map[string]bool, len(elems))
+	for _, e := range elems {
+		got[string(e.Key)] = true
+	}
+	want := make(map[string]bool, len(sk.keys))
+	for _, k := range sk.keys {
+		want[string(k)] = true
+	}
+	if !maps.Equal(got, want) {
+		d.add("set "+sk.set.Name+" elements", false)
+	}
+	return nil
+}
+
+// auditChain checks a chain's hook, policy and its rules' number and
+// verdicts, in order.
+func (n *NFTables) auditChain(d *Damage, chains []*nftables.Chain, cr nftChain) error {
+	name := cr.chain.Name
+	i := slices.IndexFunc(chains, func(c *nftables.Chain) bool { return c.Table.Name == TableName && c.Name == name })
+	if i < 0 {
+		d.add("chain "+name, false)
+		return nil
+	}
+	if c := chains[i]; c.Hooknum == nil || *c.Hooknum != *cr.chain.Hooknum || c.Policy == nil || *c.Policy != *cr.chain.Policy {
+		d.add("chain "+name+" hook or policy", false)
+	}
+	rules, err := n.conn.GetRules(n.table, cr.chain)
+	if err != nil {
+		return fmt.Errorf("nftables: listing rules: %w", err)
+	}
+	same := len(rules) == len(cr.rules)
+	for j := 0; same && j < len(rules); j++ {
+		same = verdictOf(rules[j].Exprs) == verdictOf(cr.rules[j])
+	}
+	if !same {
+		d.add("chain "+name+" rules", false)
+	}
+	return nil
 }
 
 func verdictOf(exprs []expr.Any) expr.VerdictKind {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -301,21 +302,19 @@ func (n *NFTables) snatRules() [][]expr.Any {
 // protocol and the port each padded to 4 bytes.
 func addrBytes(a netip.Addr) []byte { return a.Unmap().AsSlice() }
 
-func protoPort(p port.Spec, num uint16) []byte {
+func protoPort(proto port.Protocol, num uint16) []byte {
 	k := make([]byte, 8)
-	k[0] = byte(p.Proto)
+	k[0] = byte(proto)
 	binary.BigEndian.PutUint16(k[4:], num)
 	return k
 }
 
 func flowElemKey(g Grant) []byte {
-	return cat3(addrBytes(g.Addr), addrBytes(g.To), protoPort(g.Port, g.Port.Num))
+	return slices.Concat(addrBytes(g.Addr), addrBytes(g.To), serviceKey(g.Port))
 }
 
-func cat3(a, b, c []byte) []byte { return append(append(append([]byte{}, a...), b...), c...) }
-
 func destinationKey(d Destination) []byte {
-	return cat3(addrBytes(d.Addr), nil, protoPort(d.Port, d.Port.Num))
+	return slices.Concat(addrBytes(d.Addr), serviceKey(d.Port))
 }
 
 // gatewayElems returns the elements g needs in each set, with their map
@@ -338,9 +337,9 @@ func (n *NFTables) gatewayElems(g Grant) []setElem {
 		return out
 	}
 	if g.External != 0 {
-		v := cat3(addrBytes(g.To), nil, []byte{0, 0, 0, 0})
+		v := slices.Concat(addrBytes(g.To), []byte{0, 0, 0, 0})
 		binary.BigEndian.PutUint16(v[len(v)-4:], g.Port.Num)
-		out = append(out, setElem{n.gw.dnat[i], cat3(addrBytes(g.Addr), nil, protoPort(g.Port, g.External)), v})
+		out = append(out, setElem{n.gw.dnat[i], slices.Concat(addrBytes(g.Addr), protoPort(g.Port.Proto, g.External)), v})
 	}
 	if g.Local {
 		set, k := n.grantSetAndKey(Grant{Addr: g.Addr, Port: g.Port})
@@ -363,11 +362,15 @@ type setElem struct {
 
 // listGateway reads the gateway grants back from the kernel: one per fwd
 // element, with the translations found for it, and one local NAT grant per
-// dnat element that no fwd element explains.
-func (n *NFTables) listGateway() ([]Grant, error) {
+// dnat element that no fwd element explains. Sets not in have (no gateway
+// part installed) hold nothing.
+func (n *NFTables) listGateway(have map[string]bool) ([]Grant, error) {
 	var out []Grant
 	for i, f := range ipFamilies {
 		get := func(s *nftables.Set) ([]nftables.SetElement, error) {
+			if !have[s.Name] {
+				return nil, nil
+			}
 			elems, err := n.conn.GetSetElements(s)
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
 				return nil, nil
@@ -408,45 +411,44 @@ func (n *NFTables) listGateway() ([]Grant, error) {
 				snatTo[string(e.Key)] = addr(e.Val)
 			}
 		}
-		type dnatTarget struct {
+		// A dnat element is a translation: of a forwarded grant when a fwd
+		// element matches it, else a local NAT grant of its own.
+		type target struct {
 			src, to netip.Addr
 			port    port.Spec
 		}
-		external := map[dnatTarget]uint16{}
+		external := map[target]uint16{}
+		var locals []Grant
 		for _, e := range dnat {
 			if len(e.Key) < a+8 || len(e.Val) < a+4 {
 				continue
 			}
-			to := addr(e.Val)
-			p := port.Spec{Proto: port.Protocol(e.Key[a]), Num: binary.BigEndian.Uint16(e.Val[a:])}
-			external[dnatTarget{addr(e.Key), to, p}] = binary.BigEndian.Uint16(e.Key[a+4:])
+			g := Grant{Addr: addr(e.Key), To: addr(e.Val), External: binary.BigEndian.Uint16(e.Key[a+4:]), Local: true,
+				Port: port.Spec{Proto: port.Protocol(e.Key[a]), Num: binary.BigEndian.Uint16(e.Val[a:])}, Timeout: e.Expires, Name: e.Comment}
+			external[target{g.Addr, g.To, g.Port}] = g.External
+			locals = append(locals, g)
 		}
-		explained := map[dnatTarget]bool{}
+		explained := map[target]bool{}
 		for _, e := range fwd {
 			if len(e.Key) < 2*a+8 {
 				continue
 			}
 			g := Grant{Addr: addr(e.Key), To: addr(e.Key[a:]), Port: pp(e.Key[2*a:]), Timeout: e.Expires, Name: e.Comment,
 				Masquerade: masqueraded[string(e.Key)], SNAT: snatTo[string(e.Key)]}
-			t := dnatTarget{g.Addr, g.To, g.Port}
+			t := target{g.Addr, g.To, g.Port}
 			g.External, explained[t] = external[t], true
 			out = append(out, g)
+		}
+		for _, g := range locals {
+			if !explained[target{g.Addr, g.To, g.Port}] {
+				out = append(out, g)
+			}
 		}
 		all, err := n.listAll(i, a, get)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, all...)
-		for _, e := range dnat {
-			if len(e.Key) < a+8 || len(e.Val) < a+4 {
-				continue
-			}
-			t := dnatTarget{addr(e.Key), addr(e.Val), port.Spec{Proto: port.Protocol(e.Key[a]), Num: binary.BigEndian.Uint16(e.Val[a:])}}
-			if !explained[t] {
-				out = append(out, Grant{Addr: t.src, To: t.to, Port: t.port, External: external[t], Local: true,
-					Timeout: e.Expires, Name: e.Comment})
-			}
-		}
 	}
 	return out, nil
 }

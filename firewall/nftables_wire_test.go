@@ -20,15 +20,19 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden netlink files")
 
 // recorder is a netlink connection that answers every request with an
-// acknowledgement and remembers what was sent: the nftables backend's
-// messages can be checked byte for byte without root or a kernel (the
-// namespace tests check what the kernel makes of them).
+// acknowledgement (a listing with nothing) and remembers what was
+// sent: the nftables backend's messages can be checked byte for byte
+// without root or a kernel (the namespace tests check what the kernel
+// makes of them).
 type recorder struct{ msgs []netlink.Message }
 
 func (r *recorder) dial(req []netlink.Message) ([]netlink.Message, error) {
 	r.msgs = append(r.msgs, req...)
 	var acks []netlink.Message
 	for _, m := range req {
+		if m.Header.Flags&netlink.Dump != 0 {
+			continue // nothing listed
+		}
 		acks = append(acks, netlink.Message{Header: netlink.Header{Type: netlink.Error, Sequence: m.Header.Sequence,
 			PID: m.Header.PID}, Data: make([]byte, 4)})
 	}
@@ -78,6 +82,14 @@ func TestNFTablesMessagesByteForByte(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "nftables-setup.golden", rec.dump())
+
+	// A gateway: a second transaction after the input part's.
+	rec.msgs = nil
+	rules.Forwarded = []Destination{{Addr: netip.MustParseAddr("10.77.1.2"), Port: port.Spec{Proto: port.TCP, Num: 22}}}
+	if err := n.Setup(rules); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "nftables-setup-gateway.golden", rec.dump())
 
 	rec.msgs = nil
 	if err := n.Grant([]Grant{{Addr: netip.MustParseAddr("198.18.0.2"), Port: port.Spec{Proto: port.TCP, Num: 22},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/postern/postern/port"
@@ -72,6 +73,24 @@ type Forward struct {
 	External   uint16
 	Masquerade bool
 	SNAT       netip.Addr
+}
+
+// SplitHost splits "HOST:REST", HOST an IPv4 address or an IPv6 one in
+// brackets (the form Forward.String writes): a forwarded destination, or
+// postern knock --open's HOST:PROTO/PORT,….
+func SplitHost(s string) (netip.Addr, string, error) {
+	host, rest, ok := strings.Cut(s, ":")
+	if strings.HasPrefix(s, "[") {
+		host, rest, ok = strings.Cut(s[1:], "]:")
+	}
+	if !ok {
+		return netip.Addr{}, "", fmt.Errorf("%q: want HOST:… (an IPv6 HOST in brackets)", s)
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("%q: %q is not an IP address", s, host)
+	}
+	return a.Unmap(), rest, nil
 }
 
 func (f Forward) String() string {
@@ -152,32 +171,36 @@ type Grant struct {
 func (g Grant) Forwarded() bool { return g.All || g.To.IsValid() && !g.Local }
 
 func (g Grant) String() string {
-	switch {
-	case g.All:
-		return fmt.Sprintf("%v to %s for %v", g.Addr, g.AllString(), g.Timeout)
-	case g.Local:
-		return fmt.Sprintf("%v %v via %d for %v", g.Addr, g.Port, g.External, g.Timeout)
-	case g.To.IsValid():
-		f := Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}
-		return fmt.Sprintf("%v to %v for %v", g.Addr, f, g.Timeout)
+	if d := g.Destination(); d != "" {
+		return fmt.Sprintf("%v %v to %s for %v", g.Addr, g.Port, d, g.Timeout)
 	}
 	return fmt.Sprintf("%v %v for %v", g.Addr, g.Port, g.Timeout)
 }
 
-// AllString describes a forward-all grant: "everything", where it is
-// DNATed and how its source is rewritten.
-func (g Grant) AllString() string {
-	s := "everything"
-	if g.To.IsValid() {
-		s += " via " + g.To.String()
-	}
+// Destination says where a grant leads and how it is translated, for logs
+// and status: "" for a port of this host, "this host via 2222" for local
+// NAT, "10.0.0.5:tcp/22 via 2222 masquerade" for a gateway grant,
+// "everything via 10.0.0.5 snat 10.0.0.1" for forward-all.
+func (g Grant) Destination() string {
 	switch {
-	case g.Masquerade:
-		s += " masquerade"
-	case g.SNAT.IsValid():
-		s += " snat " + g.SNAT.String()
+	case g.All:
+		s := "everything"
+		if g.To.IsValid() {
+			s += " via " + g.To.String()
+		}
+		switch {
+		case g.Masquerade:
+			s += " masquerade"
+		case g.SNAT.IsValid():
+			s += " snat " + g.SNAT.String()
+		}
+		return s
+	case g.Local:
+		return fmt.Sprintf("this host via %d", g.External)
+	case g.To.IsValid():
+		return Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}.String()
 	}
-	return s
+	return ""
 }
 
 // Decision is what policy grants: firewall grants and commands to run.

@@ -145,3 +145,24 @@ func TestDecideForward(t *testing.T) {
 		})
 	}
 }
+
+func TestSplitHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.0.0.5:tcp/22":           "10.0.0.5 tcp/22",
+		"[fd00::5]:tcp/22,udp/53":   "fd00::5 tcp/22,udp/53",
+		"[::ffff:10.0.0.5]:tcp/443": "10.0.0.5 tcp/443",
+		"fd00::5:tcp/22":            "error",
+		"gw:tcp/22":                 "error",
+		"[fd00::5]tcp/22":           "error",
+		"tcp/22":                    "error",
+	} {
+		a, rest, err := SplitHost(in)
+		got := a.String() + " " + rest
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("SplitHost(%q) = %q (%v), want %q", in, got, err, want)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -99,15 +98,8 @@ func (s *Server) apply(v *policy.Verdict) {
 			// --allow auto), or a knock sent on another's behalf.
 			args = append(args, "nat", true)
 		}
-		switch {
-		case g.All:
-			args = append(args, "to", g.AllString())
-		case g.Local:
-			args = append(args, "to", fmt.Sprintf("this host via %d", g.External))
-		case g.To.IsValid():
-			// A gateway grant: where it leads and how it is translated.
-			f := policy.Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}
-			args = append(args, "to", f.String())
+		if to := g.Destination(); to != "" {
+			args = append(args, "to", to) // a gateway grant: where it leads
 		}
 	}
 	if len(dec.Commands) > 0 {

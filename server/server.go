@@ -322,7 +322,8 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 // and what capture must pass. It needs no key or state file, so the closed
 // state can be installed before anything that may fail is loaded.
 func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
-	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published}
+	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published,
+		Gateway: cfg.UsesGateway()}
 	var matches []capture.Match
 	closeKnock := func(ps ...port.Spec) {
 		if cfg.Capture == "afpacket" {

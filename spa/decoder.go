@@ -15,7 +15,7 @@ import (
 // turns a captured knock into a policy Request, or a refusal whose reason
 // is a Reason's name. It never logs, counts or touches the firewall.
 //
-// The checks that cost no public-key operation (Precheck) run on the
+// The checks that cost no public-key operation (PrecheckClient) run on the
 // capture goroutine. With workers, what passes them — packets with a valid
 // mac1, the only ones that cost HPKE and a signature check — is verified
 // on that many goroutines, one Verifier clone each, so every core works;
@@ -148,18 +148,6 @@ func (d *Decoder) enqueue(f *capture.Frame, c ClientPublicKey, pre bool) bool {
 	default:
 		return false
 	}
-}
-
-// tryDecode is Decode that, instead of refusing a packet its worker has no
-// room for, says so (benchmarks wait for room).
-func (d *Decoder) tryDecode(f *capture.Frame, emit policy.Sink) bool {
-	r, c, pre := d.v.PrecheckClient(f.Src, f.Payload, f.Time)
-	if r != Accepted {
-		decided(d.v, r, f.Src, &d.knock, &d.out)
-		emit(&d.out)
-		return true
-	}
-	return d.enqueue(f, c, pre)
 }
 
 // decided turns a Reason (and the knock, when Accepted) into a verdict.

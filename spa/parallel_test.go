@@ -153,3 +153,15 @@ func BenchmarkValidMAC1Flood(b *testing.B) {
 		})
 	}
 }
+
+// tryDecode is Decode that, instead of refusing a packet its worker has no
+// room for, says so (benchmarks wait for room).
+func (d *Decoder) tryDecode(f *capture.Frame, emit policy.Sink) bool {
+	r, c, pre := d.v.PrecheckClient(f.Src, f.Payload, f.Time)
+	if r != Accepted {
+		decided(d.v, r, f.Src, &d.knock, &d.out)
+		emit(&d.out)
+		return true
+	}
+	return d.enqueue(f, c, pre)
+}

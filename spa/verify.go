@@ -104,7 +104,7 @@ type Verifier struct {
 	layout layout
 	mac    *mac1
 	sig    []byte      // scratch for the signed message
-	tokens *tokenTable // pre-authentication; Precheck's alone
+	tokens *tokenTable // pre-authentication; PrecheckClient's alone
 }
 
 // NewVerifier prepares a Verifier.
@@ -151,10 +151,11 @@ func (v *Verifier) Verify(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 	return v.OpenAs(src, dst, pkt, now, k, c, pre)
 }
 
-// OpenAs is Open for a packet PrecheckClient found pre-authenticated (pre)
+// OpenAs is the rest of Verify (HPKE, the client and its signature, the
+// body, the time, the destination, replay) for a packet PrecheckClient found pre-authenticated (pre)
 // for client c: the knock inside must be that client's.
 func (v *Verifier) OpenAs(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock, c ClientPublicKey, pre bool) Reason {
-	r := v.Open(src, dst, pkt, now, k)
+	r := v.open(src, dst, pkt, now, k)
 	if r == Accepted && pre && k.Client != c {
 		return BadToken
 	}
@@ -163,8 +164,8 @@ func (v *Verifier) OpenAs(src, dst netip.Addr, pkt []byte, now time.Time, k *Kno
 
 // Clone returns a Verifier that shares v's configuration and state (keys,
 // clients, replay state, rate limiter) but has scratch space of its own,
-// for another goroutine. Open may run on clones concurrently; Precheck
-// stays with one goroutine (its limiter is shared, its mac1 state is not).
+// for another goroutine. OpenAs may run on clones concurrently; PrecheckClient
+// stays with one goroutine (its mac1 and token state are not shared).
 func (v *Verifier) Clone() *Verifier {
 	c := *v
 	c.mac = newMAC1(v.cfg.Key.Public())
@@ -186,16 +187,10 @@ func (v *Verifier) layoutOf(pkt []byte) (layout, byte, bool) {
 	return v.layout, KindNative, preauth
 }
 
-// Precheck runs the checks that cost no public-key operation — length,
-// header, mac1, then the token and mac2 of a pre-authenticated knock, or
-// else the per-source limit — in the order Verify does.
-func (v *Verifier) Precheck(src netip.Addr, pkt []byte, now time.Time) Reason {
-	r, _, _ := v.PrecheckClient(src, pkt, now)
-	return r
-}
-
-// PrecheckClient is Precheck that also says whether the packet was
-// pre-authenticated, and for which client.
+// PrecheckClient runs the checks that cost no public-key operation —
+// length, header, mac1, then the token and mac2 of a pre-authenticated
+// knock, or else the per-source limit — in the order Verify does, and says
+// whether the packet was pre-authenticated, and for which client.
 func (v *Verifier) PrecheckClient(src netip.Addr, pkt []byte, now time.Time) (Reason, ClientPublicKey, bool) {
 	l, kind, preauth := v.layoutOf(pkt)
 	size := l.size
@@ -221,9 +216,9 @@ func (v *Verifier) PrecheckClient(src netip.Addr, pkt []byte, now time.Time) (Re
 	return Accepted, ClientPublicKey{}, false
 }
 
-// Open runs the rest of Verify on a packet that passed Precheck: HPKE, the
+// open runs the rest of Verify on a packet that passed PrecheckClient: HPKE, the
 // client and its signature, the body, the time, the destination, replay.
-func (v *Verifier) Open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
+func (v *Verifier) open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock) Reason {
 	l, kind, preauth := v.layoutOf(pkt)
 	if preauth {
 		pkt = pkt[:l.size]

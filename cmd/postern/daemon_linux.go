@@ -21,7 +21,6 @@ import (
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/internal/pidlock"
-	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/server"
 )
@@ -230,7 +229,7 @@ func status(asJSON bool, stdout io.Writer) error {
 		}
 		for _, g := range gs {
 			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
-				To: grantDestination(g), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
+				To: g.Destination(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
 		}
 	}
 	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
@@ -256,19 +255,6 @@ func status(asJSON bool, stdout io.Writer) error {
 			time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
 	}
 	return w.Flush()
-}
-
-// grantDestination says where a gateway grant leads ("" for this host).
-func grantDestination(g firewall.Grant) string {
-	switch {
-	case g.All:
-		return g.AllString()
-	case g.Local:
-		return fmt.Sprintf("this host via %d", g.External)
-	case g.To.IsValid():
-		return policy.Forward{To: g.To, Port: g.Port, External: g.External, Masquerade: g.Masquerade, SNAT: g.SNAT}.String()
-	}
-	return ""
 }
 
 func cleanup(force bool, stdout io.Writer) error {
@@ -340,7 +326,7 @@ func revokeCmd(pos []string, stdout io.Writer) error {
 			}
 			for _, g := range mine {
 				fmt.Fprintf(stdout, "revoked %s %s%s (%s, %s)\n", g.Addr, g.Port,
-					strings.TrimSuffix(" to "+grantDestination(g), " to "), cmp.Or(g.Name, "-"), b.name)
+					strings.TrimSuffix(" to "+g.Destination(), " to "), cmp.Or(g.Name, "-"), b.name)
 			}
 			revoked += len(mine)
 		}

@@ -392,18 +392,11 @@ func (k *knockFlags) stunList() ([]string, error) {
 // brackets.
 func parseOpen(s string) (netip.Addr, []port.Spec, error) {
 	var to netip.Addr
-	if host, rest, ok := strings.Cut(s, ":"); ok {
-		if strings.HasPrefix(host, "[") {
-			host, rest, ok = strings.Cut(s[1:], "]:")
-			if !ok {
-				return to, nil, fmt.Errorf("%q: want [IPV6]:proto/port", s)
-			}
+	if strings.Contains(s, ":") {
+		var err error
+		if to, s, err = policy.SplitHost(s); err != nil {
+			return to, nil, err
 		}
-		a, err := netip.ParseAddr(host)
-		if err != nil {
-			return to, nil, fmt.Errorf("%q: %q is not an IP address", s, host)
-		}
-		to, s = a.Unmap(), rest
 	}
 	ports, err := port.ParseList(s)
 	return to, ports, err

@@ -11,6 +11,8 @@ import (
 
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
+
+	"github.com/postern/postern/covert"
 )
 
 // Delay makes the gateway a slow router: instead of the kernel, a relay
@@ -102,22 +104,8 @@ func fixTransportSum(ip []byte) {
 		return
 	}
 	l4[at], l4[at+1] = 0, 0
-	sum := uint32(0)
-	add := func(b []byte) {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-		if len(b)%2 == 1 {
-			sum += uint32(b[len(b)-1]) << 8
-		}
-	}
-	add(ip[12:20])
-	sum += uint32(ip[9]) + uint32(len(l4))
-	add(l4)
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	c := ^uint16(sum)
+	pseudo := append(append([]byte{}, ip[12:20]...), 0, ip[9], byte(len(l4)>>8), byte(len(l4)))
+	c := ^covert.Checksum(uint32(covert.Checksum(0, pseudo)), l4)
 	if c == 0 && ip[9] == 17 {
 		c = 0xffff
 	}

@@ -20,6 +20,11 @@ import (
 //     rules atomically and puts back the grants that were lost, each with
 //     only its remaining time. A restore never widens access: it adds back
 //     nothing that was not live.
+//   - What is revoked stays revoked: a grant the kernel loses while the
+//     rules are intact (postern revoke, nft delete element, a flushed
+//     set) was deleted on purpose and is forgotten; Prune drops the grants
+//     the configuration no longer allows. Only a destroyed table or set
+//     brings grants back.
 //   - A re-grant extends a grant to the later of its two ends and never
 //     shortens it. The kernel is the truth about what is live: the ledger
 //     is only trusted to skip a grant after the kernel confirms it holds
@@ -36,6 +41,10 @@ type Keeper struct {
 	set      bool // Setup has run: Check has something to keep
 	ledger   map[Grant]entry
 	restores int
+
+	audits    int  // Checks that found the rules intact
+	urgent    bool // the next Check compares the ledger with the kernel
+	forgotten int  // grants found deleted behind the daemon's back
 }
 
 type entry struct {
@@ -183,8 +192,15 @@ func (k *Keeper) Check() (Damage, error) {
 		return Damage{}, nil
 	}
 	d, err := k.b.Audit(k.rules)
-	if err != nil || d.Intact() {
+	if err != nil {
 		return Damage{}, err
+	}
+	if d.Intact() {
+		// The rules are whole, so a grant the kernel no longer holds
+		// before its time was deleted on purpose (postern revoke in
+		// another process, nft delete element, a flushed set): it is
+		// forgotten, and a later restore never brings it back.
+		return Damage{}, k.forgetDeleted(now)
 	}
 	if err := k.b.Setup(k.rules); err != nil {
 		return d, fmt.Errorf("restoring %s: %w", strings.Join(d.What, ", "), err)
@@ -212,6 +228,125 @@ func (k *Keeper) Check() (Damage, error) {
 		}
 	}
 	return d, nil
+}
+
+// forgetDeleted drops from the ledger the grants the kernel no longer
+// holds. A large ledger is compared on every eighth audit only (listing
+// 100 000 elements costs tens of milliseconds); nftables events call for
+// the comparison at once where they are watched.
+func (k *Keeper) forgetDeleted(now time.Time) error {
+	k.audits++
+	if len(k.ledger) == 0 || len(k.ledger) > 4096 && k.audits%8 != 0 && !k.urgent {
+		return nil
+	}
+	k.urgent = false
+	live, err := k.liveKeys()
+	if err != nil {
+		return err
+	}
+	for key, e := range k.ledger {
+		// A grant made in this very instant may not be listed yet only
+		// if the kernel reorders; Grant holds the lock, so none is.
+		if !live[key] && e.until.After(now) {
+			delete(k.ledger, key)
+			k.forgotten++
+			k.log.Info("grant deleted outside the daemon; it stays deleted", "allow", key.Addr, "port", key.Port,
+				"client", e.name)
+		}
+	}
+	return nil
+}
+
+// Forgotten returns how many grants the audits found deleted behind the
+// daemon's back and forgot.
+func (k *Keeper) Forgotten() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.forgotten
+}
+
+// Prune revokes every live grant, in the kernel and in the ledger, that
+// keep refuses, and returns them. The daemon calls it at start-up and
+// after each reload with its policy, so a client removed from the
+// configuration, or no longer allowed a port, has no access left.
+func (k *Keeper) Prune(keep func(Grant) bool) ([]Grant, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	live, err := k.b.List()
+	if err != nil {
+		return nil, err
+	}
+	var gone []Grant
+	seen := map[Grant]bool{}
+	for _, g := range live {
+		seen[keyOf(g)] = true
+		if !keep(g) {
+			gone = append(gone, g)
+		}
+	}
+	now := k.now()
+	for key, e := range k.ledger {
+		if g := key; !seen[key] {
+			g.Name, g.Timeout = e.name, e.until.Sub(now)
+			if !keep(g) {
+				delete(k.ledger, key) // not live, and never to be restored
+			}
+		}
+	}
+	if len(gone) == 0 {
+		return nil, nil
+	}
+	if err := k.b.Revoke(gone); err != nil {
+		return nil, err
+	}
+	for _, g := range gone {
+		delete(k.ledger, keyOf(g))
+	}
+	return gone, nil
+}
+
+// RevokeOwned closes those of gs that owner holds (by the ledger's name,
+// else the kernel's) and returns them: a client's "close" request closes
+// its own grants, never another client's for the same address.
+func (k *Keeper) RevokeOwned(gs []Grant, owner string) ([]Grant, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	live, err := k.b.List()
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[Grant]string, len(live))
+	for _, g := range live {
+		names[keyOf(g)] = g.Name
+	}
+	var mine []Grant
+	for _, g := range gs {
+		name, ok := names[keyOf(g)]
+		if e, inLedger := k.ledger[keyOf(g)]; inLedger {
+			name = e.name
+		}
+		if ok && name == owner {
+			mine = append(mine, g)
+		}
+	}
+	if len(mine) == 0 {
+		return nil, nil
+	}
+	if err := k.b.Revoke(mine); err != nil {
+		return nil, err
+	}
+	for _, g := range mine {
+		delete(k.ledger, keyOf(g))
+	}
+	return mine, nil
+}
+
+// Urge makes the next Check compare the ledger with the kernel whatever
+// its size: an event said something of postern's changed.
+func (k *Keeper) Urge() {
+	k.mu.Lock()
+	k.urgent = true
+	k.mu.Unlock()
 }
 
 // Watch runs Check every interval until ctx ends, logging each restore at

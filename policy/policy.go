@@ -276,6 +276,57 @@ func (c *Client) forward(to netip.Addr, p port.Spec, external uint16) (Forward, 
 	return Forward{}, false
 }
 
+// Owner is the name a grant carries in the ledger and the kernel: the
+// language and the identity, so that a reload or a restart can tell whose
+// grant it is and whether that identity may still have it.
+func Owner(lang Language, client string) string { return string(lang) + ":" + client }
+
+// ParseOwner splits what Owner joined; ok is false for a name no
+// language of this version wrote (a grant of an older postern, or none).
+func ParseOwner(name string) (lang Language, client string, ok bool) {
+	l, c, ok := strings.Cut(name, ":")
+	switch Language(l) {
+	case SPA, Fwknop, Door, Covert:
+		return Language(l), c, ok && c != ""
+	}
+	return "", "", false
+}
+
+// Permits reports whether the identity that owns g (its Name) may have
+// it under this policy: it exists and may open that port or reach that
+// destination. Reload and start-up drop every live grant it does not
+// permit, so access never outlives the configuration that allowed it.
+// A name without a language (an older postern's grant) is permitted if
+// an identity of that name in any language would be.
+func (p *Policy) Permits(g Grant) bool {
+	lang, client, ok := ParseOwner(g.Name)
+	if !ok {
+		for _, l := range []Language{SPA, Fwknop, Door, Covert} {
+			if c, found := p.clients[key{l, g.Name}]; found && c.permits(g) {
+				return true
+			}
+		}
+		return false
+	}
+	c, found := p.clients[key{lang, client}]
+	return found && c.permits(g)
+}
+
+func (c *Client) permits(g Grant) bool {
+	switch {
+	case g.All:
+		return c.ForwardAll
+	case g.Local:
+		return c.LocalNAT
+	case g.To.IsValid():
+		f, ok := c.forward(g.To, g.Port, g.External)
+		return ok && f.Masquerade == g.Masquerade && f.SNAT == g.SNAT
+	case c.AllowPort != nil:
+		return c.AllowPort(g.Port)
+	}
+	return slices.Contains(c.Allow, g.Port)
+}
+
 // Knows reports whether name is an identity of lang in this policy.
 func (p *Policy) Knows(lang Language, name string) bool {
 	_, ok := p.clients[key{lang, name}]
@@ -326,7 +377,8 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 		if !c.ForwardAll {
 			return Decision{}, ForwardNotAllowed
 		}
-		g := Grant{Addr: addr, All: true, Timeout: d, Name: r.Client, Masquerade: c.AnyNAT.Masquerade, SNAT: c.AnyNAT.SNAT}
+		g := Grant{Addr: addr, All: true, Timeout: d, Name: Owner(r.Language, r.Client), Masquerade: c.AnyNAT.Masquerade,
+			SNAT: c.AnyNAT.SNAT}
 		if to := r.To.Unmap(); to.IsValid() && !to.IsUnspecified() && !c.NoDNAT {
 			if to.Is4() != addr.Is4() {
 				return Decision{}, ForwardNotAllowed
@@ -343,7 +395,7 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	}
 	grants := make([]Grant, 0, len(r.Ports))
 	for _, pt := range r.Ports {
-		g := Grant{Addr: addr, Port: pt, Timeout: d, Name: r.Client}
+		g := Grant{Addr: addr, Port: pt, Timeout: d, Name: Owner(r.Language, r.Client)}
 		switch {
 		case r.LocalNAT:
 			if !c.LocalNAT || r.External == 0 || !r.To.IsValid() {

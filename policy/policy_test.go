@@ -166,3 +166,31 @@ func TestSplitHost(t *testing.T) {
 		}
 	}
 }
+
+func TestPermits(t *testing.T) {
+	ssh, web := port.Spec{Proto: port.TCP, Num: 22}, port.Spec{Proto: port.TCP, Num: 443}
+	inside := netip.MustParseAddr("10.0.0.5")
+	p := New([]Client{{Language: SPA, Name: "alice", Allow: []port.Spec{ssh}, MaxDuration: time.Minute,
+		Forward: []Forward{{To: inside, Port: ssh, External: 2222, Masquerade: true}}},
+		{Language: Door, Name: "web", Allow: []port.Spec{web}, MaxDuration: time.Minute}})
+	a := netip.MustParseAddr("198.18.0.2")
+	for _, c := range []struct {
+		name string
+		g    Grant
+		want bool
+	}{
+		{"own port", Grant{Addr: a, Port: ssh, Name: Owner(SPA, "alice")}, true},
+		{"bad port no longer allowed", Grant{Addr: a, Port: web, Name: Owner(SPA, "alice")}, false},
+		{"bad client removed", Grant{Addr: a, Port: ssh, Name: Owner(SPA, "bob")}, false},
+		{"bad same name other language", Grant{Addr: a, Port: ssh, Name: Owner(Door, "alice")}, false},
+		{"forwarded destination", Grant{Addr: a, Port: ssh, To: inside, External: 2222, Masquerade: true, Name: Owner(SPA, "alice")}, true},
+		{"bad forward without its translation", Grant{Addr: a, Port: ssh, To: inside, External: 2222, Name: Owner(SPA, "alice")}, false},
+		{"older postern's bare name", Grant{Addr: a, Port: web, Name: "web"}, true},
+		{"bad bare name unknown", Grant{Addr: a, Port: web, Name: "bob"}, false},
+		{"bad no name", Grant{Addr: a, Port: ssh}, false},
+	} {
+		if got := p.Permits(c.g); got != c.want {
+			t.Errorf("%s: Permits(%+v) = %v, want %v", c.name, c.g, got, c.want)
+		}
+	}
+}

@@ -20,6 +20,7 @@ const (
 	mCommandNotRun = "command not run"
 	mPendingFull   = "commands pending"
 	mNotLocal      = "not for this host"
+	mNotOwned      = "nothing of its own to close"
 )
 
 // decided takes every verdict of every decoder — from the capture
@@ -113,9 +114,17 @@ func (s *Server) apply(v *policy.Verdict) {
 
 // close revokes grants a client asked to close (its "close" action).
 func (s *Server) close(v *policy.Verdict, gs []policy.Grant) {
-	if err := s.fw.Revoke(gs); err != nil {
+	// A client closes its own grants: the same port of the same address
+	// granted to another client stays open.
+	gs, err := s.fw.RevokeOwned(gs, policy.Owner(v.Language, v.Client))
+	if err != nil {
 		s.metrics.inc(outcome{v.Language, mFirewallError})
 		s.log.Error("close failed", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
+		return
+	}
+	if len(gs) == 0 {
+		v.Reason = mNotOwned
+		s.refuse(v, slog.String("ports", port.Join(v.Request.Ports)))
 		return
 	}
 	s.metrics.inc(outcome{v.Language, mClosed})

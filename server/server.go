@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/postern/postern/capture"
 	"github.com/postern/postern/command"
 	"github.com/postern/postern/config"
+	"github.com/postern/postern/control"
 	"github.com/postern/postern/covert"
 	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/fko"
@@ -69,6 +71,9 @@ type Server struct {
 	Source capture.Source
 	// Version is what postern_build_info reports (set before Run).
 	Version string
+	// ControlPath, if set before Run, is where the control socket listens.
+	ControlPath string
+	reloading   sync.Mutex // one reload at a time (SIGHUP, control socket)
 	afp     *capture.AFPacket // to follow doors whose ports change
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
@@ -117,7 +122,8 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	// Every language's counters exist from the start: a reload may add one.
 	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}, {"capture", mNotLocal}}
 	for _, l := range languages {
-		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mClosed}, outcome{l.lang, mFirewallError},
+		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mClosed}, outcome{l.lang, mNotOwned},
+			outcome{l.lang, mFirewallError},
 			outcome{l.lang, mCommandNotRun}, outcome{l.lang, mPendingFull})
 		for _, r := range l.reasons {
 			outcomes = append(outcomes, outcome{l.lang, r})
@@ -430,7 +436,17 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.fw.Setup(rules); err != nil {
 		return err
 	}
+	// Grants the kernel kept from an earlier run whose owner this
+	// configuration no longer has, or no longer allows that port, go now.
+	s.prune(s.pipe.Load().policy, "start-up")
 	s.warnHostPolicy(rules)
+	var ctl *net.UnixListener
+	if s.ControlPath != "" {
+		if ctl, err = control.Listen(s.ControlPath); err != nil {
+			return err
+		}
+		defer ctl.Close()
+	}
 	if s.cfg.MetricsListen != "" {
 		s.metrics.labeled("postern_build_info", "The running postern's version.",
 			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
@@ -477,6 +493,9 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return s.watchdog(gctx) })
+	if ctl != nil {
+		g.Go(func() error { return control.Serve(gctx, ctl, s.answer) })
+	}
 	g.Go(func() error {
 		if s.afp != nil {
 			return s.afp.RunWithErrors(gctx, s.handle, s.captureError)
@@ -745,9 +764,13 @@ func notify(state string) {
 // installs its rules and capture filter, then swaps it in whole. Live
 // grants, replay state and pending stop commands carry over; knock
 // sequences in progress start over. If anything fails, the configuration
-// in force stays as it was and the error says why. Some settings only
+// in force stays as it was and the error says why. Grants the new
+// configuration does not allow (a client removed, a port no longer in
+// its allow) are revoked at once. Some settings only
 // take effect at start: restartOnly names them.
 func (s *Server) Reload(cfg *config.Config) error {
+	s.reloading.Lock()
+	defer s.reloading.Unlock()
 	if what := restartOnly(s.cfg, cfg); what != "" {
 		return fmt.Errorf("%s changed: that needs a restart; the configuration in force is unchanged", what)
 	}
@@ -768,6 +791,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	old := s.pipe.Swap(p)
 	go old.close() // its GnuPG workers finish what they hold
+	s.prune(p.policy, "reload")
 	s.logReady("reloaded", rules)
 	return nil
 }

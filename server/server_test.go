@@ -95,7 +95,7 @@ func TestPipelineSPA(t *testing.T) {
 	// Knocks are verified on workers: wait for the verdict.
 	p.logs.WaitFor(t, 2*time.Second, "msg=granted language=spa")
 	gs, _ := p.fw.List()
-	if len(gs) != 1 || gs[0].Addr != src || gs[0].Name != "alice" || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Name != "spa:alice" || gs[0].Timeout > 10*time.Second || gs[0].Timeout < 9*time.Second {
 		t.Fatalf("grants after a valid knock: %v\n%s", gs, p.logs)
 	}
 	if rs := p.fw.Rules(); len(rs.Protected) != 1 || len(rs.Knock) != 1 {
@@ -186,7 +186,7 @@ func TestPipelineDoors(t *testing.T) {
 		p.send(t, f)
 	}
 	gs, _ := p.fw.List()
-	if len(gs) != 1 || gs[0].Addr != src || gs[0].Port != ssh || gs[0].Name != "ssh" {
+	if len(gs) != 1 || gs[0].Addr != src || gs[0].Port != ssh || gs[0].Name != "door:ssh" {
 		t.Fatalf("grants %v\n%s", gs, p.logs)
 	}
 	p.logs.WaitFor(t, 2*time.Second, "msg=granted language=door src=198.18.0.2 client=ssh allow=198.18.0.2 ports=tcp/22 duration=10s commands=1")

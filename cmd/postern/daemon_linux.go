@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/config"
+	"github.com/postern/postern/control"
 	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/internal/pidlock"
 	"github.com/postern/postern/port"
@@ -87,8 +88,11 @@ func serve(path string, debug bool, stderr io.Writer) error {
 	}
 	defer fw.Close()
 	s, err := server.New(cfg, fw, log)
-	if s != nil {
+	if s != nil && err == nil {
 		s.Version = versionString()
+		if s.ControlPath, err = control.Path(); err != nil {
+			return err
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
@@ -140,26 +144,23 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 	return fw, nil
 }
 
-// reloadCmd checks the configuration, then sends the daemon SIGHUP: a
-// file that does not validate is reported here and never reaches it.
+// reloadCmd checks the configuration, then asks the daemon over the
+// control socket to reload it and reports the daemon's verdict: a file
+// that does not validate is reported here and never reaches it, and the
+// exit status says whether the daemon applied it.
 func reloadCmd(path string, stdout io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	pid, err := pidlock.Running()
-	switch {
-	case err != nil:
-		return err
-	case pid == 0:
+	resp, err := control.Call(control.Request{Op: control.OpReload, Config: cfg.Path})
+	if errors.Is(err, control.ErrNoDaemon) {
 		return errors.New("no postern daemon runs in this network namespace")
-	case pid < 0:
-		return errors.New("the postern daemon is starting; try again")
 	}
-	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("signalling pid %d: %w", pid, err)
+	if err != nil {
+		return fmt.Errorf("the daemon refused the reload; the configuration in force is unchanged: %w", err)
 	}
-	fmt.Fprintf(stdout, "%s is valid; asked the daemon (pid %d) to reload it: its log says \"reloaded\" or why not\n", cfg.Path, pid)
+	fmt.Fprintf(stdout, "%s: the daemon (pid %d) reloaded it\n", cfg.Path, resp.PID)
 	return nil
 }
 
@@ -212,6 +213,17 @@ type statusReport struct {
 
 func status(asJSON bool, stdout io.Writer) error {
 	rep := statusReport{Daemon: daemonState(), Installed: []string{}, Protected: []string{}, Grants: []statusGrant{}}
+	// The daemon's ledger is the authority on grants when a daemon runs;
+	// without one, the kernel's sets are all there is.
+	resp, cerr := control.Call(control.Request{Op: control.OpStatus})
+	fromDaemon := cerr == nil
+	if cerr != nil && !errors.Is(cerr, control.ErrNoDaemon) {
+		return cerr
+	}
+	for _, g := range resp.Grants {
+		rep.Grants = append(rep.Grants, statusGrant{Address: g.Address, Port: g.Port, Name: g.Name, To: g.To,
+			ExpiresIn: g.ExpiresIn, Backend: resp.Backend})
+	}
 	for _, b := range installedBackends() {
 		protected, ok, err := b.fw.Installed()
 		if err == nil && ok {
@@ -221,6 +233,13 @@ func status(asJSON bool, stdout io.Writer) error {
 					rep.Protected = append(rep.Protected, s)
 				}
 			}
+		}
+		if fromDaemon {
+			b.fw.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", b.name, err)
+			}
+			continue
 		}
 		gs, lerr := b.fw.List()
 		b.fw.Close()
@@ -305,6 +324,19 @@ func revokeCmd(pos []string, stdout io.Writer) error {
 			return errUsage{err}
 		}
 		only = &p
+	}
+	// With a daemon running, it revokes through its ledger (and logs it),
+	// so that no restore of its brings the grant back.
+	resp, err := control.Call(control.Request{Op: control.OpRevoke, Addr: addr.String(), Port: strings.Join(pos[1:], "")})
+	if err == nil {
+		for _, g := range resp.Grants {
+			fmt.Fprintf(stdout, "revoked %s %s%s (%s, %s)\n", g.Address, g.Port, strings.TrimSuffix(" to "+g.To, " to "),
+				cmp.Or(g.Name, "-"), resp.Backend)
+		}
+		return nil
+	}
+	if !errors.Is(err, control.ErrNoDaemon) {
+		return err
 	}
 	revoked := 0
 	for _, b := range installedBackends() {

@@ -292,7 +292,7 @@ func (r *rig) checkStatusJSON(backend string) {
 	if err := json.Unmarshal([]byte(js), &rep); err != nil {
 		r.t.Fatalf("status --json: %v\n%s", err, js)
 	}
-	if !strings.HasPrefix(rep.Daemon, "running") || len(rep.Grants) != 1 || rep.Grants[0].Name != "alice" ||
+	if !strings.HasPrefix(rep.Daemon, "running") || len(rep.Grants) != 1 || rep.Grants[0].Name != "spa:alice" ||
 		rep.Grants[0].Address != r.p.Client4.String() || rep.Grants[0].Backend != backend || rep.Grants[0].ExpiresIn <= 0 {
 		r.t.Fatalf("status --json:\n%s", js)
 	}

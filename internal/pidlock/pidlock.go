@@ -25,12 +25,16 @@ var Dir = "/run/postern"
 // Lock is a held daemon lock.
 type Lock struct{ f *os.File }
 
-func path() (string, error) {
+func path() (string, error) { return RuntimePath("daemon", ".pid") }
+
+// RuntimePath is where a daemon of this network namespace keeps a runtime
+// file: Dir/KIND-netns-INODE+SUFFIX (the control socket, the pid lock).
+func RuntimePath(kind, suffix string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
 		return "", fmt.Errorf("network namespace: %w", err)
 	}
-	return filepath.Join(Dir, "daemon-netns-"+strconv.FormatUint(st.Ino, 10)+".pid"), nil
+	return filepath.Join(Dir, kind+"-netns-"+strconv.FormatUint(st.Ino, 10)+suffix), nil
 }
 
 // Acquire takes the lock for this process, or says which process has it.

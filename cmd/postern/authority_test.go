@@ -1,0 +1,114 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Authority holds: what an administrator revokes stays revoked through
+// firewall reloads, configuration reloads and restarts; the daemon's
+// ledger, reached over its control socket, is the one authority.
+
+// revokeThenFlush revokes alice's grant some way, then flushes the whole
+// ruleset as a distribution firewall service does: the daemon restores
+// its table, and alice's grant stays gone.
+func (r *rig) revokeThenFlush(what string, revoke func()) {
+	r.t.Helper()
+	r.knockOpen("60s")
+	revoke()
+	r.requireClosed(r.p.Client4, r.p.Server4, what+": right after")
+	mark := r.out.Mark()
+	r.p.Server.Exec(r.t, "nft", "flush", "ruleset")
+	r.restoredWithin(mark, time.Second, what)
+	r.requireClosed(r.p.Client4, r.p.Server4, what+": after nft flush ruleset and the restore")
+	if out := r.p.Server.Exec(r.t, "nft", "list", "set", "inet", "postern", "grants4"); strings.Contains(out, r.p.Client4.String()) {
+		r.t.Fatalf("%s: the revoked grant is back in the kernel:\n%s", what, out)
+	}
+}
+
+func TestRevokedStaysRevoked(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.revokeThenFlush("postern revoke", func() {
+		mark := r.out.Mark()
+		out, err := r.p.Server.Command(t.Context(), posternBin, "revoke", r.p.Client4.String()).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "spa:alice") {
+			t.Fatalf("postern revoke: %v\n%s", err, out)
+		}
+		// The daemon did it, and says so in its own log.
+		r.out.WaitAfter(t, mark, time.Second, "msg=revoked", `by="postern revoke"`, "allow="+r.p.Client4.String())
+	})
+	r.revokeThenFlush("nft delete element", func() {
+		mark := r.out.Mark()
+		r.p.Server.Exec(t, "nft", "delete", "element", "inet", "postern", "grants4",
+			"{ "+r.p.Client4.String()+" . tcp . 22 }")
+		r.out.WaitAfter(t, mark, time.Second, "grant deleted outside the daemon; it stays deleted")
+	})
+	// A new knock still opens: revoking a grant is not banning the client.
+	r.knockOpen("5s")
+}
+
+// A client removed by a reload loses its live grants at once; one removed
+// while the daemon was down loses them when it starts again.
+func TestReloadAndRestartPruneGrants(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	good, _ := os.ReadFile(r.cfgPath)
+	// alice's [[client]] becomes carol's: tcp/22 stays protected, alice is gone.
+	withoutAlice := strings.Replace(string(good), `name = "alice"`, `name = "carol"`, 1)
+
+	r.knockOpen("60s")
+	os.WriteFile(r.cfgPath, []byte(withoutAlice), 0o644)
+	mark := r.out.Mark()
+	if out, err := r.p.Server.Command(t.Context(), posternBin, "reload", "-c", r.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("postern reload: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, time.Second, "msg=revoked", "by=reload", "client=spa:alice", "port=tcp/22")
+	r.out.WaitAfter(t, mark, time.Second, "msg=reloaded", "protected=tcp/22")
+	r.requireClosed(r.p.Client4, r.p.Server4, "after the reload that removed alice")
+
+	os.WriteFile(r.cfgPath, good, 0o644)
+	if out, err := r.p.Server.Command(t.Context(), posternBin, "reload", "-c", r.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("postern reload: %v\n%s", err, out)
+	}
+	r.knockOpen("60s")
+	r.signal(syscall.SIGTERM) // grants outlive the daemon (kernel expiry)
+	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "with the daemon stopped").Close()
+	os.WriteFile(r.cfgPath, []byte(withoutAlice), 0o644)
+	r.start()
+	r.out.WaitFor(t, time.Second, "msg=revoked", "by=start-up", "client=spa:alice")
+	r.requireClosed(r.p.Client4, r.p.Server4, "after a restart with a configuration without alice")
+}
+
+// reload answers with the daemon's verdict, and its exit status says which.
+func TestReloadReportsTheDaemonsVerdict(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	other := r.dir + "/other.toml"
+	good, _ := os.ReadFile(r.cfgPath)
+	os.WriteFile(other, good, 0o644)
+	out, err := r.p.Server.Command(t.Context(), posternBin, "reload", "-c", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "reloads only its own file") {
+		t.Fatalf("reload -c of a file the daemon does not run: %v\n%s", err, out)
+	}
+	// A file that validates but cannot be put in force (its key file is
+	// gone): the daemon refuses, and reload exits non-zero with why.
+	broken := strings.Replace(string(good), r.dir+"/server.key", r.dir+"/missing.key", 1)
+	os.WriteFile(r.cfgPath, []byte(broken), 0o644)
+	out, err = r.p.Server.Command(t.Context(), posternBin, "reload", "-c", r.cfgPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "missing.key") || !strings.Contains(string(out), "unchanged") {
+		t.Fatalf("reload refused by the daemon: %v\n%s", err, out)
+	}
+	r.alive()
+	os.WriteFile(r.cfgPath, good, 0o644)
+	out, err = r.p.Server.Command(t.Context(), posternBin, "reload", "-c", r.cfgPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "reloaded") {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+}

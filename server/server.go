@@ -73,8 +73,8 @@ type Server struct {
 	Version string
 	// ControlPath, if set before Run, is where the control socket listens.
 	ControlPath string
-	reloading   sync.Mutex // one reload at a time (SIGHUP, control socket)
-	afp     *capture.AFPacket // to follow doors whose ports change
+	reloading   sync.Mutex        // one reload at a time (SIGHUP, control socket)
+	afp         *capture.AFPacket // to follow doors whose ports change
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
 

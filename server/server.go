@@ -504,7 +504,7 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 
 	s.logReady("ready", rules)
-	notify("READY=1")
+	Notify("READY=1")
 
 	err = g.Wait()
 	s.pipe.Load().close() // no GnuPG verdict after this
@@ -741,9 +741,9 @@ func (s *Server) captureError(err error) {
 	}
 }
 
-// notify sends a state line to systemd (Type=notify), if the daemon runs
+// Notify sends a state line to systemd (Type=notify), if the daemon runs
 // under systemd.
-func notify(state string) {
+func Notify(state string) {
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {
 		return
@@ -788,6 +788,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if err := s.fw.Setup(rules); err != nil {
 		p.close()
 		return fmt.Errorf("%w; the configuration in force is unchanged", err)
+	}
+	if err := WriteSnapshot(cfg, rules); err != nil {
+		s.log.Warn("could not keep the closed state for a broken configuration to fall back on", "err", err)
 	}
 	old := s.pipe.Swap(p)
 	go old.close() // its GnuPG workers finish what they hold

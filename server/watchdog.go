@@ -31,7 +31,7 @@ func (s *Server) watchdog(ctx context.Context) error {
 		}
 		last := time.Unix(0, s.alive.Load())
 		if time.Since(last) < interval/2 {
-			notify("WATCHDOG=1")
+			Notify("WATCHDOG=1")
 			stale = false
 		} else if !stale {
 			s.log.Error("packet loop or expiry timer stuck; no watchdog ping", "since", time.Since(last).Round(time.Millisecond))

@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/server"
 )
 
 // Authority holds: what an administrator revokes stays revoked through
@@ -110,5 +112,62 @@ func TestReloadReportsTheDaemonsVerdict(t *testing.T) {
 	out, err = r.p.Server.Command(t.Context(), posternBin, "reload", "-c", r.cfgPath).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "reloaded") {
 		t.Fatalf("reload: %v\n%s", err, out)
+	}
+}
+
+// A configuration that breaks after a good run (a typo, a syntax error, an
+// empty file) never leaves the host open at boot: setup and the daemon
+// install the closed state of the last good run and say so.
+func TestBrokenConfigAtBootInstallsTheLastClosedState(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	r.signal(syscall.SIGTERM)
+	good, _ := os.ReadFile(r.cfgPath)
+	badValue := strings.Replace(string(good), `max_skew = "30s"`, `max_skew = "30 seconds"`, 1)
+	for _, c := range []struct{ name, text string }{
+		{"bad value", badValue},
+		{"syntax error", strings.Replace(string(good), "port = 62201", "port = 62201 ]", 1)},
+		{"empty", ""},
+	} {
+		r.p.Server.Exec(t, "nft", "flush", "ruleset") // a reboot: the kernel holds nothing
+		os.WriteFile(r.cfgPath, []byte(c.text), 0o644)
+		// An empty file cannot say where its state is: the unit's
+		// default, or --state-dir, does.
+		out, err := r.p.Server.Command(t.Context(), posternBin, "setup", "-c", r.cfgPath, "--state-dir", r.dir+"/state").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "installed the closed state of the last good run") ||
+			!strings.Contains(string(out), "protected tcp/22") {
+			t.Fatalf("%s: postern setup: %v\n%s", c.name, err, out)
+		}
+		r.requireClosed(r.p.Client4, r.p.Server4, c.name+": after setup")
+	}
+
+	// The daemon with a broken file holds the closed state (restoring it
+	// after a flush) and serves no knock; fixed and reloaded, it starts.
+	r.p.Server.Exec(t, "nft", "flush", "ruleset")
+	os.WriteFile(r.cfgPath, []byte(badValue), 0o644)
+	r.startNotReady()
+	r.out.WaitFor(t, 5*time.Second, "configuration unreadable: holding the closed state", "protected=tcp/22")
+	r.requireClosed(r.p.Client4, r.p.Server4, "daemon with a broken file")
+	mark := r.out.Mark()
+	r.p.Server.Exec(t, "nft", "flush", "ruleset")
+	r.out.WaitAfter(t, mark, time.Second, "firewall restored")
+	r.requireClosed(r.p.Client4, r.p.Server4, "daemon with a broken file, after a flush")
+	mark = r.out.Mark()
+	r.knock(r.p.Server4, "--for", "5s")
+	r.requireClosed(r.p.Client4, r.p.Server4, "a knock to a daemon with a broken file")
+	os.WriteFile(r.cfgPath, good, 0o644)
+	r.daemon.Process.Signal(syscall.SIGHUP)
+	r.out.WaitAfter(t, mark, 5*time.Second, "msg=ready")
+	r.knockOpen("5s")
+
+	// No snapshot at all (a first boot with a broken file): setup says
+	// nothing was installed, and fails.
+	r.signal(syscall.SIGTERM)
+	os.Remove(r.dir + "/state/" + server.SnapshotFile)
+	os.WriteFile(r.cfgPath, []byte("interface = 7\n"), 0o644)
+	out, err := r.p.Server.Command(t.Context(), posternBin, "setup", "-c", r.cfgPath, "--state-dir", r.dir+"/state").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "nothing installed") {
+		t.Fatalf("setup without a snapshot: %v\n%s", err, out)
 	}
 }

@@ -57,6 +57,15 @@ func configFlag(c *cobra.Command) *string {
 	return c.Flags().StringP("config", "c", defaultConfig, "configuration `file`")
 }
 
+// fallbackStateDir is where the closed-state snapshot is looked for when
+// the configuration cannot say where its state_dir is.
+var fallbackStateDir string
+
+func snapshotFlag(c *cobra.Command) {
+	c.Flags().StringVar(&fallbackStateDir, "state-dir", "", "`dir` of the last good run's closed state, if the configuration "+
+		"cannot be read and does not say (default "+config.DefaultStateDir+")")
+}
+
 func genkeyCommand() *cobra.Command {
 	var srv, pq bool
 	c := &cobra.Command{
@@ -86,10 +95,14 @@ func serverCommand() *cobra.Command {
 		Short: "run the daemon in the foreground (systemd Type=notify)",
 		Long: `Run the daemon in the foreground. It installs the closed state first (protected
 and knock ports dropped), then reads keys and state; logs go to standard error.
-SIGHUP re-reads the configuration (and reopens a knockd LogFile); SIGTERM stops.`,
+SIGHUP re-reads the configuration (and reopens a knockd LogFile); SIGTERM stops.
+A configuration that cannot be read makes it hold the closed state of the last
+good run (state_dir/closed-state.json) and serve no knocks until the file is
+fixed and reloaded.`,
 		Args: args(0, 0, "no arguments (did you mean -c FILE?)"),
 	}
 	path := configFlag(c)
+	snapshotFlag(c)
 	c.Flags().BoolVarP(&debug, "debug", "D", false, "log every knock step (debug)")
 	c.RunE = func(c *cobra.Command, _ []string) error { return serve(*path, debug, c.ErrOrStderr()) }
 	return c
@@ -127,9 +140,13 @@ func setupCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "setup [-c FILE]",
 		Short: "install the closed state only (for ExecStartPre= or early boot)",
-		Args:  args(0, 0, "no arguments (did you mean -c FILE?)"),
+		Long: `Install the closed state only: protected and knock ports dropped, live grants
+kept. A configuration that cannot be read makes setup install the closed state
+of the last good run (state_dir/closed-state.json) instead, and fail.`,
+		Args: args(0, 0, "no arguments (did you mean -c FILE?)"),
 	}
 	path := configFlag(c)
+	snapshotFlag(c)
 	c.RunE = func(c *cobra.Command, _ []string) error { return setupCmd(*path, c.OutOrStdout()) }
 	return c
 }

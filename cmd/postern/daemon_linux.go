@@ -30,8 +30,8 @@ import (
 // are Linux's (AF_PACKET, nftables, iptables). Other systems build the
 // client only; daemon_other.go says so.
 
-func openBackend(cfg *config.Config) (firewall.Backend, error) {
-	switch cfg.Firewall.Backend {
+func openBackend(name string) (firewall.Backend, error) {
+	switch name {
 	case "none":
 		return firewall.NewMemory(), nil
 	case "iptables":
@@ -63,7 +63,12 @@ func installedBackends() []namedBackend {
 func serve(path string, debug bool, stderr io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return err
+		// A configuration that cannot be read never leaves the host more
+		// open than the last good run did: serve its closed state until
+		// the file is fixed and reloaded.
+		if cfg, err = serveClosed(path, err, stderr); cfg == nil {
+			return err
+		}
 	}
 	level := slog.LevelInfo
 	if debug {
@@ -129,9 +134,10 @@ func serve(path string, debug bool, stderr io.Writer) error {
 }
 
 // closeFirewall opens the configured backend and installs the closed state:
-// protected and knock ports dropped, live grants kept.
+// protected and knock ports dropped, live grants kept. The closed state
+// is kept as the snapshot a broken configuration falls back on.
 func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, error) {
-	b, err := openBackend(cfg)
+	b, err := openBackend(cfg.Firewall.Backend)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +147,74 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 		fw.Close()
 		return nil, err
 	}
+	if err := server.WriteSnapshot(cfg, rules); err != nil && log != nil {
+		log.Warn("could not keep the closed state for a broken configuration to fall back on", "err", err)
+	}
 	return fw, nil
+}
+
+// closeFromSnapshot installs the closed state of the last good run, for a
+// configuration at path that cannot be read.
+func closeFromSnapshot(path string, log *slog.Logger) (*firewall.Keeper, *server.Snapshot, string, error) {
+	snap, file, err := server.ReadSnapshot(server.StateDirOf(path, fallbackStateDir))
+	if err != nil {
+		return nil, nil, file, err
+	}
+	b, err := openBackend(snap.Backend)
+	if err != nil {
+		return nil, nil, file, err
+	}
+	fw := firewall.NewKeeper(b, log)
+	if err := fw.Setup(snap.Rules); err != nil {
+		fw.Close()
+		return nil, nil, file, err
+	}
+	return fw, snap, file, nil
+}
+
+// serveClosed holds the last good run's closed state (restored if
+// flushed) and serves no knocks while the configuration at path cannot be
+// read. SIGHUP reads it again: once it is good, serveClosed returns it and
+// the daemon starts; SIGTERM ends it with cause.
+func serveClosed(path string, cause error, stderr io.Writer) (*config.Config, error) {
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	lock, err := pidlock.Acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
+	fw, snap, file, err := closeFromSnapshot(path, log)
+	if err != nil {
+		log.Error("configuration unreadable and no closed state of a good run to install", "err", cause, "snapshot", err)
+		return nil, fmt.Errorf("%w\n(no closed state of a good run to fall back on: %v)", cause, err)
+	}
+	defer fw.Close()
+	log.Error("configuration unreadable: holding the closed state of the last good run, serving no knocks; "+
+		"fix the file and reload", "err", cause, "snapshot", file, "protected", snap.Protected, "backend", snap.Backend)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	watch, stopWatch := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { fw.Watch(watch, 250*time.Millisecond, nil); close(done) }()
+	defer func() { stopWatch(); <-done }()
+	server.Notify("READY=1")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w\n(stopped; the closed state of the last good run stays installed)", cause)
+		case <-hup:
+			cfg, err := config.Load(path)
+			if err != nil {
+				log.Error("reload: configuration still unreadable; the closed state stays", "err", err)
+				continue
+			}
+			log.Info("configuration readable again; starting", "config", path)
+			return cfg, nil
+		}
+	}
 }
 
 // reloadCmd checks the configuration, then asks the daemon over the
@@ -169,7 +242,13 @@ func reloadCmd(path string, stdout io.Writer) error {
 func setupCmd(path string, stdout io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return err
+		fw, snap, file, serr := closeFromSnapshot(path, nil)
+		if serr != nil {
+			return fmt.Errorf("%w\n(nothing installed: no closed state of a good run to fall back on: %v)", err, serr)
+		}
+		fw.Close()
+		return fmt.Errorf("%w\n(installed the closed state of the last good run instead, from %s: protected %s, backend %s)",
+			err, file, snap.Protected, snap.Backend)
 	}
 	fw, err := closeFirewall(cfg, nil)
 	if err != nil {

@@ -163,6 +163,13 @@ func (r *rig) writeKey(name, text string) string {
 // start runs the daemon and waits until it reports ready.
 func (r *rig) start() {
 	r.t.Helper()
+	r.startNotReady()
+	r.out.WaitFor(r.t, 10*time.Second, "msg=ready")
+}
+
+// startNotReady runs the daemon without waiting for it to be ready.
+func (r *rig) startNotReady() {
+	r.t.Helper()
 	r.out = netnstest.NewOutput()
 	r.daemon = r.p.Server.Command(context.Background(), posternBin, "server", "-c", r.cfgPath)
 	r.daemon.Stdout, r.daemon.Stderr = r.out, r.out
@@ -175,7 +182,6 @@ func (r *rig) start() {
 	}
 	r.exited = make(chan error, 1)
 	go func() { r.exited <- r.daemon.Wait() }()
-	r.out.WaitFor(r.t, 10*time.Second, "msg=ready")
 }
 
 // signal stops the daemon with sig and waits for it to exit.

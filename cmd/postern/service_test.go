@@ -99,19 +99,23 @@ func TestRevoke(t *testing.T) {
 	}
 }
 
-// The shipped unit passes systemd's own verifier (with the binary under
+// The shipped units pass systemd's own verifier (with the binary under
 // test where the package puts /usr/sbin/postern).
 func TestSystemdUnitVerifies(t *testing.T) {
 	netnstest.Require(t, "systemd-analyze")
-	unit, err := os.ReadFile("../../packaging/postern.service")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	path := filepath.Join(dir, "postern.service")
-	os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/sbin/postern", posternBin)), 0o644)
-	out, err := exec.Command("systemd-analyze", "verify", "--man=no", path).CombinedOutput()
-	if err != nil || strings.Contains(string(out), "postern.service:") {
+	var paths []string
+	for _, name := range []string{"postern.service", "postern-setup.service"} {
+		unit, err := os.ReadFile("../../packaging/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/sbin/postern", posternBin)), 0o644)
+		paths = append(paths, path)
+	}
+	out, err := exec.Command("systemd-analyze", append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput()
+	if err != nil || strings.Contains(string(out), ".service:") {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
@@ -262,7 +266,8 @@ func TestDebianPackage(t *testing.T) {
 			exec.Command("dpkg", "--purge", "postern").Run()
 		}
 	}()
-	files := []string{"/usr/sbin/postern", "/usr/lib/systemd/system/postern.service", "/etc/postern/postern.toml",
+	files := []string{"/usr/sbin/postern", "/usr/lib/systemd/system/postern.service",
+		"/usr/lib/systemd/system/postern-setup.service", "/etc/postern/postern.toml",
 		"/usr/share/man/man8/postern.8.gz", "/usr/share/man/man8/postern-knock.8.gz", "/usr/share/man/man5/postern.toml.5.gz",
 		"/usr/share/bash-completion/completions/postern", "/usr/share/zsh/vendor-completions/_postern",
 		"/usr/share/fish/vendor_completions.d/postern.fish", "/usr/share/doc/postern/examples/reference.toml",
@@ -278,7 +283,8 @@ func TestDebianPackage(t *testing.T) {
 	if v, err := exec.Command("/usr/sbin/postern", "version").Output(); err != nil || !strings.HasPrefix(string(v), "postern 0.2.0~test (") {
 		t.Errorf("postern version: %q %v", v, err)
 	}
-	if out, err := exec.Command("systemd-analyze", "verify", "--man=no", "/usr/lib/systemd/system/postern.service").CombinedOutput(); err != nil {
+	if out, err := exec.Command("systemd-analyze", "verify", "--man=no", "/usr/lib/systemd/system/postern.service",
+		"/usr/lib/systemd/system/postern-setup.service").CombinedOutput(); err != nil {
 		t.Errorf("systemd-analyze verify of the installed unit: %v\n%s", err, out)
 	}
 	if out, err := exec.Command("/usr/sbin/postern", "check-config").CombinedOutput(); err == nil {

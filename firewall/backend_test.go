@@ -361,3 +361,77 @@ func TestNFTablesRestoresThousandsOfGrants(t *testing.T) {
 		t.Fatalf("%d grants live after the restore, want %d (%v)", len(live), n, err)
 	}
 }
+
+// A restore cuts the connections that slipped in while the rules were
+// gone (to a protected port, no live grant covering them) and leaves the
+// rest: a granted client's, and one that began before the rules went.
+func TestRestoreCutsConnectionsMadeWhileTheRulesWereGone(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft")
+	p := netnstest.NewPair(t)
+	p.Server.Echo(t, "[::]:22")
+	k := firewall.NewKeeper(nftIn(t, p.Server), nil)
+	defer k.Close()
+	ns, err := os.Open(p.Server.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	k.SetSweeper(firewall.ConntrackSweeperIn(int(ns.Fd()), func() []netip.Addr { return []netip.Addr{p.Server4, p.Server6} }))
+	if err := k.Setup(firewall.Rules{Protected: []port.Spec{ssh}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Server.Do(firewall.EnableConntrackTimestamps); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Grant([]firewall.Grant{{Addr: p.Client4, Port: ssh, Timeout: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(from netip.Addr) net.Conn {
+		t.Helper()
+		c, err := p.Client.Dial("tcp", from, netip.AddrPortFrom(p.Server4, 22), expectOpen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	granted := dial(p.Client4)
+	// An older connection of B, made while B had a grant that is gone now:
+	// it began before the rules went, so it did not slip in.
+	k.Grant([]firewall.Grant{{Addr: p.Client4b, Port: ssh, Timeout: time.Minute}})
+	older := dial(p.Client4b)
+	k.Revoke([]firewall.Grant{{Addr: p.Client4b, Port: ssh}})
+	time.Sleep(200 * time.Millisecond) // it must begin more than the sweep's margin before the last audit
+	if d, err := k.Check(); err != nil || !d.Intact() {
+		t.Fatalf("Check = %+v, %v", d, err)
+	}
+	// A distribution's ruleset that tracks connections (were nothing to
+	// track them, the restored rules would not see the connection that
+	// slipped in as established, and it would die by itself).
+	p.Server.ExecInput(t, "flush ruleset\ntable inet filter { chain input { type filter hook input priority filter; "+
+		"policy accept; ct state established,related accept; }; }\n", "nft", "-f", "-")
+	slipped := dial(p.Client4b) // the window: nothing closes tcp/22
+	if !echo(t, slipped) {
+		t.Fatal("the connection made while the rules were gone does not work to begin with")
+	}
+	var d firewall.Damage
+	if d, err = k.Check(); err != nil || !d.GrantsLost {
+		t.Fatalf("Check after the flush = %+v, %v", d, err)
+	}
+	if d.Cut != 1 {
+		t.Errorf("the restore cut %d connections, want 1", d.Cut)
+	}
+	if echo(t, slipped) {
+		t.Error("the connection made while the rules were gone survived the restore")
+	}
+	if !echo(t, granted) {
+		t.Error("the granted client's connection was cut")
+	}
+	if !echo(t, older) {
+		t.Error("a connection older than the window was cut")
+	}
+	if reachable(p, p.Client4b, p.Server4, expectClosed) {
+		t.Error("B can connect after the restore")
+	}
+}

@@ -95,6 +95,9 @@ type Damage struct {
 	// GrantsLost is set when the grant sets themselves are gone, so the
 	// grants they held must be put back.
 	GrantsLost bool
+	// Cut is how many connections made while the rules were gone the
+	// restore cut (Keeper with a Sweeper).
+	Cut int
 }
 
 // Intact reports whether nothing was found missing.

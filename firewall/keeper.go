@@ -45,6 +45,9 @@ type Keeper struct {
 	audits    int  // Checks that found the rules intact
 	urgent    bool // the next Check compares the ledger with the kernel
 	forgotten int  // grants found deleted behind the daemon's back
+
+	lastIntact time.Time // when the rules were last known whole
+	sweep      Sweeper
 }
 
 type entry struct {
@@ -72,6 +75,7 @@ func (k *Keeper) Setup(r Rules) error {
 		return err
 	}
 	k.rules, k.set = r, true
+	k.lastIntact = k.now()
 	live, err := k.b.List()
 	if err != nil {
 		return err
@@ -196,6 +200,7 @@ func (k *Keeper) Check() (Damage, error) {
 		return Damage{}, err
 	}
 	if d.Intact() {
+		k.lastIntact = now
 		// The rules are whole, so a grant the kernel no longer holds
 		// before its time was deleted on purpose (postern revoke in
 		// another process, nft delete element, a flushed set): it is
@@ -206,12 +211,33 @@ func (k *Keeper) Check() (Damage, error) {
 		return d, fmt.Errorf("restoring %s: %w", strings.Join(d.What, ", "), err)
 	}
 	k.restores++
-	if !d.GrantsLost {
-		return d, nil
+	if d.GrantsLost {
+		if err := k.restoreGrants(now); err != nil {
+			return d, err
+		}
 	}
+	if k.sweep != nil {
+		// Connections made while the rules were gone slipped past them:
+		// those to protected ports that no live grant covers are cut.
+		live, err := k.b.List()
+		if err != nil {
+			return d, err
+		}
+		n, err := k.sweep(k.rules.Protected, live, k.lastIntact.Add(-100*time.Millisecond))
+		if err != nil {
+			return d, fmt.Errorf("cutting connections made while the rules were gone: %w", err)
+		}
+		d.Cut = n
+	}
+	return d, nil
+}
+
+// restoreGrants puts back the ledger's grants the kernel lost, each with
+// its remaining time.
+func (k *Keeper) restoreGrants(now time.Time) error {
 	live, err := k.liveKeys()
 	if err != nil {
-		return d, err
+		return err
 	}
 	var back []Grant
 	for key, e := range k.ledger {
@@ -224,10 +250,21 @@ func (k *Keeper) Check() (Damage, error) {
 	slices.SortFunc(back, func(a, b Grant) int { return a.Addr.Compare(b.Addr) })
 	if len(back) > 0 {
 		if err := k.b.Grant(back); err != nil {
-			return d, fmt.Errorf("restoring %d grants: %w", len(back), err)
+			return fmt.Errorf("restoring %d grants: %w", len(back), err)
 		}
 	}
-	return d, nil
+	return nil
+}
+
+// Sweeper cuts the tracked connections to protected ports that began at
+// or after since and that no live grant covers, and says how many.
+type Sweeper func(protected []port.Spec, live []Grant, since time.Time) (int, error)
+
+// SetSweeper makes every restore end with sweep.
+func (k *Keeper) SetSweeper(sweep Sweeper) {
+	k.mu.Lock()
+	k.sweep = sweep
+	k.mu.Unlock()
 }
 
 // forgetDeleted drops from the ledger the grants the kernel no longer
@@ -349,9 +386,11 @@ func (k *Keeper) Urge() {
 	k.mu.Unlock()
 }
 
-// Watch runs Check every interval until ctx ends, logging each restore at
-// warning level and calling restored (a metric) with what was missing.
-func (k *Keeper) Watch(ctx context.Context, every time.Duration, restored func(Damage)) {
+// Watch runs Check every interval, and at once on each kick (an event
+// said something of postern's changed), until ctx ends, logging each
+// restore at warning level and calling restored (a metric) with what was
+// missing.
+func (k *Keeper) Watch(ctx context.Context, every time.Duration, kick <-chan struct{}, restored func(Damage)) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	failing := false
@@ -360,6 +399,8 @@ func (k *Keeper) Watch(ctx context.Context, every time.Duration, restored func(D
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
+			k.Urge()
 		}
 		d, err := k.Check()
 		switch {
@@ -371,7 +412,8 @@ func (k *Keeper) Watch(ctx context.Context, every time.Duration, restored func(D
 			failing = false
 		}
 		if !d.Intact() && err == nil {
-			k.log.Warn("firewall restored", "missing", strings.Join(d.What, ", "), "grants_restored", d.GrantsLost)
+			k.log.Warn("firewall restored", "missing", strings.Join(d.What, ", "), "grants_restored", d.GrantsLost,
+				"connections_cut", d.Cut)
 			if restored != nil {
 				restored(d)
 			}

@@ -480,7 +480,24 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Firewall.Backend == "iptables" {
 		audit = auditIPTables
 	}
-	g.Go(func() error { s.fw.Watch(gctx, audit, nil); return nil })
+	kick := make(chan struct{}, 1)
+	if ev, ok := s.fw.Backend().(interface {
+		Events(context.Context, func()) error
+	}); ok {
+		g.Go(func() error {
+			err := ev.Events(gctx, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil {
+				s.log.Warn("firewall events unavailable; the audit alone keeps the rules", "err", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { s.fw.Watch(gctx, audit, kick, nil); return nil })
 	if s.afp != nil {
 		g.Go(func() error {
 			return s.afp.Watch(gctx, interfaceEvery, func(name string, index int) {

@@ -150,6 +150,16 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 	if err := server.WriteSnapshot(cfg, rules); err != nil && log != nil {
 		log.Warn("could not keep the closed state for a broken configuration to fall back on", "err", err)
 	}
+	if cfg.Firewall.Backend != "none" {
+		// A restore cuts the connections that slipped in while the rules
+		// were gone, told apart by when they began.
+		if err := firewall.EnableConntrackTimestamps(); err != nil && log != nil {
+			log.Warn("conntrack timestamps are off and cannot be turned on here (run postern setup first, "+
+				"or set net.netfilter.nf_conntrack_timestamp=1): connections made while the firewall was "+
+				"flushed survive its restore", "err", err)
+		}
+		fw.SetSweeper(firewall.SweepConntrack)
+	}
 	return fw, nil
 }
 
@@ -198,7 +208,7 @@ func serveClosed(path string, cause error, stderr io.Writer) (*config.Config, er
 	defer signal.Stop(hup)
 	watch, stopWatch := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { fw.Watch(watch, 250*time.Millisecond, nil); close(done) }()
+	go func() { fw.Watch(watch, 250*time.Millisecond, nil, nil); close(done) }()
 	defer func() { stopWatch(); <-done }()
 	server.Notify("READY=1")
 	for {

@@ -17,6 +17,7 @@ have fail2ban-regex || need+=(fail2ban)         # the fail2ban example's filter
 have promtool || need+=(prometheus)             # promtool check metrics
 have man || need+=(man-db)                      # the man pages render
 have turnserver || need+=(coturn)               # a real STUN server for --allow auto
+have ssh-keygen || need+=(openssh-client)       # ssh-keygen, ssh-agent: SSH identities, KRLs
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "postern: missing ${need[*]}; run as root so they can be installed" >&2

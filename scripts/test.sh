@@ -20,7 +20,7 @@ for t in $TARGETS; do
 done
 go test -count=1 ./...
 
-for target in spa:FuzzVerify spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \
+for target in spa:FuzzVerify spa:FuzzKRL spa:FuzzPlaintext capture:FuzzParse config:FuzzParse knock:FuzzKnockdConf \
   fko:FuzzOpen fko:FuzzDecode fko:FuzzAccessConf fko:FuzzRC covert:FuzzCarrierAndOpen client:FuzzClientInput client:FuzzSTUNResponse capture:FuzzReassembly spa:FuzzSSHPart; do
   pkg=${target%%:*} fn=${target#*:}
   echo "fuzz $pkg $fn for $FUZZTIME"

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,10 +35,30 @@ const (
 
 var sshSigContext = []byte("postern spa v1 ssh signature\x00")
 
-// SSHKey is a key from an authorized_keys file.
+// SSHKey is a key from an authorized_keys file, with the options of its
+// line that bear on a knock, as sshd means them.
 type SSHKey struct {
-	Name string   // the key's comment, else its fingerprint
-	From []string // OpenSSH from= patterns; empty: any source
+	Name string // the key's comment, else its fingerprint
+	// From holds OpenSSH from= patterns; empty: any. Both the packet's
+	// source and the address the knock asks to grant must match: a
+	// source can be spoofed, the granted address is what gets in.
+	From []string
+	// Expires is expiry-time=: after it the key opens nothing (zero: never).
+	Expires time.Time
+	// VerifyRequired is verify-required: the signature must be a
+	// security key's that attests user verification (a PIN or a
+	// fingerprint); any other signature is refused, as sshd does.
+	VerifyRequired bool
+}
+
+// SSHCA is a key trusted to sign user certificates (a cert-authority
+// line), with its line's options.
+type SSHCA struct {
+	// Principals is principals=: a certificate must name one of them
+	// (empty: any of SSHTrust.Principals).
+	Principals []string
+	From       []string
+	Expires    time.Time
 }
 
 // SSHTrust is what a server trusts of OpenSSH identities.
@@ -45,13 +66,11 @@ type SSHTrust struct {
 	// Keys are authorized_keys entries, by the key's wire form.
 	Keys map[string]SSHKey
 	// CAs are the keys trusted to sign user certificates, by wire form.
-	CAs map[string]bool
+	CAs map[string]SSHCA
 	// Principals a certificate may name, in the order they are tried.
 	Principals []string
-	// RevokedSerials and RevokedKeys (SHA256 fingerprints) are refused:
-	// the revoked-keys file.
-	RevokedSerials map[uint64]bool
-	RevokedKeys    map[string]bool
+	// Revoked is the revoked-keys file (text or KRL); nil: none.
+	Revoked *SSHRevocations
 }
 
 // SSHName is the policy identity of an SSH knock: "ssh:NAME" for an
@@ -158,11 +177,17 @@ func (v *Verifier) verifySSH(src netip.Addr, headerAndEnc, pt []byte, now time.T
 	if !ok {
 		return UnknownClient
 	}
-	if t.RevokedKeys[ssh.FingerprintSHA256(key)] {
+	if t.Revoked.KeyRevoked(key) {
 		return SSHRevoked
 	}
-	if len(entry.From) > 0 && !MatchFrom(entry.From, src) {
+	if !entry.Expires.IsZero() && now.After(entry.Expires) {
+		return SSHExpired
+	}
+	if !fromAllows(entry.From, src, k) {
 		return SSHSourceNotAllowed
+	}
+	if entry.VerifyRequired && !userVerified(key, &sig) {
+		return SSHNotVerified
 	}
 	k.Client = ClientPublicKey(sha256.Sum256(append([]byte("ssh key\x00"), blob...)))
 	k.Name = sshKeyName(entry.Name)
@@ -171,18 +196,23 @@ func (v *Verifier) verifySSH(src netip.Addr, headerAndEnc, pt []byte, now time.T
 
 func (v *Verifier) verifyCert(src netip.Addr, cert *ssh.Certificate, now time.Time, k *Knock) Reason {
 	t := v.cfg.SSH
-	if cert.CertType != ssh.UserCert || !t.CAs[string(cert.SignatureKey.Marshal())] {
+	ca, trusted := t.CAs[string(cert.SignatureKey.Marshal())]
+	if cert.CertType != ssh.UserCert || !trusted {
 		return UnknownClient
 	}
-	if t.RevokedSerials[cert.Serial] || t.RevokedKeys[ssh.FingerprintSHA256(cert.Key)] {
+	if t.Revoked.CertRevoked(cert) {
 		return SSHRevoked
 	}
+	if !ca.Expires.IsZero() && now.After(ca.Expires) {
+		return SSHExpired
+	}
+	// The first principal of the configuration's order that the
+	// certificate names and its CA's principals= (if any) allows.
 	principal := ""
 	for _, p := range t.Principals {
-		for _, vp := range cert.ValidPrincipals {
-			if p == vp && principal == "" {
-				principal = p
-			}
+		if principal == "" && slices.Contains(cert.ValidPrincipals, p) &&
+			(len(ca.Principals) == 0 || slices.Contains(ca.Principals, p)) {
+			principal = p
 		}
 	}
 	if principal == "" {
@@ -191,19 +221,49 @@ func (v *Verifier) verifyCert(src netip.Addr, cert *ssh.Certificate, now time.Ti
 	checker := ssh.CertChecker{
 		Clock:                    func() time.Time { return now },
 		SupportedCriticalOptions: []string{"source-address"},
-		IsUserAuthority:          func(auth ssh.PublicKey) bool { return t.CAs[string(auth.Marshal())] },
-		IsRevoked:                func(c *ssh.Certificate) bool { return t.RevokedSerials[c.Serial] },
+		IsUserAuthority:          func(auth ssh.PublicKey) bool { _, ok := t.CAs[string(auth.Marshal())]; return ok },
 	}
 	if err := checker.CheckCert(principal, cert); err != nil {
 		return SSHCertInvalid
 	}
-	if list, ok := cert.CriticalOptions["source-address"]; ok && !MatchFrom(strings.Split(list, ","), src) {
+	if !fromAllows(ca.From, src, k) {
+		return SSHSourceNotAllowed
+	}
+	if list, ok := cert.CriticalOptions["source-address"]; ok && !fromAllows(strings.Split(list, ","), src, k) {
 		return SSHSourceNotAllowed
 	}
 	id := fmt.Sprintf("ssh cert\x00%s\x00%s\x00%d", ssh.FingerprintSHA256(cert.SignatureKey), cert.KeyId, cert.Serial)
 	k.Client = ClientPublicKey(sha256.Sum256([]byte(id)))
 	k.Name = sshPrincipal(principal)
 	return Accepted
+}
+
+// userVerified reports whether sig, made by key, is a security key's
+// signature whose flags say the user was verified (PROTOCOL.u2f: the
+// signature's extra fields are flags, then a counter).
+func userVerified(key ssh.PublicKey, sig *ssh.Signature) bool {
+	switch key.Type() {
+	case ssh.KeyAlgoSKED25519, ssh.KeyAlgoSKECDSA256:
+	default:
+		return false
+	}
+	const flagUserVerified = 0x04
+	return len(sig.Rest) >= 1 && sig.Rest[0]&flagUserVerified != 0
+}
+
+// fromAllows applies from= or source-address patterns (none: any) to the
+// packet's source and to the address the knock asks to grant: sshd checks
+// the address a connection comes from, and for a knock that is the
+// granted one; the source alone could be spoofed by the key's holder.
+func fromAllows(patterns []string, src netip.Addr, k *Knock) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	granted := k.Allow
+	if k.UseSource {
+		granted = src
+	}
+	return MatchFrom(patterns, src) && MatchFrom(patterns, granted)
 }
 
 // MatchFrom applies OpenSSH's from= / source-address patterns to addr:

@@ -51,22 +51,32 @@ func TestSSHKnocks(t *testing.T) {
 	ed, rs, stranger, ca := sshSigner(t, false), sshSigner(t, true), sshSigner(t, false), sshSigner(t, false)
 	ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ec, _ := ssh.NewSignerFromKey(ek)
+	expired, opsCA, revokedCA := sshSigner(t, false), sshSigner(t, false), sshSigner(t, false)
+	revoked := &SSHRevocations{}
+	revoked.RevokeSerial(13)
+	revoked.RevokeKey(ssh.FingerprintSHA256(revokedCA.PublicKey()))
 	trust := &SSHTrust{
 		Keys: map[string]SSHKey{
-			string(ed.PublicKey().Marshal()): {Name: "alice"},
-			string(rs.PublicKey().Marshal()): {Name: "rsa-key", From: []string{"198.18.0.0/24", "!198.18.0.66"}},
-			string(ec.PublicKey().Marshal()): {Name: "ecdsa-key"},
+			string(ed.PublicKey().Marshal()):      {Name: "alice"},
+			string(rs.PublicKey().Marshal()):      {Name: "rsa-key", From: []string{"198.18.0.0/24", "!198.18.0.66"}},
+			string(ec.PublicKey().Marshal()):      {Name: "ecdsa-key", VerifyRequired: true},
+			string(expired.PublicKey().Marshal()): {Name: "old", Expires: f.now.Add(-time.Minute)},
 		},
-		CAs:            map[string]bool{string(ca.PublicKey().Marshal()): true},
-		Principals:     []string{"ops", "db"},
-		RevokedSerials: map[uint64]bool{13: true},
-		RevokedKeys:    map[string]bool{},
+		CAs: map[string]SSHCA{string(ca.PublicKey().Marshal()): {},
+			string(opsCA.PublicKey().Marshal()):     {Principals: []string{"ops"}},
+			string(revokedCA.PublicKey().Marshal()): {}},
+		Principals: []string{"ops", "db"},
+		Revoked:    revoked,
 	}
 	f.v.cfg.SSH = trust
 	now := f.now
+	grant := netip.Addr{} // the address a knock asks for: the source unless set
 	seal := func(s ssh.Signer) []byte {
 		t.Helper()
 		k := f.knock()
+		if grant.IsValid() {
+			k.Allow = grant
+		}
 		k.Time = f.now
 		pkt, err := SealSSH(s, f.server.Public(), k)
 		if err != nil {
@@ -85,27 +95,39 @@ func TestSSHKnocks(t *testing.T) {
 		src    string
 		want   Reason
 		ident  string
+		grant  string // the address asked for, if not src
 	}{
-		{"ed25519 key", ed, "198.18.0.2", Accepted, "ssh:alice"},
-		{"rsa key, rsa-sha2-256", rs, "198.18.0.2", Accepted, "ssh:rsa-key"},
-		{"ecdsa key", ec, "198.18.0.2", Accepted, "ssh:ecdsa-key"},
-		{"bad from= excludes the source", rs, "198.18.1.2", SSHSourceNotAllowed, ""},
-		{"bad from= negated address", rs, "198.18.0.66", SSHSourceNotAllowed, ""},
-		{"bad key not listed", stranger, "198.18.0.2", UnknownClient, ""},
-		{"certificate", certSigner(t, ca, user, []string{"db", "x"}, 1, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", Accepted, "principal:db"},
-		{"bad certificate expired", certSigner(t, ca, user, []string{"ops"}, 2, now.Add(-2*time.Hour), now.Add(-time.Hour), nil), "198.18.0.2", SSHCertInvalid, ""},
-		{"bad certificate for another principal", certSigner(t, ca, user, []string{"web"}, 3, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHPrincipalNotAllowed, ""},
+		{"ed25519 key", ed, "198.18.0.2", Accepted, "ssh:alice", ""},
+		{"rsa key, rsa-sha2-256", rs, "198.18.0.2", Accepted, "ssh:rsa-key", ""},
+		{"bad verify-required without a security key", ec, "198.18.0.2", SSHNotVerified, "", ""},
+		{"bad expiry-time passed", expired, "198.18.0.2", SSHExpired, "", ""},
+		{"bad from= excludes the source", rs, "198.18.1.2", SSHSourceNotAllowed, "", ""},
+		// The holder of a from= key spoofs an allowed source: the address
+		// the knock grants must be allowed too.
+		{"bad from= excludes the granted address", rs, "198.18.0.2", SSHSourceNotAllowed, "", "203.0.113.9"},
+		{"principals= of the CA line", certSigner(t, opsCA, user, []string{"ops"}, 20, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", Accepted, "principal:ops", ""},
+		{"bad principal outside the CA line's principals=", certSigner(t, opsCA, user, []string{"db"}, 21, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHPrincipalNotAllowed, "", ""},
+		{"bad CA key revoked", certSigner(t, revokedCA, user, []string{"ops"}, 22, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHRevoked, "", ""},
+		{"bad from= negated address", rs, "198.18.0.66", SSHSourceNotAllowed, "", ""},
+		{"bad key not listed", stranger, "198.18.0.2", UnknownClient, "", ""},
+		{"certificate", certSigner(t, ca, user, []string{"db", "x"}, 1, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", Accepted, "principal:db", ""},
+		{"bad certificate expired", certSigner(t, ca, user, []string{"ops"}, 2, now.Add(-2*time.Hour), now.Add(-time.Hour), nil), "198.18.0.2", SSHCertInvalid, "", ""},
+		{"bad certificate for another principal", certSigner(t, ca, user, []string{"web"}, 3, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHPrincipalNotAllowed, "", ""},
 		{"bad certificate source-address", certSigner(t, ca, user, []string{"ops"}, 4, now.Add(-time.Hour), now.Add(time.Hour),
-			map[string]string{"source-address": "203.0.113.0/24"}), "198.18.0.2", SSHSourceNotAllowed, ""},
+			map[string]string{"source-address": "203.0.113.0/24"}), "198.18.0.2", SSHSourceNotAllowed, "", ""},
 		{"certificate source-address matches", certSigner(t, ca, sshSigner(t, false), []string{"ops"}, 5, now.Add(-time.Hour), now.Add(time.Hour),
-			map[string]string{"source-address": "198.18.0.0/24"}), "198.18.0.2", Accepted, "principal:ops"},
-		{"bad certificate revoked", certSigner(t, ca, user, []string{"ops"}, 13, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHRevoked, ""},
-		{"bad certificate from an untrusted CA", certSigner(t, stranger, user, []string{"ops"}, 6, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", UnknownClient, ""},
+			map[string]string{"source-address": "198.18.0.0/24"}), "198.18.0.2", Accepted, "principal:ops", ""},
+		{"bad certificate revoked", certSigner(t, ca, user, []string{"ops"}, 13, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", SSHRevoked, "", ""},
+		{"bad certificate from an untrusted CA", certSigner(t, stranger, user, []string{"ops"}, 6, now.Add(-time.Hour), now.Add(time.Hour), nil), "198.18.0.2", UnknownClient, "", ""},
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			next()
 			f.src = netip.MustParseAddr(tt.src)
+			grant = netip.Addr{}
+			if tt.grant != "" {
+				grant = netip.MustParseAddr(tt.grant)
+			}
 			k, r := f.verify(seal(tt.signer))
 			if r != tt.want {
 				t.Fatalf("%v, want %v", r, tt.want)
@@ -178,7 +200,7 @@ func (i impostor) PublicKey() ssh.PublicKey { return i.pub }
 func FuzzSSHPart(f *testing.F) {
 	fx := newFixture(f, "")
 	ed := sshSigner(f, false)
-	fx.v.cfg.SSH = &SSHTrust{Keys: map[string]SSHKey{string(ed.PublicKey().Marshal()): {Name: "a"}}, CAs: map[string]bool{}}
+	fx.v.cfg.SSH = &SSHTrust{Keys: map[string]SSHKey{string(ed.PublicKey().Marshal()): {Name: "a"}}, CAs: map[string]SSHCA{}}
 	blob := ed.PublicKey().Marshal()
 	seed := make([]byte, plaintextSSHSize-ptSSH)
 	seed[0], seed[1] = 0, byte(len(blob))

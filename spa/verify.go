@@ -32,6 +32,8 @@ const (
 	SSHPrincipalNotAllowed
 	SSHCertInvalid
 	SSHRevoked
+	SSHExpired
+	SSHNotVerified
 	Busy
 	BadToken
 	numReasons
@@ -57,6 +59,8 @@ var reasonNames = [numReasons]string{
 	SSHPrincipalNotAllowed: "ssh principal not allowed",
 	SSHCertInvalid:         "ssh certificate invalid",
 	SSHRevoked:             "ssh key revoked",
+	SSHExpired:             "ssh key expired",
+	SSHNotVerified:         "ssh user not verified",
 	// Every verification worker's queue was full (a flood of packets with
 	// a valid mac1).
 	Busy: "verifier busy",

@@ -183,3 +183,80 @@ func TestSSHCertificateFleet(t *testing.T) {
 	}
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", `reason="ssh key revoked"`)
 }
+
+// authorized_keys and CA options mean what sshd means, and revoked_keys
+// reads OpenSSH's binary KRL — every file made by the real ssh-keygen.
+func TestSSHOptionsAsSSHDMeansThem(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "ssh-keygen")
+	dir := t.TempDir()
+	keygen := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ssh-keygen", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen %v: %v\n%s", args, err, out)
+		}
+	}
+	old := sshKeygen(t, filepath.Join(dir, "old"), "old@laptop")
+	near := sshKeygen(t, filepath.Join(dir, "near"), "near@laptop")
+	ca1 := sshKeygen(t, filepath.Join(dir, "ca1"), "ca1")
+	ca2 := sshKeygen(t, filepath.Join(dir, "ca2"), "ca2")
+	keys := filepath.Join(dir, "authorized_keys")
+	os.WriteFile(keys, []byte(`expiry-time="20200101",no-pty `+old+"\n"+`from="198.18.0.0/24" `+near+"\n"), 0o600)
+	cas := filepath.Join(dir, "cas")
+	os.WriteFile(cas, []byte(`cert-authority,principals="ops" `+ca1+"\n"+ca2+"\n"), 0o644)
+	cert := func(ca, name string, serial int, principals string) string {
+		t.Helper()
+		key := filepath.Join(dir, name)
+		sshKeygen(t, key, name)
+		keygen("-q", "-s", filepath.Join(dir, ca), "-I", name, "-z", fmt.Sprint(serial), "-n", principals, "-V", "-5m:+1h", key+".pub")
+		return key
+	}
+	good := cert("ca1", "good", 1, "ops")
+	bySerial := cert("ca1", "by-serial", 7, "ops")
+	byID := cert("ca1", "mallory", 8, "ops")
+	dbOnly := cert("ca1", "db-only", 9, "db")
+	fromCA2 := cert("ca2", "from-ca2", 1, "ops")
+	// The KRL: serial 7 and key id "mallory" of ca1, and ca2's own key.
+	krl, spec := filepath.Join(dir, "revoked.krl"), filepath.Join(dir, "krl-spec")
+	os.WriteFile(spec, []byte("serial: 7\nid: mallory\n"), 0o644)
+	keygen("-q", "-k", "-f", krl, "-s", filepath.Join(dir, "ca1.pub"), spec)
+	keygen("-q", "-k", "-u", "-f", krl, filepath.Join(dir, "ca2.pub"))
+	ssh := fmt.Sprintf("\n[ssh]\nauthorized_keys = %q\ntrusted_user_ca_keys = %q\nrevoked_keys = %q\nallow = [\"tcp/22\"]\n"+
+		"[[ssh.principal]]\nname = \"ops\"\nallow = [\"tcp/22\"]\n[[ssh.principal]]\nname = \"db\"\nallow = [\"tcp/22\"]\n", keys, cas, krl)
+	r := newRig(t, rigOptions{extra: ssh})
+	r.start()
+	if out, err := r.knockSSH(nil, "--ssh-key", good); err != nil {
+		t.Fatalf("knock: %v\n%s", err, out)
+	}
+	r.out.WaitFor(t, 2*time.Second, "msg=granted", "client=principal:ops")
+	for _, tt := range []struct {
+		name, reason string
+		extra        []string
+	}{
+		{filepath.Join(dir, "old"), "ssh key expired", nil},
+		{filepath.Join(dir, "near"), "ssh source not allowed", []string{"--allow", "203.0.113.9"}},
+		{bySerial, "ssh key revoked", nil},
+		{byID, "ssh key revoked", nil},
+		{dbOnly, "ssh principal not allowed", nil},
+		{fromCA2, "ssh key revoked", nil},
+	} {
+		mark := r.out.Mark()
+		if out, err := r.knockSSH(nil, append([]string{"--ssh-key", tt.name}, tt.extra...)...); err != nil {
+			t.Fatalf("knock: %v\n%s", err, out)
+		}
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", reasonField(tt.reason))
+	}
+	// from= allows the source and the address asked for: granted.
+	if out, err := r.knockSSH(nil, "--ssh-key", filepath.Join(dir, "near")); err != nil {
+		t.Fatalf("knock: %v\n%s", err, out)
+	}
+	r.out.WaitFor(t, 2*time.Second, "msg=granted", "client=ssh:near@laptop")
+
+	// An option sshd does not know is a configuration error naming the
+	// file and line, not ignored.
+	os.WriteFile(keys, []byte(near+"\n"+`frobnicate,from="198.18.0.0/24" `+old+"\n"), 0o600)
+	out, err := exec.Command(posternBin, "check-config", "-c", r.cfgPath).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), keys+":2") || !strings.Contains(string(out), "frobnicate") {
+		t.Fatalf("check-config with an unknown option: %v\n%s", err, out)
+	}
+}

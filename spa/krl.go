@@ -290,4 +290,3 @@ func krlExtensionOK(s *krlReader, what string) {
 		s.fail("critical %sextension %q is not understood", what, name)
 	}
 }
-

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
-
 )
 
 // A KRL made by the real ssh-keygen revokes what ssh-keygen -Q says it

@@ -94,8 +94,18 @@ type tokenTable struct {
 	keys   map[ClientPublicKey][]byte
 	window uint64
 	m      map[[tokenSize]byte]tokenEntry
-	limit  *RateLimiter // per client: a captured packet re-sent in bulk costs one client's budget
+	limit  *RateLimiter // per client: a burst of fresh knocks costs one client's budget
+	// seen holds the mac2 of every pre-authenticated knock that passed,
+	// with its window: an exact re-send (a captured knock replayed, from
+	// any address) is refused as a replay before it can charge its
+	// client's budget, so replaying a client's old knocks cannot lock it
+	// out. Entries go after the windows a token is valid in.
+	seen map[[mac2Size]byte]uint64
 }
+
+// maxSeen bounds the remembered mac2s (a client knocks at most 5 times a
+// second per its budget; 65 536 covers thousands of busy clients).
+const maxSeen = 1 << 16
 
 func newTokenTable(server ServerPrivateKey, clients map[ClientPublicKey]string) *tokenTable {
 	t := &tokenTable{keys: make(map[ClientPublicKey][]byte, len(clients)), limit: NewRateLimiter(5, 10, 65536)}
@@ -110,6 +120,11 @@ func newTokenTable(server ServerPrivateKey, clients map[ClientPublicKey]string) 
 func (t *tokenTable) lookup(tok []byte, now time.Time) (tokenEntry, bool) {
 	if w := windowOf(now); t.m == nil || w != t.window {
 		t.window = w
+		for mac, seenIn := range t.seen {
+			if seenIn+2 < w {
+				delete(t.seen, mac)
+			}
+		}
 		t.m = make(map[[tokenSize]byte]tokenEntry, 3*len(t.keys))
 		for c, k := range t.keys {
 			for _, win := range []uint64{w - 1, w, w + 1} {
@@ -127,6 +142,16 @@ func (t *tokenTable) preauthenticated(pkt []byte, end int, now time.Time) (Clien
 	e, ok := t.lookup(pkt[end:end+tokenSize], now)
 	if !ok || subtle.ConstantTimeCompare(mac2Of(e.key, pkt[:end+tokenSize]), pkt[end+tokenSize:]) != 1 {
 		return ClientPublicKey{}, BadToken
+	}
+	mac := [mac2Size]byte(pkt[end+tokenSize:])
+	if _, again := t.seen[mac]; again {
+		return ClientPublicKey{}, Replayed
+	}
+	if t.seen == nil {
+		t.seen = map[[mac2Size]byte]uint64{}
+	}
+	if len(t.seen) < maxSeen {
+		t.seen[mac] = t.window
 	}
 	// The limiter keys by address: the client key's first 16 bytes
 	// stand in for one.

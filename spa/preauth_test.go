@@ -1,6 +1,7 @@
 package spa
 
 import (
+	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
@@ -67,16 +68,35 @@ func TestPreauthentication(t *testing.T) {
 	if r := verify(bobPkt); r != BadToken {
 		t.Fatalf("removed client: %v", r)
 	}
-	// A captured pre-authenticated packet re-sent in bulk: the client's
-	// own budget (burst 10) bounds the public-key work it causes.
+	// A captured pre-authenticated packet re-sent in bulk, from anywhere:
+	// every re-send is a replay before it costs the client's budget, so
+	// the client's own fresh knocks still get through.
+	f.now = f.now.Add(time.Second)
 	again := sealed(aliceKey, f.now, nil)
+	if r := verify(again); r != Accepted {
+		t.Fatalf("the knock to be replayed: %v", r)
+	}
+	for i := range 1000 {
+		f.src = netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
+		if r := verify(again); r != Replayed {
+			t.Fatalf("re-send %d: %v, want replay", i, r)
+		}
+	}
+	f.src = netip.MustParseAddr("198.18.0.2")
+	for i := range 5 {
+		f.now = f.now.Add(300 * time.Millisecond)
+		if r := verify(sealed(aliceKey, f.now, nil)); r != Accepted {
+			t.Fatalf("fresh knock %d after 1000 replays: %v", i, r)
+		}
+	}
+	// Fresh knocks in bulk still meet the client's own budget (burst 10).
 	limited := 0
 	for range 20 {
-		if verify(again) == RateLimited {
+		if verify(sealed(aliceKey, f.now, nil)) == RateLimited {
 			limited++
 		}
 	}
 	if limited < 5 {
-		t.Fatalf("%d of 20 re-sends rate limited", limited)
+		t.Fatalf("%d of 20 knocks in a burst rate limited", limited)
 	}
 }

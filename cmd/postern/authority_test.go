@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -285,5 +286,57 @@ func (r *rig) probeWindows(cases []tampering) {
 		t.Logf("%s: restored %s after the command started; %d of the stranger's probes connected in the window, %d survived",
 			c.name, restored, made.Load(), survived.Load())
 		r.requireClosed(r.p.Client4b, r.p.Server4, c.name+": after the restore")
+	}
+}
+
+// A passive observer who replays a client's captured pre-authenticated
+// knock from random sources at 1 000 packets a second costs the daemon
+// nothing and the client nothing: its fresh knocks all open.
+func TestReplayedTokenKnocksLockNobodyOut(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	token := strings.TrimSpace(r.p.Server.Exec(t, posternBin, "token", "-c", r.cfgPath, "alice"))
+	knock := func() {
+		t.Helper()
+		r.knock(r.p.Server6, "--token-key", token, "--for", "2s")
+	}
+	sniffed := r.sniff()
+	knock()
+	captured := <-sniffed
+	r.waitOpen(r.p.Client6, r.p.Server6, time.Second, "the first knock").Close()
+	send := r.spoofer()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i), 14: byte(i >> 8), 13: 7})
+			send(udp6From(src, r.p.Server6, knockPort, captured))
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	replays0 := r.metric("spa", "replay")
+	for i := range 5 {
+		time.Sleep(300 * time.Millisecond)
+		mark := r.out.Mark()
+		knock()
+		r.out.WaitAfter(t, mark, time.Second, "msg=granted", "client=alice")
+		if i == 4 {
+			r.waitOpen(r.p.Client6, r.p.Server6, time.Second, fmt.Sprintf("fresh knock %d during the replays", i)).Close()
+		}
+	}
+	// A 1 ms ticker on a loaded machine sends somewhat fewer than 1 000 a second.
+	if n := r.metric("spa", "replay") - replays0; n < 700 {
+		t.Fatalf("%d replays refused during the test, want ≥ 700 (was the flood on?)", n)
+	}
+	if n := r.metric("spa", "rate limited"); n != 0 {
+		t.Fatalf("%d knocks rate limited: the replays charged someone's budget", n)
 	}
 }

@@ -11,7 +11,8 @@ import (
 // is fragmented on a path whose MTU is 1280; AF_PACKET sees the fragments,
 // not the datagram the kernel rebuilds. The reassembler rebuilds UDP
 // datagrams in user space, within fixed bounds: at most maxDatagrams at
-// once (the oldest is evicted), maxPerSource from one address, maxL4 bytes
+// once (the oldest is evicted), maxPerSource from one address (its oldest
+// is evicted), maxL4 bytes
 // each, fragmentTimeout to complete. Overlapping fragments drop their
 // datagram (RFC 5722). Every datagram that had its first fragment — the
 // one the kernel filter matched to a knock port — and is not completed is
@@ -157,10 +158,10 @@ func (r *Reassembler) Add(b []byte, now time.Time) []byte {
 	d := r.pending[fr.key]
 	if d == nil {
 		if r.perSrc[fr.key.src] >= maxPerSource {
-			if fr.off == 0 {
-				r.failures = append(r.failures, Failure{fr.key.src, fr.key.dst, ErrFragmentLimit})
-			}
-			return nil
+			// The source's oldest datagram makes room: packets spoofed
+			// "from" a client cannot hold its place and shut out the
+			// knock it sends next.
+			r.evictOldestOf(fr.key.src)
 		}
 		if len(r.pending) >= maxDatagrams {
 			r.evictOldest()
@@ -242,6 +243,16 @@ func (r *Reassembler) evictOldest() {
 			return
 		}
 		r.order = r.order[1:]
+	}
+}
+
+// evictOldestOf gives up the oldest datagram from src.
+func (r *Reassembler) evictOldestOf(src netip.Addr) {
+	for _, k := range r.order {
+		if d := r.pending[k]; d != nil && k.src == src {
+			r.drop(k, d, ErrFragmentLimit, d.first)
+			return
+		}
 	}
 }
 

@@ -144,7 +144,8 @@ func TestReassemblyBounds(t *testing.T) {
 	if r.Pending() != 0 {
 		t.Fatalf("%d pending after a too-large datagram", r.Pending())
 	}
-	// One source gets maxPerSource datagrams at once; the next is refused.
+	// One source gets maxPerSource datagrams at once; the next evicts the
+	// oldest (and says so).
 	pkt := ipv4UDP(v4a, v4b, 1, 62201, make([]byte, 100))
 	for i := range maxPerSource + 1 {
 		f := ipv4Fragments(pkt, 64)[0]
@@ -154,6 +155,24 @@ func TestReassemblyBounds(t *testing.T) {
 	}
 	if r.Pending() != maxPerSource || len(r.Failures()) != 1 || r.Failures()[0].Err != ErrFragmentLimit {
 		t.Fatalf("per source: %d pending, %+v", r.Pending(), r.Failures())
+	}
+	// Fragments spoofed "from" that source fill its share; its real knock,
+	// sent next, is still rebuilt.
+	for i := range maxPerSource {
+		f := ipv4Fragments(pkt, 64)[0]
+		binary.BigEndian.PutUint16(f[4:], uint16(100+i))
+		setHeaderSum(f)
+		r.Add(f, now)
+	}
+	real := ipv4UDP(v4a, v4b, 1, 62201, make([]byte, 1000))
+	binary.BigEndian.PutUint16(real[4:], 4242)
+	setHeaderSum(real)
+	var whole []byte
+	for _, f := range ipv4Fragments(real, 512) {
+		whole = r.Add(f, now)
+	}
+	if whole == nil {
+		t.Fatalf("the source's own datagram after %d spoofed fragments was not rebuilt", maxPerSource)
 	}
 	// Many sources: the table stays bounded, the oldest go.
 	for i := range maxDatagrams + 10 {

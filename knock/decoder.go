@@ -29,11 +29,26 @@ var Reasons = []string{ReasonFailed, ReasonTimedOut, ReasonEvicted, ReasonRefuse
 
 // Completions a door may have: door sequences are not authenticated, so a
 // flood of spoofed completions is bounded here, before any grant or
-// command (a person completes a door a few times a minute).
+// command (a person completes a door a few times a minute). Each source
+// (an IPv6 /64) has a budget of its own, so one sender cannot spend the
+// door's; the door's total is well above what spoofing from random
+// sources at tens a second reaches (measured: 40 a second refused every
+// real knock with a total of 10), and the command runner bounds pending
+// stop commands besides.
 const (
-	completionRate  = 10 // a second, per door
-	completionBurst = 20
+	completionRate        = 100 // a second, per door
+	completionBurst       = 200
+	sourceCompletionRate  = 2 // a second, per door and source
+	sourceCompletionBurst = 5
+	completionSources     = 65536
 )
+
+// doorLimits are one door's completion budgets.
+type doorLimits struct{ total, perSource *spa.RateLimiter }
+
+func (l doorLimits) allow(src netip.Addr, now time.Time) bool {
+	return l.perSource.Allow(src, now) && l.total.Allow(netip.Addr{}, now)
+}
 
 // Decoder is the door language in the daemon's pipeline: it feeds hits to
 // the Engine and turns its events into verdicts — a completed sequence
@@ -43,17 +58,18 @@ const (
 type Decoder struct {
 	mu      sync.Mutex
 	engine  *Engine
-	limits  map[*Door]*spa.RateLimiter // completions per door
-	emit    policy.Sink                // during Decode and Expire
+	limits  map[*Door]doorLimits // completions per door
+	emit    policy.Sink          // during Decode and Expire
 	out     policy.Verdict
 	changed bool // a one-time sequence moved on: the door's ports changed
 }
 
 // NewDecoder tracks at most maxTracked attempts at doors.
 func NewDecoder(doors []*Door, maxTracked int) *Decoder {
-	d := &Decoder{limits: map[*Door]*spa.RateLimiter{}}
+	d := &Decoder{limits: map[*Door]doorLimits{}}
 	for _, door := range doors {
-		d.limits[door] = spa.NewRateLimiter(completionRate, completionBurst, 1)
+		d.limits[door] = doorLimits{spa.NewRateLimiter(completionRate, completionBurst, 1),
+			spa.NewRateLimiter(sourceCompletionRate, sourceCompletionBurst, completionSources)}
 	}
 	d.engine = NewEngine(doors, maxTracked, d.event)
 	return d
@@ -126,7 +142,7 @@ func (d *Decoder) event(ev Event) {
 		*v = policy.Verdict{Language: policy.Door, Src: ev.Src, Client: door.Name, Note: NoteProgress}
 		v.Add(slog.Int("stage", ev.Stage))
 		d.emit(v)
-		if l := d.limits[door]; l != nil && !l.Allow(netip.Addr{}, time.Now()) {
+		if l, ok := d.limits[door]; ok && !l.allow(ev.Src, time.Now()) {
 			v.Refuse(policy.Door, ev.Src, door.Name, ReasonFlood)
 			break
 		}

@@ -340,3 +340,50 @@ func TestReplayedTokenKnocksLockNobodyOut(t *testing.T) {
 		t.Fatalf("%d knocks rate limited: the replays charged someone's budget", n)
 	}
 }
+
+// Completions of a door spoofed from random sources at 40 a second do not
+// spend the budget of the people who know the sequence: each of six real
+// knocks opens.
+func TestSpoofedDoorCompletionsRefuseNobody(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{noSPA: true, extra: `
+[[door]]
+name = "ssh"
+sequence = ["tcp/7000", "tcp/8000"]
+seq_timeout = "5s"
+open = ["tcp/22"]
+duration = "1s"
+`})
+	r.start()
+	spoof := r.spoofer()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 64)
+		src := netip.MustParseAddr("2001:db8:ee::").As16()
+		tick := time.NewTicker(25 * time.Millisecond) // 40 completions a second
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			src[5], src[6], src[7] = byte(i>>16), byte(i>>8), byte(i) // a /64 each
+			s := netip.AddrFrom16(src)
+			spoof(synFrom(buf, s, r.p.Server6, 7000))
+			spoof(synFrom(buf, s, r.p.Server6, 8000))
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	time.Sleep(time.Second) // the flood has spent what it can
+	for range 6 {
+		mark := r.out.Mark()
+		r.hits(r.p.Client4, r.p.Server4, tcpHit(7000), tcpHit(8000))
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted", "src="+r.p.Client4.String())
+		time.Sleep(700 * time.Millisecond) // a person's pace: under the source's own budget
+	}
+	if n := r.metric("door", "granted"); n < 100 {
+		t.Fatalf("%d completions granted: was the spoofed flood on?", n)
+	}
+}

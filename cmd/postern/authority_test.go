@@ -15,6 +15,7 @@ import (
 
 	"github.com/postern/postern/internal/netnstest"
 	"github.com/postern/postern/server"
+	"github.com/postern/postern/spa"
 )
 
 // Authority holds: what an administrator revokes stays revoked through
@@ -386,4 +387,24 @@ duration = "1s"
 	if n := r.metric("door", "granted"); n < 100 {
 		t.Fatalf("%d completions granted: was the spoofed flood on?", n)
 	}
+}
+
+// A client closes its own grants only: bob, who may open tcp/22 too, cannot
+// close alice's grant of it.
+func TestCloseIsForOnesOwnGrants(t *testing.T) {
+	t.Parallel()
+	bob, _ := spa.GenerateClientKey()
+	r := newRig(t, rigOptions{extra: "\n[[client]]\nname = \"bob\"\npublic_key = \"" + bob.Public().String() +
+		"\"\nallow = [\"tcp/22\"]\nmax_duration = \"60s\"\n"})
+	bobFile := r.writeKey("bob.key", bob.Encode())
+	r.start()
+	srv, cli := r.p.Server4, r.p.Client4
+	r.knockOpen("60s")
+	mark := r.out.Mark()
+	if out, err := r.postern("knock", "--key", bobFile, "--server-key", r.server.Public().String(), "--close", "tcp/22",
+		"--allow", cli.String(), srv.String()); err != nil {
+		t.Fatalf("bob's close: %v\n%s", err, out)
+	}
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", "client=bob", `reason="nothing of its own to close"`)
+	r.waitOpen(cli, srv, time.Second, "alice after bob's close").Close()
 }

@@ -16,21 +16,50 @@ var ErrNoSTUNServer = errors.New("--allow auto needs a STUN server: set stun_ser
 
 // DiscoverAddress asks STUN servers (RFC 8489 Binding requests) which
 // address this host's packets arrive from beyond any NAT, over network
-// ("udp4" or "udp6": the family of the knock). The first server that
-// answers decides; the errors of the others come back only if none does.
+// ("udp4" or "udp6": the family of the knock). No single answer is
+// trusted — the knock will be signed for that address, and one forged
+// response would have it opened for someone else: two servers must agree
+// (asked in order until two answer), or, where only one answers, a second
+// transaction to it from another port must give the same address. Answers
+// that differ are an error naming both.
 func DiscoverAddress(ctx context.Context, network string, servers []string) (netip.Addr, error) {
 	if len(servers) == 0 {
 		return netip.Addr{}, ErrNoSTUNServer
 	}
+	type answer struct {
+		server string
+		addr   netip.Addr
+	}
+	var got []answer
 	var errs []error
 	for _, s := range servers {
 		a, err := stunBinding(ctx, network, s)
-		if err == nil {
-			return a, nil
+		if err != nil {
+			errs = append(errs, fmt.Errorf("STUN server %s: %w", s, err))
+			continue
 		}
-		errs = append(errs, fmt.Errorf("STUN server %s: %w", s, err))
+		if got = append(got, answer{s, a}); len(got) == 2 {
+			break
+		}
 	}
-	return netip.Addr{}, errors.Join(errs...)
+	switch len(got) {
+	case 0:
+		return netip.Addr{}, errors.Join(errs...)
+	case 1:
+		// One server: confirm with a transaction of its own (a new socket,
+		// so another port and transaction id).
+		a, err := stunBinding(ctx, network, got[0].server)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("STUN server %s answered %v once, and not again to confirm it: %w",
+				got[0].server, got[0].addr, err)
+		}
+		got = append(got, answer{got[0].server + " (again)", a})
+	}
+	if got[0].addr != got[1].addr {
+		return netip.Addr{}, fmt.Errorf("STUN answers disagree: %s says %v, %s says %v (a forged response?); "+
+			"give --allow ADDR", got[0].server, got[0].addr, got[1].server, got[1].addr)
+	}
+	return got[0].addr, nil
 }
 
 // stunBinding sends a Binding request, retransmitting as RFC 8489 §6.2.1

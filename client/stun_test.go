@@ -50,6 +50,57 @@ func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
 	return pc.LocalAddr().String()
 }
 
+// fakeSTUNSaying answers its nth Binding request with says[n] (the last
+// one after that): a server whose answer changes, as when a forged
+// response wins the race once.
+func fakeSTUNSaying(t *testing.T, says ...netip.Addr) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for n := 0; ; n++ {
+			size, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := &stun.Message{Raw: append([]byte(nil), buf[:size]...)}
+			if req.Decode() != nil {
+				continue
+			}
+			res, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+				&stun.XORMappedAddress{IP: says[min(n, len(says)-1)].AsSlice(), Port: 40000}, stun.Fingerprint)
+			pc.WriteTo(res.Raw, from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// No single STUN answer decides the address a knock is signed for.
+func TestDiscoverAddressTrustsNoSingleAnswer(t *testing.T) {
+	public, forged := netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("198.51.100.66")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b := fakeSTUNSaying(t, public), fakeSTUNSaying(t, forged)
+	_, err := DiscoverAddress(ctx, "udp4", []string{a, b})
+	if err == nil || !strings.Contains(err.Error(), public.String()) || !strings.Contains(err.Error(), forged.String()) ||
+		!strings.Contains(err.Error(), "disagree") {
+		t.Fatalf("two servers that disagree: %v", err)
+	}
+	// One server whose second answer differs from its first.
+	if _, err := DiscoverAddress(ctx, "udp4", []string{fakeSTUNSaying(t, forged, public)}); err == nil ||
+		!strings.Contains(err.Error(), "disagree") {
+		t.Fatalf("one server, two answers: %v", err)
+	}
+	// Two that agree, and the third is never asked.
+	if got, err := DiscoverAddress(ctx, "udp4", []string{a, fakeSTUNSaying(t, public), b}); err != nil || got != public {
+		t.Fatalf("two servers that agree: %v %v", got, err)
+	}
+}
+
 func TestDiscoverAddress(t *testing.T) {
 	public := netip.MustParseAddr("203.0.113.7")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -41,7 +41,8 @@ func ContentDigest(m *Message) string {
 //     and decryption succeeded), so junk cannot fill it;
 //   - it survives restarts and reboots: it lives in the state directory,
 //     not on tmpfs, and every Add is on disk (appended and synced) before
-//     it returns;
+//     it returns — while the disk takes writes; when it does not, Add
+//     decides from memory and Flush writes the file once it can;
 //   - it is bounded by age: entries older than Keep are dropped (a packet
 //     that old fails the timestamp check anyway), and by count: beyond Max
 //     the oldest go first.
@@ -55,7 +56,9 @@ type ReplayCache struct {
 	mu      sync.Mutex
 	seen    map[string]int64 // digest → unix seconds added
 	f       *os.File
-	written int // lines in the file, for compaction
+	written int   // lines in the file, for compaction
+	unsaved int   // digests added while the file could not be written
+	lastErr error // why
 }
 
 // OpenReplayCache loads path (which need not exist), drops stale entries
@@ -118,16 +121,51 @@ func (c *ReplayCache) Add(digest string, now time.Time) error {
 		return ErrReplayed
 	}
 	c.seen[digest] = now.Unix()
-	if _, err := fmt.Fprintf(c.f, "%s %d\n", digest, now.Unix()); err != nil {
-		return err
+	if c.unsaved > 0 {
+		c.unsaved++ // the file is behind: Flush rewrites it whole
+		return nil
 	}
-	if err := c.f.Sync(); err != nil {
-		return err
+	_, err := fmt.Fprintf(c.f, "%s %d\n", digest, now.Unix())
+	if err == nil {
+		err = c.f.Sync()
+	}
+	if err != nil {
+		// Decide from memory (a full disk must not lock anyone out);
+		// Flush rewrites the file once it can. A line half written is
+		// replaced then.
+		c.unsaved, c.lastErr = 1, err
+		return nil
 	}
 	c.written++
 	if len(c.seen) > c.max || c.written > 2*len(c.seen)+1024 {
-		return c.compact(now)
+		if err := c.compact(now); err != nil {
+			c.unsaved, c.lastErr = 1, err
+		}
 	}
+	return nil
+}
+
+// Unsaved returns how many digests are only in memory, and why the last
+// write failed.
+func (c *ReplayCache) Unsaved() (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unsaved, c.lastErr
+}
+
+// Flush rewrites the file if digests were added while it could not be
+// written.
+func (c *ReplayCache) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unsaved == 0 {
+		return nil
+	}
+	if err := c.compact(time.Now()); err != nil {
+		c.lastErr = err
+		return err
+	}
+	c.unsaved, c.lastErr = 0, nil
 	return nil
 }
 

@@ -78,6 +78,8 @@ type Server struct {
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
 
+	stateWarned time.Time // when persistState last said the disk refuses writes (the expiry timer's)
+
 	// local holds this host's addresses, refreshed by the expiry timer:
 	// with raw capture, a knock to another address does not count.
 	local atomic.Pointer[map[netip.Addr]bool]
@@ -687,9 +689,53 @@ func (s *Server) expireLoop(ctx context.Context) {
 				p.covert.Expire(now)
 			}
 			s.clampClocks(p.cfg, now)
+			s.persistState(now)
 			s.refreshLocal()
 			s.alive.Store(time.Now().UnixNano())
 		}
+	}
+}
+
+// durable is replay state that decides from memory while its file cannot
+// be written, and writes it when it can.
+type durable interface {
+	Unsaved() (int, error)
+	Flush() error
+}
+
+// persistState writes replay state that could not be written when it was
+// decided (a full or read-only disk), and says loudly, every 10 s while it
+// lasts, that knocks are being decided from memory.
+func (s *Server) persistState(now time.Time) {
+	type store struct {
+		name string
+		d    durable
+	}
+	var stores []store
+	if s.spaReplay != nil {
+		stores = append(stores, store{ReplayFile, s.spaReplay})
+	}
+	if s.covertReplay != nil {
+		stores = append(stores, store{CovertReplayFile, s.covertReplay})
+	}
+	if s.fwknopReplay != nil {
+		stores = append(stores, store{FwknopReplayFile, s.fwknopReplay})
+	}
+	for _, st := range stores {
+		n, _ := st.d.Unsaved()
+		if n == 0 {
+			continue
+		}
+		if err := st.d.Flush(); err != nil {
+			if now.Sub(s.stateWarned) >= 10*time.Second {
+				s.stateWarned = now
+				s.log.Error("replay state cannot be written: knocks are decided from memory, and a crash now would "+
+					"forget what was decided since (replays inside max_skew)", "file", st.name, "unsaved", n, "err", err)
+			}
+			continue
+		}
+		s.stateWarned = time.Time{}
+		s.log.Info("replay state written again", "file", st.name, "decisions", n)
 	}
 }
 

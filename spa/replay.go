@@ -26,13 +26,20 @@ var ErrReplay = errors.New("timestamp not later than the last accepted one")
 // lanes: the address and the flag are signed.
 // It guarantees that once Advance has returned nil for (client, t), no later
 // Advance for that client with a timestamp ≤ t succeeds, also after a restart
-// or crash: the file is replaced atomically and synced before Advance returns.
+// or crash: the file is replaced atomically and synced before Advance
+// returns — while the disk takes writes. When it does not (full,
+// read-only), Advance decides from memory, which keeps the guarantee for
+// as long as the process lives, so that the owner is never locked out by
+// a full disk; Unsaved says how many decisions are not on disk yet, and
+// Flush writes them once the disk takes writes again. A crash before that
+// forgets them (docs/PROTOCOL.md §4 says what that exposes).
 // State is O(clients); no nonce cache is needed. Safe for concurrent use.
 type Timestamps struct {
 	path    string // empty: memory only (tests)
 	mu      sync.Mutex
 	last    map[laneKey]int64
 	lastErr error // why the last save failed, for the log
+	unsaved int   // decisions made since the last successful save
 }
 
 // Lanes of the replay state. LaneAny is the whole client: covert knocks,
@@ -119,13 +126,36 @@ func (t *Timestamps) AdvanceLane(client ClientPublicKey, lane byte, ts int64) er
 	}
 	t.last[key] = ts
 	if err := t.save(); err != nil {
+		// Decide from memory: refusing every knock while the disk is full
+		// would lock the owner out.
 		t.lastErr = err
-		// Keep memory and disk in agreement with what was promised: the
-		// knock is refused, and the in-memory value stays advanced, which
-		// only makes later checks stricter.
+		t.unsaved++
+		return nil
+	}
+	t.lastErr, t.unsaved = nil, 0
+	return nil
+}
+
+// Unsaved returns how many accepted timestamps are only in memory, and why
+// the last write failed.
+func (t *Timestamps) Unsaved() (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.unsaved, t.lastErr
+}
+
+// Flush writes the state if decisions were made while it could not be.
+func (t *Timestamps) Flush() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.unsaved == 0 {
+		return nil
+	}
+	if err := t.save(); err != nil {
+		t.lastErr = err
 		return err
 	}
-	t.lastErr = nil
+	t.lastErr, t.unsaved = nil, 0
 	return nil
 }
 

@@ -189,26 +189,65 @@ func (r *rig) knockUntilOpen(within time.Duration, what string) {
 	}
 }
 
-func TestReadOnlyStateDirRefusesThenRecovers(t *testing.T) {
+// A state_dir that refuses writes (read-only, or full) locks nobody out:
+// knocks are decided from the replay state in memory, which still refuses
+// a replay; the daemon says so loudly, and writes the state once the disk
+// takes writes again, so that a replay is refused after a restart too.
+func TestUnwritableStateDirDecidesFromMemory(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, rigOptions{})
-	r.start()
-	// The daemon has a mount namespace of its own (ip netns exec makes
-	// one): remount inside it.
-	state := filepath.Join(r.dir, "state")
-	inDaemon := func(args ...string) []string {
-		return append([]string{"--target", strconv.Itoa(r.daemon.Process.Pid), "--mount"}, args...)
+	for _, how := range []string{"read-only", "full"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, rigOptions{})
+			r.start()
+			// The daemon has a mount namespace of its own (ip netns exec
+			// makes one): mount inside it.
+			state := filepath.Join(r.dir, "state")
+			inDaemon := func(args ...string) []string {
+				return append([]string{"--target", strconv.Itoa(r.daemon.Process.Pid), "--mount"}, args...)
+			}
+			switch how {
+			case "read-only":
+				netnstest.Run(t, "nsenter", inDaemon("mount", "--bind", state, state)...)
+				netnstest.Run(t, "nsenter", inDaemon("mount", "-o", "remount,ro,bind", state)...)
+			case "full":
+				// A small tmpfs over the state directory holding a copy of
+				// it, then filled to the last byte.
+				netnstest.Run(t, "nsenter", inDaemon("sh", "-c", "cp -a "+state+" "+state+".copy && "+
+					"mount -t tmpfs -o size=64k,mode=0700 tmpfs "+state+" && cp -a "+state+".copy/. "+state+"/ && "+
+					"(dd if=/dev/zero of="+state+"/filler bs=4k 2>/dev/null; true)")...)
+			}
+			mark := r.out.Mark()
+			sniffed := r.sniff()
+			r.knock(r.p.Server4)
+			r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "knock with an unwritable state_dir").Close()
+			r.out.WaitAfter(t, mark, 2*time.Second, "replay state cannot be written", "unsaved=1")
+			knock := <-sniffed
+			mark = r.out.Mark()
+			r.sendRaw(r.p.Client4b, r.p.Server4, knock)
+			r.out.WaitAfter(t, mark, time.Second, "msg=refused", "reason=replay")
+			r.alive()
+			mark = r.out.Mark()
+			switch how {
+			case "read-only":
+				netnstest.Run(t, "nsenter", inDaemon("umount", state)...)
+			case "full":
+				netnstest.Run(t, "nsenter", inDaemon("rm", state+"/filler")...)
+			}
+			r.out.WaitAfter(t, mark, 2*time.Second, "replay state written again", "decisions=1")
+			if how == "full" {
+				// What the daemon wrote is on the tmpfs: carry it back, as
+				// the disk itself would have kept it.
+				netnstest.Run(t, "nsenter", inDaemon("sh", "-c", "cp "+state+"/"+server.ReplayFile+" "+state+".copy/ && "+
+					"umount "+state+" && cp -a "+state+".copy/. "+state+"/")...)
+			}
+			r.signal(syscall.SIGTERM)
+			r.start()
+			mark = r.out.Mark()
+			r.sendRaw(r.p.Client4b, r.p.Server4, knock)
+			r.out.WaitAfter(t, mark, time.Second, "msg=refused", "reason=replay")
+		})
 	}
-	netnstest.Run(t, "nsenter", inDaemon("mount", "--bind", state, state)...)
-	netnstest.Run(t, "nsenter", inDaemon("mount", "-o", "remount,ro,bind", state)...)
-	mark := r.out.Mark()
-	r.knock(r.p.Server4)
-	r.out.WaitAfter(t, mark, time.Second, "refused", "reason=\"state error\"", "read-only file system")
-	r.requireClosed(r.p.Client4, r.p.Server4, "knock with a read-only state_dir")
-	r.alive()
-	netnstest.Run(t, "nsenter", inDaemon("umount", state)...)
-	r.knock(r.p.Server4)
-	r.waitOpen(r.p.Client4, r.p.Server4, time.Second, "after state_dir is writable again").Close()
 }
 
 // A fresh namespace stands in for a reboot: the daemon refuses a corrupt

@@ -94,6 +94,11 @@ type Runner struct {
 
 	ctx    context.Context // ends at Close: running commands are killed
 	cancel context.CancelFunc
+
+	// lingering are the process groups of commands that exited leaving a
+	// child in the background ("… &", as knockd configurations often end):
+	// Close kills them, so nothing a door started outlives the daemon.
+	lingering map[int]bool
 }
 
 // Open loads the pending stop commands from path (which need not exist) and
@@ -363,10 +368,13 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 	var out boundedBuffer
 	c.Stdout, c.Stderr = &out, &out
 	err = c.Run()
-	if errors.Is(err, exec.ErrWaitDelay) {
-		// It exited; a child it started in the background still holds
-		// its output. That child goes on, as with knockd.
+	if c.Process != nil && syscall.Kill(-c.Process.Pid, 0) == nil {
+		// It exited; a child it started in the background goes on, as
+		// with knockd — until the daemon stops.
+		r.linger(c.Process.Pid)
 		args = append(args, "background", "still running")
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil
 	}
 	if s := strings.TrimSpace(out.String()); s != "" {
@@ -382,9 +390,26 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 	r.log.Info(which+" command ran", args...)
 }
 
+// linger records the process group of a command whose children live on,
+// forgetting groups that have emptied since.
+func (r *Runner) linger(pgid int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lingering == nil {
+		r.lingering = map[int]bool{}
+	}
+	for g := range r.lingering {
+		if syscall.Kill(-g, 0) != nil {
+			delete(r.lingering, g)
+		}
+	}
+	r.lingering[pgid] = true
+}
+
 // Close stops waiting: running commands are killed with their process
-// groups, pending stop commands stay recorded and run when the state is
-// opened again.
+// groups, and so are the background children of commands that finished;
+// pending stop commands stay recorded and run when the state is opened
+// again.
 func (r *Runner) Close() {
 	r.mu.Lock()
 	if !r.closed {
@@ -394,6 +419,12 @@ func (r *Runner) Close() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	r.mu.Lock()
+	for g := range r.lingering {
+		syscall.Kill(-g, syscall.SIGKILL)
+	}
+	clear(r.lingering)
+	r.mu.Unlock()
 	r.mu.Lock()
 	if r.journal != nil {
 		r.journal.Close()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -239,4 +240,47 @@ func TestJournalCompacted(t *testing.T) {
 	if lines := strings.Count(string(data), "\n"); len(r.Pending()) != 0 || lines > 200 {
 		t.Fatalf("%d pending, journal of %d lines after 300 stops ran", len(r.Pending()), lines)
 	}
+}
+
+// A command's background child lives on after the command (as with
+// knockd), but not after the runner: Close kills its process group.
+func TestBackgroundChildEndsWithTheRunner(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child")
+	r, err := Open(filepath.Join(dir, "pending"), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run("ssh", addr, "sleep 60 >/dev/null 2>&1 & echo $! > "+pidFile, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	deadline := time.Now().Add(5 * time.Second)
+	for pid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the command did not start its child")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(readProcStat(pid), "sleep") {
+		t.Fatalf("child %d is not running", pid)
+	}
+	// Whether the command itself is still running (its group is killed on
+	// Close) or done (its group lingers), the child must go.
+	r.Close()
+	deadline = time.Now().Add(2 * time.Second)
+	for readProcStat(pid) != "" && !strings.Contains(readProcStat(pid), ") Z ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d outlived the runner: %s", pid, readProcStat(pid))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func readProcStat(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return string(b)
 }

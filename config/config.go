@@ -38,6 +38,9 @@ type Config struct {
 	PrivateKeyFile string
 	StateDir       string
 	MetricsListen  string // empty: no metrics endpoint
+	// MetricsToken, when set, is the bearer token the metrics endpoint
+	// asks for (metrics_token_file).
+	MetricsToken string
 	AnyDestination bool   // count knocks to addresses not on this host (afpacket capture)
 	LogFormat      string // "text" or "json"
 	SPA            SPA
@@ -142,6 +145,8 @@ type rawConfig struct {
 	PrivateKeyFile string      `toml:"private_key_file"`
 	StateDir       string      `toml:"state_dir"`
 	MetricsListen  string      `toml:"metrics_listen"`
+	MetricsPublic  bool        `toml:"metrics_allow_public"`
+	MetricsToken   string      `toml:"metrics_token_file"`
 	AnyDestination bool        `toml:"any_destination"`
 	LogFormat      string      `toml:"log_format"`
 	SPA            rawSPA      `toml:"spa"`
@@ -399,11 +404,7 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	if cfg.PrivateKeyFile == "" && (len(raw.Clients) > 0 || raw.SSH != nil) {
 		v.fail("private_key_file", "missing: the server key made by `postern genkey --server`")
 	}
-	if cfg.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
-			v.fail("metrics_listen", "%q: want host:port, such as \"127.0.0.1:9101\"", cfg.MetricsListen)
-		}
-	}
+	v.metrics(cfg, raw)
 	v.spa(cfg, raw.SPA)
 	v.firewall(cfg, raw.Firewall)
 	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 && raw.SSH == nil {
@@ -572,6 +573,36 @@ func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
 		}
 	}
 	cfg.Fwknop = f
+}
+
+// metrics checks the metrics endpoint: it names clients and shows that
+// postern runs, so it stays on loopback unless the file says otherwise,
+// and then it may ask for a bearer token.
+func (v *validator) metrics(cfg *Config, raw *rawConfig) {
+	if raw.MetricsToken != "" {
+		tok, err := spa.ReadSecretFile(raw.MetricsToken)
+		switch tok = strings.TrimSpace(tok); {
+		case err != nil:
+			v.fail("metrics_token_file", "%v", err)
+		case len(tok) < 16:
+			v.fail("metrics_token_file", "%s: a token of at least 16 characters", raw.MetricsToken)
+		}
+		cfg.MetricsToken = tok
+	}
+	if cfg.MetricsListen == "" {
+		return
+	}
+	host, _, err := net.SplitHostPort(cfg.MetricsListen)
+	if err != nil {
+		v.fail("metrics_listen", "%q: want host:port, such as \"127.0.0.1:9101\"", cfg.MetricsListen)
+		return
+	}
+	a, err := netip.ParseAddr(host)
+	loopback := host == "localhost" || err == nil && a.IsLoopback()
+	if !loopback && !raw.MetricsPublic {
+		v.fail("metrics_listen", "%q is not a loopback address: the endpoint has no authentication of its own and names "+
+			"clients; set metrics_allow_public = true (with metrics_token_file) to serve it there", cfg.MetricsListen)
+	}
 }
 
 // capture checks the capture mode against the interfaces and doors.

@@ -62,6 +62,7 @@ func TestReference(t *testing.T) {
 	}
 	// Every key the decoder knows appears in the reference file.
 	for _, key := range []string{"interface", "capture", "private_key_file", "state_dir", "metrics_listen",
+		"metrics_allow_public", "metrics_token_file",
 		"port", "max_skew", "destinations", "workers", "backend", "on_exit",
 		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
 		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
@@ -138,6 +139,9 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad any in a list", "interface = [\"eth0\", \"any\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
+		{"bad metrics on every address", "interface = \"eth0\"\nmetrics_listen = \":9101\"\n", "p.toml:2: metrics_listen: \":9101\" is not a loopback address"},
+		{"bad metrics on a public address", "interface = \"eth0\"\nmetrics_listen = \"198.18.0.1:9101\"\n", "metrics_allow_public = true"},
+		{"bad metrics token file missing", "interface = \"eth0\"\nmetrics_token_file = \"/nonexistent/token\"\n", "metrics_token_file: open /nonexistent/token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,6 +153,27 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 				t.Fatalf("error %q does not contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// metrics_listen beyond loopback needs metrics_allow_public; the token
+// file is read as a secret (mode 0600).
+func TestMetricsEndpointSettings(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	os.WriteFile(tok, []byte("0123456789abcdef0123\n"), 0o644)
+	base := "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\n"
+	doc := "metrics_listen = \"0.0.0.0:9101\"\nmetrics_allow_public = true\nmetrics_token_file = \"" + tok + "\"\n" + base
+	if _, err := Parse("p.toml", []byte(doc)); err == nil || !strings.Contains(err.Error(), "mode 0644") {
+		t.Fatalf("a token file others may read: %v", err)
+	}
+	os.Chmod(tok, 0o600)
+	cfg, err := Parse("p.toml", []byte(doc))
+	if err != nil || cfg.MetricsToken != "0123456789abcdef0123" {
+		t.Fatalf("public metrics with a token: %v %+v", err, cfg)
+	}
+	if _, err := Parse("p.toml", []byte("metrics_listen = \"[::1]:9101\"\n"+base)); err != nil {
+		t.Fatalf("loopback metrics: %v", err)
 	}
 }
 

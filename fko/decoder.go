@@ -264,11 +264,14 @@ func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, sr
 			s = &c
 		}
 		if !s.Matches(st.GPGRemoteIDs, st.GPGFingerprints) {
-			signedBy := "unsigned"
+			signedBy, why := "unsigned", s.Problem()
 			if signer != nil {
 				signedBy = signer.Fingerprint + signer.KeyID
 			}
-			v.Refuse(policy.Fwknop, src, who, ReasonSignature, user, slog.String("signer", signedBy))
+			if why == "" {
+				why = "the signer is not in GPG_REMOTE_ID or GPG_FINGERPRINT_ID"
+			}
+			v.Refuse(policy.Fwknop, src, who, ReasonSignature, user, slog.String("signer", signedBy), slog.String("why", why))
 			return
 		}
 	}

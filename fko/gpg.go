@@ -36,6 +36,33 @@ type GPGSigner struct {
 	Fingerprint string // primary key fingerprint (VALIDSIG)
 	Good        bool   // the signature verified, by a key gpg holds fully valid
 	Untrusted   bool   // it verified, but gpg does not hold the key valid (a bad signature, as fwknopd has it)
+	Status      string // the status keyword of a signature that did not verify (BADSIG, ERRSIG, …)
+}
+
+// Problem says, for a log line, why the signature does not count: ""
+// when it is good.
+func (s *GPGSigner) Problem() string {
+	switch {
+	case s == nil:
+		return "unsigned"
+	case s.Untrusted:
+		return "the signing key is not fully valid in the keyring (gpg's trust)"
+	case s.Good:
+		return ""
+	}
+	switch s.Status {
+	case "BADSIG":
+		return "bad signature"
+	case "ERRSIG":
+		return "signature not checked (is the signing key in the keyring?)"
+	case "EXPSIG":
+		return "expired signature"
+	case "EXPKEYSIG":
+		return "signed with an expired key"
+	case "REVKEYSIG":
+		return "signed with a revoked key"
+	}
+	return "signature not verified"
 }
 
 // Matches reports whether the signer is one of ids (GPG_REMOTE_ID: key IDs,
@@ -206,8 +233,8 @@ func (g *GPG) decrypt(text string) (string, *GPGSigner, error) {
 			if len(f) > 1 {
 				signer.Fingerprint = strings.ToUpper(f[len(f)-1])
 			}
-		case "BADSIG", "ERRSIG", "EXPSIG", "REVKEYSIG":
-			signer = &GPGSigner{Good: false}
+		case "BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG":
+			signer = &GPGSigner{Good: false, Status: f[0]}
 			if len(f) > 1 {
 				signer.KeyID = strings.ToUpper(f[1])
 			}

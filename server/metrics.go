@@ -2,6 +2,7 @@ package server
 
 import (
 	"cmp"
+	"crypto/subtle"
 	"fmt"
 	"io"
 	"net"
@@ -158,19 +159,30 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	return total, nil
 }
 
-func (m *Metrics) serve(addr string) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		m.WriteTo(w)
-	})
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+func (m *Metrics) serve(addr, token string) (*http.Server, error) {
+	srv := &http.Server{Addr: addr, Handler: m.handler(token), ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	go srv.Serve(ln)
 	return srv, nil
+}
+
+// handler serves /metrics, to requests with the bearer token if one is set.
+func (m *Metrics) handler(token string) http.Handler {
+	mux := http.NewServeMux()
+	want := []byte("Bearer " + token)
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="postern"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		m.WriteTo(w)
+	})
+	return mux
 }
 
 // logLimiter keeps a flood from turning into a flood of log lines: each

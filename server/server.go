@@ -452,15 +452,20 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.MetricsListen != "" {
 		s.metrics.labeled("postern_build_info", "The running postern's version.",
 			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
-		hs, err := s.metrics.serve(s.cfg.MetricsListen)
+		hs, err := s.metrics.serve(s.cfg.MetricsListen, s.cfg.MetricsToken)
 		if err != nil {
 			return fmt.Errorf("metrics_listen: %w", err)
 		}
 		defer hs.Close()
 	}
 	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
-		if err := writePidFile(s.cfg.Knockd.PidFile); err != nil {
+		link, err := writePidFile(s.cfg.Knockd.PidFile)
+		if err != nil {
 			return fmt.Errorf("%s: PidFile: %w", s.cfg.Knockd.Path, err)
+		}
+		if link {
+			s.log.Warn("the knockd PidFile was a symbolic link; replaced it by the file, not written through it",
+				"path", s.cfg.Knockd.PidFile)
 		}
 		defer os.Remove(s.cfg.Knockd.PidFile)
 	}
@@ -539,13 +544,15 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// writePidFile writes the pid through a new file renamed into place, never
-// following a symbolic link (as root, that would write wherever it points).
-func writePidFile(path string) error {
+// writePidFile writes the pid through a new file renamed into place: the
+// rename replaces whatever is at path, a symbolic link included, and never
+// writes through one (as root, that would write wherever it points); a
+// planted link does not keep the daemon from starting.
+func writePidFile(path string) (replacedLink bool, err error) {
 	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSymlink != 0 {
-		return fmt.Errorf("%s is a symbolic link; refusing to write through it", path)
+		replacedLink = true
 	}
-	return atomicfile.Write(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+	return replacedLink, atomicfile.Write(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 }
 
 // openCapture opens the configured capture, unless a Source was given.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -364,5 +366,32 @@ func TestLogFormats(t *testing.T) {
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "<4>level=WARN msg=refused") || !strings.HasPrefix(lines[1], "<3>") ||
 		!strings.HasPrefix(lines[2], "<6>") {
 		t.Fatalf("journal lines:\n%s", data)
+	}
+}
+
+// With a token, the metrics endpoint answers only requests that carry it.
+func TestMetricsBearerToken(t *testing.T) {
+	m := newMetrics(nil)
+	srv := httptest.NewServer(m.handler("0123456789abcdef"))
+	defer srv.Close()
+	get := func(auth string) int {
+		req, _ := http.NewRequest("GET", srv.URL+"/metrics", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		auth string
+		want int
+	}{{"", 401}, {"Bearer wrong", 401}, {"Bearer 0123456789abcdef", 200}, {"0123456789abcdef", 401}} {
+		if got := get(c.auth); got != c.want {
+			t.Errorf("Authorization %q: %d, want %d", c.auth, got, c.want)
+		}
 	}
 }

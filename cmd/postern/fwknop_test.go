@@ -254,13 +254,14 @@ FW_ACCESS_TIMEOUT 2
 	t.Run("signed by a key not in GPG_REMOTE_ID", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.fwknop(gpgArgs(filepath.Join(dir, "stranger-gnupg"), strangerFpr)...)
-		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`)
+		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`, "why=")
 		r.requireClosed(cli, srv, "stranger's signature")
 	})
 	t.Run("good signature from a listed key gpg does not hold valid", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.fwknop(gpgArgs(untrustedHome, untrustedFpr)...)
-		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`)
+		r.out.WaitAfter(t, mark, 3*time.Second, `msg=refused language=fwknop`, `reason="signature refused"`,
+			`why="the signing key is not fully valid in the keyring`)
 		r.requireClosed(cli, srv, "untrusted signer")
 	})
 }

@@ -384,7 +384,12 @@ func TestUntrustedStateRefused(t *testing.T) {
 
 // The knockd PidFile and LogFile are never written through a symbolic
 // link (as root, that writes wherever it points).
-func TestSymlinkedPidAndLogFilesRefused(t *testing.T) {
+// A symbolic link planted where the knockd PidFile or LogFile goes is
+// never written through. The PidFile is postern's own: the link is
+// replaced by the file and the daemon starts (a planted link must not
+// stop it). The LogFile holds the administrator's lines: the daemon
+// refuses it.
+func TestSymlinkedPidAndLogFiles(t *testing.T) {
 	t.Parallel()
 	for _, which := range []string{"PidFile", "LogFile"} {
 		t.Run(which, func(t *testing.T) {
@@ -401,9 +406,20 @@ func TestSymlinkedPidAndLogFilesRefused(t *testing.T) {
 			}
 			knockd := r.writeFile("knockd.conf", fmt.Sprintf("[options]\n\tPidFile = %s\n\tLogFile = %s\n[ssh]\n\tsequence = 7000,8000\n\tcommand = true\n", pid, log))
 			r.writeFile("postern.toml", fmt.Sprintf("interface = %q\nstate_dir = %q\nknockd_file = %q\n", netnstest.Interface, r.dir+"/state", knockd))
-			out, err := r.p.Server.Command(t.Context(), posternBin, "server", "-c", r.cfgPath).CombinedOutput()
-			if err == nil {
-				t.Fatalf("daemon started with a symlinked %s:\n%s", which, out)
+			if which == "PidFile" {
+				r.start()
+				st, err := os.Lstat(link)
+				if err != nil || st.Mode()&os.ModeSymlink != 0 {
+					t.Fatalf("the PidFile is still a link (%v)", err)
+				}
+				if data, _ := os.ReadFile(link); strings.TrimSpace(string(data)) != strconv.Itoa(r.daemon.Process.Pid) {
+					t.Fatalf("PidFile holds %q", data)
+				}
+			} else {
+				out, err := r.p.Server.Command(t.Context(), posternBin, "server", "-c", r.cfgPath).CombinedOutput()
+				if err == nil {
+					t.Fatalf("daemon started with a symlinked %s:\n%s", which, out)
+				}
 			}
 			if data, _ := os.ReadFile(victim); string(data) != "precious\n" {
 				t.Fatalf("written through the link: %q", data)

@@ -40,7 +40,7 @@ type Config struct {
 	MetricsListen  string // empty: no metrics endpoint
 	// MetricsToken, when set, is the bearer token the metrics endpoint
 	// asks for (metrics_token_file).
-	MetricsToken string
+	MetricsToken   string
 	AnyDestination bool   // count knocks to addresses not on this host (afpacket capture)
 	LogFormat      string // "text" or "json"
 	SPA            SPA

@@ -147,6 +147,11 @@ func testGateway(t *testing.T, g *netnstest.Gateway, fw *firewall.Keeper, publis
 	if got := whoami(g, g.Client4b, ext, expectClosed); got != "" {
 		t.Errorf("DNAT reached the inside host from another address: %q", got)
 	}
+	// A grant through the gateway's port is not a grant of the inside
+	// host's port itself: going there directly stays closed.
+	if got := whoami(g, g.Client4, in4, expectClosed); got != "" {
+		t.Errorf("a DNAT grant also opened the inside host's port directly: %q", got)
+	}
 	live, _ = fw.List()
 	if !containsGrant(live, dnat) {
 		t.Errorf("List lost the DNAT: %v", live)

@@ -21,6 +21,7 @@ import (
 //	filter POSTERN_FORWARD, jumped to from the top of FORWARD:
 //	  -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
 //	  -m set --match-set postern-fwd4 src,dst,dst -j ACCEPT   # client, port, inside host
+//	  -m conntrack --ctstate DNAT -m set --match-set postern-fwdvia4 src,dst,dst -j ACCEPT   # the same, reached through a port of this host only
 //	  -m set --match-set postern-fwdall4 src -j ACCEPT         # forward-all clients (FORWARD_ALL)
 //	  -m set --match-set postern-closed4 dst,dst -j DROP       # protected destinations
 //	nat POSTERN_DNAT, jumped to from the top of PREROUTING, one rule per
@@ -98,6 +99,7 @@ func forwardRules(fam string) []string {
 	return []string{
 		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
 		"-m set --match-set " + ipsetPrefix + "fwd" + fam + " src,dst,dst -j ACCEPT",
+		"-m conntrack --ctstate DNAT -m set --match-set " + ipsetPrefix + "fwdvia" + fam + " src,dst,dst -j ACCEPT",
 		"-m set --match-set " + ipsetPrefix + "fwdall" + fam + " src -j ACCEPT",
 		"-m set --match-set " + ipsetPrefix + "closed" + fam + " dst,dst -j DROP",
 	}
@@ -115,7 +117,7 @@ func famSuffix(family string) string {
 // their translations) and the jumps.
 func (t *IPTables) setupGateway(r Rules, tables, restore, family string) error {
 	fam := famSuffix(family)
-	for _, s := range []struct{ name, typ string }{{"fwd", "hash:ip,port,ip"}, {"masq", "hash:ip,port,ip"},
+	for _, s := range []struct{ name, typ string }{{"fwd", "hash:ip,port,ip"}, {"fwdvia", "hash:ip,port,ip"}, {"masq", "hash:ip,port,ip"},
 		{"fwdall", "hash:ip"}, {"masqall", "hash:ip"}} {
 		if _, err := t.run("", "ipset", "create", ipsetPrefix+s.name+fam, s.typ, "family", family, "timeout", "0", "-exist"); err != nil {
 			return err
@@ -251,7 +253,13 @@ func (t *IPTables) gatewayScript(script *strings.Builder, g Grant, revoke bool) 
 		add(setFor(g.Addr), element(g))
 		return nil
 	}
-	add(gwSet("fwd", g.Addr), flowElement(g))
+	if g.External != 0 {
+		// Reached through this host's port: only DNATed connections pass,
+		// never the client going to the inside host directly.
+		add(gwSet("fwdvia", g.Addr), flowElement(g))
+	} else {
+		add(gwSet("fwd", g.Addr), flowElement(g))
+	}
 	switch {
 	case g.Masquerade:
 		add(gwSet("masq", g.Addr), flowElement(g))
@@ -293,6 +301,11 @@ func (t *IPTables) listGateway() ([]Grant, error) {
 		if err != nil {
 			return nil, err
 		}
+		via, err := save(ipsetPrefix + "fwdvia" + fam)
+		if err != nil {
+			return nil, err
+		}
+		fwd = append(fwd, via...) // the DNAT rules say which were reached through a port
 		masq, err := save(ipsetPrefix + "masq" + fam)
 		if err != nil {
 			return nil, err
@@ -432,7 +445,7 @@ func timeoutField(fs []string) time.Duration {
 // auditGateway checks one family's gateway part.
 func (t *IPTables) auditGateway(d *Damage, f struct{ tables, restore, set, family string }, sets []string) {
 	fam := famSuffix(f.family)
-	for _, s := range []string{"fwd", "masq", "fwdall", "masqall"} {
+	for _, s := range []string{"fwd", "fwdvia", "masq", "fwdall", "masqall"} {
 		if !slices.Contains(sets, ipsetPrefix+s+fam) {
 			d.add("ipset "+ipsetPrefix+s+fam, true)
 		}

@@ -21,6 +21,7 @@ import (
 // the input grants (one of each per address family; "4" shown):
 //
 //	set fwd4    { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags timeout; }  # client . to . port
+//	set fwdvia4 { type ipv4_addr . inet_proto . inet_service; flags timeout; }  # client . external port: DNATed grants
 //	set masq4   { same type; flags timeout; }
 //	map snat4   { same type : ipv4_addr; flags timeout; }
 //	map dnat4   { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags timeout; }  # client . external port : to . port
@@ -31,6 +32,7 @@ import (
 //	  type filter hook forward priority filter - 10; policy accept;
 //	  ct state established,related accept
 //	  ip saddr . ip daddr . meta l4proto . th dport @fwd4 accept
+//	  ct status dnat ip saddr . meta l4proto . ct original proto-dst @fwdvia4 accept
 //	  ip saddr @fwdall4 accept
 //	  # with Rules.Published (Docker hosts):
 //	  ct status dnat ip saddr . meta l4proto . ct original proto-dst @grants4 accept
@@ -56,6 +58,10 @@ import (
 // - 10) and touch only granted clients.
 type gatewaySets struct {
 	fwd, masq, snat, dnat, closed [2]*nftables.Set // [0] IPv4, [1] IPv6
+	// fwdVia opens a grant reached through a port of this host (DNAT):
+	// only connections DNATed from that port pass, never the same
+	// client going to the inside host directly.
+	fwdVia [2]*nftables.Set
 	// Forward-all grants (fwknop's FORWARD_ALL), keyed by the client.
 	fwdAll, masqAll, snatAll, dnatAll [2]*nftables.Set
 }
@@ -91,6 +97,7 @@ func (n *NFTables) newGatewaySets(nextID uint32) {
 		n.gw.dnat[i] = &nftables.Set{Name: "dnat" + sfx, Concatenation: true, KeyType: svc, HasTimeout: true, IsMap: true,
 			DataType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService)}
 		n.gw.closed[i] = &nftables.Set{Name: "closed" + sfx, Concatenation: true, KeyType: svc}
+		n.gw.fwdVia[i] = &nftables.Set{Name: "fwdvia" + sfx, Concatenation: true, KeyType: svc, HasTimeout: true}
 		n.gw.fwdAll[i] = &nftables.Set{Name: "fwdall" + sfx, KeyType: f.addrType, HasTimeout: true}
 		n.gw.masqAll[i] = &nftables.Set{Name: "masqall" + sfx, KeyType: f.addrType, HasTimeout: true}
 		n.gw.snatAll[i] = &nftables.Set{Name: "snatall" + sfx, KeyType: f.addrType, HasTimeout: true, IsMap: true, DataType: f.addrType}
@@ -116,7 +123,7 @@ func (n *NFTables) gatewaySetList() []*nftables.Set {
 	var out []*nftables.Set
 	for i := range 2 {
 		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i], n.gw.closed[i],
-			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i])
+			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i], n.gw.fwdVia[i])
 	}
 	return out
 }
@@ -127,7 +134,7 @@ func (n *NFTables) grantSets() []*nftables.Set {
 	var out []*nftables.Set
 	for i := range 2 {
 		out = append(out, n.gw.fwd[i], n.gw.masq[i], n.gw.snat[i], n.gw.dnat[i],
-			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i])
+			n.gw.fwdAll[i], n.gw.masqAll[i], n.gw.snatAll[i], n.gw.dnatAll[i], n.gw.fwdVia[i])
 	}
 	return out
 }
@@ -225,6 +232,10 @@ func (n *NFTables) forwardRules(published bool) [][]expr.Any {
 	rules := [][]expr.Any{n.establishedRule()}
 	for i, f := range ipFamilies {
 		rules = append(rules, cat(isFamily(f), flowKey(f), []expr.Any{lookup(n.gw.fwd[i])}, accept))
+	}
+	for i, f := range ipFamilies {
+		rules = append(rules, cat(ctStatusDNAT(), isFamily(f), serviceKeyOf(f, f.saddr, true),
+			[]expr.Any{lookup(n.gw.fwdVia[i])}, accept))
 	}
 	for i, f := range ipFamilies {
 		rules = append(rules, cat(isFamily(f), saddr(f), []expr.Any{lookup(n.gw.fwdAll[i])}, accept))
@@ -345,7 +356,11 @@ func (n *NFTables) gatewayElems(g Grant) []setElem {
 		set, k := n.grantSetAndKey(Grant{Addr: g.Addr, Port: g.Port})
 		return append(out, setElem{set, k, nil})
 	}
-	out = append(out, setElem{n.gw.fwd[i], flowElemKey(g), nil})
+	if g.External != 0 {
+		out = append(out, setElem{n.gw.fwdVia[i], slices.Concat(addrBytes(g.Addr), protoPort(g.Port.Proto, g.External)), nil})
+	} else {
+		out = append(out, setElem{n.gw.fwd[i], flowElemKey(g), nil})
+	}
 	switch {
 	case g.Masquerade:
 		out = append(out, setElem{n.gw.masq[i], flowElemKey(g), nil})
@@ -396,6 +411,14 @@ func (n *NFTables) listGateway(have map[string]bool) ([]Grant, error) {
 		if err != nil {
 			return nil, err
 		}
+		via, err := get(n.gw.fwdVia[i])
+		if err != nil {
+			return nil, err
+		}
+		viaKeys := make(map[string]nftables.SetElement, len(via))
+		for _, e := range via {
+			viaKeys[string(e.Key)] = e
+		}
 		a := f.alen
 		addr := func(b []byte) netip.Addr { x, _ := netip.AddrFromSlice(b[:a]); return x }
 		pp := func(b []byte) port.Spec {
@@ -425,6 +448,14 @@ func (n *NFTables) listGateway(have map[string]bool) ([]Grant, error) {
 			}
 			g := Grant{Addr: addr(e.Key), To: addr(e.Val), External: binary.BigEndian.Uint16(e.Key[a+4:]), Local: true,
 				Port: port.Spec{Proto: port.Protocol(e.Key[a]), Num: binary.BigEndian.Uint16(e.Val[a:])}, Timeout: e.Expires, Name: e.Comment}
+			if v, ok := viaKeys[string(e.Key)]; ok {
+				// A forwarded grant reached through this host's port.
+				g.Local, g.Timeout, g.Name = false, v.Expires, v.Comment
+				key := flowElemKey(g)
+				g.Masquerade, g.SNAT = masqueraded[string(key)], snatTo[string(key)]
+				out = append(out, g)
+				continue
+			}
 			external[target{g.Addr, g.To, g.Port}] = g.External
 			locals = append(locals, g)
 		}

@@ -206,7 +206,10 @@ FW_ACCESS_TIMEOUT   3
 		"--key-base64-rijndael", fwKey, "--key-base64-hmac", fwHMAC, "--use-hmac")
 	r.waitWhoami(cli, viaGateway, cli, "after fwknop -N")
 	r.out.WaitAfter(t, mark, time.Second, "msg=granted language=fwknop", "allow="+cli.String(), "to=\"10.77.1.2:tcp/22 via 22\"")
-	r.waitWhoami(cli, inside, cli, "routed to the inside host")
+	// The grant leads through the gateway's port only: routed straight to
+	// the inside host, the same client stays out (fwknopd's FORWARD rule
+	// would let it in).
+	r.requireNoWay(cli, inside, "routed to the inside host, not through the gateway's port")
 	r.requireNoWay(r.p.Client4b, viaGateway, "another address through the gateway")
 	r.requireNoWay(r.p.Client4b, inside, "another address to the inside host")
 	r.waitNoWay(cli, viaGateway, 5*time.Second, "after FW_ACCESS_TIMEOUT")

@@ -29,17 +29,18 @@ var Reasons = []string{ReasonFailed, ReasonTimedOut, ReasonEvicted, ReasonRefuse
 
 // Completions a door may have: door sequences are not authenticated, so a
 // flood of spoofed completions is bounded here, before any grant or
-// command (a person completes a door a few times a minute). Each source
-// (an IPv6 /64) has a budget of its own, so one sender cannot spend the
-// door's; the door's total is well above what spoofing from random
+// command (a person completes a door a few times a minute; a script
+// checking a door, such as the knockd differential test's sentinel, a
+// few times a second). Each source (an IPv6 /64) has a budget of its own,
+// so one sender cannot spend the door's; the door's total is well above what spoofing from random
 // sources at tens a second reaches (measured: 40 a second refused every
 // real knock with a total of 10), and the command runner bounds pending
 // stop commands besides.
 const (
 	completionRate        = 100 // a second, per door
 	completionBurst       = 200
-	sourceCompletionRate  = 2 // a second, per door and source
-	sourceCompletionBurst = 5
+	sourceCompletionRate  = 10 // a second, per door and source: what the whole door had before
+	sourceCompletionBurst = 20
 	completionSources     = 65536
 )
 

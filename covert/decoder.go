@@ -2,6 +2,7 @@ package covert
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -165,7 +166,7 @@ func (d *Decoder) decide(f *capture.Frame, dr *door, i int, req Request) {
 		return
 	}
 	if err := d.replay.Advance(dr.ids[i], req.Time.UnixNano()); err != nil {
-		if err == spa.ErrReplay {
+		if errors.Is(err, spa.ErrReplay) {
 			d.out.Refuse(policy.Covert, f.Src, who, ReasonReplay)
 		} else {
 			d.out.Refuse(policy.Covert, f.Src, who, ReasonState, slog.String("detail", err.Error()))

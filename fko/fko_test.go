@@ -4,8 +4,14 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/postern/postern/capture"
+	"github.com/postern/postern/policy"
 )
 
 // The worked example of ../shared/reference/fwknop.md §1.10: a packet made
@@ -332,5 +338,57 @@ func TestDecodeRefusesBadUsername(t *testing.T) {
 		b64.EncodeToString([]byte("198.18.0.2,tcp/22"))
 	if _, err := Decode(enc + ":" + sum(SHA256, enc)); err != nil {
 		t.Fatalf("a good username refused: %v", err)
+	}
+}
+
+// Without an HMAC key (a legacy stanza) the inner digest is the only
+// integrity check: a message whose digest is off by one character is
+// refused by Decode, by Open, and by the decoder with a counted reason.
+func TestLegacyDigestIsChecked(t *testing.T) {
+	k := &Keys{Key: []byte("secret-key-1")}
+	m := &Message{Rand: "1234567890123456", User: "alice", Timestamp: 1_800_000_000, Type: AccessMsg,
+		Message: "198.18.0.2,tcp/22"}
+	pt, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alphabet := "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	i := strings.LastIndexByte(pt, ':') + 3 // a character inside the digest
+	bad := pt[:i] + string(alphabet[(strings.IndexByte(alphabet, pt[i])+1)%64]) + pt[i+1:]
+	if _, err := Decode(pt); err != nil {
+		t.Fatalf("the good message: %v", err)
+	}
+	if _, err := Decode(bad); err == nil {
+		t.Fatal("Decode accepted a wrong digest")
+	}
+	for name, text := range map[string]string{"good": pt, "bad digest": bad} {
+		wire, err := k.Seal(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = k.Open(wire)
+		if (err == nil) != (name == "good") {
+			t.Errorf("Open of the %s message: %v", name, err)
+		}
+		ss, err := ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY secret-key-1\nOPEN_PORTS tcp/22\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := OpenReplayCache(filepath.Join(t.TempDir(), "digests"), time.Hour, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 1000 * time.Hour, Replay: rc})
+		var got policy.Verdict
+		d.Decode(&capture.Frame{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.1"),
+			Payload: []byte(wire), Time: time.Unix(1_800_000_000, 0)}, func(v *policy.Verdict) { got = *v })
+		d.Close()
+		if name == "good" && got.Reason != "" || name != "good" && got.Reason == "" {
+			t.Errorf("decoder, %s message: reason %q", name, got.Reason)
+		}
+		if name != "good" && !slices.Contains(Reasons, got.Reason) {
+			t.Errorf("decoder refused with %q, not a counted reason", got.Reason)
+		}
 	}
 }

@@ -392,3 +392,36 @@ func TestForeignDestinationOnlyForTarget(t *testing.T) {
 		t.Fatalf("events %+v", r.events)
 	}
 }
+
+// Each one-time line opens once: consuming a line that is no longer the
+// current one is refused and changes nothing; the next line is current
+// and unmarked.
+func TestOneTimeConsumeOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "otp")
+	os.WriteFile(path, []byte("7000,8000\n7001,8001\n7002,8002\n"), 0o600)
+	ot, err := LoadOneTime(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := ot.Current()
+	if err := ot.Consume(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := ot.Consume(first); err == nil {
+		t.Fatal("the same line consumed twice")
+	}
+	line, seq, ok := ot.Current()
+	if !ok || line != first+1 || seq[0].Num != 7001 {
+		t.Fatalf("current after the refused consume: line %d %v %v", line, seq, ok)
+	}
+	data, _ := os.ReadFile(path)
+	if string(data) != "#000,8000\n7001,8001\n7002,8002\n" {
+		t.Fatalf("file after one use and one refused reuse: %q", data)
+	}
+	if err := ot.Consume(line + 1); err == nil {
+		t.Fatal("a line that is not current yet was consumed")
+	}
+	if l, _, _ := ot.Current(); l != line {
+		t.Fatalf("current moved to %d", l)
+	}
+}

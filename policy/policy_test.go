@@ -194,3 +194,29 @@ func TestPermits(t *testing.T) {
 		}
 	}
 }
+
+// Found by scripts/mutation.sh: the fwknop-style port predicate
+// (OPEN_PORTS/RESTRICT_PORTS) and a forward-all SNAT address of the wrong
+// family had no test.
+func TestAllowPortAndForwardAllFamilies(t *testing.T) {
+	ssh, telnet := port.Spec{Proto: port.TCP, Num: 22}, port.Spec{Proto: port.TCP, Num: 23}
+	a := netip.MustParseAddr("198.18.0.2")
+	p := New([]Client{
+		{Language: Fwknop, Name: "stanza", AllowPort: func(s port.Spec) bool { return s == ssh }, MaxDuration: time.Minute},
+		{Language: Fwknop, Name: "all", ForwardAll: true, AnyNAT: Forward{SNAT: netip.MustParseAddr("2001:db8::9")},
+			MaxDuration: time.Minute},
+	})
+	if _, r := p.Decide(&Request{Language: Fwknop, Client: "stanza", Allow: a, Ports: []port.Spec{ssh}}); r != "" {
+		t.Fatalf("allowed port: %v", r)
+	}
+	if _, r := p.Decide(&Request{Language: Fwknop, Client: "stanza", Allow: a, Ports: []port.Spec{telnet}}); r != PortNotAllowed {
+		t.Fatalf("bad port outside the predicate: %v", r)
+	}
+	if !p.Permits(Grant{Addr: a, Port: ssh, Name: Owner(Fwknop, "stanza")}) ||
+		p.Permits(Grant{Addr: a, Port: telnet, Name: Owner(Fwknop, "stanza")}) {
+		t.Fatal("Permits does not follow the port predicate")
+	}
+	if _, r := p.Decide(&Request{Language: Fwknop, Client: "all", Allow: a, Ports: []port.Spec{ssh}, ForwardAll: true}); r != ForwardNotAllowed {
+		t.Fatalf("bad forward-all with an IPv6 SNAT address for an IPv4 client: %v", r)
+	}
+}

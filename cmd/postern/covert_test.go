@@ -124,14 +124,21 @@ func covertAttacks(t *testing.T, r *rig, captured [][]byte, secret string) {
 		}
 		return out
 	}
-	// One SYN missing: nothing opens; after the reassembly window it is
-	// forgotten without a trace.
+	// One SYN missing: nothing opens. The daemon's verdict on the lone SYN
+	// comes when a second SYN from the source pairs with it: one with a
+	// random carrier, whose pairing is refused.
 	lone := build(time.Now())
+	mark := r.out.Mark()
 	r.sendRawIP(lone[0])
-	time.Sleep(300 * time.Millisecond)
+	r.sendRawIP(covert.SYN{Src: cli, Dst: srv, SrcPort: 40009, DstPort: 4444,
+		Carrier: [covert.CarrierSize]byte(randomBytes(covert.CarrierSize))}.Build(sh))
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused language=covert", `reason="bad knock"`)
+	if strings.Contains(r.out.String()[mark:], "msg=granted") {
+		t.Fatal("a knock with one SYN missing opened")
+	}
 	r.requireClosed(cli, srv, "a knock with one SYN missing")
-	// Reordered: reassembled and granted.
-	time.Sleep(covertWindowForTest)
+	// Reordered: reassembled and granted (the random SYN, kept from the
+	// failed pairing, pairs once more with the first and is refused).
 	syns := build(time.Now())
 	r.sendRawIP(syns[1], syns[0])
 	r.waitOpen(cli, srv, time.Second, "reordered SYNs").Close()
@@ -146,7 +153,7 @@ func covertAttacks(t *testing.T, r *rig, captured [][]byte, secret string) {
 	})
 	// Decoys to other ports and from the client's other address are
 	// ignored; the knock still opens.
-	mark := r.out.Mark()
+	mark = r.out.Mark()
 	if out, err := r.postern("knock", "--covert", "--door", "ssh-covert", "--secret-file", secret, "--port", "4444",
 		"--decoys", "3", "--decoy-from", r.p.Client4b.String(), "-v", srv.String()); err != nil || strings.Count(out, "SYN ") != 6 {
 		t.Fatalf("knock with decoys: %v\n%s", err, out)
@@ -160,9 +167,6 @@ func covertAttacks(t *testing.T, r *rig, captured [][]byte, secret string) {
 	}
 	r.requireClosed(r.p.Client4b, srv, "the decoy address")
 }
-
-// covertWindowForTest outlasts the server's reassembly window.
-const covertWindowForTest = 5500 * time.Millisecond
 
 func covertShape(r *rig, dst netip.Addr) (covert.Shape, error) {
 	var sh covert.Shape

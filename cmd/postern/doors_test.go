@@ -237,9 +237,20 @@ duration = "30s"
 	t.Run("slower than seq_timeout fails and is logged", func(t *testing.T) {
 		mark := r.out.Mark()
 		r.hits(c6, srv6, tcpHit(7000), udpHit(8000))
-		time.Sleep(2500 * time.Millisecond)
+		time.Sleep(2500 * time.Millisecond) // the subject: slower than seq_timeout
 		r.out.WaitAfter(t, mark, time.Second, `reason="knock timed out"`, "src="+c6.String(), "stage=2")
+		// The late last hit, then a whole sequence from another address on
+		// the same path: its grant is the verdict that the late hit, before
+		// it, opened nothing.
+		witness := netip.MustParseAddr("2001:db8::4")
+		r.p.Client.IP(t, "addr", "add", witness.String()+"/64", "dev", netnstest.Interface, "nodad")
+		mark = r.out.Mark()
 		r.hit(c6, srv6, tcpHit(9000))
+		r.hits(witness, srv6, tcpHit(7000), udpHit(8000), tcpHit(9000))
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=door", "src="+witness.String())
+		if strings.Contains(r.out.String()[mark:], "msg=granted language=door src="+c6.String()) {
+			t.Fatal("the last hit of a timed-out sequence opened the door")
+		}
 		r.requireClosed(c6, srv6, "slow sequence")
 	})
 	t.Run("duplicated first hit still succeeds", func(t *testing.T) {
@@ -293,28 +304,34 @@ duration = "30s"
 			t.Fatalf("postern knock: %v\n%s", err, out)
 		}
 	}
-	// The second line is not yet valid: nothing opens.
+	// The second line is not yet valid: nothing opens. The daemon's verdict
+	// comes with the next knock on the same capture path: the first line
+	// is granted, once.
+	mark := r.out.Mark()
 	knockSeq("7002", "8002:udp")
-	time.Sleep(300 * time.Millisecond)
-	r.requireClosed(r.p.Client4, srv, "a later line before its turn")
 	knockSeq("7001", "8001:udp")
 	r.waitOpen(r.p.Client4, srv, time.Second, "first line").Close()
 	waitFile(t, seqFile, "\n#7001,8001:udp\n", time.Second)
+	r.out.WaitAfter(t, mark, time.Second, "msg=granted language=door")
+	if n := strings.Count(r.out.String()[mark:], "msg=granted language=door"); n != 1 {
+		t.Fatalf("%d grants for a later line before its turn and the first line; want 1", n)
+	}
 
 	// The used line never opens again, for anyone.
 	r.signal(syscall.SIGTERM)
 	r.p.Server.Exec(t, posternBin, "cleanup")
 	r.start()
 	r.requireClosed(r.p.Client4, srv, "after restart")
-	mark := r.out.Mark()
+	// The reused line, then the current one: its grant is the daemon's
+	// verdict that the reused one went through the same path first.
+	mark = r.out.Mark()
 	knockSeq("7001", "8001:udp")
-	time.Sleep(300 * time.Millisecond)
-	r.requireClosed(r.p.Client4, srv, "reused line")
-	if strings.Contains(r.out.String()[mark:], "msg=granted language=door") {
-		t.Fatal("a used one-time sequence opened the door")
-	}
 	knockSeq("7002", "8002:udp")
 	r.waitOpen(r.p.Client4, srv, time.Second, "second line after restart").Close()
+	r.out.WaitAfter(t, mark, time.Second, "msg=granted language=door")
+	if n := strings.Count(r.out.String()[mark:], "msg=granted language=door"); n != 1 {
+		t.Fatalf("%d grants for a reused line and the current one; want 1 (a used one-time sequence opened the door)", n)
+	}
 	data, _ := os.ReadFile(seqFile)
 	if !strings.Contains(string(data), "\n#7002,8002:udp\n 7003,8003:udp\n") {
 		t.Fatalf("sequence file:\n%s", data)
@@ -362,13 +379,17 @@ duration = "30s"
 	// A derived port is closed like any knock port: no RST.
 	r.requireKnockPortSilent(a, srv, rot.Sequence("rot", w)[0].Num)
 
+	// The sequence of two windows ago, then the current one, from one
+	// address: the current one's grant is the daemon's verdict that the
+	// stale one, sent first on the same path, opened nothing.
 	mark := r.out.Mark()
 	r.hits(b, srv, rot.Sequence("rot", w-2)...)
-	time.Sleep(300 * time.Millisecond)
-	r.requireClosed(b, srv, "sequence from two windows ago")
-	if strings.Contains(r.out.String()[mark:], "msg=granted language=door") {
-		t.Fatal("sequence from two windows ago opened")
+	r.hits(b, srv, rot.Sequence("rot", w)...)
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted language=door", "src="+b.String())
+	if n := strings.Count(r.out.String()[mark:], "msg=granted language=door src="+b.String()); n != 1 {
+		t.Fatalf("%d grants for the sequences of two windows ago and of now; want 1 (the stale one opened)", n)
 	}
+	r.requireClosed(a, srv, "the other address")
 
 	r.hits(a, srv, rot.Sequence("rot", w-1)...)
 	r.waitOpen(a, srv, time.Second, "sequence of the previous window").Close()
@@ -410,11 +431,11 @@ cmd_timeout = "3s"
 		waitFile(t, log, "start "+cli.String(), 2*time.Second)
 		r.signal(syscall.SIGKILL)
 		r.start()
-		time.Sleep(time.Until(knocked.Add(2500 * time.Millisecond)))
-		if data, _ := os.ReadFile(log); strings.Contains(string(data), stopLine) {
-			t.Fatal("stop command ran before cmd_timeout")
+		// Seen as soon as it runs: never before cmd_timeout.
+		waitFile(t, log, stopLine, 5*time.Second)
+		if ran := time.Since(knocked); ran < 3*time.Second {
+			t.Fatalf("stop command ran %v after the knock, before cmd_timeout (3s)", ran.Round(time.Millisecond))
 		}
-		waitFile(t, log, stopLine, 2*time.Second)
 		r.signal(syscall.SIGTERM)
 	})
 	t.Run("restart after the stop was due", func(t *testing.T) {

@@ -125,19 +125,29 @@ func MaxSkew(doors []Door) time.Duration {
 // Decode takes one packet to a covert port: a SYN is paired with the
 // source's earlier one; anything else (an ACK, a RST) is ignored.
 func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
+	// The verdict goes out after the lock is released (the sink may block
+	// on the firewall); d.out is the capture goroutine's alone.
+	if d.decode(f) {
+		emit(&d.out)
+	}
+}
+
+// decode reads one packet under the lock and says whether d.out holds a
+// verdict.
+func (d *Decoder) decode(f *capture.Frame) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	dr := d.doors[f.DstPort]
 	if dr == nil || f.Proto != capture.ProtoTCP {
-		return
+		return false
 	}
 	c, ok := CarrierOf(f)
 	if !ok {
-		return
+		return false
 	}
 	pair, ok := dr.reasm.Add(f.Src, c, f.Time)
 	if !ok {
-		return
+		return false
 	}
 	b := Binding{Src: f.Src, Dst: f.Dst, DstPort: f.DstPort}
 	for _, m := range [][MessageSize]byte{Join(pair[0], pair[1]), Join(pair[1], pair[0])} {
@@ -148,14 +158,13 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 			}
 			dr.reasm.Done(f.Src)
 			d.decide(f, dr, i, req)
-			emit(&d.out)
-			return
+			return true
 		}
 	}
 	// Not a knock (yet): the older SYN stays for one more pairing, so a
 	// lost SYN costs only that knock.
 	d.out.Refuse(policy.Covert, f.Src, "", ReasonBadKnock, slog.String("door", dr.cfg.Name))
-	emit(&d.out)
+	return true
 }
 
 func (d *Decoder) decide(f *capture.Frame, dr *door, i int, req Request) {

@@ -57,12 +57,15 @@ func (l doorLimits) allow(src netip.Addr, now time.Time) bool {
 // timeout or eviction a refusal, progress a note. Safe for concurrent use:
 // the capture and the expiry timer share it.
 type Decoder struct {
-	mu      sync.Mutex
-	engine  *Engine
-	limits  map[*Door]doorLimits // completions per door
-	emit    policy.Sink          // during Decode and Expire
-	out     policy.Verdict
-	changed bool // a one-time sequence moved on: the door's ports changed
+	mu     sync.Mutex
+	engine *Engine
+	limits map[*Door]doorLimits // completions per door
+	// pending collects the verdicts of the call in progress (under mu):
+	// decoded's for Decode, expired's for Expire, reused so that a packet
+	// costs no allocation.
+	pending, decoded, expired []policy.Verdict
+	out                       policy.Verdict
+	changed                   bool // a one-time sequence moved on: the door's ports changed
 }
 
 // NewDecoder tracks at most maxTracked attempts at doors.
@@ -94,19 +97,29 @@ func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 		return
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.emit = emit
+	d.pending = d.decoded[:0]
 	d.engine.HitAt(f.Src, f.Dst, hit, flags, f.Time, f.Foreign)
-	d.emit = nil
+	d.decoded = d.pending
+	d.mu.Unlock()
+	// The verdicts go out once the lock is released: the sink may block
+	// (a netlink flush, the command runner's fsync) and must not hold up
+	// the expiry timer. Only the capture goroutine uses d.decoded.
+	for i := range d.decoded {
+		emit(&d.decoded[i])
+	}
 }
 
-// Expire drops attempts that timed out, handing emit their refusals.
+// Expire drops attempts that timed out, handing emit their refusals (after
+// the lock is released; only the expiry timer uses d.expired).
 func (d *Decoder) Expire(now time.Time, emit policy.Sink) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.emit = emit
+	d.pending = d.expired[:0]
 	d.engine.Expire(now)
-	d.emit = nil
+	d.expired = d.pending
+	d.mu.Unlock()
+	for i := range d.expired {
+		emit(&d.expired[i])
+	}
 }
 
 // Tracked returns how many attempts the engine holds.
@@ -129,9 +142,6 @@ func (d *Decoder) PortsChanged() bool {
 
 // event runs with d.mu held; it builds nothing for events it drops.
 func (d *Decoder) event(ev Event) {
-	if d.emit == nil {
-		return
-	}
 	v, door := &d.out, ev.Door
 	switch ev.Kind {
 	case Completed:
@@ -142,7 +152,7 @@ func (d *Decoder) event(ev Event) {
 		// "OPEN SESAME".
 		*v = policy.Verdict{Language: policy.Door, Src: ev.Src, Client: door.Name, Note: NoteProgress}
 		v.Add(slog.Int("stage", ev.Stage))
-		d.emit(v)
+		d.pending = append(d.pending, *v)
 		if l, ok := d.limits[door]; ok && !l.allow(ev.Src, time.Now()) {
 			v.Refuse(policy.Door, ev.Src, door.Name, ReasonFlood)
 			break
@@ -174,7 +184,7 @@ func (d *Decoder) event(ev Event) {
 	default:
 		return
 	}
-	d.emit(v)
+	d.pending = append(d.pending, *v)
 }
 
 // doorRequest is what a completed sequence asks for: the door's ports for

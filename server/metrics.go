@@ -2,7 +2,9 @@ package server
 
 import (
 	"cmp"
+	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -159,14 +161,17 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	return total, nil
 }
 
-func (m *Metrics) serve(addr, token string) (*http.Server, error) {
-	srv := &http.Server{Addr: addr, Handler: m.handler(token), ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
+// listen opens the metrics endpoint; serve answers on it until ctx ends.
+func (m *Metrics) listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+func (m *Metrics) serve(ctx context.Context, ln net.Listener, token string) error {
+	srv := &http.Server{Handler: m.handler(token), ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics_listen: %w", err)
 	}
-	go srv.Serve(ln)
-	return srv, nil
+	return nil
 }
 
 // handler serves /metrics, to requests with the bearer token if one is set.

@@ -73,6 +73,11 @@ type Server struct {
 	Version string
 	// ControlPath, if set before Run, is where the control socket listens.
 	ControlPath string
+	// Hangups, if set before Run, asks for a reload of the configuration
+	// file (SIGHUP), after ReopenLogs (the knockd LogFile, for logrotate).
+	Hangups    <-chan os.Signal
+	ReopenLogs func() error
+	retired    sync.WaitGroup // pipelines replaced by a reload, still closing
 	reloading   sync.Mutex        // one reload at a time (SIGHUP, control socket)
 	afp         *capture.AFPacket // to follow doors whose ports change
 
@@ -449,14 +454,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer ctl.Close()
 	}
+	var metricsLn net.Listener
 	if s.cfg.MetricsListen != "" {
 		s.metrics.labeled("postern_build_info", "The running postern's version.",
 			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
-		hs, err := s.metrics.serve(s.cfg.MetricsListen, s.cfg.MetricsToken)
-		if err != nil {
+		if metricsLn, err = s.metrics.listen(s.cfg.MetricsListen); err != nil {
 			return fmt.Errorf("metrics_listen: %w", err)
 		}
-		defer hs.Close()
+		defer metricsLn.Close()
 	}
 	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
 		link, err := writePidFile(s.cfg.Knockd.PidFile)
@@ -520,6 +525,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if ctl != nil {
 		g.Go(func() error { return control.Serve(gctx, ctl, s.answer) })
 	}
+	if metricsLn != nil {
+		g.Go(func() error { return s.metrics.serve(gctx, metricsLn, s.cfg.MetricsToken) })
+	}
+	if s.Hangups != nil {
+		g.Go(func() error { s.reloadOnHangup(gctx); return nil })
+	}
 	g.Go(func() error {
 		if s.afp != nil {
 			return s.afp.RunWithErrors(gctx, s.handle, s.captureError)
@@ -531,6 +542,7 @@ func (s *Server) Run(ctx context.Context) error {
 	Notify("READY=1")
 
 	err = g.Wait()
+	s.retired.Wait()      // pipelines a reload replaced have finished what they held
 	s.pipe.Load().close() // no GnuPG verdict after this
 	if s.pipe.Load().cfg.Firewall.RemoveOnExit {
 		if gs, lerr := s.fw.List(); lerr == nil && len(gs) > 0 {
@@ -863,10 +875,31 @@ func (s *Server) Reload(cfg *config.Config) error {
 		s.log.Warn("could not keep the closed state for a broken configuration to fall back on", "err", err)
 	}
 	old := s.pipe.Swap(p)
-	go old.close() // its GnuPG workers finish what they hold
+	s.retired.Go(old.close) // its GnuPG workers finish what they hold; Run waits for them
 	s.prune(p.policy, "reload")
 	s.logReady("reloaded", rules)
 	return nil
+}
+
+// reloadOnHangup reloads the configuration file on each hangup until ctx
+// ends. A file that does not load is logged with its file:line:key and
+// changes nothing.
+func (s *Server) reloadOnHangup(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.Hangups:
+		}
+		if s.ReopenLogs != nil {
+			if err := s.ReopenLogs(); err != nil {
+				s.log.Error("SIGHUP: reopening the log file", "err", err)
+			}
+		}
+		if err := s.reloadFrom(""); err != nil {
+			s.log.Error("reload refused; the configuration in force is unchanged", "err", err)
+		}
+	}
 }
 
 // restartOnly names the first setting that differs between a and b and

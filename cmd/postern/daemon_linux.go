@@ -106,25 +106,13 @@ func serve(path string, debug bool, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// SIGHUP reloads the configuration (as knockd and fwknopd do) and
-	// reopens the knockd LogFile (logrotate). A bad file is logged with
-	// its file:line:key and changes nothing.
+	// reopens the knockd LogFile (logrotate): a task of Run's. One that
+	// comes once Run is over (systemctl reload during a stop) is ignored,
+	// never the default action that would kill the daemon mid-exit.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			if err := logs.Reopen(); err != nil {
-				log.Error("SIGHUP: reopening the log file", "err", err)
-			}
-			next, err := config.Load(path)
-			if err == nil {
-				err = s.Reload(next)
-			}
-			if err != nil {
-				log.Error("reload refused; the configuration in force is unchanged", "err", err)
-			}
-		}
-	}()
+	defer signal.Ignore(syscall.SIGHUP)
+	s.Hangups, s.ReopenLogs = hup, logs.Reopen
 	if err := s.Run(ctx); err != nil {
 		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
 			err, port.Join(cfg.Protected()))

@@ -103,3 +103,53 @@ func TestRemoveOnExitDuringKnockStream(t *testing.T) {
 	r.requireClosed(r.p.Client4, r.p.Server4, "after exit with on_exit = remove")
 	_ = netnstest.Interface
 }
+
+// Reloads every 30 ms (SIGHUP) while knocks stream, then SIGTERM with
+// on_exit = "remove": the daemon exits cleanly — a SIGHUP during the exit
+// does not kill it — and no grant is left in the kernel: no pipeline a
+// reload replaced granted anything after the grants were removed.
+func TestReloadStormDuringShutdown(t *testing.T) {
+	t.Parallel()
+	for round := range 3 {
+		r := newRig(t, rigOptions{extra: "\n[firewall]\non_exit = \"remove\"\n"})
+		r.start()
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				r.p.Client.Command(ctx, posternBin, "knock", "--key", r.alice, "--server-key", r.server.Public().String(),
+					"--open", "tcp/22", "--for", "30s", r.p.Server4.String()).Run()
+			}
+		})
+		pid := r.daemon.Process.Pid
+		wg.Go(func() {
+			tick := time.NewTicker(30 * time.Millisecond)
+			defer tick.Stop()
+			for ctx.Err() == nil {
+				syscall.Kill(pid, syscall.SIGHUP) // also after the daemon is gone: ESRCH, no matter
+				<-tick.C
+			}
+		})
+		r.out.WaitFor(t, 3*time.Second, "msg=granted")
+		r.out.WaitFor(t, 3*time.Second, "msg=reloaded")
+		r.daemon.Process.Signal(syscall.SIGTERM)
+		var err error
+		select {
+		case err = <-r.exited:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: the daemon did not exit", round)
+		}
+		r.daemon = nil
+		cancel()
+		wg.Wait()
+		if err != nil {
+			t.Fatalf("round %d: the daemon exited with %v during a reload storm\n%s", round, err, r.out)
+		}
+		if !strings.Contains(r.out.String(), "msg=stopped") {
+			t.Fatalf("round %d: no clean stop\n%s", round, r.out)
+		}
+		if set := r.p.Server.Exec(t, "nft", "list", "set", "inet", "postern", "grants4"); strings.Contains(set, "elements") {
+			t.Fatalf("round %d: grants left after exit with on_exit = remove:\n%s", round, set)
+		}
+	}
+}

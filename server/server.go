@@ -77,9 +77,9 @@ type Server struct {
 	// file (SIGHUP), after ReopenLogs (the knockd LogFile, for logrotate).
 	Hangups    <-chan os.Signal
 	ReopenLogs func() error
-	retired    sync.WaitGroup // pipelines replaced by a reload, still closing
-	reloading   sync.Mutex        // one reload at a time (SIGHUP, control socket)
-	afp         *capture.AFPacket // to follow doors whose ports change
+	retired    sync.WaitGroup    // pipelines replaced by a reload, still closing
+	reloading  sync.Mutex        // one reload at a time (SIGHUP, control socket)
+	afp        *capture.AFPacket // to follow doors whose ports change
 
 	alive atomic.Int64 // when the expiry timer last ran (unix ns), for the watchdog
 

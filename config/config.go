@@ -26,6 +26,7 @@ import (
 	"github.com/postern/postern/knock"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
+	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/spa"
 )
 
@@ -107,7 +108,7 @@ type SPA struct {
 
 // Firewall configures the backend.
 type Firewall struct {
-	Backend      string // "nftables", "iptables" (with ipset) or "none"
+	Backend      mode.Mode
 	RemoveOnExit bool   // revoke live grants on SIGTERM instead of letting them expire
 }
 
@@ -412,7 +413,7 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	}
 	v.clients(cfg, raw.Clients)
 	v.gateway(cfg, raw.Gateway)
-	if cfg.Gateway.Published && cfg.Firewall.Backend != "nftables" {
+	if cfg.Gateway.Published && !cfg.Firewall.Backend.ForwardByOriginalPort() {
 		v.fail("gateway.published", "needs firewall.backend = \"nftables\": only conntrack knows the port a connection had before someone else's DNAT")
 	}
 	return cfg
@@ -661,12 +662,11 @@ func (v *validator) spa(cfg *Config, raw rawSPA) {
 }
 
 func (v *validator) firewall(cfg *Config, raw rawFirewall) {
-	cfg.Firewall.Backend = cmp.Or(raw.Backend, "nftables")
-	switch cfg.Firewall.Backend {
-	case "nftables", "iptables", "none":
-	default:
-		v.fail("firewall.backend", "%q: want \"nftables\", \"iptables\" or \"none\"", cfg.Firewall.Backend)
+	m, ok := mode.Parse(cmp.Or(raw.Backend, string(mode.Default)))
+	if !ok {
+		v.fail("firewall.backend", "%q: want \"nftables\", \"iptables\" or \"none\"", raw.Backend)
 	}
+	cfg.Firewall.Backend = m
 	switch raw.OnExit {
 	case "", "keep":
 	case "remove":

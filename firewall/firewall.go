@@ -6,6 +6,9 @@
 package firewall
 
 import (
+	"fmt"
+
+	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 )
@@ -106,4 +109,19 @@ func (d Damage) Intact() bool { return len(d.What) == 0 }
 func (d *Damage) add(what string, grants bool) {
 	d.What = append(d.What, what)
 	d.GrantsLost = d.GrantsLost || grants
+}
+
+// New opens the backend m names: the one place that decides. NFTables
+// connects to this network namespace's nftables; IPTables runs iptables,
+// ip6tables and ipset; None is the in-memory backend (a dry run).
+func New(m mode.Mode) (Backend, error) {
+	switch m {
+	case mode.NFTables:
+		return OpenNFTables()
+	case mode.IPTables:
+		return NewIPTables(nil), nil
+	case mode.None:
+		return NewMemory(), nil
+	}
+	return nil, fmt.Errorf("firewall: unknown backend %q", m)
 }

@@ -10,6 +10,7 @@ import (
 	"kernel.org/pub/linux/libs/security/libcap/psx"
 
 	"github.com/postern/postern/config"
+	"github.com/postern/postern/firewall/mode"
 )
 
 // privileges says what the daemon keeps once its capture sockets are open.
@@ -34,10 +35,10 @@ func privilegesFor(cfg *config.Config) privileges {
 		p.keep = append(p.keep, cap.SETUID, cap.SETGID, cap.KILL)
 	}
 	p.bound = append(p.bound, p.keep...)
-	if cfg.Firewall.Backend == "iptables" {
+	if cfg.Firewall.Backend == mode.IPTables {
 		p.bound = append(p.bound, cap.NET_RAW)
 	}
-	p.noNewPrivs = !needsCommands(cfg) && cfg.Firewall.Backend != "iptables"
+	p.noNewPrivs = !needsCommands(cfg) && cfg.Firewall.Backend != mode.IPTables
 	return p
 }
 

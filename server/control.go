@@ -20,7 +20,7 @@ import (
 // reload go through the ledger the daemon holds, never around it.
 func (s *Server) answer(req control.Request) control.Response {
 	cfg := s.pipe.Load().cfg
-	base := control.Response{PID: os.Getpid(), Config: cfg.Path, Backend: cfg.Firewall.Backend}
+	base := control.Response{PID: os.Getpid(), Config: cfg.Path, Backend: string(cfg.Firewall.Backend)}
 	switch req.Op {
 	case control.OpStatus:
 		gs, err := s.fw.List()

@@ -489,8 +489,8 @@ func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.expireLoop(gctx); return nil })
 	audit := auditEvery
-	if s.cfg.Firewall.Backend == "iptables" {
-		audit = auditIPTables
+	if !s.cfg.Firewall.Backend.Events() {
+		audit = auditIPTables // iptables-save and ipset: a few ms each, and no events to wait for
 	}
 	kick := make(chan struct{}, 1)
 	if ev, ok := s.fw.Backend().(interface {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/internal/atomicfile"
 	"github.com/postern/postern/port"
 )
@@ -25,7 +26,7 @@ const SnapshotFile = "closed-state.json"
 // Snapshot is the closed state: the rules (no grants) and the backend
 // that held them.
 type Snapshot struct {
-	Backend string         `json:"backend"`
+	Backend mode.Mode      `json:"backend"`
 	Rules   firewall.Rules `json:"rules"`
 	// Protected is Rules.Protected as text, for a person reading the file.
 	Protected string    `json:"protected"`
@@ -61,9 +62,7 @@ func ReadSnapshot(dir string) (*Snapshot, string, error) {
 	if err := json.Unmarshal(data, &snap); err != nil {
 		return nil, path, fmt.Errorf("%s: %w", path, err)
 	}
-	switch snap.Backend {
-	case "nftables", "iptables", "none":
-	default:
+	if _, ok := mode.Parse(string(snap.Backend)); !ok {
 		return nil, path, fmt.Errorf("%s: unknown backend %q", path, snap.Backend)
 	}
 	return &snap, path, nil

@@ -21,6 +21,7 @@ import (
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/control"
 	"github.com/postern/postern/firewall"
+	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/internal/pidlock"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/server"
@@ -30,18 +31,8 @@ import (
 // are Linux's (AF_PACKET, nftables, iptables). Other systems build the
 // client only; daemon_other.go says so.
 
-func openBackend(name string) (firewall.Backend, error) {
-	switch name {
-	case "none":
-		return firewall.NewMemory(), nil
-	case "iptables":
-		return firewall.NewIPTables(nil), nil
-	}
-	return firewall.OpenNFTables()
-}
-
 type namedBackend struct {
-	name string
+	name mode.Mode
 	fw   firewall.Backend
 }
 
@@ -50,11 +41,11 @@ type namedBackend struct {
 func installedBackends() []namedBackend {
 	var out []namedBackend
 	if nft, err := firewall.OpenNFTables(); err == nil {
-		out = append(out, namedBackend{"nftables", nft})
+		out = append(out, namedBackend{mode.NFTables, nft})
 	}
 	if _, err := exec.LookPath("ipset"); err == nil {
 		if _, err := exec.LookPath("iptables"); err == nil {
-			out = append(out, namedBackend{"iptables", firewall.NewIPTables(nil)})
+			out = append(out, namedBackend{mode.IPTables, firewall.NewIPTables(nil)})
 		}
 	}
 	return out
@@ -125,7 +116,7 @@ func serve(path string, debug bool, stderr io.Writer) error {
 // protected and knock ports dropped, live grants kept. The closed state
 // is kept as the snapshot a broken configuration falls back on.
 func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, error) {
-	b, err := openBackend(cfg.Firewall.Backend)
+	b, err := firewall.New(cfg.Firewall.Backend)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +129,7 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 	if err := server.WriteSnapshot(cfg, rules); err != nil && log != nil {
 		log.Warn("could not keep the closed state for a broken configuration to fall back on", "err", err)
 	}
-	if cfg.Firewall.Backend != "none" {
+	if cfg.Firewall.Backend.Kernel() {
 		// A restore cuts the connections that slipped in while the rules
 		// were gone, told apart by when they began.
 		if err := firewall.EnableConntrackTimestamps(); err != nil && log != nil {
@@ -158,7 +149,7 @@ func closeFromSnapshot(path string, log *slog.Logger) (*firewall.Keeper, *server
 	if err != nil {
 		return nil, nil, file, err
 	}
-	b, err := openBackend(snap.Backend)
+	b, err := firewall.New(snap.Backend)
 	if err != nil {
 		return nil, nil, file, err
 	}
@@ -304,7 +295,7 @@ func status(asJSON bool, stdout io.Writer) error {
 	for _, b := range installedBackends() {
 		protected, ok, err := b.fw.Installed()
 		if err == nil && ok {
-			rep.Installed = append(rep.Installed, b.name)
+			rep.Installed = append(rep.Installed, string(b.name))
 			for _, p := range protected {
 				if s := p.String(); !slices.Contains(rep.Protected, s) {
 					rep.Protected = append(rep.Protected, s)
@@ -325,7 +316,7 @@ func status(asJSON bool, stdout io.Writer) error {
 		}
 		for _, g := range gs {
 			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
-				To: g.Destination(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: b.name})
+				To: g.Destination(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: string(b.name)})
 		}
 	}
 	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
@@ -363,7 +354,7 @@ func cleanup(force bool, stdout io.Writer) error {
 	var opens []string
 	for _, b := range backends {
 		if ps, ok, err := b.fw.Installed(); err == nil && ok {
-			opens = append(opens, b.name+": "+cmp.Or(port.Join(ps), "no protected port"))
+			opens = append(opens, string(b.name)+": "+cmp.Or(port.Join(ps), "no protected port"))
 		}
 	}
 	if state := daemonState(); strings.HasPrefix(state, "running") && !force {

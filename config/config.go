@@ -21,12 +21,12 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/postern/postern/covert"
+	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/conferr"
 	"github.com/postern/postern/knock"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/spa"
 )
 
@@ -109,7 +109,7 @@ type SPA struct {
 // Firewall configures the backend.
 type Firewall struct {
 	Backend      mode.Mode
-	RemoveOnExit bool   // revoke live grants on SIGTERM instead of letting them expire
+	RemoveOnExit bool // revoke live grants on SIGTERM instead of letting them expire
 }
 
 // Client is one authorised client.

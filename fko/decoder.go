@@ -12,7 +12,7 @@ import (
 	"github.com/postern/postern/capture"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/spa"
+	"github.com/postern/postern/ratelimit"
 )
 
 // Refusal reasons of the fwknop language.
@@ -91,11 +91,11 @@ type Decoder struct {
 	out    policy.Verdict // the capture goroutine's
 	gpg    bool           // some stanza takes GnuPG
 	jobs   chan gpgJob
-	limit  *spa.RateLimiter // GnuPG, per source
-	budget *spa.RateLimiter // GnuPG, all sources: one bucket
+	limit  *ratelimit.Limiter // GnuPG, per source
+	budget *ratelimit.Limiter // GnuPG, all sources: one bucket
 	// Rijndael packets: per source, and a budget of packets for all
 	// sources derived from trialsPerSecond and the stanza count.
-	junkLimit, trialBudget *spa.RateLimiter
+	junkLimit, trialBudget *ratelimit.Limiter
 	wg                     sync.WaitGroup
 }
 
@@ -115,21 +115,21 @@ func NewDecoder(c DecoderConfig) *Decoder {
 			rijndael++
 		}
 	}
-	d.junkLimit = spa.NewRateLimiter(perSourceRate, perSourceBurst, 65536)
+	d.junkLimit = ratelimit.New(perSourceRate, perSourceBurst, 65536)
 	packets := float64(trialsPerSecond / max(rijndael, 1))
-	d.trialBudget = spa.NewRateLimiter(packets, packets, 1)
+	d.trialBudget = ratelimit.New(packets, packets, 1)
 	if d.gpg {
 		d.jobs = make(chan gpgJob, max(c.Queue, 1))
 		rate, burst := c.PerSourceRate, c.PerSourceBurst
 		if rate <= 0 {
 			rate, burst = 2, 4
 		}
-		d.limit = spa.NewRateLimiter(rate, burst, 65536)
+		d.limit = ratelimit.New(rate, burst, 65536)
 		rate, burst = c.Rate, c.Burst
 		if rate <= 0 {
 			rate, burst = 20, 40
 		}
-		d.budget = spa.NewRateLimiter(rate, burst, 1)
+		d.budget = ratelimit.New(rate, burst, 1)
 		for range max(c.Workers, 1) {
 			d.wg.Add(1)
 			go d.worker()

@@ -10,7 +10,7 @@ import (
 	"github.com/postern/postern/command"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/spa"
+	"github.com/postern/postern/ratelimit"
 )
 
 // Refusal reasons and notes of the door language.
@@ -45,7 +45,7 @@ const (
 )
 
 // doorLimits are one door's completion budgets.
-type doorLimits struct{ total, perSource *spa.RateLimiter }
+type doorLimits struct{ total, perSource *ratelimit.Limiter }
 
 func (l doorLimits) allow(src netip.Addr, now time.Time) bool {
 	return l.perSource.Allow(src, now) && l.total.Allow(netip.Addr{}, now)
@@ -72,8 +72,8 @@ type Decoder struct {
 func NewDecoder(doors []*Door, maxTracked int) *Decoder {
 	d := &Decoder{limits: map[*Door]doorLimits{}}
 	for _, door := range doors {
-		d.limits[door] = doorLimits{spa.NewRateLimiter(completionRate, completionBurst, 1),
-			spa.NewRateLimiter(sourceCompletionRate, sourceCompletionBurst, completionSources)}
+		d.limits[door] = doorLimits{ratelimit.New(completionRate, completionBurst, 1),
+			ratelimit.New(sourceCompletionRate, sourceCompletionBurst, completionSources)}
 	}
 	d.engine = NewEngine(doors, maxTracked, d.event)
 	return d

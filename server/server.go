@@ -36,6 +36,7 @@ import (
 	"github.com/postern/postern/knock"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
+	"github.com/postern/postern/ratelimit"
 	"github.com/postern/postern/spa"
 )
 
@@ -305,7 +306,7 @@ func (s *Server) newVerifier(cfg *config.Config) (*spa.Verifier, error) {
 	}
 	// Five knocks a second with bursts of ten per source is far above what
 	// a person does and far below what costs the CPU anything.
-	limiter := spa.NewRateLimiter(5, 10, 65536)
+	limiter := ratelimit.New(5, 10, 65536)
 	limiter.SetIPv6Prefix(cfg.SPA.SourcePrefix6)
 	if cfg.SSH != nil && key.Public().Suite() != spa.SuiteX25519 {
 		return nil, fmt.Errorf("%s: [ssh] needs a suite-1 server key: an SSH-signed knock to a post-quantum key would not fit one packet", cfg.Path)

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/postern/postern/ratelimit"
 )
 
 // Pre-authentication (docs/PROTOCOL.md §2): mac1 proves only that a sender
@@ -94,7 +96,7 @@ type tokenTable struct {
 	keys   map[ClientPublicKey][]byte
 	window uint64
 	m      map[[tokenSize]byte]tokenEntry
-	limit  *RateLimiter // per client: a burst of fresh knocks costs one client's budget
+	limit  *ratelimit.Limiter // per client: a burst of fresh knocks costs one client's budget
 	// seen holds the mac2 of every pre-authenticated knock that passed,
 	// with its window: an exact re-send (a captured knock replayed, from
 	// any address) is refused as a replay before it can charge its
@@ -108,7 +110,7 @@ type tokenTable struct {
 const maxSeen = 1 << 16
 
 func newTokenTable(server ServerPrivateKey, clients map[ClientPublicKey]string) *tokenTable {
-	t := &tokenTable{keys: make(map[ClientPublicKey][]byte, len(clients)), limit: NewRateLimiter(5, 10, 65536)}
+	t := &tokenTable{keys: make(map[ClientPublicKey][]byte, len(clients)), limit: ratelimit.New(5, 10, 65536)}
 	for c := range clients {
 		t.keys[c] = TokenKey(server, c)
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/postern/postern/ratelimit"
 )
 
 // Reason says why a packet was refused. The zero value, Accepted, means the
@@ -95,8 +97,8 @@ type VerifierConfig struct {
 	// address only from configuration).
 	Destinations []netip.Addr
 	Replay       *Timestamps
-	Limiter      *RateLimiter // nil: no per-source limit
-	SSH          *SSHTrust    // nil: knocks signed by SSH keys are refused
+	Limiter      *ratelimit.Limiter // nil: no per-source limit
+	SSH          *SSHTrust          // nil: knocks signed by SSH keys are refused
 }
 
 // Verifier checks knocks. It is not safe for concurrent use: the server runs

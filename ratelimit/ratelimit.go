@@ -1,4 +1,8 @@
-package spa
+// Package ratelimit is the per-source token bucket every knock language
+// puts before the work an attacker could make it do (public-key
+// operations, GnuPG, stanza trials, door completions). It never decides
+// who may knock: it only bounds how often.
+package ratelimit
 
 import (
 	"net/netip"
@@ -6,7 +10,7 @@ import (
 	"time"
 )
 
-// RateLimiter is a per-source token bucket that runs before any public-key
+// Limiter is a per-source token bucket that runs before any public-key
 // work, so one source sending packets with a valid mac1 (it knows the server
 // public key) cannot spend more than Rate decryptions a second. Its contract:
 //   - IPv6 sources are keyed by their /64 (SetIPv6Prefix changes it): one
@@ -17,8 +21,8 @@ import (
 //     new legitimate ones, it only recycles the oldest entries);
 //   - a clock stepped back never drains a bucket.
 //
-// The zero value is not usable; use NewRateLimiter. Safe for concurrent use.
-type RateLimiter struct {
+// The zero value is not usable; use New. Safe for concurrent use.
+type Limiter struct {
 	rate, burst float64
 	max         int
 	prefix6     int
@@ -34,15 +38,16 @@ type bucket struct {
 	last   time.Time
 }
 
-// NewRateLimiter allows each source rate packets a second with bursts of
-// burst, tracking at most max sources.
-func NewRateLimiter(rate, burst float64, max int) *RateLimiter {
-	return &RateLimiter{rate: rate, burst: burst, max: max, prefix6: 64, buckets: make(map[netip.Addr]*bucket)}
+// New allows each source rate packets a second with bursts of burst,
+// tracking at most max sources (max 1: one bucket for everyone, keyed by
+// the zero address).
+func New(rate, burst float64, max int) *Limiter {
+	return &Limiter{rate: rate, burst: burst, max: max, prefix6: 64, buckets: make(map[netip.Addr]*bucket)}
 }
 
 // SetIPv6Prefix keys IPv6 sources by their first bits (32 to 128; other
 // values leave the /64 in place).
-func (l *RateLimiter) SetIPv6Prefix(bits int) {
+func (l *Limiter) SetIPv6Prefix(bits int) {
 	if bits < 32 || bits > 128 {
 		return
 	}
@@ -52,7 +57,7 @@ func (l *RateLimiter) SetIPv6Prefix(bits int) {
 }
 
 // Allow takes a token from src's bucket.
-func (l *RateLimiter) Allow(src netip.Addr, now time.Time) bool {
+func (l *Limiter) Allow(src netip.Addr, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	key := src.Unmap()

@@ -43,17 +43,6 @@ func DialPatiently(ctx context.Context, addr string, patience time.Duration) (ne
 	}
 }
 
-// Proxy connects to addr, retrying while the grant lands (a knock and the
-// connection race each other), then copies stdin to the connection and the
-// connection to stdout until either side closes: an ssh ProxyCommand.
-func Proxy(ctx context.Context, addr string, stdin io.Reader, stdout io.Writer, patience time.Duration) error {
-	conn, err := DialPatiently(ctx, addr, patience)
-	if err != nil {
-		return fmt.Errorf("proxy: %w", err)
-	}
-	return Relay(conn, stdin, stdout)
-}
-
 // Relay copies stdin to conn and conn to stdout until conn ends, then
 // closes it: the ssh ProxyCommand's session.
 func Relay(conn net.Conn, stdin io.Reader, stdout io.Writer) error {

@@ -156,9 +156,6 @@ func (k *Keeper) Revoke(gs []Grant) error {
 // List returns what the kernel holds.
 func (k *Keeper) List() ([]Grant, error) { return k.b.List() }
 
-// Audit is the backend's audit.
-func (k *Keeper) Audit(r Rules) (Damage, error) { return k.b.Audit(r) }
-
 // Installed is the backend's.
 func (k *Keeper) Installed() ([]port.Spec, bool, error) { return k.b.Installed() }
 

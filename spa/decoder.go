@@ -27,7 +27,7 @@ type Decoder struct {
 	knock Knock
 	out   policy.Verdict
 
-	jobs   []chan verifyJob // nil: verify on the capture goroutine
+	jobs   []chan verifyJob // each worker's queue
 	prio   []chan verifyJob // each worker's queue of pre-authenticated knocks
 	seed   maphash.Seed
 	wg     sync.WaitGroup
@@ -45,9 +45,6 @@ type verifyJob struct {
 // queuePerWorker bounds the packets waiting for each worker: at ~150 µs
 // each, a full queue is ~40 ms of work.
 const queuePerWorker = 256
-
-// NewDecoder wraps v; it verifies on the goroutine that calls Decode.
-func NewDecoder(v *Verifier) *Decoder { return &Decoder{v: v} }
 
 // NewParallelDecoder wraps v and verifies on workers goroutines; emit
 // receives their verdicts and must be safe for concurrent use. Close stops
@@ -116,11 +113,6 @@ func (d *Decoder) work(v *Verifier, jobs, prio <-chan verifyJob, emit policy.Sin
 // verdict. Junk allocates nothing.
 func (d *Decoder) Decode(f *capture.Frame, emit policy.Sink) {
 	k := &d.knock
-	if d.jobs == nil {
-		decided(d.v, d.v.Verify(f.Src, f.Dst, f.Payload, f.Time, k), f.Src, k, &d.out)
-		emit(&d.out)
-		return
-	}
 	r, c, pre := d.v.PrecheckClient(f.Src, f.Payload, f.Time)
 	if r != Accepted {
 		decided(d.v, r, f.Src, k, &d.out)

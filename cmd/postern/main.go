@@ -740,11 +740,6 @@ func (k *knockFlags) covertKnock(pos []string, out io.Writer) error {
 	return client.CovertKnock(o)
 }
 
-// knockProfile sends the SPA knock a client.toml [[spa]] profile describes.
-func knockProfile(p *client.SPAProfile, open []port.Spec) ([]client.Sent, error) {
-	return knockProfileAction(p, open, "")
-}
-
 // closeProfile sends the close request for what knockProfile opened (a
 // session ended); a failure is only a warning, the grant still expires.
 func closeProfile(p *client.SPAProfile, open []port.Spec, stderr io.Writer) {

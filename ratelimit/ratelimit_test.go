@@ -58,4 +58,3 @@ func TestRateLimiterIPv6Prefix(t *testing.T) {
 		t.Fatal("with /128 keys an address got no budget of its own")
 	}
 }
-

@@ -361,6 +361,15 @@ func (s FwknopSettings) keys() (*fko.Keys, error) {
 		if keys.Key, err = base64.StdEncoding.DecodeString(k); err != nil {
 			return nil, s.bad("KEY_BASE64", "not valid base64")
 		}
+	} else if s.get("GPG_RECIPIENT") == "" && (s.get("GPG_SIGNING_PW") != "" || s.get("GPG_SIGNING_PW_BASE64") != "") {
+		// fwknop's client stores GPG_SIGNING_PW(_BASE64) where KEY(_BASE64)
+		// goes (config_init.c), so without GnuPG it is the Rijndael key.
+		if k := s.get("GPG_SIGNING_PW"); k != "" {
+			keys.Key = []byte(k)
+		} else if keys.Key, err = base64.StdEncoding.DecodeString(s.get("GPG_SIGNING_PW_BASE64")); err != nil {
+			return nil, s.bad("GPG_SIGNING_PW_BASE64", "not valid base64")
+		}
+		fmt.Fprintln(os.Stderr, "[-] GPG_SIGNING_PW without GnuPG is used as the Rijndael key, as fwknop does; name it KEY instead")
 	}
 	if k := s.get("HMAC_KEY"); k != "" {
 		keys.HMACKey = []byte(k)
@@ -501,9 +510,14 @@ func (s FwknopSettings) nat(m *fko.Message, acc fko.Access) error {
 		m.Message = fmt.Sprintf("%s,%s/%d", allow, first.Proto, external)
 	}
 	if natAccess != "" {
-		h, p, ok := strings.Cut(natAccess, ":")
-		if n, err := strconv.ParseUint(p, 10, 16); !ok || err != nil || n == 0 || h == "" {
-			return s.bad("NAT_ACCESS", "%q: want host:port", natAccess)
+		// HOST:PORT (-N) or HOST,PORT (the rc file's form): fwknop turns the
+		// ':' into a ','; HOST alone keeps the -A port.
+		h, p, ok := strings.Cut(strings.Replace(natAccess, ":", ",", 1), ",")
+		if !ok {
+			p = strconv.Itoa(int(first.Num))
+		}
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 || h == "" {
+			return s.bad("NAT_ACCESS", "%q: want host:port or host,port", natAccess)
 		}
 		m.Type, m.NAT = fko.NATAccessMsg, h+","+p
 	} else {
@@ -524,15 +538,36 @@ var knownFwknopVar = map[string]bool{
 	"NAT_LOCAL": true, "NAT_PORT": true, "NAT_RAND_PORT": true, "GPG_EXE": true, "GPG_NO_SIGNING_PW": true, "GPG_SIGNING_PW": true, "GPG_SIGNING_PW_BASE64": true,
 }
 
+// parseOffset reads a time offset as fwknop's parse_time_offset does:
+// the digits, then an optional unit letter m/M, h/H or d/D (seconds
+// without one; anything else is skipped), at most 65 536 units; a leading
+// '-' (TIME_OFFSET in the rc file, --time-offset-minus) makes it negative.
+// As in fwknop, "1h30m" is one hour: the first unit ends the number.
 func parseOffset(s string) (time.Duration, error) {
 	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "-"), "+")
-	var d time.Duration
-	if n, err := strconv.Atoi(s); err == nil {
-		d = time.Duration(n) * time.Second
-	} else if d, err = time.ParseDuration(s); err != nil {
-		return 0, fmt.Errorf("%q: want seconds or a duration such as 5m", s)
+	body := strings.TrimPrefix(strings.TrimPrefix(s, "-"), "+")
+	digits, unit := "", time.Second
+scan:
+	for _, c := range body {
+		switch {
+		case c >= '0' && c <= '9':
+			digits += string(c)
+		case c == 'm' || c == 'M':
+			unit = time.Minute
+			break scan
+		case c == 'h' || c == 'H':
+			unit = time.Hour
+			break scan
+		case c == 'd' || c == 'D':
+			unit = 24 * time.Hour
+			break scan
+		}
 	}
+	n, err := strconv.Atoi(digits)
+	if digits == "" || err != nil || n > 2<<15 {
+		return 0, fmt.Errorf("%q: want NUMBER with an optional unit m, h or d (fwknop's form)", s)
+	}
+	d := time.Duration(n) * unit
 	if neg {
 		d = -d
 	}

@@ -17,10 +17,17 @@ import (
 const DefaultResolveURL = "https://www.cipherdyne.org/cgi-bin/myip"
 
 // WantsResolve reports whether the settings ask for the public address to
-// be discovered (fwknop -R, --resolve-url, ALLOW_IP resolve).
+// be discovered (fwknop -R, --resolve-url, ALLOW_IP resolve). An address in
+// ALLOW_IP (-a, -s, or the rc file's) overrides any resolution, as in
+// fwknop (config_init.c: "Make sure -a overrides IP resolution"): no lookup
+// is made and the address is the one given.
 func (s FwknopSettings) WantsResolve() bool {
-	return strings.EqualFold(s.get("ALLOW_IP"), "resolve") || s.yes("RESOLVE_IP_HTTPS") || s.yes("RESOLVE_IP_HTTP") ||
-		s.yes("RESOLVE_HTTP_ONLY") || s.get("RESOLVE_URL") != "" && s.get("ALLOW_IP") == ""
+	allow := s.get("ALLOW_IP")
+	if allow != "" && !strings.EqualFold(allow, "resolve") {
+		return false
+	}
+	return allow != "" || s.yes("RESOLVE_IP_HTTPS") || s.yes("RESOLVE_IP_HTTP") ||
+		s.yes("RESOLVE_HTTP_ONLY") || s.get("RESOLVE_URL") != ""
 }
 
 // ResolveAllow sets ALLOW_IP to this host's public IPv4 address, as fwknop

@@ -525,11 +525,16 @@ func credential(userName, groupName string) (*syscall.Credential, error) {
 		}
 	}
 	if groupName != "" {
-		g, err := user.LookupGroup(groupName)
+		// A number is a group id (fwknop's CMD_EXEC_GROUP, already
+		// resolved); a name is looked up.
+		gid, err := strconv.ParseUint(groupName, 10, 32)
 		if err != nil {
-			return nil, err
+			g, lerr := user.LookupGroup(groupName)
+			if lerr != nil {
+				return nil, lerr
+			}
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
 		}
-		gid, _ := strconv.ParseUint(g.Gid, 10, 32)
 		cred.Gid = uint32(gid)
 	}
 	return cred, nil

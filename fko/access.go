@@ -687,9 +687,16 @@ func readCommands(s *Stanza, f fields) error {
 		}
 	}
 	if s.CmdExecGroup != "" {
-		if _, err := user.LookupGroup(s.CmdExecGroup); err != nil {
-			return f.fail("CMD_EXEC_GROUP", "%q: no such group", s.CmdExecGroup)
+		// fwknopd 2.6.10 (access.c add_acc_group) looks the value up as a
+		// user and takes that user's primary group: CMD_EXEC_GROUP nobody
+		// is nogroup on Debian, which has no group "nobody". The group is
+		// kept as that number.
+		u, err := user.Lookup(s.CmdExecGroup)
+		if err != nil {
+			return f.fail("CMD_EXEC_GROUP", "%q: no such user (fwknopd reads CMD_EXEC_GROUP as a user and takes its primary group)",
+				s.CmdExecGroup)
 		}
+		s.CmdExecGroup = u.Gid
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package fko
 import (
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -262,5 +263,26 @@ func TestAccessNATKeywords(t *testing.T) {
 	}
 	if s := ss[1]; !s.ForceMasquerade || !s.ForwardAll || !s.ForceNAT.Addr().IsUnspecified() || s.NATLine != 9 {
 		t.Errorf("second stanza: %+v", s)
+	}
+}
+
+// CMD_EXEC_GROUP names a user whose primary group is meant, as fwknopd
+// 2.6.10 reads it (access.c add_acc_group): "nobody" works on Debian,
+// which has a user nobody (group nogroup) and no group nobody.
+func TestCmdExecGroupIsAUsersPrimaryGroup(t *testing.T) {
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody here")
+	}
+	ss, err := ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY k1234567\nENABLE_CMD_EXEC Y\nCMD_EXEC_USER nobody\nCMD_EXEC_GROUP nobody\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ss[0].CmdExecGroup != u.Gid {
+		t.Fatalf("CMD_EXEC_GROUP nobody = %q, want nobody's primary group %s", ss[0].CmdExecGroup, u.Gid)
+	}
+	_, err = ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY k1234567\nENABLE_CMD_EXEC Y\nCMD_EXEC_GROUP no-such-user-here\n"))
+	if err == nil || !strings.Contains(err.Error(), "a.conf:4") || !strings.Contains(err.Error(), "CMD_EXEC_GROUP") {
+		t.Fatalf("an unknown user: %v", err)
 	}
 }

@@ -150,6 +150,16 @@ SOURCE ANY
 OPEN_PORTS tcp/80
 FW_ACCESS_TIMEOUT 30
 `,
+	// fwknop's own test files cmd_giduid_access.conf show CMD_EXEC_GROUP
+	// naming a user (fwknopd takes its primary group).
+	"cmd_exec": `SOURCE ANY
+KEY_BASE64 ` + keyA + `
+HMAC_KEY_BASE64 ` + hmacA + `
+ENABLE_CMD_EXEC Y
+CMD_EXEC_USER nobody
+CMD_EXEC_GROUP nobody
+FW_ACCESS_TIMEOUT 30
+`,
 	"commands": `SOURCE ANY
 KEY_BASE64 ` + keyA + `
 HMAC_KEY_BASE64 ` + hmacA + `
@@ -235,6 +245,7 @@ func fwScenarios() []fwScenario {
 	add("commands", "CMD_CYCLE, source", with(hm, []string{"-s", "-A", "tcp/22"})...)
 	add("commands", "CMD_CYCLE, client timeout", with(hm, a, []string{"-A", "tcp/22", "-f", "20"})...)
 	add("commands", "command message", with(hm, a, []string{"-C", "/bin/true"})...)
+	add("cmd_exec", "command as nobody, CMD_EXEC_GROUP nobody", with(hm, a, []string{"-C", "/bin/true"})...)
 	for _, d := range []string{"md5", "sha1", "sha384", "sha3_256"} {
 		add("hmac", "source -s, inner "+d, with(hm, []string{"-s", "-A", "tcp/22", "-m", d})...)
 	}

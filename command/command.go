@@ -64,12 +64,16 @@ type Pending struct {
 const (
 	MaxPending        = 10_000 // in all
 	MaxPendingPerDoor = 1_000
+	// MaxPendingPerSource: knockd runs the start command for every
+	// completed sequence and a stop for each, so a person knocking again
+	// while a stop is pending gets both; a handful is what a person does.
+	MaxPendingPerSource = 16
 )
 
 // Refusals of RunExpanded when a bound is reached.
 var (
 	ErrPendingFull   = errors.New("too many stop commands pending")
-	ErrPendingSource = errors.New("a stop command for this address and door is already pending")
+	ErrPendingSource = errors.New("too many stop commands for this address and door are pending")
 )
 
 // Runner runs commands and keeps the pending stop commands in a journal:
@@ -83,7 +87,7 @@ type Runner struct {
 
 	mu      sync.Mutex
 	pending map[uint64]Pending
-	bySrc   map[string]uint64 // door + "\x00" + addr → pending ID
+	bySrc   map[string]int // door + "\x00" + addr → stop commands pending
 	perDoor map[string]int
 	journal *os.File
 	lines   int // in the journal
@@ -104,7 +108,7 @@ type Runner struct {
 // Open loads the pending stop commands from path (which need not exist) and
 // schedules them: overdue ones run at once.
 func Open(path string, log *slog.Logger) (*Runner, error) {
-	r := &Runner{path: path, log: log, pending: make(map[uint64]Pending), bySrc: map[string]uint64{},
+	r := &Runner{path: path, log: log, pending: make(map[uint64]Pending), bySrc: map[string]int{},
 		perDoor: map[string]int{}, stop: make(chan struct{})}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if err := r.load(); err != nil {
@@ -174,7 +178,7 @@ func srcKey(door, addr string) string { return door + "\x00" + addr }
 
 func (r *Runner) track(p Pending) {
 	r.pending[p.ID] = p
-	r.bySrc[srcKey(p.Door, p.Addr)] = p.ID
+	r.bySrc[srcKey(p.Door, p.Addr)]++
 	r.perDoor[p.Door]++
 	r.nextID = max(r.nextID, p.ID)
 }
@@ -185,8 +189,10 @@ func (r *Runner) untrack(id uint64) {
 		return
 	}
 	delete(r.pending, id)
-	if r.bySrc[srcKey(p.Door, p.Addr)] == id {
-		delete(r.bySrc, srcKey(p.Door, p.Addr))
+	if k := srcKey(p.Door, p.Addr); r.bySrc[k] <= 1 {
+		delete(r.bySrc, k)
+	} else {
+		r.bySrc[k]--
 	}
 	if r.perDoor[p.Door]--; r.perDoor[p.Door] <= 0 {
 		delete(r.perDoor, p.Door)
@@ -268,7 +274,7 @@ func (r *Runner) Admit(door string, addr netip.Addr) error {
 	switch {
 	case len(r.pending) >= MaxPending || r.perDoor[door] >= MaxPendingPerDoor:
 		return ErrPendingFull
-	case r.bySrc[srcKey(door, addr.String())] != 0:
+	case r.bySrc[srcKey(door, addr.String())] >= MaxPendingPerSource:
 		return ErrPendingSource
 	}
 	return nil
@@ -286,7 +292,7 @@ func (r *Runner) RunExpanded(door string, addr netip.Addr, startCmd, stopCmd str
 			err = errors.New("command runner closed")
 		case len(r.pending) >= MaxPending || r.perDoor[door] >= MaxPendingPerDoor:
 			err = ErrPendingFull
-		case r.bySrc[srcKey(door, addr.String())] != 0:
+		case r.bySrc[srcKey(door, addr.String())] >= MaxPendingPerSource:
 			err = ErrPendingSource
 		}
 		if err != nil {

@@ -186,8 +186,10 @@ func TestNoShellAndUser(t *testing.T) {
 	}
 }
 
-// Pending stop commands are bounded: one per address and door, at most
-// MaxPendingPerDoor per door; the journal is compacted as stops complete.
+// Pending stop commands are bounded: MaxPendingPerSource per address and
+// door (knockd runs a start and a stop for every completed sequence), at
+// most MaxPendingPerDoor per door; the journal is compacted as stops
+// complete.
 func TestPendingBounds(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "pending")
 	r, err := Open(state, slog.Default())
@@ -195,16 +197,18 @@ func TestPendingBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if err := r.RunExpanded("d", addr, "", "true", time.Hour, How{}); err != nil {
-		t.Fatal(err)
+	for i := range MaxPendingPerSource {
+		if err := r.RunExpanded("d", addr, "", "true", time.Hour, How{}); err != nil {
+			t.Fatalf("stop %d for the same address and door: %v", i+1, err)
+		}
 	}
 	if err := r.RunExpanded("d", addr, "", "true", time.Hour, How{}); !errors.Is(err, ErrPendingSource) {
-		t.Fatalf("second stop for the same address and door: %v", err)
+		t.Fatalf("one over MaxPendingPerSource for the same address and door: %v", err)
 	}
 	if err := r.RunExpanded("other", addr, "", "true", time.Hour, How{}); err != nil {
 		t.Fatalf("same address, another door: %v", err)
 	}
-	for i := 1; i < MaxPendingPerDoor; i++ {
+	for i := MaxPendingPerSource; i < MaxPendingPerDoor; i++ {
 		a := netip.AddrFrom4([4]byte{198, 20, byte(i >> 8), byte(i)})
 		if err := r.RunExpanded("d", a, "", "true", time.Hour, How{}); err != nil {
 			t.Fatalf("stop %d: %v", i, err)

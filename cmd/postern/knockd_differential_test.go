@@ -129,6 +129,7 @@ var kdScenarios = []kdScenario{
 	{name: "target: to the host's address", hits: "7401 7402"},
 	{name: "target: the host's own address", hits: "7451 7452"},
 	{name: "start/stop: cmd_timeout", hits: "7501:udp 7502", wait: "stop"},
+	{name: "start/stop: again while the stop is pending", hits: "7501:udp 7502 7501:udp 7502", wait: "stop"},
 	{name: "one-time: the second line first", hits: "7603 7604"},
 	{name: "one-time: the first line", hits: "7601 7602:udp"},
 	{name: "one-time: the first line again", hits: "7601 7602:udp"},

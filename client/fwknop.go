@@ -351,6 +351,9 @@ func (s FwknopSettings) destination() (string, error) {
 	return net.JoinHostPort(server, strconv.Itoa(portNum)), nil
 }
 
+// maxFwknopKey is fwknop's MAX_KEY_LEN.
+const maxFwknopKey = 128
+
 // keys are the Rijndael and HMAC keys, or GnuPG's recipient and signer.
 func (s FwknopSettings) keys() (*fko.Keys, error) {
 	keys := &fko.Keys{}
@@ -377,6 +380,21 @@ func (s FwknopSettings) keys() (*fko.Keys, error) {
 		if keys.HMACKey, err = base64.StdEncoding.DecodeString(k); err != nil {
 			return nil, s.bad("HMAC_KEY_BASE64", "not valid base64")
 		}
+	}
+	// fwknop's keys are at most 128 bytes (MAX_KEY_LEN): a longer base64
+	// key is refused, a longer plain one cut to 128 (strlcpy), as there.
+	for _, k := range []struct {
+		name, b64 string
+		key       *[]byte
+	}{{"KEY", "KEY_BASE64", &keys.Key}, {"HMAC_KEY", "HMAC_KEY_BASE64", &keys.HMACKey}} {
+		if len(*k.key) <= maxFwknopKey {
+			continue
+		}
+		if s.get(k.name) == "" {
+			return nil, s.bad(k.b64, "Invalid decoded key length: '%d', must be in [0,%d] (as fwknop)", len(*k.key), maxFwknopKey)
+		}
+		*k.key = (*k.key)[:maxFwknopKey]
+		fmt.Fprintf(os.Stderr, "[-] %s is longer than %d characters: cut to %d, as fwknop does\n", k.name, maxFwknopKey, maxFwknopKey)
 	}
 	// As the fwknop client: an HMAC key (or --hmac-digest-type) turns the
 	// HMAC on by itself; USE_HMAC N in an rc file turns it off.

@@ -277,7 +277,12 @@ func (r *accessReader) text(path string, data []byte, depth int) error {
 			continue
 		}
 		if r.cur == nil {
-			return fail("keyword before the first SOURCE")
+			// fwknopd skips it (a stanza starts with SOURCE): it belongs to
+			// no stanza, so skipping it changes none. Said with its place.
+			if r.warn != nil {
+				r.warn(fmt.Sprintf("%s:%d: %s: before the first SOURCE, so in no stanza: ignored (as fwknopd does)", path, n, kw))
+			}
+			continue
 		}
 		if value == "" {
 			return fail("needs a value")

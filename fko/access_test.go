@@ -88,7 +88,6 @@ func TestAccessErrors(t *testing.T) {
 		{"bad mode", "SOURCE ANY\nKEY k\nENCRYPTION_MODE ecb\n", "a.conf:3: ENCRYPTION_MODE: encryption mode \"ecb\" is not supported"},
 		{"bad unknown exec user", "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_EXEC_USER no-such-user-here\n", "a.conf:4: CMD_EXEC_USER: \"no-such-user-here\": no such user"},
 		{"bad unknown exec group", "SOURCE ANY\nKEY k\nENABLE_CMD_EXEC Y\nCMD_EXEC_GROUP no-such-group-here\n", "a.conf:4: CMD_EXEC_GROUP"},
-		{"bad before source", "KEY k\nSOURCE ANY\n", "a.conf:1: KEY: keyword before the first SOURCE"},
 		{"bad long key", "SOURCE ANY\nKEY 012345678901234567890123456789012\n", "a.conf:2: KEY: a Rijndael key is at most 32 bytes"},
 		{"bad gpg without signer", "SOURCE ANY\nGPG_DECRYPT_ID ABCD1234\nGPG_ALLOW_NO_PW Y\n", "a.conf:2: GPG_DECRYPT_ID: signatures are required"},
 		{"bad empty", "# nothing\n", "no SOURCE stanza"},
@@ -284,5 +283,20 @@ func TestCmdExecGroupIsAUsersPrimaryGroup(t *testing.T) {
 	_, err = ParseAccessConf("a.conf", []byte("SOURCE ANY\nKEY k1234567\nENABLE_CMD_EXEC Y\nCMD_EXEC_GROUP no-such-user-here\n"))
 	if err == nil || !strings.Contains(err.Error(), "a.conf:4") || !strings.Contains(err.Error(), "CMD_EXEC_GROUP") {
 		t.Fatalf("an unknown user: %v", err)
+	}
+}
+
+// A keyword before the first SOURCE belongs to no stanza: fwknopd skips
+// it, and so does postern, with a warning naming its place.
+func TestKeywordBeforeFirstSource(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.conf")
+	os.WriteFile(path, []byte("KEY stray\nOPEN_PORTS tcp/80\nSOURCE ANY\nKEY k1234567\nOPEN_PORTS tcp/22\n"), 0o600)
+	var warned []string
+	ss, err := ReadAccessWarn(path, func(s string) { warned = append(warned, s) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 1 || ss[0].Rijndael == nil || string(ss[0].Rijndael.Key) != "k1234567" || len(warned) != 2 || !strings.Contains(warned[0], "access.conf:1: KEY") {
+		t.Fatalf("stanzas %+v, warnings %q", ss, warned)
 	}
 }

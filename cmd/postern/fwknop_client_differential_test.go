@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,20 @@ func TestFwknopClientRCDifferential(t *testing.T) {
 			}
 		}
 		return got
+	}
+	// What both refuse.
+	long := base64.StdEncoding.EncodeToString(make([]byte, 160))
+	for i, rcText := range []string{
+		base + "HMAC_KEY_BASE64 " + long + "\n", // decoded key longer than 128 bytes
+	} {
+		rc := filepath.Join(dir, "refused"+strconv.Itoa(i))
+		os.WriteFile(rc, []byte(rcText), 0o600)
+		args := []string{"--rc-file", rc, "-A", "tcp/22", "-a", "10.9.9.2", "-D", "198.18.0.1", "-T"}
+		_, rerr := exec.Command("fwknop", append([]string{"--no-save-args"}, args...)...).CombinedOutput()
+		out, oerr := exec.Command(posternBin, append([]string{"fwknop"}, args...)...).CombinedOutput()
+		if rerr == nil || oerr == nil {
+			t.Errorf("refused case %d: fwknop %v, postern %v\n%s", i, rerr, oerr, out)
+		}
 	}
 	for i, c := range cases {
 		rc := filepath.Join(dir, "rc"+strconv.Itoa(i))

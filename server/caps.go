@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/firewall/mode"
+	"github.com/postern/postern/language"
 )
 
 // privileges says what the daemon keeps once its capture sockets are open.
@@ -38,7 +39,7 @@ func privilegesFor(cfg *config.Config) privileges {
 	if cfg.Firewall.Backend == mode.IPTables {
 		p.bound = append(p.bound, cap.NET_RAW)
 	}
-	p.noNewPrivs = !needsCommands(cfg) && cfg.Firewall.Backend != mode.IPTables
+	p.noNewPrivs = !language.NeedsCommands(cfg) && cfg.Firewall.Backend != mode.IPTables
 	return p
 }
 

@@ -61,7 +61,7 @@ func (s *Server) apply(v *policy.Verdict) {
 		if c.Stop == "" {
 			continue
 		}
-		if err := s.runner.Admit(commandName(v), c.Addr); err != nil {
+		if err := s.state.commands().Admit(commandName(v), c.Addr); err != nil {
 			// A flood of (spoofed) door completions meets the bound on
 			// pending stop commands: refused, counted, logged in brief.
 			v.Reason = mPendingFull
@@ -78,7 +78,7 @@ func (s *Server) apply(v *policy.Verdict) {
 	}
 	for _, c := range dec.Commands {
 		how := command.How{NoShell: c.NoShell, User: c.User, Group: c.Group}
-		if err := s.runner.RunExpanded(commandName(v), c.Addr, c.Start, c.Stop, c.StopAfter, how); err != nil {
+		if err := s.state.commands().RunExpanded(commandName(v), c.Addr, c.Start, c.Stop, c.StopAfter, how); err != nil {
 			if ok, suppressed := s.count(outcome{v.Language, mCommandNotRun}); ok {
 				s.log.Error("command not run", "language", v.Language, "src", v.Src, "client", v.Client, "err", err,
 					"suppressed", suppressed)

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -26,26 +25,13 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/postern/postern/capture"
-	"github.com/postern/postern/command"
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/control"
-	"github.com/postern/postern/covert"
 	"github.com/postern/postern/firewall"
-	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/atomicfile"
-	"github.com/postern/postern/knock"
+	"github.com/postern/postern/language"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/ratelimit"
-	"github.com/postern/postern/spa"
-)
-
-// Files in state_dir.
-const (
-	ReplayFile          = "spa-timestamps"        // postern SPA clients' last timestamps
-	CovertReplayFile    = "covert-timestamps"     // covert clients' last timestamps
-	FwknopReplayFile    = "fwknop-digests"        // fwknop replay cache
-	PendingCommandsFile = "pending-commands.json" // stop commands waiting for their time
 )
 
 // Server is a configured daemon, ready to Run.
@@ -53,15 +39,10 @@ type Server struct {
 	cfg     *config.Config // as started: what a reload cannot change
 	log     *slog.Logger
 	fw      *firewall.Keeper
-	runner  *command.Runner // nil until something runs commands
+	state   *state // state_dir's files and the command runner, across reloads
 	metrics *Metrics
 	logs    logLimiter
 	sink    policy.Sink // s.decided, made once: a method value per packet would allocate
-
-	// State that outlives a reload, opened when a language first needs it.
-	spaReplay    *spa.Timestamps
-	fwknopReplay *fko.ReplayCache
-	covertReplay *spa.Timestamps
 
 	// pipe is the configuration in force with its decoders and policy; a
 	// reload builds a new one and swaps it in whole.
@@ -91,36 +72,28 @@ type Server struct {
 	local atomic.Pointer[map[netip.Addr]bool]
 }
 
-// pipeline is one configuration's decoders, policy and routes; decoders
-// are nil where the configuration has none of their language.
+// pipeline is one configuration's languages and policy, and the route
+// table that sends each frame to its language.
 type pipeline struct {
 	cfg    *config.Config
 	policy *policy.Policy
-	spa    *spa.Decoder
-	fwknop *fko.Decoder
-	covert *covert.Decoder
-	doors  *knock.Decoder
-	routes routes
+	langs  []language.Language
+	udp    map[uint16][]claimed // by destination port; two may share one (Claims decides)
+	tcp    map[uint16]language.Language
+	rest   []language.Language // every frame no port routes
 }
 
-// routes say which decoder a frame goes to. They are computed once per
-// configuration: a frame's protocol and destination port decide.
-type routes struct {
-	spaPort, fwknopPort uint16 // UDP; 0: none
-	covert              map[uint16]bool
+// claimed is a language on a UDP port, with its claim on shared ones.
+type claimed struct {
+	l      language.Language
+	claims func(payload []byte) bool
 }
-
-// languages and the reasons each may refuse for, for the counters.
-var languages = []struct {
-	lang    policy.Language
-	reasons []string
-}{{policy.SPA, spaReasons()}, {policy.Fwknop, fko.Reasons}, {policy.Covert, covert.Reasons}, {policy.Door, knock.Reasons}}
 
 // New loads keys and state and prepares the decoders. It does not touch the
 // firewall or the network: the caller installs the closed state (Rules)
 // before, so that nothing New can fail on leaves a port open.
 func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, fw: fw}
+	s := &Server{cfg: cfg, log: log, fw: fw, state: newState(cfg.StateDir, log)}
 	s.sink = s.decided
 	p, err := s.newPipeline(cfg)
 	if err != nil {
@@ -129,31 +102,36 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	s.pipe.Store(p)
 	// Every language's counters exist from the start: a reload may add one.
 	outcomes := []outcome{{"capture", mMalformed}, {"capture", mCaptureError}, {"capture", mNotLocal}}
-	for _, l := range languages {
-		outcomes = append(outcomes, outcome{l.lang, mGranted}, outcome{l.lang, mClosed}, outcome{l.lang, mNotOwned},
-			outcome{l.lang, mFirewallError},
-			outcome{l.lang, mCommandNotRun}, outcome{l.lang, mPendingFull})
-		for _, r := range l.reasons {
-			outcomes = append(outcomes, outcome{l.lang, r})
+	for _, l := range language.All {
+		outcomes = append(outcomes, outcome{l.Name, mGranted}, outcome{l.Name, mClosed}, outcome{l.Name, mNotOwned},
+			outcome{l.Name, mFirewallError}, outcome{l.Name, mCommandNotRun}, outcome{l.Name, mPendingFull})
+		for _, r := range l.Reasons {
+			outcomes = append(outcomes, outcome{l.Name, r})
 		}
 		for _, r := range policy.Refusals {
-			outcomes = append(outcomes, outcome{l.lang, string(r)})
+			outcomes = append(outcomes, outcome{l.Name, string(r)})
 		}
 	}
 	s.metrics = newMetrics(outcomes)
 	s.metrics.gauge("postern_knock_attempts_tracked", "Knock attempts (source × door) in the state table.",
 		func() float64 {
-			if d := s.pipe.Load().doors; d != nil {
-				return float64(d.Tracked())
+			var n uint64
+			for _, l := range s.pipe.Load().langs {
+				if t, ok := l.(language.Tracker); ok {
+					n += t.Tracked()
+				}
 			}
-			return 0
+			return float64(n)
 		})
 	s.metrics.counter("postern_covert_sources_evicted_total", "Covert-knock sources evicted from the full reassembly table.",
 		func() float64 {
-			if c := s.pipe.Load().covert; c != nil {
-				return float64(c.Evictions())
+			var n uint64
+			for _, l := range s.pipe.Load().langs {
+				if e, ok := l.(language.Evicter); ok {
+					n += e.Evictions()
+				}
 			}
-			return 0
+			return float64(n)
 		})
 	s.metrics.counter("postern_firewall_restores_total", "Times postern's firewall rules were found missing or altered and restored.",
 		func() float64 { return float64(fw.Restores()) })
@@ -169,69 +147,34 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 	return s, nil
 }
 
-// newPipeline opens the state cfg needs and builds its decoders and policy.
+// newPipeline opens cfg's languages (each reads its files: keys,
+// secrets, access.conf) on the shared state and builds its policy and
+// route table.
 func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
-	if err := s.openState(cfg); err != nil {
+	if err := s.state.check(); err != nil {
 		return nil, err
 	}
 	for _, w := range cfg.Warnings {
 		s.log.Warn("configuration: " + w)
 	}
-	p := &pipeline{cfg: cfg}
+	langs, err := language.OpenAll(cfg, language.Env{State: s.state, Log: s.log, Sink: s.sink})
+	if err != nil {
+		return nil, err
+	}
+	p := &pipeline{cfg: cfg, langs: langs, udp: map[uint16][]claimed{}, tcp: map[uint16]language.Language{}}
 	var clients []policy.Client
-	if cfg.SPAEnabled() {
-		v, err := s.newVerifier(cfg)
-		if err != nil {
-			return nil, err
+	for _, l := range langs {
+		clients = append(clients, l.Clients()...)
+		r := l.Routes()
+		for _, u := range r.UDP {
+			p.udp[u] = append(p.udp[u], claimed{l, r.Claims})
 		}
-		p.spa = spa.NewParallelDecoder(v, cmp.Or(cfg.SPA.Workers, runtime.GOMAXPROCS(0)), s.sink)
-		p.routes.spaPort = cfg.SPA.Port
-		for _, c := range cfg.Clients {
-			clients = append(clients, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
-				MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource,
-				Forward: c.Forward})
+		for _, t := range r.TCP {
+			p.tcp[t] = l
 		}
-		if cfg.SSH != nil {
-			for _, id := range cfg.SSH.Identities {
-				clients = append(clients, policy.Client{Language: policy.SPA, Name: id.Name, Allow: id.Allow,
-					MaxDuration: id.MaxDuration, DefaultDuration: id.DefaultDuration, AllowSource: id.AllowSource})
-			}
+		if r.Rest {
+			p.rest = append(p.rest, l)
 		}
-	}
-	if len(cfg.Covert) > 0 {
-		d, err := covert.NewDecoder(cfg.Covert, s.covertReplay)
-		if err != nil {
-			return nil, err
-		}
-		p.covert = d
-		p.routes.covert = map[uint16]bool{}
-		for _, sp := range covert.Ports(cfg.Covert) {
-			p.routes.covert[sp.Num] = true
-		}
-		clients = append(clients, covert.PolicyClients(cfg.Covert)...)
-	}
-	if len(cfg.Doors) > 0 {
-		p.doors = knock.NewDecoder(cfg.Doors, cfg.MaxTracked)
-		for _, d := range cfg.Doors {
-			clients = append(clients, knock.PolicyClient(d))
-		}
-	}
-	if f := cfg.Fwknop; f != nil {
-		for _, st := range f.Stanzas {
-			if st.OpenPorts == nil && st.CmdCycleOpen == "" {
-				s.log.Warn("fwknop stanza has no OPEN_PORTS: it may open any port, but postern closes only the ports listed somewhere",
-					"stanza", fko.StanzaName(st))
-			}
-			if st.GPG != nil && len(st.GPG.HMACKey) == 0 {
-				s.log.Warn("fwknop GnuPG stanza without HMAC_KEY: anyone with the server's GnuPG public key can make postern run gpg "+
-					"(bounded per source and in total, output capped); add an HMAC key", "stanza", fko.StanzaName(st))
-			}
-		}
-		// Last: it starts GnuPG workers, which nothing after may leave running.
-		p.fwknop = fko.NewDecoder(fko.DecoderConfig{Stanzas: f.Stanzas, MaxAge: f.MaxPacketAge, Replay: s.fwknopReplay,
-			Async: s.sink, Workers: 2, Queue: 64, PerSourceRate: 2, PerSourceBurst: 4, NAT: f.NAT})
-		p.routes.fwknopPort = f.Port
-		clients = append(clients, fko.PolicyClients(f.Stanzas, f.NAT)...)
 	}
 	p.policy = policy.New(clients)
 	return p, nil
@@ -239,184 +182,39 @@ func (s *Server) newPipeline(cfg *config.Config) (*pipeline, error) {
 
 // close stops what a pipeline runs (verification and GnuPG workers).
 func (p *pipeline) close() {
-	if p.spa != nil {
-		p.spa.Close()
+	for _, l := range p.langs {
+		l.Close()
 	}
-	if p.fwknop != nil {
-		p.fwknop.Close()
-	}
-}
-
-// openState opens the state files cfg's languages need and the command
-// runner (which runs overdue stop commands at once), unless already open.
-func (s *Server) openState(cfg *config.Config) error {
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	state := func(name string) string { return filepath.Join(cfg.StateDir, name) }
-	// The daemon runs what its state says (pending stop commands) with its
-	// privileges: state that someone else could have written is refused.
-	if err := atomicfile.CheckTrusted(cfg.StateDir, true); err != nil {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	for _, name := range []string{ReplayFile, CovertReplayFile, FwknopReplayFile, PendingCommandsFile} {
-		if err := atomicfile.CheckTrusted(state(name), false); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
-	}
-	var err error
-	if cfg.SPAEnabled() && s.spaReplay == nil {
-		if s.spaReplay, err = spa.LoadTimestamps(state(ReplayFile)); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
-	}
-	if len(cfg.Covert) > 0 && s.covertReplay == nil {
-		if s.covertReplay, err = spa.LoadTimestamps(state(CovertReplayFile)); err != nil {
-			return fmt.Errorf("state_dir: %w", err)
-		}
-	}
-	if f := cfg.Fwknop; f != nil && s.fwknopReplay == nil {
-		// A packet is refused once its timestamp is max_packet_age away
-		// from the clock in either direction, so a digest need not be kept
-		// longer than twice that, plus a margin.
-		if s.fwknopReplay, err = fko.OpenReplayCache(state(FwknopReplayFile), 2*f.MaxPacketAge+time.Minute, 1_000_000); err != nil {
-			return err
-		}
-	}
-	if needsCommands(cfg) && s.runner == nil {
-		if s.runner, err = command.Open(state(PendingCommandsFile), s.log); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *Server) newVerifier(cfg *config.Config) (*spa.Verifier, error) {
-	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("private_key_file: %w", err)
-	}
-	key, err := spa.ParseServerPrivateKey(text)
-	if err != nil {
-		return nil, fmt.Errorf("private_key_file %s: %w", cfg.PrivateKeyFile, err)
-	}
-	clients := make(map[spa.ClientPublicKey]string, len(cfg.Clients))
-	for _, c := range cfg.Clients {
-		clients[c.PublicKey] = c.Name
-	}
-	// Five knocks a second with bursts of ten per source is far above what
-	// a person does and far below what costs the CPU anything.
-	limiter := ratelimit.New(5, 10, 65536)
-	limiter.SetIPv6Prefix(cfg.SPA.SourcePrefix6)
-	if cfg.SSH != nil && key.Public().Suite() != spa.SuiteX25519 {
-		return nil, fmt.Errorf("%s: [ssh] needs a suite-1 server key: an SSH-signed knock to a post-quantum key would not fit one packet", cfg.Path)
-	}
-	vc := spa.VerifierConfig{Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
-		Replay: s.spaReplay, Limiter: limiter}
-	if cfg.SSH != nil {
-		vc.SSH = cfg.SSH.Trust
-	}
-	return spa.NewVerifier(vc)
-}
-
-func spaReasons() []string {
-	var names []string
-	for _, r := range spa.AllReasons() {
-		if r != spa.Accepted {
-			names = append(names, r.String())
-		}
-	}
-	return names
 }
 
 // Metrics returns the server's counters.
 func (s *Server) Metrics() *Metrics { return s.metrics }
 
 // Rules derives, from the configuration alone, what the firewall closes
-// and what capture must pass. It needs no key or state file, so the closed
-// state can be installed before anything that may fail is loaded.
+// and what capture must pass: every language's routes, merged. It needs
+// no key or state file, so the closed state can be installed before
+// anything that may fail is loaded.
 func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published,
 		Gateway: cfg.UsesGateway()}
 	var matches []capture.Match
-	closeKnock := func(ps ...port.Spec) {
-		if cfg.Capture == "afpacket" {
-			rules.Knock = append(rules.Knock, ps...)
-		}
-	}
-	if cfg.SPAEnabled() {
-		knockPort := port.Spec{Proto: port.UDP, Num: cfg.SPA.Port}
-		matches = append(matches, capture.PortMatches([]port.Spec{knockPort})...)
-		closeKnock(knockPort)
-	}
-	if cfg.Fwknop != nil {
-		// The fwknop port may be the SPA port: capture and close it once.
-		p := port.Spec{Proto: port.UDP, Num: cfg.Fwknop.Port}
-		if m := (capture.Match{Proto: p.Proto, Lo: p.Num, Hi: p.Num}); !slices.Contains(matches, m) {
-			matches = append(matches, m)
-			closeKnock(p)
-		}
-	}
-	if ps := covert.Ports(cfg.Covert); len(ps) > 0 {
-		matches = append(matches, capture.PortMatches(ps)...)
-		rules.Knock = append(rules.Knock, ps...)
-	}
-	m, closed, ranges := doorPorts(cfg)
-	matches = append(matches, m...)
-	rules.Knock = append(rules.Knock, closed...)
-	rules.KnockRanges = ranges
-	return rules, matches
-}
-
-// doorPorts returns what capture must pass for doors, which ports postern
-// closes (the sequences of [[door]]s; knockd_file doors are only listened
-// to, as knockd does) and the closed ranges of rotating doors.
-func doorPorts(cfg *config.Config) (matches []capture.Match, closed []port.Spec, ranges []firewall.PortRange) {
-	var fromKnockd []*knock.Door
-	if cfg.Knockd != nil {
-		fromKnockd = cfg.Knockd.Doors
-	}
-	for _, d := range cfg.Doors {
-		native := !slices.Contains(fromKnockd, d)
-		if r := d.Rotating; r != nil {
-			matches = append(matches, capture.Match{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
-			if native {
-				ranges = append(ranges, firewall.PortRange{Proto: r.Proto, Lo: r.Lo, Hi: r.Hi})
-			}
-			continue
-		}
-		for _, hit := range d.Hits() {
-			m := capture.Match{Proto: hit.Proto, Lo: hit.Num, Hi: hit.Num}
-			if hit.Proto == knock.ICMP {
-				m = capture.Match{Proto: capture.ICMP}
-			}
+	for _, spec := range language.Enabled(cfg) {
+		r := spec.Routes(cfg)
+		for _, m := range r.Capture {
 			if !slices.Contains(matches, m) {
 				matches = append(matches, m)
 			}
-			sp := port.Spec{Proto: hit.Proto, Num: hit.Num}
-			if native && hit.Proto != knock.ICMP && !slices.Contains(closed, sp) {
-				closed = append(closed, sp)
+		}
+		for _, c := range r.Close {
+			if !slices.Contains(rules.Knock, c) {
+				rules.Knock = append(rules.Knock, c)
 			}
 		}
-	}
-	return matches, closed, ranges
-}
-
-// needsCommands reports whether any door or fwknop stanza runs commands.
-func needsCommands(cfg *config.Config) bool {
-	for _, d := range cfg.Doors {
-		if knock.PolicyClient(d).Commands {
-			return true
+		for _, rg := range r.CloseRanges {
+			rules.KnockRanges = append(rules.KnockRanges, firewall.PortRange{Proto: rg.Proto, Lo: rg.Lo, Hi: rg.Hi})
 		}
 	}
-	if cfg.Fwknop != nil {
-		for _, st := range cfg.Fwknop.Stanzas {
-			if st.CmdCycleOpen != "" || st.EnableCmdExec {
-				return true
-			}
-		}
-	}
-	return false
+	return rules, matches
 }
 
 // Intervals of the daemon's housekeeping.
@@ -602,12 +400,7 @@ func (s *Server) openCapture(matches []capture.Match) (capture.Source, error) {
 // closes the fwknop replay cache.
 func (s *Server) closeState() {
 	s.pipe.Load().close()
-	if s.runner != nil {
-		s.runner.Close()
-	}
-	if s.fwknopReplay != nil {
-		s.fwknopReplay.Close()
-	}
+	s.state.close()
 }
 
 // logReady writes the line that says what is in force.
@@ -645,35 +438,41 @@ func (s *Server) handle(f *capture.Frame, perr error) {
 	p := s.pipe.Load()
 	switch f.Proto {
 	case capture.ProtoUDP:
-		isSPA := p.routes.spaPort != 0 && f.DstPort == p.routes.spaPort
-		isFwknop := p.routes.fwknopPort != 0 && f.DstPort == p.routes.fwknopPort
-		if isSPA && isFwknop {
-			// postern SPA and fwknop may share a port: a postern knock is
-			// binary with a fixed size and first byte, an fwknop packet is
-			// base64 text.
-			isSPA = spa.IsKnock(f.Payload)
-			isFwknop = !isSPA
-		}
-		switch {
-		case isSPA:
-			p.spa.Decode(f, s.sink)
-			return
-		case isFwknop:
-			p.fwknop.Decode(f, s.sink)
+		if ls := p.udp[f.DstPort]; len(ls) > 0 {
+			claimant(ls, f.Payload).Decode(f, s.sink)
 			return
 		}
 	case capture.ProtoTCP:
-		if p.routes.covert[f.DstPort] {
-			p.covert.Decode(f, s.sink)
+		if l := p.tcp[f.DstPort]; l != nil {
+			l.Decode(f, s.sink)
 			return
 		}
 	}
-	if p.doors != nil {
-		p.doors.Decode(f, s.sink)
-		if p.doors.PortsChanged() {
+	for _, l := range p.rest {
+		l.Decode(f, s.sink)
+		if c, ok := l.(language.PortChanger); ok && c.PortsChanged() {
 			s.followDoorPorts(p.cfg)
 		}
 	}
+}
+
+// claimant is the language of a UDP port that takes payload: alone on the
+// port, whatever the payload; shared (postern SPA and fwknop may use one
+// port), the one whose Claims says so, else the one that takes the rest.
+func claimant(ls []claimed, payload []byte) language.Language {
+	if len(ls) == 1 {
+		return ls[0].l
+	}
+	rest := ls[0].l
+	for _, c := range ls {
+		switch {
+		case c.claims == nil:
+			rest = c.l
+		case c.claims(payload):
+			return c.l
+		}
+	}
+	return rest
 }
 
 // followDoorPorts re-derives the closed ports and the capture filter after
@@ -690,9 +489,9 @@ func (s *Server) followDoorPorts(cfg *config.Config) {
 	}
 }
 
-// expireLoop drops timed-out knock attempts and stale covert SYNs, and
-// clamps client timestamps ahead of the clock. Each tick also tells the
-// watchdog that the daemon is not wedged.
+// expireLoop ticks every language (timed-out knock attempts, stale covert
+// SYNs, clocks clamped) and writes replay state a full disk held back.
+// Each tick also tells the watchdog that the daemon is not wedged.
 func (s *Server) expireLoop(ctx context.Context) {
 	t := time.NewTicker(expireEvery)
 	defer t.Stop()
@@ -701,14 +500,9 @@ func (s *Server) expireLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			p := s.pipe.Load()
-			if p.doors != nil {
-				p.doors.Expire(now, s.sink)
+			for _, l := range s.pipe.Load().langs {
+				l.Tick(now, s.sink)
 			}
-			if p.covert != nil {
-				p.covert.Expire(now)
-			}
-			s.clampClocks(p.cfg, now)
 			s.persistState(now)
 			s.refreshLocal()
 			s.alive.Store(time.Now().UnixNano())
@@ -716,46 +510,25 @@ func (s *Server) expireLoop(ctx context.Context) {
 	}
 }
 
-// durable is replay state that decides from memory while its file cannot
-// be written, and writes it when it can.
-type durable interface {
-	Unsaved() (int, error)
-	Flush() error
-}
-
 // persistState writes replay state that could not be written when it was
 // decided (a full or read-only disk), and says loudly, every 10 s while it
 // lasts, that knocks are being decided from memory.
 func (s *Server) persistState(now time.Time) {
-	type store struct {
-		name string
-		d    durable
-	}
-	var stores []store
-	if s.spaReplay != nil {
-		stores = append(stores, store{ReplayFile, s.spaReplay})
-	}
-	if s.covertReplay != nil {
-		stores = append(stores, store{CovertReplayFile, s.covertReplay})
-	}
-	if s.fwknopReplay != nil {
-		stores = append(stores, store{FwknopReplayFile, s.fwknopReplay})
-	}
-	for _, st := range stores {
-		n, _ := st.d.Unsaved()
+	for name, d := range s.state.stores() {
+		n, _ := d.Unsaved()
 		if n == 0 {
 			continue
 		}
-		if err := st.d.Flush(); err != nil {
+		if err := d.Flush(); err != nil {
 			if now.Sub(s.stateWarned) >= 10*time.Second {
 				s.stateWarned = now
 				s.log.Error("replay state cannot be written: knocks are decided from memory, and a crash now would "+
-					"forget what was decided since (replays inside max_skew)", "file", st.name, "unsaved", n, "err", err)
+					"forget what was decided since (replays inside max_skew)", "file", name, "unsaved", n, "err", err)
 			}
 			continue
 		}
 		s.stateWarned = time.Time{}
-		s.log.Info("replay state written again", "file", st.name, "decisions", n)
+		s.log.Info("replay state written again", "file", name, "decisions", n)
 	}
 }
 
@@ -783,23 +556,6 @@ func (s *Server) refreshLocal() {
 		}
 	}
 	s.local.Store(&m)
-}
-
-// clampClocks lowers stored client timestamps that lie beyond the
-// freshness window: after a clock that ran ahead is corrected, no client
-// stays locked out as "replay" for longer than max_skew.
-func (s *Server) clampClocks(cfg *config.Config, now time.Time) {
-	if s.spaReplay != nil && cfg.SPAEnabled() {
-		if n := s.spaReplay.ClampFuture(now.Add(cfg.SPA.MaxSkew).UnixNano()); n > 0 {
-			s.log.Warn("client timestamps ahead of this clock (was it corrected?); clamped to now + max_skew",
-				"clients", n, "max_skew", cfg.SPA.MaxSkew)
-		}
-	}
-	if s.covertReplay != nil && len(cfg.Covert) > 0 {
-		if n := s.covertReplay.ClampFuture(now.Add(covert.MaxSkew(cfg.Covert)).UnixNano()); n > 0 {
-			s.log.Warn("covert client timestamps ahead of this clock; clamped", "clients", n)
-		}
-	}
 }
 
 // warnHostPolicy warns when the host's own ruleset drops by default: a

@@ -28,6 +28,19 @@ import (
 	"github.com/postern/postern/internal/atomicfile"
 )
 
+// The log messages of a command's run: "start command ran", "stop command
+// failed", … — the knockd LogFile turns the ran and failed ones into
+// knockd's "running command" lines.
+const (
+	Ran    = "command ran"
+	Failed = "command failed"
+	NotRun = "command not run"
+)
+
+// Message is the log message for which side ("start" or "stop") and what
+// happened (Ran, Failed, NotRun).
+func Message(which, what string) string { return which + " " + what }
+
 // Shell runs every command, as knockd's system(3) does.
 const Shell = "/bin/sh"
 
@@ -365,7 +378,7 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 	args := []any{"door", door, "src", addr, "command", cmd}
 	c, err := command(cmd, how)
 	if err != nil {
-		r.log.Error(which+" command not run", append(args, "err", err)...)
+		r.log.Error(Message(which, NotRun), append(args, "err", err)...)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, runTimeout)
@@ -390,10 +403,10 @@ func (r *Runner) exec(which, door, addr, cmd string, how How) {
 		args = append(args, "output", s)
 	}
 	if err != nil {
-		r.log.Error(which+" command failed", append(args, "err", err)...)
+		r.log.Error(Message(which, Failed), append(args, "err", err)...)
 		return
 	}
-	r.log.Info(which+" command ran", args...)
+	r.log.Info(Message(which, Ran), args...)
 }
 
 // linger records the process group of a command whose children live on,

@@ -10,6 +10,17 @@ import (
 	"github.com/postern/postern/port"
 )
 
+// Log messages, shared by the daemon's lines and the knockd LogFile, which
+// turns some into knockd's own (lineHandler; TestKnockdLogVocabulary holds
+// them together).
+const (
+	MsgReady    = "ready"
+	MsgStopped  = "stopped"
+	MsgGranted  = "granted"
+	MsgRefused  = "refused"
+	MsgReloaded = "reloaded"
+)
+
 // Outcomes that are not a decoder's refusal reason.
 const (
 	mGranted       = "granted"
@@ -109,7 +120,7 @@ func (s *Server) apply(v *policy.Verdict) {
 	for _, a := range v.Attrs() {
 		args = append(args, a)
 	}
-	s.log.Info("granted", args...)
+	s.log.Info(MsgGranted, args...)
 }
 
 // close revokes grants a client asked to close (its "close" action).
@@ -172,7 +183,7 @@ func (s *Server) refuse(v *policy.Verdict, extra ...slog.Attr) {
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)
 	}
-	s.log.Warn("refused", args...)
+	s.log.Warn(MsgRefused, args...)
 }
 
 // note logs a step that decides nothing (a door's progress) at debug

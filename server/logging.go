@@ -14,7 +14,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/postern/postern/command"
 	"github.com/postern/postern/config"
+	"github.com/postern/postern/knock"
+	"github.com/postern/postern/policy"
 )
 
 // Logs are the daemon's logger and its extra outputs.
@@ -218,18 +221,19 @@ func (h *lineHandler) Handle(_ context.Context, r slog.Record) error {
 	r.Attrs(add)
 	var line string
 	switch r.Message {
-	case "ready":
+	case MsgReady:
 		line = "starting up, listening on " + kv["interface"]
-	case "knock progress":
+	case knock.NoteProgress:
 		line = kv["src"] + ": " + kv["client"] + ": Stage " + kv["stage"]
-	case "granted":
-		if kv["language"] != "door" {
+	case MsgGranted:
+		if kv["language"] != string(policy.Door) {
 			return nil
 		}
 		line = kv["src"] + ": " + kv["client"] + ": OPEN SESAME"
-	case "start command ran", "stop command ran", "start command failed", "stop command failed":
+	case command.Message("start", command.Ran), command.Message("stop", command.Ran),
+		command.Message("start", command.Failed), command.Message("stop", command.Failed):
 		line = kv["door"] + ": running command: " + kv["command"]
-	case "stopped":
+	case MsgStopped:
 		line = "shutting down"
 	default:
 		// Tools that parse knockd's log (fail2ban filters, monitoring)

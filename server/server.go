@@ -337,7 +337,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return src.Run(gctx, s.handle)
 	})
 
-	s.logReady("ready", rules)
+	s.logReady(MsgReady, rules)
 	Notify("READY=1")
 
 	err = g.Wait()
@@ -634,7 +634,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	old := s.pipe.Swap(p)
 	s.retired.Go(old.close) // its GnuPG workers finish what they hold; Run waits for them
 	s.prune(p.policy, "reload")
-	s.logReady("reloaded", rules)
+	s.logReady(MsgReloaded, rules)
 	return nil
 }
 

@@ -13,11 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/capture"
+	"github.com/postern/postern/command"
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/firewall"
 	"github.com/postern/postern/internal/netnstest"
@@ -394,4 +396,56 @@ func TestMetricsBearerToken(t *testing.T) {
 			t.Errorf("Authorization %q: %d, want %d", c.auth, got, c.want)
 		}
 	}
+}
+
+// The knockd LogFile's lines come from the daemon's own log messages: the
+// messages the command runner and the server really emit are the ones the
+// LogFile turns into knockd's lines (a renamed message would silently
+// empty that file).
+func TestKnockdLogVocabulary(t *testing.T) {
+	var buf syncBuffer
+	h := &lineHandler{mu: &sync.Mutex{}, w: &buf}
+	log := slog.New(h)
+	r, err := command.Open(filepath.Join(t.TempDir(), "pending"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run("openSSH", netip.MustParseAddr("198.18.0.2"), "true", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // waits for the command
+	log.Info(MsgReady, "interface", "veth0")
+	s := &Server{log: log}
+	v := &policy.Verdict{Language: policy.Door, Src: netip.MustParseAddr("198.18.0.2"), Client: "openSSH", Note: knock.NoteProgress}
+	v.Add(slog.Int("stage", 1))
+	s.note(v)
+	log.Info(MsgGranted, "language", policy.Door, "src", "198.18.0.2", "client", "openSSH")
+	log.Info(MsgGranted, "language", policy.SPA, "src", "198.18.0.2", "client", "alice") // not knockd's
+	log.Info(MsgStopped)
+	for _, want := range []string{"openSSH: running command: true", "starting up, listening on veth0",
+		"198.18.0.2: openSSH: Stage 1", "198.18.0.2: openSSH: OPEN SESAME", "shutting down"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("the knockd LogFile lacks %q:\n%s", want, buf.String())
+		}
+	}
+	if strings.Contains(buf.String(), "alice") {
+		t.Errorf("a postern SPA grant reached the knockd LogFile:\n%s", buf.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

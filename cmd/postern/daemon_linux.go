@@ -108,7 +108,7 @@ func serve(path string, debug bool, stderr io.Writer) error {
 		return fmt.Errorf("%w\n(the firewall stays closed: protected ports %s are dropped for everyone until postern runs)",
 			err, port.Join(cfg.Protected()))
 	}
-	log.Info("stopped")
+	log.Info(server.MsgStopped)
 	return nil
 }
 

@@ -50,6 +50,8 @@ func PortMatches(ports []port.Spec) []Match {
 // pass too (only the first carries the port; the reassembler decides);
 // other fragments and IPv6 packets with other extension headers never
 // match (knocks have none).
+//
+// Long on purpose: one classic-BPF program emitted in order; splitting it would split its jump arithmetic.
 func Filter(family Family, matches []Match) ([]bpf.Instruction, error) {
 	byProto := map[port.Protocol][]Match{}
 	var protos []port.Protocol

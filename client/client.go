@@ -114,6 +114,8 @@ func KnockEach(ctx context.Context, o Options) ([]Sent, error) {
 }
 
 // Knock resolves the server, seals one knock and sends it.
+//
+// Long on purpose: one knock per address family, each built, sent and reported in order.
 func Knock(ctx context.Context, o Options) (Sent, error) {
 	network := o.Network
 	if network == "" {

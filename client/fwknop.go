@@ -91,6 +91,8 @@ var fwknopOpts = []struct {
 
 // ParseFwknopArgs reads fwknop's command line (getopt_long style: "-A x",
 // "-Ax", "--access x", "--access=x").
+//
+// Long on purpose: fwknop's command line, option by option, as fwknop reads it.
 func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 	r := &FwknopRequest{Settings: FwknopSettings{}}
 	if home, err := os.UserHomeDir(); err == nil {

@@ -52,6 +52,8 @@ type rawPrincipal struct {
 }
 
 // ssh reads the [ssh] table and the OpenSSH files it names.
+//
+// Long on purpose: the [ssh] table and the OpenSSH files it names, read in one pass.
 func (v *validator) ssh(cfg *Config, raw *rawSSH) {
 	if raw == nil {
 		return

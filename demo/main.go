@@ -44,6 +44,7 @@ func (d *demoT) done() {
 func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 func show(format string, args ...any) { fmt.Printf("    "+format+"\n", args...) }
 
+// Long on purpose: the demo's script, step by step, as it is printed.
 func main() {
 	grant := flag.Duration("for", 5*time.Second, "how long the knock opens the port")
 	flag.Parse()

@@ -276,6 +276,8 @@ func (t *IPTables) gatewayScript(script *strings.Builder, g Grant, revoke bool) 
 // listGateway reads the gateway grants back: one per fwd element, with its
 // translations, and a local NAT grant per DNAT client no fwd element
 // explains.
+//
+// Long on purpose: one pass over the sets and the nat rules rebuilds every kind of gateway grant from maps the kinds share.
 func (t *IPTables) listGateway() ([]Grant, error) {
 	var out []Grant
 	for _, f := range families {

@@ -379,6 +379,8 @@ type setElem struct {
 // element, with the translations found for it, and one local NAT grant per
 // dnat element that no fwd element explains. Sets not in have (no gateway
 // part installed) hold nothing.
+//
+// Long on purpose: one pass over the sets rebuilds every kind of gateway grant from maps the kinds share.
 func (n *NFTables) listGateway(have map[string]bool) ([]Grant, error) {
 	var out []Grant
 	for i, f := range ipFamilies {

@@ -198,6 +198,7 @@ var unsupportedKeywords = map[string]string{
 	"GPG_ALLOW_NO_SIG":     "not a fwknop 2.6 keyword",
 }
 
+// Long on purpose: access.conf's line grammar in one loop.
 func (r *accessReader) text(path string, data []byte, depth int) error {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)

@@ -250,6 +250,7 @@ func (d *Decoder) decode(wire string, src, dst netip.Addr, at time.Time, v *poli
 // StanzaName is a stanza's identity in policy and logs: FILE:LINE.
 func StanzaName(st *Stanza) string { return st.File + ":" + strconv.Itoa(st.Line) }
 
+// Long on purpose: fwknopd's checks in fwknopd's order (incoming_spa.c), one after the other, so that the order reads as fwknopd's.
 func (d *Decoder) decide(st *Stanza, m *Message, signer *GPGSigner, gpg bool, src, dst netip.Addr, at time.Time, v *policy.Verdict) {
 	// fwknopd's order (incoming_spa.c): signer, timeout, age, allow
 	// address and REQUIRE_SOURCE_ADDRESS, REQUIRE_USERNAME, NAT, commands,

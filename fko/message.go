@@ -129,6 +129,8 @@ func (m *Message) Encode() (string, error) {
 
 // Decode parses a decrypted plaintext and checks its inner digest, as
 // lib/fko_decode.c does, with the bounds of every field checked.
+//
+// Long on purpose: lib/fko_decode.c's fields in its order, each with its bounds.
 func Decode(pt string) (*Message, error) {
 	if len(pt) < 36 || len(pt) >= 1500 {
 		return nil, errFormat

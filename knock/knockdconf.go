@@ -53,6 +53,8 @@ var knockdKeys = map[string]string{
 // case-insensitive; [options] holds the global directives and every other
 // [section] is a door. Unlike knockd, a directive it does not know is an
 // error naming the line, never silently skipped.
+//
+// Long on purpose: knockd.conf's grammar, option by option, in one place.
 func ParseKnockdConf(path string, data []byte) (*KnockdConf, error) {
 	c := &KnockdConf{Path: path}
 	var errs conferr.Errors

@@ -336,6 +336,8 @@ func (p *Policy) Knows(lang Language, name string) bool {
 // Decide returns what r may have, or why nothing. A request is granted
 // whole or not at all: a knock asking for one port it may not open opens
 // nothing, so a mistake is noticed instead of half-working.
+//
+// Long on purpose: every check of a request in the documented order (docs/PROTOCOL.md §4, checks 13–17).
 func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	c, ok := p.clients[key{r.Language, r.Client}]
 	if !ok {

@@ -233,113 +233,17 @@ const (
 // grants are removed on exit.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.closeState()
-	rules, matches := Rules(s.pipe.Load().cfg)
-	src, err := s.openCapture(matches)
+	o, err := s.open()
+	defer o.close()
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-	if err := s.fw.Setup(rules); err != nil {
-		return err
-	}
-	// Grants the kernel kept from an earlier run whose owner this
-	// configuration no longer has, or no longer allows that port, go now.
-	s.prune(s.pipe.Load().policy, "start-up")
-	s.warnHostPolicy(rules)
-	var ctl *net.UnixListener
-	if s.ControlPath != "" {
-		if ctl, err = control.Listen(s.ControlPath); err != nil {
-			return err
-		}
-		defer ctl.Close()
-	}
-	var metricsLn net.Listener
-	if s.cfg.MetricsListen != "" {
-		s.metrics.labeled("postern_build_info", "The running postern's version.",
-			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
-		if metricsLn, err = s.metrics.listen(s.cfg.MetricsListen); err != nil {
-			return fmt.Errorf("metrics_listen: %w", err)
-		}
-		defer metricsLn.Close()
-	}
-	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
-		link, err := writePidFile(s.cfg.Knockd.PidFile)
-		if err != nil {
-			return fmt.Errorf("%s: PidFile: %w", s.cfg.Knockd.Path, err)
-		}
-		if link {
-			s.log.Warn("the knockd PidFile was a symbolic link; replaced it by the file, not written through it",
-				"path", s.cfg.Knockd.PidFile)
-		}
-		defer os.Remove(s.cfg.Knockd.PidFile)
-	}
-	// Sockets, listeners and files are open: keep only what the daemon
-	// needs from here on (not in tests that inject a capture source).
-	if s.Source == nil {
-		if dropped, err := privilegesFor(s.cfg).drop(); err != nil {
-			return fmt.Errorf("dropping privileges: %w", err)
-		} else if dropped {
-			s.log.Debug("dropped privileges")
-		}
-	}
-
 	s.alive.Store(time.Now().UnixNano())
 	s.refreshLocal()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { s.expireLoop(gctx); return nil })
-	audit := auditEvery
-	if !s.cfg.Firewall.Backend.Events() {
-		audit = auditIPTables // iptables-save and ipset: a few ms each, and no events to wait for
-	}
-	kick := make(chan struct{}, 1)
-	if ev, ok := s.fw.Backend().(interface {
-		Events(context.Context, func()) error
-	}); ok {
-		g.Go(func() error {
-			err := ev.Events(gctx, func() {
-				select {
-				case kick <- struct{}{}:
-				default:
-				}
-			})
-			if err != nil {
-				s.log.Warn("firewall events unavailable; the audit alone keeps the rules", "err", err)
-			}
-			return nil
-		})
-	}
-	g.Go(func() error { s.fw.Watch(gctx, audit, kick, nil); return nil })
-	if s.afp != nil {
-		g.Go(func() error {
-			return s.afp.Watch(gctx, interfaceEvery, func(name string, index int) {
-				if index == 0 {
-					s.log.Warn("interface gone; waiting for it", "interface", name)
-				} else {
-					s.log.Info("interface up; capturing", "interface", name, "index", index)
-				}
-			})
-		})
-	}
-	g.Go(func() error { return s.watchdog(gctx) })
-	if ctl != nil {
-		g.Go(func() error { return control.Serve(gctx, ctl, s.answer) })
-	}
-	if metricsLn != nil {
-		g.Go(func() error { return s.metrics.serve(gctx, metricsLn, s.cfg.MetricsToken) })
-	}
-	if s.Hangups != nil {
-		g.Go(func() error { s.reloadOnHangup(gctx); return nil })
-	}
-	g.Go(func() error {
-		if s.afp != nil {
-			return s.afp.RunWithErrors(gctx, s.handle, s.captureError)
-		}
-		return src.Run(gctx, s.handle)
-	})
-
-	s.logReady(MsgReady, rules)
+	s.startTasks(gctx, g, o)
+	s.logReady(MsgReady, o.rules)
 	Notify("READY=1")
-
 	err = g.Wait()
 	s.retired.Wait()      // pipelines a reload replaced have finished what they held
 	s.pipe.Load().close() // no GnuPG verdict after this
@@ -353,6 +257,138 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// opened is what Run opens before its tasks start.
+type opened struct {
+	rules   firewall.Rules
+	src     capture.Source
+	ctl     *net.UnixListener
+	metrics net.Listener
+	pidFile string
+}
+
+func (o *opened) close() {
+	if o.metrics != nil {
+		o.metrics.Close()
+	}
+	if o.ctl != nil {
+		o.ctl.Close()
+	}
+	if o.pidFile != "" {
+		os.Remove(o.pidFile)
+	}
+	if o.src != nil {
+		o.src.Close()
+	}
+}
+
+// open opens the capture, installs the rules (and prunes the grants the
+// configuration no longer allows), opens the control socket, the metrics
+// endpoint and the knockd PidFile, then drops the privileges no longer
+// needed. What it opened is in the result even when it fails.
+func (s *Server) open() (*opened, error) {
+	o := &opened{}
+	rules, matches := Rules(s.pipe.Load().cfg)
+	o.rules = rules
+	var err error
+	if o.src, err = s.openCapture(matches); err != nil {
+		return o, err
+	}
+	if err := s.fw.Setup(rules); err != nil {
+		return o, err
+	}
+	// Grants the kernel kept from an earlier run whose owner this
+	// configuration no longer has, or no longer allows that port, go now.
+	s.prune(s.pipe.Load().policy, "start-up")
+	s.warnHostPolicy(rules)
+	if s.ControlPath != "" {
+		if o.ctl, err = control.Listen(s.ControlPath); err != nil {
+			return o, err
+		}
+	}
+	if s.cfg.MetricsListen != "" {
+		s.metrics.labeled("postern_build_info", "The running postern's version.",
+			fmt.Sprintf("version=%q,goversion=%q", cmp.Or(s.Version, "devel"), runtime.Version()), func() float64 { return 1 })
+		if o.metrics, err = s.metrics.listen(s.cfg.MetricsListen); err != nil {
+			return o, fmt.Errorf("metrics_listen: %w", err)
+		}
+	}
+	if s.cfg.Knockd != nil && s.cfg.Knockd.PidFile != "" {
+		link, err := writePidFile(s.cfg.Knockd.PidFile)
+		if err != nil {
+			return o, fmt.Errorf("%s: PidFile: %w", s.cfg.Knockd.Path, err)
+		}
+		o.pidFile = s.cfg.Knockd.PidFile
+		if link {
+			s.log.Warn("the knockd PidFile was a symbolic link; replaced it by the file, not written through it",
+				"path", s.cfg.Knockd.PidFile)
+		}
+	}
+	// Sockets, listeners and files are open: keep only what the daemon
+	// needs from here on (not in tests that inject a capture source).
+	if s.Source == nil {
+		if dropped, err := privilegesFor(s.cfg).drop(); err != nil {
+			return o, fmt.Errorf("dropping privileges: %w", err)
+		} else if dropped {
+			s.log.Debug("dropped privileges")
+		}
+	}
+	return o, nil
+}
+
+// startTasks starts Run's goroutines, all in g: nothing outlives Run.
+func (s *Server) startTasks(ctx context.Context, g *errgroup.Group, o *opened) {
+	g.Go(func() error { s.expireLoop(ctx); return nil })
+	audit := auditEvery
+	if !s.cfg.Firewall.Backend.Events() {
+		audit = auditIPTables // iptables-save and ipset: a few ms each, and no events to wait for
+	}
+	kick := make(chan struct{}, 1)
+	if ev, ok := s.fw.Backend().(interface {
+		Events(context.Context, func()) error
+	}); ok {
+		g.Go(func() error {
+			err := ev.Events(ctx, func() {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil {
+				s.log.Warn("firewall events unavailable; the audit alone keeps the rules", "err", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { s.fw.Watch(ctx, audit, kick, nil); return nil })
+	if s.afp != nil {
+		g.Go(func() error {
+			return s.afp.Watch(ctx, interfaceEvery, func(name string, index int) {
+				if index == 0 {
+					s.log.Warn("interface gone; waiting for it", "interface", name)
+				} else {
+					s.log.Info("interface up; capturing", "interface", name, "index", index)
+				}
+			})
+		})
+	}
+	g.Go(func() error { return s.watchdog(ctx) })
+	if o.ctl != nil {
+		g.Go(func() error { return control.Serve(ctx, o.ctl, s.answer) })
+	}
+	if o.metrics != nil {
+		g.Go(func() error { return s.metrics.serve(ctx, o.metrics, s.cfg.MetricsToken) })
+	}
+	if s.Hangups != nil {
+		g.Go(func() error { s.reloadOnHangup(ctx); return nil })
+	}
+	g.Go(func() error {
+		if s.afp != nil {
+			return s.afp.RunWithErrors(ctx, s.handle, s.captureError)
+		}
+		return o.src.Run(ctx, s.handle)
+	})
 }
 
 // writePidFile writes the pid through a new file renamed into place: the

@@ -403,6 +403,8 @@ func parseOpen(s string) (netip.Addr, []port.Spec, error) {
 }
 
 // spaKnock sends one postern SPA knock.
+//
+// Long on purpose: the SPA knock flags become one set of client options, each flag beside the option it fills.
 func (k *knockFlags) spaKnock(pos []string, stdout io.Writer) error {
 	switch {
 	case len(pos) != 1:

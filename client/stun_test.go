@@ -14,10 +14,9 @@ import (
 	"github.com/pion/stun/v3"
 )
 
-// fakeSTUN answers Binding requests on loopback with the address given
-// (what a STUN server beyond a NAT would see); drop makes it ignore that
-// many requests first, as a lossy path would.
-func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
+// stunServer answers Binding requests on loopback; answer says, for the
+// nth request, which address to report, or false to drop it.
+func stunServer(t *testing.T, strays bool, answer func(n int) (netip.Addr, bool)) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
@@ -26,22 +25,25 @@ func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
 	t.Cleanup(func() { pc.Close() })
 	go func() {
 		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
+		for n := 0; ; {
+			size, from, err := pc.ReadFrom(buf)
 			if err != nil {
 				return
 			}
-			req := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			req := &stun.Message{Raw: append([]byte(nil), buf[:size]...)}
 			if req.Decode() != nil || req.Type != stun.BindingRequest {
 				continue
 			}
-			if drop > 0 {
-				drop--
+			seen, ok := answer(n)
+			n++
+			if !ok {
 				continue
 			}
-			// A stray datagram first: the client must ignore it.
-			other, _ := stun.Build(stun.TransactionID, stun.BindingSuccess)
-			pc.WriteTo(other.Raw, from)
+			if strays {
+				// A stray datagram first: the client must ignore it.
+				other, _ := stun.Build(stun.TransactionID, stun.BindingSuccess)
+				pc.WriteTo(other.Raw, from)
+			}
 			res, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
 				&stun.XORMappedAddress{IP: seen.AsSlice(), Port: 40000}, stun.Fingerprint)
 			pc.WriteTo(res.Raw, from)
@@ -50,33 +52,18 @@ func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
 	return pc.LocalAddr().String()
 }
 
+// fakeSTUN answers with the address given (what a STUN server beyond a
+// NAT would see); drop makes it ignore that many requests first, as a
+// lossy path would.
+func fakeSTUN(t *testing.T, seen netip.Addr, drop int) string {
+	return stunServer(t, true, func(n int) (netip.Addr, bool) { return seen, n >= drop })
+}
+
 // fakeSTUNSaying answers its nth Binding request with says[n] (the last
 // one after that): a server whose answer changes, as when a forged
 // response wins the race once.
 func fakeSTUNSaying(t *testing.T, says ...netip.Addr) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for n := 0; ; n++ {
-			size, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			req := &stun.Message{Raw: append([]byte(nil), buf[:size]...)}
-			if req.Decode() != nil {
-				continue
-			}
-			res, _ := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
-				&stun.XORMappedAddress{IP: says[min(n, len(says)-1)].AsSlice(), Port: 40000}, stun.Fingerprint)
-			pc.WriteTo(res.Raw, from)
-		}
-	}()
-	return pc.LocalAddr().String()
+	return stunServer(t, false, func(n int) (netip.Addr, bool) { return says[min(n, len(says)-1)], true })
 }
 
 // No single STUN answer decides the address a knock is signed for.

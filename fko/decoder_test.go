@@ -12,6 +12,18 @@ import (
 	"github.com/postern/postern/policy"
 )
 
+// testReplayCache is an empty replay cache in a temporary directory,
+// closed when the test ends.
+func testReplayCache(t *testing.T) *ReplayCache {
+	t.Helper()
+	rc, err := OpenReplayCache(filepath.Join(t.TempDir(), "digests"), time.Hour, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	return rc
+}
+
 // The decoder on its own: a stanza with CMD_CYCLE turns a knock into the
 // commands fwknopd 2.6.10 would run, with its substitutions.
 func TestDecoderCommandCycle(t *testing.T) {
@@ -20,12 +32,7 @@ func TestDecoderCommandCycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := OpenReplayCache(filepath.Join(t.TempDir(), "digests"), time.Hour, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 2 * time.Minute, Replay: rc})
+	d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 2 * time.Minute, Replay: testReplayCache(t)})
 	defer d.Close()
 	now := time.Unix(1_800_000_000, 0)
 	knock := func(m *Message) policy.Verdict {

@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -374,12 +373,7 @@ func TestLegacyDigestIsChecked(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc, err := OpenReplayCache(filepath.Join(t.TempDir(), "digests"), time.Hour, 100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rc.Close()
-		d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 1000 * time.Hour, Replay: rc})
+		d := NewDecoder(DecoderConfig{Stanzas: ss, MaxAge: 1000 * time.Hour, Replay: testReplayCache(t)})
 		var got policy.Verdict
 		d.Decode(&capture.Frame{Src: netip.MustParseAddr("198.18.0.2"), Dst: netip.MustParseAddr("198.18.0.1"),
 			Payload: []byte(wire), Time: time.Unix(1_800_000_000, 0)}, func(v *policy.Verdict) { got = *v })

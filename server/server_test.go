@@ -403,8 +403,8 @@ func TestMetricsBearerToken(t *testing.T) {
 // LogFile turns into knockd's lines (a renamed message would silently
 // empty that file).
 func TestKnockdLogVocabulary(t *testing.T) {
-	var buf syncBuffer
-	h := &lineHandler{mu: &sync.Mutex{}, w: &buf}
+	buf := netnstest.NewOutput()
+	h := &lineHandler{mu: &sync.Mutex{}, w: buf}
 	log := slog.New(h)
 	r, err := command.Open(filepath.Join(t.TempDir(), "pending"), log)
 	if err != nil {
@@ -431,21 +431,4 @@ func TestKnockdLogVocabulary(t *testing.T) {
 	if strings.Contains(buf.String(), "alice") {
 		t.Errorf("a postern SPA grant reached the knockd LogFile:\n%s", buf.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/postern/postern/capture"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/spa"
+	"github.com/postern/postern/replay"
 )
 
 // Door is a covert door: SYNs to a closed TCP port that carry an
@@ -50,8 +50,8 @@ const (
 
 type door struct {
 	cfg   Door
-	keys  []*Keys // per client
-	ids   []spa.ClientPublicKey
+	keys  []*Keys     // per client
+	ids   []replay.ID // each client's key in the replay store
 	reasm *Reassembler
 }
 
@@ -62,13 +62,13 @@ type door struct {
 type Decoder struct {
 	mu     sync.Mutex
 	doors  map[uint16]*door
-	replay *spa.Timestamps
+	replay replay.Store
 	out    policy.Verdict
 }
 
 // NewDecoder derives each client's keys.
-func NewDecoder(doors []Door, replay *spa.Timestamps) (*Decoder, error) {
-	d := &Decoder{doors: map[uint16]*door{}, replay: replay}
+func NewDecoder(doors []Door, store replay.Store) (*Decoder, error) {
+	d := &Decoder{doors: map[uint16]*door{}, replay: store}
 	for _, c := range doors {
 		dr := &door{cfg: c, reasm: NewReassembler(sources, window)}
 		for _, cl := range c.Clients {
@@ -79,7 +79,7 @@ func NewDecoder(doors []Door, replay *spa.Timestamps) (*Decoder, error) {
 			dr.keys = append(dr.keys, k)
 			// The same strictly-increasing-timestamp store as postern
 			// SPA, keyed by a hash of door and client name.
-			dr.ids = append(dr.ids, spa.ClientPublicKey(sha256.Sum256([]byte("covert\x00"+c.Name+"\x00"+cl.Name))))
+			dr.ids = append(dr.ids, replay.ID(sha256.Sum256([]byte("covert\x00"+c.Name+"\x00"+cl.Name))))
 		}
 		d.doors[c.Port] = dr
 	}
@@ -174,8 +174,8 @@ func (d *Decoder) decide(f *capture.Frame, dr *door, i int, req Request) {
 		d.out.Refuse(policy.Covert, f.Src, who, ReasonStale)
 		return
 	}
-	if err := d.replay.Advance(dr.ids[i], req.Time.UnixNano()); err != nil {
-		if errors.Is(err, spa.ErrReplay) {
+	if err := d.replay.AdvanceLane(dr.ids[i], replay.LaneAny, req.Time.UnixNano()); err != nil {
+		if errors.Is(err, replay.ErrReplay) {
 			d.out.Refuse(policy.Covert, f.Src, who, ReasonReplay)
 		} else {
 			d.out.Refuse(policy.Covert, f.Src, who, ReasonState, slog.String("detail", err.Error()))

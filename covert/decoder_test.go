@@ -9,6 +9,7 @@ import (
 	"github.com/postern/postern/capture"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
+	"github.com/postern/postern/replay"
 	"github.com/postern/postern/spa"
 )
 
@@ -45,7 +46,7 @@ type covertRig struct {
 	port uint16
 }
 
-func newCovertRig(t *testing.T, replay *spa.Timestamps) *covertRig {
+func newCovertRig(t *testing.T, replay replay.Store) *covertRig {
 	door := Door{Name: "ssh", Port: 4444, MaxSkew: 30 * time.Second,
 		Clients: []Client{{Name: "alice", Secret: []byte("a secret of sixteen+"), Allow: []port.Spec{ssh}, Duration: time.Minute}}}
 	d, err := NewDecoder([]Door{door}, replay)

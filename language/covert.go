@@ -7,7 +7,7 @@ import (
 	"github.com/postern/postern/config"
 	"github.com/postern/postern/covert"
 	"github.com/postern/postern/policy"
-	"github.com/postern/postern/spa"
+	"github.com/postern/postern/replay"
 )
 
 // CovertReplayFile holds covert clients' last timestamps, in state_dir.
@@ -45,7 +45,7 @@ type covertLang struct {
 	cfg    *config.Config
 	env    Env
 	dec    *covert.Decoder
-	replay *spa.Timestamps
+	replay replay.Store
 }
 
 func (l *covertLang) Name() policy.Language                     { return policy.Covert }

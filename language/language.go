@@ -25,7 +25,7 @@ import (
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
-	"github.com/postern/postern/spa"
+	"github.com/postern/postern/replay"
 )
 
 // Language is one knock language, built for one configuration. Decode is
@@ -95,7 +95,7 @@ type Range struct {
 type State interface {
 	// Timestamps opens (once) the strictly-increasing-timestamp store in
 	// the state file name.
-	Timestamps(name string) (*spa.Timestamps, error)
+	Timestamps(name string) (replay.Store, error)
 	// ReplayCache opens (once) fwknop's digest cache in the state file name.
 	ReplayCache(name string, keep time.Duration, max int) (*fko.ReplayCache, error)
 	// Runner opens (once) the command runner and its journal of pending

@@ -20,6 +20,7 @@ import (
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
+	"github.com/postern/postern/replay"
 	"github.com/postern/postern/spa"
 )
 
@@ -30,7 +31,7 @@ type memState struct {
 	ts  map[string]*spa.Timestamps
 }
 
-func (m *memState) Timestamps(name string) (*spa.Timestamps, error) {
+func (m *memState) Timestamps(name string) (replay.Store, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ts[name] == nil {

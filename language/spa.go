@@ -11,6 +11,7 @@ import (
 	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/ratelimit"
+	"github.com/postern/postern/replay"
 	"github.com/postern/postern/spa"
 )
 
@@ -47,7 +48,7 @@ type spaLang struct {
 	cfg    *config.Config
 	env    Env
 	dec    *spa.Decoder
-	replay *spa.Timestamps
+	replay replay.Store
 }
 
 func openSPA(cfg *config.Config, env Env) (Language, error) {
@@ -63,7 +64,7 @@ func openSPA(cfg *config.Config, env Env) (Language, error) {
 		dec: spa.NewParallelDecoder(v, cmp.Or(cfg.SPA.Workers, runtime.GOMAXPROCS(0)), env.Sink)}, nil
 }
 
-func newVerifier(cfg *config.Config, replay *spa.Timestamps) (*spa.Verifier, error) {
+func newVerifier(cfg *config.Config, store replay.Store) (*spa.Verifier, error) {
 	text, err := spa.ReadPrivateKeyFile(cfg.PrivateKeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("private_key_file: %w", err)
@@ -84,7 +85,7 @@ func newVerifier(cfg *config.Config, replay *spa.Timestamps) (*spa.Verifier, err
 		return nil, fmt.Errorf("%s: [ssh] needs a suite-1 server key: an SSH-signed knock to a post-quantum key would not fit one packet", cfg.Path)
 	}
 	vc := spa.VerifierConfig{Key: key, Clients: clients, MaxSkew: cfg.SPA.MaxSkew, Destinations: cfg.SPA.Destinations,
-		Replay: replay, Limiter: limiter}
+		Replay: store, Limiter: limiter}
 	if cfg.SSH != nil {
 		vc.SSH = cfg.SSH.Trust
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/postern/postern/fko"
 	"github.com/postern/postern/internal/atomicfile"
 	"github.com/postern/postern/language"
+	"github.com/postern/postern/replay"
 	"github.com/postern/postern/spa"
 )
 
@@ -60,7 +61,7 @@ func (st *state) check() error {
 
 func (st *state) path(name string) string { return filepath.Join(st.dir, name) }
 
-func (st *state) Timestamps(name string) (*spa.Timestamps, error) {
+func (st *state) Timestamps(name string) (replay.Store, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if t := st.timestamps[name]; t != nil {

@@ -2,7 +2,6 @@ package spa
 
 import (
 	"hash/maphash"
-	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -146,9 +145,6 @@ func (d *Decoder) enqueue(f *capture.Frame, c ClientPublicKey, pre bool) bool {
 func decided(v *Verifier, r Reason, src netip.Addr, k *Knock, out *policy.Verdict) {
 	if r != Accepted {
 		out.Refuse(policy.SPA, src, "", r.String())
-		if err := v.cfg.Replay.Err(); r == StateError && err != nil {
-			out.Add(slog.String("detail", err.Error()))
-		}
 		return
 	}
 	out.Grant(policy.Request{

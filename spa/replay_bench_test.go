@@ -3,6 +3,8 @@ package spa
 import (
 	"path/filepath"
 	"testing"
+
+	"github.com/postern/postern/replay"
 )
 
 // BenchmarkAdvancePersistent is the durable part of accepting a knock: the
@@ -13,7 +15,7 @@ func BenchmarkAdvancePersistent(b *testing.B) {
 		b.Fatal(err)
 	}
 	c, _ := GenerateClientKey()
-	pub := c.Public()
+	pub := replay.ID(c.Public())
 	var i int64
 	for b.Loop() {
 		i++

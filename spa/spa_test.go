@@ -12,6 +12,7 @@ import (
 	"github.com/postern/postern/internal/atomicfile"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/ratelimit"
+	"github.com/postern/postern/replay"
 )
 
 type fixture struct {
@@ -404,8 +405,8 @@ func TestReplayLanes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := key.Public()
-	legacy := fmt.Sprintf("%s %d\n", c, 100)
+	c := replay.ID(key.Public())
+	legacy := fmt.Sprintf("%s %d\n", key.Public(), 100)
 	if err := atomicfile.Write(path, []byte(legacy), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -418,12 +419,12 @@ func TestReplayLanes(t *testing.T) {
 		at   int64
 		ok   bool
 	}{
-		{LaneIPv4, 100, false}, // not after the old whole-client state
-		{LaneIPv6, 300, true},
-		{LaneIPv4, 200, true}, // older than the IPv6 knock: another lane
-		{LaneIPv4, 200, false},
-		{LaneSource, 150, true},
-		{LaneSource, 150, false},
+		{replay.LaneIPv4, 100, false}, // not after the old whole-client state
+		{replay.LaneIPv6, 300, true},
+		{replay.LaneIPv4, 200, true}, // older than the IPv6 knock: another lane
+		{replay.LaneIPv4, 200, false},
+		{replay.LaneSource, 150, true},
+		{replay.LaneSource, 150, false},
 	} {
 		if err := ts.AdvanceLane(c, step.lane, step.at); (err == nil) != step.ok {
 			t.Fatalf("lane %c at %d: %v, want ok=%v", step.lane, step.at, err, step.ok)
@@ -433,7 +434,7 @@ func TestReplayLanes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for lane, last := range map[byte]int64{LaneIPv4: 200, LaneIPv6: 300, LaneSource: 150} {
+	for lane, last := range map[byte]int64{replay.LaneIPv4: 200, replay.LaneIPv6: 300, replay.LaneSource: 150} {
 		if again.AdvanceLane(c, lane, last) == nil || again.AdvanceLane(c, lane, last+1) != nil {
 			t.Fatalf("lane %c after a reload", lane)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/ratelimit"
+	"github.com/postern/postern/replay"
 )
 
 // Reason says why a packet was refused. The zero value, Accepted, means the
@@ -96,7 +97,7 @@ type VerifierConfig struct {
 	// address the packet arrived at (a server behind NAT knows its public
 	// address only from configuration).
 	Destinations []netip.Addr
-	Replay       *Timestamps
+	Replay       replay.Store
 	Limiter      *ratelimit.Limiter // nil: no per-source limit
 	SSH          *SSHTrust          // nil: knocks signed by SSH keys are refused
 }
@@ -274,7 +275,7 @@ func (v *Verifier) open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock
 	if k.Dest.IsValid() && k.Dest != dst.Unmap() && !v.boundHere(k.Dest) {
 		return WrongDestination
 	}
-	switch err := v.cfg.Replay.AdvanceLane(k.Client, replayLane(k), k.Time.UnixNano()); {
+	switch err := v.cfg.Replay.AdvanceLane(replay.ID(k.Client), replayLane(k), k.Time.UnixNano()); {
 	case errors.Is(err, ErrReplay):
 		return Replayed
 	case err != nil:
@@ -288,11 +289,11 @@ func (v *Verifier) open(src, dst netip.Addr, pkt []byte, now time.Time, k *Knock
 func replayLane(k *Knock) byte {
 	switch {
 	case k.UseSource:
-		return LaneSource
+		return replay.LaneSource
 	case k.Allow.Unmap().Is4():
-		return LaneIPv4
+		return replay.LaneIPv4
 	}
-	return LaneIPv6
+	return replay.LaneIPv6
 }
 
 func (v *Verifier) boundHere(a netip.Addr) bool {

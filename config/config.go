@@ -83,7 +83,8 @@ type Fwknop struct {
 	Port         uint16
 	MaxPacketAge time.Duration
 	Stanzas      []*fko.Stanza
-	NAT          fko.NATOptions // fwknopd.conf's gateway switches
+	NAT          fko.NATOptions  // fwknopd.conf's gateway switches
+	Lifetime     policy.Lifetime // how every stanza's grants end
 }
 
 // Gateway configures the forward path (gateway mode).
@@ -121,6 +122,7 @@ type Client struct {
 	DefaultDuration time.Duration
 	AllowSource     bool
 	Forward         []policy.Forward // destinations behind this host it may reach
+	Lifetime        policy.Lifetime  // how its grants end (grant = "once", idle)
 }
 
 // Defaults for keys that may be left out.
@@ -189,6 +191,8 @@ type rawFwknop struct {
 	LocalNAT        bool   `toml:"local_nat"`
 	SNAT            bool   `toml:"snat"`
 	SNATTranslateIP string `toml:"snat_translate_ip"`
+	Grant           string `toml:"grant"`
+	Idle            string `toml:"idle"`
 }
 
 type rawKnock struct {
@@ -214,6 +218,8 @@ type rawDoor struct {
 	StopCommand      string   `toml:"stop_command"`
 	StopCommand6     *string  `toml:"stop_command_6"`
 	CmdTimeout       string   `toml:"cmd_timeout"`
+	Grant            string   `toml:"grant"`
+	Idle             string   `toml:"idle"`
 }
 
 type rawSPA struct {
@@ -237,6 +243,8 @@ type rawClient struct {
 	DefaultDuration string   `toml:"default_duration"`
 	AllowSource     bool     `toml:"allow_source"`
 	Forward         []string `toml:"forward"`
+	Grant           string   `toml:"grant"`
+	Idle            string   `toml:"idle"`
 }
 
 // Error and Errors are the configuration errors every reader returns.
@@ -388,6 +396,7 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		v.fail("log_format", "%q: want \"text\" or \"json\"", cfg.LogFormat)
 	}
+	v.firewall(cfg, raw.Firewall) // first: what grants may be depends on the backend
 	v.knockdFile(cfg, raw.KnockdFile)
 	v.doors(cfg, raw.Doors)
 	v.covert(cfg, raw.Covert)
@@ -407,7 +416,6 @@ func (v *validator) validate(raw *rawConfig) *Config {
 	}
 	v.metrics(cfg, raw)
 	v.spa(cfg, raw.SPA)
-	v.firewall(cfg, raw.Firewall)
 	if len(raw.Clients) == 0 && len(cfg.Doors) == 0 && raw.KnockdFile == "" && raw.Fwknop == nil && len(raw.Covert) == 0 && raw.SSH == nil {
 		v.fail("client", "no [[client]], [ssh], [[door]], knockd_file, [fwknop] or [[covert]]: nobody could knock")
 	}
@@ -558,6 +566,7 @@ func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
 		}
 	}
 	f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.MaxPacketAge, DefaultMaxPacketAge)
+	f.Lifetime = v.lifetime(cfg, func(k string) string { return "fwknop." + k }, raw.Grant, raw.Idle)
 	f.NAT = fko.NATOptions{Forwarding: raw.Forwarding, LocalNAT: raw.LocalNAT, SNAT: raw.SNAT}
 	if raw.SNATTranslateIP != "" {
 		if a, err := netip.ParseAddr(raw.SNATTranslateIP); err != nil || !a.IsGlobalUnicast() {
@@ -729,11 +738,71 @@ func (v *validator) clients(cfg *Config, raw []rawClient) {
 		}
 		c.MaxDuration = v.duration(at("max_duration"), rc.MaxDuration, DefaultMaxDuration)
 		c.DefaultDuration = v.duration(at("default_duration"), rc.DefaultDuration, min(DefaultDuration, c.MaxDuration))
+		c.Lifetime = v.lifetime(cfg, at, rc.Grant, rc.Idle)
 		if c.DefaultDuration > c.MaxDuration {
 			v.fail(at("default_duration"), "%v is longer than max_duration %v", c.DefaultDuration, c.MaxDuration)
 		}
 		cfg.Clients = append(cfg.Clients, c)
 	}
+}
+
+// lifetime reads grant = "once" and idle = "2m" (at names their keys). Both
+// need the kernel to change a grant from the packet path, which the
+// nftables backend does.
+func (v *validator) lifetime(cfg *Config, at func(string) string, grant, idle string) policy.Lifetime {
+	var l policy.Lifetime
+	switch grant {
+	case "":
+	case "once":
+		l.Once = true
+	default:
+		v.fail(at("grant"), "%q: want \"once\" (the first connection consumes the grant) or leave it out", grant)
+	}
+	if idle != "" {
+		l.Idle = v.duration(at("idle"), idle, 0)
+		if l.Idle > 0 && l.Idle < time.Second {
+			v.fail(at("idle"), "%v: at least 1s", l.Idle)
+		}
+	}
+	switch {
+	case l.Once && l.Idle > 0:
+		v.fail(at("idle"), "grant = \"once\" and idle exclude each other: a consumed grant has nothing left to keep")
+	case (l.Once || l.Idle > 0) && cfg.Firewall.Backend != mode.NFTables:
+		key := "grant"
+		if !l.Once {
+			key = "idle"
+		}
+		v.fail(at(key), "needs firewall.backend = \"nftables\": %s changes the grant from the packet path (ipset cannot consume or refresh an element there)",
+			key)
+	}
+	return l
+}
+
+// Lifetimes returns every idle duration the configuration uses, and
+// whether any grant is once: the kernel sets the firewall needs.
+func (c *Config) Lifetimes() (once bool, idle []time.Duration) {
+	add := func(l policy.Lifetime) {
+		once = once || l.Once
+		if l.Idle > 0 && !slices.Contains(idle, l.Idle) {
+			idle = append(idle, l.Idle)
+		}
+	}
+	for _, cl := range c.Clients {
+		add(cl.Lifetime)
+	}
+	for _, d := range c.Doors {
+		add(d.Lifetime)
+	}
+	if c.Fwknop != nil {
+		add(c.Fwknop.Lifetime)
+	}
+	if c.SSH != nil {
+		for _, id := range c.SSH.Identities {
+			add(id.Lifetime)
+		}
+	}
+	slices.Sort(idle)
+	return once, idle
 }
 
 // Protected returns every port a client or a door may open: the ports

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/postern/postern/internal/conferr"
+	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 	"github.com/postern/postern/spa"
 )
@@ -30,6 +31,7 @@ type SSHIdentity struct {
 	Allow                        []port.Spec
 	MaxDuration, DefaultDuration time.Duration
 	AllowSource                  bool
+	Lifetime                     policy.Lifetime // [ssh] grant, idle: every SSH identity's
 }
 
 type rawSSH struct {
@@ -41,6 +43,8 @@ type rawSSH struct {
 	DefaultDuration   string         `toml:"default_duration"`
 	AllowSource       bool           `toml:"allow_source"`
 	Principals        []rawPrincipal `toml:"principal"`
+	Grant             string         `toml:"grant"`
+	Idle              string         `toml:"idle"`
 }
 
 type rawPrincipal struct {
@@ -64,6 +68,7 @@ func (v *validator) ssh(cfg *Config, raw *rawSSH) {
 	maxD := v.duration("ssh.max_duration", raw.MaxDuration, DefaultMaxDuration)
 	defD := v.duration("ssh.default_duration", raw.DefaultDuration, min(DefaultDuration, maxD))
 	defAllow := v.portList("ssh.allow", raw.Allow)
+	lifetime := v.lifetime(cfg, func(k string) string { return "ssh." + k }, raw.Grant, raw.Idle)
 	if raw.AuthorizedKeys == "" && raw.TrustedUserCAKeys == "" {
 		v.fail("ssh", "give authorized_keys, trusted_user_ca_keys or both")
 	}
@@ -74,7 +79,7 @@ func (v *validator) ssh(cfg *Config, raw *rawSSH) {
 				return &conferr.Error{File: file, Line: line, Key: "key", Msg: err.Error()}
 			}
 			id := SSHIdentity{Name: strings.TrimSpace(comment), Allow: defAllow, MaxDuration: maxD, DefaultDuration: defD,
-				AllowSource: raw.AllowSource}
+				AllowSource: raw.AllowSource, Lifetime: lifetime}
 			if id.Name == "" || strings.ContainsAny(id.Name, " \t") {
 				id.Name = ssh.FingerprintSHA256(pub)
 			}
@@ -130,7 +135,8 @@ func (v *validator) ssh(cfg *Config, raw *rawSSH) {
 		}
 		m := v.duration(at("max_duration"), rp.MaxDuration, maxD)
 		id := SSHIdentity{Name: spa.SSHPrincipalIdentity(rp.Name), Allow: v.portList(at("allow"), rp.Allow), MaxDuration: m,
-			DefaultDuration: v.duration(at("default_duration"), rp.DefaultDuration, min(defD, m)), AllowSource: rp.AllowSource}
+			DefaultDuration: v.duration(at("default_duration"), rp.DefaultDuration, min(defD, m)), AllowSource: rp.AllowSource,
+			Lifetime: lifetime}
 		if len(id.Allow) == 0 {
 			v.fail(at("allow"), "missing: what this principal may open, such as [\"tcp/22\"]")
 		}

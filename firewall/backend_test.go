@@ -435,3 +435,96 @@ func TestRestoreCutsConnectionsMadeWhileTheRulesWereGone(t *testing.T) {
 		t.Error("B can connect after the restore")
 	}
 }
+
+// Grants with a lifetime, against the real kernel: a one-shot grant lets
+// in one connection, which goes on, and no second; an idle grant lives
+// while its connection carries traffic and ends idle after the last
+// packet; its duration ends it regardless.
+func TestNFTablesLifetimes(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "nft")
+	p := netnstest.NewPair(t)
+	p.Server.Echo(t, "[::]:22")
+	fw := nftIn(t, p.Server)
+	defer fw.Close()
+	idle := 2 * time.Second
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}, Once: true, Idle: []time.Duration{idle}}); err != nil {
+		t.Fatal(err)
+	}
+	once := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: time.Minute, Name: "spa:alice"}
+	once.Once = true
+	if err := fw.Grant([]firewall.Grant{once}); err != nil {
+		t.Fatal(err)
+	}
+	if gs, _ := fw.List(); len(gs) != 1 || !gs[0].Once {
+		t.Fatalf("listed %+v, want the one-shot grant", gs)
+	}
+	first, err := p.Client.Dial("tcp", p.Client4, netip.AddrPortFrom(p.Server4, 22), expectOpen)
+	if err != nil {
+		t.Fatalf("the first connection of a one-shot grant: %v", err)
+	}
+	defer first.Close()
+	if reachable(p, p.Client4, p.Server4, expectClosed) {
+		t.Error("a second connection got in on a one-shot grant")
+	}
+	if !echo(t, first) {
+		t.Error("the connection that used the grant does not go on")
+	}
+	if gs, _ := fw.List(); len(gs) != 0 {
+		t.Errorf("a consumed grant is still listed: %+v", gs)
+	}
+
+	// Idle: 2 s idle within a 6 s cap, for B.
+	g := firewall.Grant{Addr: p.Client4b, Port: ssh, Timeout: 6 * time.Second, Name: "spa:bob"}
+	g.Idle = idle
+	start := time.Now()
+	if err := fw.Grant([]firewall.Grant{g}); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := p.Client.Dial("tcp", p.Client4b, netip.AddrPortFrom(p.Server4, 22), expectOpen)
+	if err != nil {
+		t.Fatalf("an idle grant's first connection: %v", err)
+	}
+	for time.Since(start) < 3500*time.Millisecond { // past idle, kept by traffic
+		if !echo(t, busy) {
+			t.Fatal("the busy connection broke")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if !reachable(p, p.Client4b, p.Server4, expectOpen) {
+		t.Fatal("a new connection was refused while the grant was in use")
+	}
+	busy.Close()
+	// No traffic now: the grant ends idle after the last packet.
+	deadline := time.Now().Add(idle + 3*time.Second)
+	for reachable(p, p.Client4b, p.Server4, expectClosed) {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle grant did not end after the traffic stopped")
+		}
+	}
+	if time.Since(start) >= 6*time.Second {
+		t.Error("the idle grant ended only at its cap: something refreshed it without traffic")
+	}
+
+	// The cap ends a busy grant.
+	g.Timeout = 3 * time.Second
+	start = time.Now()
+	if err := fw.Grant([]firewall.Grant{g}); err != nil {
+		t.Fatal(err)
+	}
+	busy, err = p.Client.Dial("tcp", p.Client4b, netip.AddrPortFrom(p.Server4, 22), expectOpen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for time.Since(start) < 3500*time.Millisecond {
+		echo(t, busy)
+		time.Sleep(300 * time.Millisecond)
+	}
+	if reachable(p, p.Client4b, p.Server4, expectClosed) {
+		t.Fatal("a new connection got in after the idle grant's cap")
+	}
+	if !echo(t, busy) {
+		t.Error("the connection made within the cap was cut")
+	}
+}

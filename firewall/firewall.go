@@ -7,6 +7,7 @@ package firewall
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/postern/postern/firewall/mode"
 	"github.com/postern/postern/policy"
@@ -51,6 +52,11 @@ type Rules struct {
 	// Gateway installs the forward path and its translations even with no
 	// Forwarded destination (fwknop clients may name any host).
 	Gateway bool
+	// Once and Idle install what grants with a lifetime need: the sets of
+	// one-shot grants, and of idle grants for each idle duration in use
+	// (nftables only).
+	Once bool
+	Idle []time.Duration
 }
 
 // UsesGateway reports whether the forward path and NAT are installed: a

@@ -55,6 +55,10 @@ type NFTables struct {
 	// lasting one (a socket overrun leaves it unusable); nil: none.
 	reopen func() (*nftables.Conn, error)
 
+	// rules0 is what the last Setup installed: the lifetime sets grants
+	// go to depend on it.
+	rules0 Rules
+
 	mu sync.Mutex
 }
 
@@ -136,6 +140,7 @@ func (n *NFTables) Setup(r Rules) error { return n.again(func() error { return n
 func (n *NFTables) setup(r Rules) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.rules0 = r
 	c := n.conn
 	for i, p := range n.parts(r) {
 		c.AddTable(n.table)
@@ -189,11 +194,12 @@ type setKeys struct {
 
 // parts returns the input part and, when r uses a gateway, the gateway part.
 func (n *NFTables) parts(r Rules) []part {
+	lifetimes := n.lifetimeSetList(r)
 	in := part{
-		sets:      []*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock},
-		grantSets: []*nftables.Set{n.sets.grants4, n.sets.grants6},
+		sets:      append([]*nftables.Set{n.sets.grants4, n.sets.grants6, n.sets.protected, n.sets.knock}, lifetimes...),
+		grantSets: append([]*nftables.Set{n.sets.grants4, n.sets.grants6}, lifetimes...),
 		fill:      []setKeys{{set: n.sets.protected}, {set: n.sets.knock}},
-		chains:    []nftChain{{n.chain, n.rules(r.KnockRanges)}},
+		chains:    []nftChain{{n.chain, n.rules(r)}},
 	}
 	for _, p := range r.Protected {
 		in.fill[0].keys = append(in.fill[0].keys, serviceKey(p))
@@ -252,7 +258,7 @@ const (
 	reg1  = 1 // the 128-bit register that overlaps reg32..reg32+3
 )
 
-func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
+func (n *NFTables) rules(r Rules) [][]expr.Any {
 	dport := func(reg uint32) expr.Any {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
 	}
@@ -265,7 +271,8 @@ func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
 	}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
-	rules := [][]expr.Any{
+	rules := n.refreshRules(r)
+	rules = append(rules, [][]expr.Any{
 		n.establishedRule(),
 		append(nfproto(unix.NFPROTO_IPV4), // ip saddr . meta l4proto . th dport @grants4 accept
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
@@ -277,12 +284,15 @@ func (n *NFTables) rules(ranges []PortRange) [][]expr.Any {
 			l4proto(reg32+4), dport(reg32+5),
 			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.grants6.Name, SetID: n.sets.grants6.ID},
 			accept),
+	}...)
+	rules = append(rules, n.lifetimeRules(r)...)
+	rules = append(rules, [][]expr.Any{
 		{l4proto(reg1), dport(reg32 + 1), // meta l4proto . th dport @protected drop
 			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.protected.Name, SetID: n.sets.protected.ID}, drop},
 		{l4proto(reg1), dport(reg32 + 1), // meta l4proto . th dport @knock drop
 			&expr.Lookup{SourceRegister: reg1, SetName: n.sets.knock.Name, SetID: n.sets.knock.ID}, drop},
-	}
-	for _, pr := range ranges { // meta l4proto P th dport LO-HI drop
+	}...)
+	for _, pr := range r.KnockRanges { // meta l4proto P th dport LO-HI drop
 		lo, hi := make([]byte, 2), make([]byte, 2)
 		binary.BigEndian.PutUint16(lo, pr.Lo)
 		binary.BigEndian.PutUint16(hi, pr.Hi)
@@ -341,7 +351,11 @@ func (n *NFTables) grant(gs []Grant) error {
 			return badRequest{fmt.Errorf("nftables: grant %v: timeout too short", g)}
 		}
 	}
-	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
+	elems, err := n.elemsOf(gs)
+	if err != nil {
+		return err
+	}
+	for batch := range slices.Chunk(elems, grantsPerBatch) {
 		for _, ge := range batch {
 			e := []nftables.SetElement{{Key: ge.key, Val: ge.val, Timeout: ge.timeout, Comment: ge.name}}
 			if err := n.conn.SetAddElements(ge.set, e); err != nil {
@@ -370,9 +384,17 @@ type grantElem struct {
 
 // elemsOf returns the set elements of grants: one for an input grant, one
 // to three for a gateway grant (forward, translations).
-func (n *NFTables) elemsOf(gs []Grant) []grantElem {
+func (n *NFTables) elemsOf(gs []Grant) ([]grantElem, error) {
 	out := make([]grantElem, 0, len(gs))
 	for _, g := range gs {
+		if (g.Once || g.Idle > 0) && !g.To.IsValid() && !g.All {
+			es, err := n.lifetimeElems(g)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, es...)
+			continue
+		}
 		if !g.To.IsValid() && !g.All {
 			set, k := n.grantSetAndKey(g)
 			out = append(out, grantElem{setElem{set, k, nil}, g.Timeout, g.Name})
@@ -382,7 +404,7 @@ func (n *NFTables) elemsOf(gs []Grant) []grantElem {
 			out = append(out, grantElem{e, g.Timeout, g.Name})
 		}
 	}
-	return out
+	return out, nil
 }
 
 // Revoke implements Backend, with the same add-then-delete idiom so that a
@@ -392,7 +414,11 @@ func (n *NFTables) Revoke(gs []Grant) error { return n.again(func() error { retu
 func (n *NFTables) revoke(gs []Grant) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for batch := range slices.Chunk(n.elemsOf(gs), grantsPerBatch) {
+	elems, err := n.elemsOf(gs)
+	if err != nil {
+		return err
+	}
+	for batch := range slices.Chunk(elems, grantsPerBatch) {
 		for _, ge := range batch {
 			if err := n.conn.SetAddElements(ge.set, []nftables.SetElement{{Key: ge.key, Val: ge.val, Timeout: time.Second}}); err != nil {
 				return err
@@ -451,7 +477,11 @@ func (n *NFTables) list() ([]Grant, error) {
 		have[s.Name] = true
 	}
 	gw, err := n.listGateway(have)
-	return append(out, gw...), err
+	if err != nil {
+		return nil, err
+	}
+	lt, err := n.listLifetimes(have)
+	return append(append(out, gw...), lt...), err
 }
 
 // Cleanup implements Backend by deleting the whole table.

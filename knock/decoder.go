@@ -217,5 +217,5 @@ func PolicyClient(door *Door) policy.Client {
 	start4, stop4 := door.Commands(netip.MustParseAddr("198.18.0.1"))
 	start6, stop6 := door.Commands(netip.MustParseAddr("2001:db8::1"))
 	return policy.Client{Language: policy.Door, Name: door.Name, Allow: door.Open, MaxDuration: door.Duration,
-		DefaultDuration: door.Duration, AllowSource: true, Commands: start4+stop4+start6+stop6 != ""}
+		DefaultDuration: door.Duration, AllowSource: true, Commands: start4+stop4+start6+stop6 != "", Lifetime: door.Lifetime}
 }

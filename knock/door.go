@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postern/postern/policy"
 	"github.com/postern/postern/port"
 )
 
@@ -38,6 +39,7 @@ type Door struct {
 	// Action: grants through the firewall backend…
 	Open     []port.Spec
 	Duration time.Duration
+	Lifetime policy.Lifetime // how they end (grant = "once", idle)
 	// …and/or knockd-style commands. A nil *6 command falls back to the
 	// IPv4 one; an empty one disables the command for IPv6 (knockd).
 	StartCommand, StopCommand   string

@@ -75,7 +75,11 @@ func (l *fwknopLang) Name() policy.Language { return policy.Fwknop }
 func (l *fwknopLang) Reasons() []string     { return fko.Reasons }
 func (l *fwknopLang) Routes() Routes        { return fwknopRoutes(l.cfg) }
 func (l *fwknopLang) Clients() []policy.Client {
-	return fko.PolicyClients(l.cfg.Fwknop.Stanzas, l.cfg.Fwknop.NAT)
+	cs := fko.PolicyClients(l.cfg.Fwknop.Stanzas, l.cfg.Fwknop.NAT)
+	for i := range cs {
+		cs[i].Lifetime = l.cfg.Fwknop.Lifetime
+	}
+	return cs
 }
 func (l *fwknopLang) Decode(f *capture.Frame, emit policy.Sink) { l.dec.Decode(f, emit) }
 func (l *fwknopLang) Tick(time.Time, policy.Sink)               {}

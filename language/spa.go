@@ -100,12 +100,14 @@ func (l *spaLang) Clients() []policy.Client {
 	var out []policy.Client
 	for _, c := range l.cfg.Clients {
 		out = append(out, policy.Client{Language: policy.SPA, Name: c.Name, Allow: c.Allow,
-			MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource, Forward: c.Forward})
+			MaxDuration: c.MaxDuration, DefaultDuration: c.DefaultDuration, AllowSource: c.AllowSource, Forward: c.Forward,
+			Lifetime: c.Lifetime})
 	}
 	if l.cfg.SSH != nil {
 		for _, id := range l.cfg.SSH.Identities {
 			out = append(out, policy.Client{Language: policy.SPA, Name: id.Name, Allow: id.Allow,
-				MaxDuration: id.MaxDuration, DefaultDuration: id.DefaultDuration, AllowSource: id.AllowSource})
+				MaxDuration: id.MaxDuration, DefaultDuration: id.DefaultDuration, AllowSource: id.AllowSource,
+				Lifetime: id.Lifetime})
 		}
 	}
 	return out

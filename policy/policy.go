@@ -28,11 +28,37 @@ const (
 	Covert Language = "covert"
 )
 
+// Lifetime says how a grant ends besides its time running out. The zero
+// value is the plain grant: open until its duration is over.
+type Lifetime struct {
+	// Once: the first new connection (TCP SYN, first UDP packet) that
+	// matches the grant consumes it in the kernel; that connection goes
+	// on, a second one needs a new knock. Behind a NAT, one device gets
+	// in, not every device behind the same address.
+	Once bool `json:"once,omitempty"`
+	// Idle, when set, keeps the grant while its connections carry
+	// traffic and ends it this long after the last packet; the grant's
+	// duration stays the absolute cap.
+	Idle time.Duration `json:"idle,omitempty"`
+}
+
+// Mode names the lifetime for logs and status: "", "once" or "idle 2m0s".
+func (l Lifetime) Mode() string {
+	switch {
+	case l.Once:
+		return "once"
+	case l.Idle > 0:
+		return "idle " + l.Idle.String()
+	}
+	return ""
+}
+
 // Client is what one identity of one language may do: a [[client]], an
 // access.conf stanza, a door, a covert door's client.
 type Client struct {
 	Language        Language
 	Name            string
+	Lifetime        Lifetime // how its grants end
 	Allow           []port.Spec
 	AllowPort       func(port.Spec) bool // if set, decides instead of Allow (fwknop OPEN_PORTS/RESTRICT_PORTS)
 	MaxDuration     time.Duration
@@ -156,6 +182,7 @@ type Grant struct {
 	Port       port.Spec
 	Timeout    time.Duration
 	Name       string
+	Lifetime   // once, or idle-ended (ports of this host only)
 	To         netip.Addr
 	External   uint16
 	Masquerade bool
@@ -398,6 +425,9 @@ func (p *Policy) Decide(r *Request) (Decision, Refusal) {
 	grants := make([]Grant, 0, len(r.Ports))
 	for _, pt := range r.Ports {
 		g := Grant{Addr: addr, Port: pt, Timeout: d, Name: Owner(r.Language, r.Client)}
+		if !r.To.IsValid() && !r.LocalNAT {
+			g.Lifetime = c.Lifetime // a forwarded grant is always a plain one
+		}
 		switch {
 		case r.LocalNAT:
 			if !c.LocalNAT || r.External == 0 || !r.To.IsValid() {

@@ -197,6 +197,7 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published,
 		Gateway: cfg.UsesGateway()}
+	rules.Once, rules.Idle = cfg.Lifetimes()
 	var matches []capture.Match
 	for _, spec := range language.Enabled(cfg) {
 		r := spec.Routes(cfg)

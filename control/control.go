@@ -49,6 +49,7 @@ type Grant struct {
 	Port      string  `json:"port"`
 	Name      string  `json:"name,omitempty"`
 	To        string  `json:"to,omitempty"`
+	Mode      string  `json:"mode,omitempty"` // "once", "idle 2m0s": how it ends besides its time
 	ExpiresIn float64 `json:"expires_in_seconds"`
 }
 

@@ -45,14 +45,21 @@ type Keeper struct {
 	audits    int  // Checks that found the rules intact
 	urgent    bool // the next Check compares the ledger with the kernel
 	forgotten int  // grants found deleted behind the daemon's back
+	consumed  int  // one-shot grants a connection used
+	idleEnded int  // idle grants that ended idle
+	renewed   int  // grants a knock found live and extended
+	// used reports whether a one-shot grant was used since it was made
+	// (a connection it let in is tracked): a restore must not bring it
+	// back. Nil: none is restored as used.
+	used func(g Grant, since time.Time) bool
 
 	lastIntact time.Time // when the rules were last known whole
 	sweep      Sweeper
 }
 
 type entry struct {
-	until time.Time
-	name  string
+	since, until time.Time
+	name         string
 }
 
 // NewKeeper wraps b; log receives restores (nil: discarded).
@@ -83,22 +90,50 @@ func (k *Keeper) Setup(r Rules) error {
 	now := k.now()
 	for _, g := range live {
 		if e, ok := k.ledger[keyOf(g)]; !ok || e.until.Before(now.Add(g.Timeout)) {
-			k.ledger[keyOf(g)] = entry{until: now.Add(g.Timeout), name: g.Name}
+			k.ledger[keyOf(g)] = entry{since: now, until: now.Add(g.Timeout), name: g.Name}
 		}
 	}
 	return nil
 }
 
+// SetUsed gives the Keeper a way to tell a one-shot grant that was used
+// (conntrack holds the connection it let in) from one that was lost in a
+// flush: only the latter is restored.
+func (k *Keeper) SetUsed(used func(g Grant, since time.Time) bool) {
+	k.mu.Lock()
+	k.used = used
+	k.mu.Unlock()
+}
+
+// Lifecycle counts: one-shot grants used, idle grants ended idle, grants
+// renewed by a knock that found them live.
+func (k *Keeper) Lifecycle() (consumed, idleEnded, renewed int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.consumed, k.idleEnded, k.renewed
+}
+
 // Grant opens ports; a grant already live for longer is left as it is, if
 // the kernel still holds it.
 func (k *Keeper) Grant(gs []Grant) error {
+	_, err := k.GrantRenew(gs)
+	return err
+}
+
+// GrantRenew is Grant, saying how many of gs were live already: renewed,
+// extended to the later end (never shortened, never doubled).
+func (k *Keeper) GrantRenew(gs []Grant) (renewed int, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.now()
 	todo := make([]Grant, 0, len(gs))
 	var longer []Grant
 	for _, g := range gs {
-		if e, ok := k.ledger[keyOf(g)]; ok && e.until.After(now.Add(g.Timeout)) {
+		e, ok := k.ledger[keyOf(g)]
+		if ok && e.until.After(now) {
+			renewed++
+		}
+		if ok && e.until.After(now.Add(g.Timeout)) {
 			longer = append(longer, g)
 			continue
 		}
@@ -107,7 +142,7 @@ func (k *Keeper) Grant(gs []Grant) error {
 	if len(longer) > 0 {
 		live, err := k.liveKeys()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		for _, g := range longer {
 			if !live[keyOf(g)] {
@@ -116,16 +151,21 @@ func (k *Keeper) Grant(gs []Grant) error {
 			}
 		}
 	}
+	k.renewed += renewed
 	if len(todo) == 0 {
-		return nil
+		return renewed, nil
 	}
 	if err := k.b.Grant(todo); err != nil {
-		return err
+		return 0, err
 	}
 	for _, g := range todo {
-		k.ledger[keyOf(g)] = entry{until: now.Add(g.Timeout), name: g.Name}
+		since := now
+		if e, ok := k.ledger[keyOf(g)]; ok && e.until.After(now) {
+			since = e.since
+		}
+		k.ledger[keyOf(g)] = entry{since: since, until: now.Add(g.Timeout), name: g.Name}
 	}
-	return nil
+	return renewed, nil
 }
 
 func (k *Keeper) liveKeys() (map[Grant]bool, error) {
@@ -239,6 +279,13 @@ func (k *Keeper) restoreGrants(now time.Time) error {
 	var back []Grant
 	for key, e := range k.ledger {
 		if left := e.until.Sub(now); !live[key] && left >= time.Second {
+			if key.Once && k.used != nil && k.used(key, e.since) {
+				// Used before the flush, which the audit had not yet seen:
+				// consumed, not lost.
+				delete(k.ledger, key)
+				k.consumed++
+				continue
+			}
 			g := key
 			g.Timeout, g.Name = left, e.name
 			back = append(back, g)
@@ -283,9 +330,18 @@ func (k *Keeper) forgetDeleted(now time.Time) error {
 		// if the kernel reorders; Grant holds the lock, so none is.
 		if !live[key] && e.until.After(now) {
 			delete(k.ledger, key)
-			k.forgotten++
-			k.log.Info("grant deleted outside the daemon; it stays deleted", "allow", key.Addr, "port", key.Port,
-				"client", e.name)
+			switch {
+			case key.Once:
+				k.consumed++
+				k.log.Info("grant used: its one connection is in", "allow", key.Addr, "port", key.Port, "client", e.name)
+			case key.Idle > 0:
+				k.idleEnded++
+				k.log.Info("grant ended idle", "allow", key.Addr, "port", key.Port, "client", e.name, "idle", key.Idle)
+			default:
+				k.forgotten++
+				k.log.Info("grant deleted outside the daemon; it stays deleted", "allow", key.Addr, "port", key.Port,
+					"client", e.name)
+			}
 		}
 	}
 	return nil

@@ -52,7 +52,7 @@ func reportGrants(gs []firewall.Grant) []control.Grant {
 	out := make([]control.Grant, 0, len(gs))
 	for _, g := range gs {
 		out = append(out, control.Grant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
-			To: g.Destination(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds()})
+			To: g.Destination(), Mode: g.Mode(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds()})
 	}
 	return out
 }

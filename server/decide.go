@@ -19,6 +19,7 @@ const (
 	MsgGranted  = "granted"
 	MsgRefused  = "refused"
 	MsgReloaded = "reloaded"
+	MsgRenewed  = "renewed" // a knock for a grant still live: extended, never doubled
 )
 
 // Outcomes that are not a decoder's refusal reason.
@@ -80,8 +81,10 @@ func (s *Server) apply(v *policy.Verdict) {
 			return
 		}
 	}
+	renewed := 0
 	if len(dec.Grants) > 0 {
-		if err := s.fw.Grant(dec.Grants); err != nil {
+		var err error
+		if renewed, err = s.fw.GrantRenew(dec.Grants); err != nil {
 			s.metrics.inc(outcome{v.Language, mFirewallError})
 			s.log.Error("grant failed", "language", v.Language, "src", v.Src, "client", v.Client, "err", err)
 			return
@@ -113,6 +116,9 @@ func (s *Server) apply(v *policy.Verdict) {
 		if to := g.Destination(); to != "" {
 			args = append(args, "to", to) // a gateway grant: where it leads
 		}
+		if m := g.Mode(); m != "" {
+			args = append(args, "mode", m) // once, or idle-ended
+		}
 	}
 	if len(dec.Commands) > 0 {
 		args = append(args, "commands", len(dec.Commands))
@@ -120,7 +126,11 @@ func (s *Server) apply(v *policy.Verdict) {
 	for _, a := range v.Attrs() {
 		args = append(args, a)
 	}
-	s.log.Info(MsgGranted, args...)
+	msg := MsgGranted
+	if renewed > 0 && renewed == len(dec.Grants) {
+		msg = MsgRenewed
+	}
+	s.log.Info(msg, args...)
 }
 
 // close revokes grants a client asked to close (its "close" action).

@@ -135,6 +135,12 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 		})
 	s.metrics.counter("postern_firewall_restores_total", "Times postern's firewall rules were found missing or altered and restored.",
 		func() float64 { return float64(fw.Restores()) })
+	s.metrics.counter("postern_grants_consumed_total", "One-shot grants (grant = \"once\") their connection used.",
+		func() float64 { n, _, _ := fw.Lifecycle(); return float64(n) })
+	s.metrics.counter("postern_grants_idle_ended_total", "Idle grants that ended idle, before their cap.",
+		func() float64 { _, n, _ := fw.Lifecycle(); return float64(n) })
+	s.metrics.counter("postern_grants_renewed_total", "Grants a knock found live and extended.",
+		func() float64 { _, _, n := fw.Lifecycle(); return float64(n) })
 	s.metrics.labeled("postern_grants_live", "Grants live in the kernel now.", fmt.Sprintf("backend=%q", cfg.Firewall.Backend),
 		func() float64 {
 			gs, err := fw.List()

@@ -138,6 +138,7 @@ func closeFirewall(cfg *config.Config, log *slog.Logger) (*firewall.Keeper, erro
 				"flushed survive its restore", "err", err)
 		}
 		fw.SetSweeper(firewall.SweepConntrack)
+		fw.SetUsed(firewall.ConntrackUsed)
 	}
 	return fw, nil
 }
@@ -267,7 +268,8 @@ type statusGrant struct {
 	Address   string  `json:"address"`
 	Port      string  `json:"port"`
 	Name      string  `json:"name,omitempty"`
-	To        string  `json:"to,omitempty"` // a gateway grant: where it leads, how translated
+	To        string  `json:"to,omitempty"`   // a gateway grant: where it leads, how translated
+	Mode      string  `json:"mode,omitempty"` // once, idle …: how it ends besides its time
 	ExpiresIn float64 `json:"expires_in_seconds"`
 	Backend   string  `json:"backend"`
 }
@@ -289,7 +291,7 @@ func status(asJSON bool, stdout io.Writer) error {
 		return cerr
 	}
 	for _, g := range resp.Grants {
-		rep.Grants = append(rep.Grants, statusGrant{Address: g.Address, Port: g.Port, Name: g.Name, To: g.To,
+		rep.Grants = append(rep.Grants, statusGrant{Address: g.Address, Port: g.Port, Name: g.Name, To: g.To, Mode: g.Mode,
 			ExpiresIn: g.ExpiresIn, Backend: resp.Backend})
 	}
 	for _, b := range installedBackends() {
@@ -316,7 +318,7 @@ func status(asJSON bool, stdout io.Writer) error {
 		}
 		for _, g := range gs {
 			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
-				To: g.Destination(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: string(b.name)})
+				To: g.Destination(), Mode: g.Mode(), ExpiresIn: g.Timeout.Round(time.Millisecond).Seconds(), Backend: string(b.name)})
 		}
 	}
 	slices.SortFunc(rep.Grants, func(a, b statusGrant) int { return cmp.Compare(a.ExpiresIn, b.ExpiresIn) })
@@ -336,10 +338,10 @@ func status(asJSON bool, stdout io.Writer) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ADDRESS\tPORT\tTO\tNAME\tEXPIRES IN\tBACKEND")
+	fmt.Fprintln(w, "ADDRESS\tPORT\tTO\tNAME\tMODE\tEXPIRES IN\tBACKEND")
 	for _, g := range rep.Grants {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.To, "this host"), cmp.Or(g.Name, "-"),
-			time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%v\t%s\n", g.Address, g.Port, cmp.Or(g.To, "this host"), cmp.Or(g.Name, "-"),
+			cmp.Or(g.Mode, "-"), time.Duration(g.ExpiresIn*float64(time.Second)).Round(time.Second), g.Backend)
 	}
 	return w.Flush()
 }

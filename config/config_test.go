@@ -62,7 +62,7 @@ func TestReference(t *testing.T) {
 	}
 	// Every key the decoder knows appears in the reference file.
 	for _, key := range []string{"interface", "capture", "private_key_file", "state_dir", "metrics_listen",
-		"metrics_allow_public", "metrics_token_file",
+		"metrics_allow_public", "metrics_token_file", "grant", "idle",
 		"port", "max_skew", "destinations", "workers", "backend", "on_exit",
 		"name", "public_key", "allow", "max_duration", "default_duration", "allow_source",
 		"knockd_file", "max_tracked", "sequence", "one_time_sequences", "seq_timeout", "tcp_flags", "target",
@@ -139,6 +139,10 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad any in a list", "interface = [\"eth0\", \"any\"]\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"tcp/22\"]\n", "p.toml:1: interface"},
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
+		{"bad grant mode", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"twice\"\n", "door[1].grant: \"twice\""},
+		{"bad once with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\n", "door[1].grant: needs firewall.backend = \"nftables\""},
+		{"bad idle with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[fwknop]\naccess_file = \"/nonexistent\"\nidle = \"2m\"\n", "fwknop.idle: needs firewall.backend"},
+		{"bad once and idle", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\nidle = \"1m\"\n", "door[1].idle: grant = \"once\" and idle exclude each other"},
 		{"bad metrics on every address", "interface = \"eth0\"\nmetrics_listen = \":9101\"\n", "p.toml:2: metrics_listen: \":9101\" is not a loopback address"},
 		{"bad metrics on a public address", "interface = \"eth0\"\nmetrics_listen = \"198.18.0.1:9101\"\n", "metrics_allow_public = true"},
 		{"bad metrics token file missing", "interface = \"eth0\"\nmetrics_token_file = \"/nonexistent/token\"\n", "metrics_token_file: open /nonexistent/token"},

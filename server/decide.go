@@ -19,7 +19,6 @@ const (
 	MsgGranted  = "granted"
 	MsgRefused  = "refused"
 	MsgReloaded = "reloaded"
-	MsgRenewed  = "renewed" // a knock for a grant still live: extended, never doubled
 )
 
 // Outcomes that are not a decoder's refusal reason.
@@ -126,11 +125,13 @@ func (s *Server) apply(v *policy.Verdict) {
 	for _, a := range v.Attrs() {
 		args = append(args, a)
 	}
-	msg := MsgGranted
 	if renewed > 0 && renewed == len(dec.Grants) {
-		msg = MsgRenewed
+		// A knock for a grant still live: extended, never doubled. Still
+		// msg=granted — the knock succeeded, and whatever watches the log
+		// for that (knockd's OPEN SESAME, fail2ban filters) must see it.
+		args = append(args, "renewed", true)
 	}
-	s.log.Info(msg, args...)
+	s.log.Info(MsgGranted, args...)
 }
 
 // close revokes grants a client asked to close (its "close" action).

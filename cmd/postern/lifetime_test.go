@@ -57,7 +57,7 @@ func TestFlushRestoresOnlyUnusedOnceGrants(t *testing.T) {
 // idle = "2s": a connection carrying traffic keeps the grant past its
 // duration and new connections still get in; once the traffic stops the
 // grant ends idle; status shows the mode; a knock for a live grant renews
-// it (msg=renewed).
+// it (msg=granted renewed=true).
 func TestIdleGrantAndRenewal(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, rigOptions{extra: "idle = \"2s\"\n"})
@@ -78,7 +78,7 @@ func TestIdleGrantAndRenewal(t *testing.T) {
 	r.waitOpen(r.p.Client4, srv, time.Second, "a new connection while the grant is in use").Close()
 	mark := r.out.Mark()
 	r.knock(srv, "--for", "20s")
-	r.out.WaitAfter(t, mark, 2*time.Second, "msg=renewed", "mode=\"idle 2s\"")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted", "renewed=true", "mode=\"idle 2s\"")
 	busy.Close()
 	r.out.WaitAfter(t, mark, 6*time.Second, "grant ended idle", "idle=2s")
 	r.requireClosed(r.p.Client4, srv, "after the grant ended idle")

@@ -191,7 +191,7 @@ type rawFwknop struct {
 	LocalNAT        bool   `toml:"local_nat"`
 	SNAT            bool   `toml:"snat"`
 	SNATTranslateIP string `toml:"snat_translate_ip"`
-	Grant           string `toml:"grant"`
+	Grant           any    `toml:"grant"`
 	Idle            string `toml:"idle"`
 }
 
@@ -218,7 +218,7 @@ type rawDoor struct {
 	StopCommand      string   `toml:"stop_command"`
 	StopCommand6     *string  `toml:"stop_command_6"`
 	CmdTimeout       string   `toml:"cmd_timeout"`
-	Grant            string   `toml:"grant"`
+	Grant            any      `toml:"grant"`
 	Idle             string   `toml:"idle"`
 }
 
@@ -243,7 +243,7 @@ type rawClient struct {
 	DefaultDuration string   `toml:"default_duration"`
 	AllowSource     bool     `toml:"allow_source"`
 	Forward         []string `toml:"forward"`
-	Grant           string   `toml:"grant"`
+	Grant           any      `toml:"grant"` // "once" or {connections = N}
 	Idle            string   `toml:"idle"`
 }
 
@@ -749,14 +749,28 @@ func (v *validator) clients(cfg *Config, raw []rawClient) {
 // lifetime reads grant = "once" and idle = "2m" (at names their keys). Both
 // need the kernel to change a grant from the packet path, which the
 // nftables backend does.
-func (v *validator) lifetime(cfg *Config, at func(string) string, grant, idle string) policy.Lifetime {
+func (v *validator) lifetime(cfg *Config, at func(string) string, grant any, idle string) policy.Lifetime {
 	var l policy.Lifetime
-	switch grant {
-	case "":
-	case "once":
-		l.Once = true
+	const want = "want \"once\" (the first connection consumes the grant), {connections = N} (N of them, 1 to %d) or leave it out"
+	switch g := grant.(type) {
+	case nil:
+	case string:
+		switch g {
+		case "":
+		case "once":
+			l.Connections = 1
+		default:
+			v.fail(at("grant"), "%q: "+want, g, MaxGrantConnections)
+		}
+	case map[string]any:
+		n, ok := g["connections"].(int64)
+		if len(g) != 1 || !ok || n < 1 || n > MaxGrantConnections {
+			v.fail(at("grant"), "%v: "+want, g, MaxGrantConnections)
+			break
+		}
+		l.Connections = int(n)
 	default:
-		v.fail(at("grant"), "%q: want \"once\" (the first connection consumes the grant) or leave it out", grant)
+		v.fail(at("grant"), "%v: "+want, g, MaxGrantConnections)
 	}
 	if idle != "" {
 		l.Idle = v.duration(at("idle"), idle, 0)
@@ -765,11 +779,11 @@ func (v *validator) lifetime(cfg *Config, at func(string) string, grant, idle st
 		}
 	}
 	switch {
-	case l.Once && l.Idle > 0:
-		v.fail(at("idle"), "grant = \"once\" and idle exclude each other: a consumed grant has nothing left to keep")
-	case (l.Once || l.Idle > 0) && cfg.Firewall.Backend != mode.NFTables:
+	case l.Connections > 0 && l.Idle > 0:
+		v.fail(at("idle"), "grant (counted connections) and idle exclude each other: a consumed grant has nothing left to keep")
+	case (l.Connections > 0 || l.Idle > 0) && cfg.Firewall.Backend != mode.NFTables:
 		key := "grant"
-		if !l.Once {
+		if l.Connections == 0 {
 			key = "idle"
 		}
 		v.fail(at(key), "needs firewall.backend = \"nftables\": %s changes the grant from the packet path (ipset cannot consume or refresh an element there)",
@@ -778,11 +792,12 @@ func (v *validator) lifetime(cfg *Config, at func(string) string, grant, idle st
 	return l
 }
 
-// Lifetimes returns every idle duration the configuration uses, and
-// whether any grant is once: the kernel sets the firewall needs.
-func (c *Config) Lifetimes() (once bool, idle []time.Duration) {
+// Lifetimes returns the most connections a counted grant of the
+// configuration allows (0: none is counted) and every idle duration it
+// uses: the kernel sets the firewall needs.
+func (c *Config) Lifetimes() (connections int, idle []time.Duration) {
 	add := func(l policy.Lifetime) {
-		once = once || l.Once
+		connections = max(connections, l.Connections)
 		if l.Idle > 0 && !slices.Contains(idle, l.Idle) {
 			idle = append(idle, l.Idle)
 		}
@@ -802,8 +817,12 @@ func (c *Config) Lifetimes() (once bool, idle []time.Duration) {
 		}
 	}
 	slices.Sort(idle)
-	return once, idle
+	return connections, idle
 }
+
+// MaxGrantConnections bounds grant = {connections = N}: one kernel set
+// and one rule per connection.
+const MaxGrantConnections = 8
 
 // Protected returns every port a client or a door may open: the ports
 // postern closes.

@@ -142,7 +142,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad grant mode", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"twice\"\n", "door[1].grant: \"twice\""},
 		{"bad once with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\n", "door[1].grant: needs firewall.backend = \"nftables\""},
 		{"bad idle with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[fwknop]\naccess_file = \"/nonexistent\"\nidle = \"2m\"\n", "fwknop.idle: needs firewall.backend"},
-		{"bad once and idle", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\nidle = \"1m\"\n", "door[1].idle: grant = \"once\" and idle exclude each other"},
+		{"bad once and idle", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\nidle = \"1m\"\n", "door[1].idle: grant (counted connections) and idle exclude each other"},
 		{"bad metrics on every address", "interface = \"eth0\"\nmetrics_listen = \":9101\"\n", "p.toml:2: metrics_listen: \":9101\" is not a loopback address"},
 		{"bad metrics on a public address", "interface = \"eth0\"\nmetrics_listen = \"198.18.0.1:9101\"\n", "metrics_allow_public = true"},
 		{"bad metrics token file missing", "interface = \"eth0\"\nmetrics_token_file = \"/nonexistent/token\"\n", "metrics_token_file: open /nonexistent/token"},
@@ -369,5 +369,27 @@ func TestFwknopNATNeedsForwarding(t *testing.T) {
 	}
 	if !cfg.Fwknop.NAT.Forwarding || !cfg.Fwknop.NAT.SNAT || len(cfg.Forwarded()) != 2 || !cfg.UsesGateway() {
 		t.Errorf("NAT %+v, forwarded %v", cfg.Fwknop.NAT, cfg.Forwarded())
+	}
+}
+
+// grant = "once" and {connections = N} count the connections a grant lets
+// in; the firewall sets up one slot per connection of the largest.
+func TestGrantConnections(t *testing.T) {
+	door := "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\n"
+	cfg, err := Parse("p.toml", []byte(door+"grant = { connections = 3 }\n[[door]]\nname = \"e\"\nsequence = [\"tcp/7001\"]\nopen = [\"tcp/23\"]\ngrant = \"once\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, idle := cfg.Lifetimes(); cfg.Doors[0].Lifetime.Connections != 3 || cfg.Doors[1].Lifetime.Connections != 1 || n != 3 || len(idle) != 0 {
+		t.Fatalf("lifetimes %+v %+v, slots %d", cfg.Doors[0].Lifetime, cfg.Doors[1].Lifetime, n)
+	}
+	if m := cfg.Doors[0].Lifetime.Mode(); m != "3 connections" {
+		t.Errorf("mode %q", m)
+	}
+	for _, bad := range []string{"{ connections = 0 }", "{ connections = 9 }", "{ connections = \"2\" }", "{ connections = 2, idle = 1 }", "{}", "2"} {
+		_, err := Parse("p.toml", []byte(door+"grant = "+bad+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "p.toml:6: door[1].grant") {
+			t.Errorf("grant = %s: error %v, want it named at p.toml:6", bad, err)
+		}
 	}
 }

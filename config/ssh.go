@@ -43,7 +43,7 @@ type rawSSH struct {
 	DefaultDuration   string         `toml:"default_duration"`
 	AllowSource       bool           `toml:"allow_source"`
 	Principals        []rawPrincipal `toml:"principal"`
-	Grant             string         `toml:"grant"`
+	Grant             any            `toml:"grant"`
 	Idle              string         `toml:"idle"`
 }
 

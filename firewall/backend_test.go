@@ -448,15 +448,15 @@ func TestNFTablesLifetimes(t *testing.T) {
 	fw := nftIn(t, p.Server)
 	defer fw.Close()
 	idle := 2 * time.Second
-	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}, Once: true, Idle: []time.Duration{idle}}); err != nil {
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}, Connections: 2, Idle: []time.Duration{idle}}); err != nil {
 		t.Fatal(err)
 	}
 	once := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: time.Minute, Name: "spa:alice"}
-	once.Once = true
+	once.Connections = 1
 	if err := fw.Grant([]firewall.Grant{once}); err != nil {
 		t.Fatal(err)
 	}
-	if gs, _ := fw.List(); len(gs) != 1 || !gs[0].Once {
+	if gs, _ := fw.List(); len(gs) != 1 || gs[0].Connections != 1 {
 		t.Fatalf("listed %+v, want the one-shot grant", gs)
 	}
 	first, err := p.Client.Dial("tcp", p.Client4, netip.AddrPortFrom(p.Server4, 22), expectOpen)
@@ -472,6 +472,34 @@ func TestNFTablesLifetimes(t *testing.T) {
 	}
 	if gs, _ := fw.List(); len(gs) != 0 {
 		t.Errorf("a consumed grant is still listed: %+v", gs)
+	}
+
+	// Two connections: each new one takes a slot; the third is refused.
+	two := once
+	two.Connections = 2
+	if err := fw.Grant([]firewall.Grant{two}); err != nil {
+		t.Fatal(err)
+	}
+	if gs, _ := fw.List(); len(gs) != 1 || gs[0].Connections != 2 {
+		t.Fatalf("listed %+v, want one grant with 2 connections left", gs)
+	}
+	for n := range 2 {
+		c, err := p.Client.Dial("tcp", p.Client4, netip.AddrPortFrom(p.Server4, 22), expectOpen)
+		if err != nil {
+			t.Fatalf("connection %d of 2: %v", n+1, err)
+		}
+		defer c.Close()
+		if gs, _ := fw.List(); len(gs) != 1-n || (n == 0 && gs[0].Connections != 1) {
+			t.Errorf("after connection %d of 2, listed %+v", n+1, gs)
+		}
+	}
+	if reachable(p, p.Client4, p.Server4, expectClosed) {
+		t.Error("a third connection got in on a grant for two")
+	}
+	three := once
+	three.Connections = 3
+	if err := fw.Grant([]firewall.Grant{three}); err == nil {
+		t.Error("a grant for 3 connections was accepted by rules set up for 2")
 	}
 
 	// Idle: 2 s idle within a 10 s cap, for B.

@@ -118,34 +118,35 @@ func sweepConntrack(nc *netlink.Config, localOf func() []netip.Addr, protected [
 	return cut, errors.Join(errs...)
 }
 
-// ConntrackUsed reports whether conntrack holds a connection that g let
-// in since it was made: a one-shot grant whose element is gone for that
-// reason was used, not lost in a flush. Errors count as not used (the
-// restore then errs on the side of the owner).
-func ConntrackUsed(g Grant, since time.Time) bool { return conntrackUsed(nil, g, since) }
+// ConntrackUsed counts the connections conntrack holds that g let in
+// since it was made: a counted grant's connections used before a flush
+// are not given back by the restore. Errors count none (the restore then
+// errs on the side of the owner).
+func ConntrackUsed(g Grant, since time.Time) int { return conntrackUsed(nil, g, since) }
 
 // ConntrackUsedIn is ConntrackUsed for the network namespace open as
 // netnsFD (tests).
-func ConntrackUsedIn(netnsFD int) func(Grant, time.Time) bool {
-	return func(g Grant, since time.Time) bool { return conntrackUsed(&netlink.Config{NetNS: netnsFD}, g, since) }
+func ConntrackUsedIn(netnsFD int) func(Grant, time.Time) int {
+	return func(g Grant, since time.Time) int { return conntrackUsed(&netlink.Config{NetNS: netnsFD}, g, since) }
 }
 
-func conntrackUsed(nc *netlink.Config, g Grant, since time.Time) bool {
+func conntrackUsed(nc *netlink.Config, g Grant, since time.Time) int {
 	c, err := conntrack.Dial(nc)
 	if err != nil {
-		return false
+		return 0
 	}
 	defer c.Close()
 	flows, err := c.Dump(nil)
 	if err != nil {
-		return false
+		return 0
 	}
+	n := 0
 	for _, f := range flows {
 		t := f.TupleOrig
 		if t.IP.SourceAddress.Unmap() == g.Addr.Unmap() && port.Protocol(t.Proto.Protocol) == g.Port.Proto &&
 			t.Proto.DestinationPort == g.Port.Num && !f.Timestamp.Start.Before(since.Add(-time.Second)) {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }

@@ -24,6 +24,9 @@ type Grant = policy.Grant
 func keyOf(g Grant) Grant {
 	g.Addr, g.To, g.SNAT = g.Addr.Unmap(), g.To.Unmap(), g.SNAT.Unmap()
 	g.Timeout, g.Name = 0, ""
+	if g.Connections > 1 {
+		g.Connections = 1 // counted: how many are left is the kernel's, not the key's
+	}
 	return g
 }
 
@@ -52,11 +55,12 @@ type Rules struct {
 	// Gateway installs the forward path and its translations even with no
 	// Forwarded destination (fwknop clients may name any host).
 	Gateway bool
-	// Once and Idle install what grants with a lifetime need: the sets of
-	// one-shot grants, and of idle grants for each idle duration in use
+	// Connections and Idle install what grants with a lifetime need: a
+	// set per connection a counted grant may let in (the most any grant
+	// allows), and the sets of idle grants for each idle duration in use
 	// (nftables only).
-	Once bool
-	Idle []time.Duration
+	Connections int
+	Idle        []time.Duration
 }
 
 // UsesGateway reports whether the forward path and NAT are installed: a

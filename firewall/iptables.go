@@ -106,9 +106,9 @@ func chainRules(r Rules, set string) []string {
 func (t *IPTables) Setup(r Rules) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r.Once || len(r.Idle) > 0 {
+	if r.Connections > 0 || len(r.Idle) > 0 {
 		// The configuration refuses these with iptables already.
-		return errors.New("iptables: grant = \"once\" and idle need the nftables backend")
+		return errors.New("iptables: counted grants (grant = \"once\", {connections = N}) and idle need the nftables backend")
 	}
 	for _, f := range families {
 		if err := t.createSet(f.set, f.family); err != nil {

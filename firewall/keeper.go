@@ -48,10 +48,10 @@ type Keeper struct {
 	consumed  int  // one-shot grants a connection used
 	idleEnded int  // idle grants that ended idle
 	renewed   int  // grants a knock found live and extended
-	// used reports whether a one-shot grant was used since it was made
-	// (a connection it let in is tracked): a restore must not bring it
-	// back. Nil: none is restored as used.
-	used func(g Grant, since time.Time) bool
+	// used counts the connections a counted grant let in since it was
+	// made (conntrack tracks them): a restore gives back only the rest.
+	// Nil: none is counted as used.
+	used func(g Grant, since time.Time) int
 
 	lastIntact time.Time // when the rules were last known whole
 	sweep      Sweeper
@@ -60,6 +60,7 @@ type Keeper struct {
 type entry struct {
 	since, until time.Time
 	name         string
+	connections  int // a counted grant's, as granted
 }
 
 // NewKeeper wraps b; log receives restores (nil: discarded).
@@ -96,10 +97,10 @@ func (k *Keeper) Setup(r Rules) error {
 	return nil
 }
 
-// SetUsed gives the Keeper a way to tell a one-shot grant that was used
-// (conntrack holds the connection it let in) from one that was lost in a
-// flush: only the latter is restored.
-func (k *Keeper) SetUsed(used func(g Grant, since time.Time) bool) {
+// SetUsed gives the Keeper a way to count the connections a counted grant
+// let in (conntrack holds them), so that a restore after a flush gives
+// back only the connections left, and never a grant used up.
+func (k *Keeper) SetUsed(used func(g Grant, since time.Time) int) {
 	k.mu.Lock()
 	k.used = used
 	k.mu.Unlock()
@@ -163,7 +164,7 @@ func (k *Keeper) GrantRenew(gs []Grant) (renewed int, err error) {
 		if e, ok := k.ledger[keyOf(g)]; ok && e.until.After(now) {
 			since = e.since
 		}
-		k.ledger[keyOf(g)] = entry{since: since, until: now.Add(g.Timeout), name: g.Name}
+		k.ledger[keyOf(g)] = entry{since: since, until: now.Add(g.Timeout), name: g.Name, connections: g.Connections}
 	}
 	return renewed, nil
 }
@@ -279,15 +280,21 @@ func (k *Keeper) restoreGrants(now time.Time) error {
 	var back []Grant
 	for key, e := range k.ledger {
 		if left := e.until.Sub(now); !live[key] && left >= time.Second {
-			if key.Once && k.used != nil && k.used(key, e.since) {
-				// Used before the flush, which the audit had not yet seen:
-				// consumed, not lost.
-				delete(k.ledger, key)
-				k.consumed++
-				continue
-			}
 			g := key
 			g.Timeout, g.Name = left, e.name
+			if key.Connections > 0 {
+				// Connections it let in before the flush (the audit may
+				// not have seen them yet) are used, not lost.
+				g.Connections = max(e.connections, 1)
+				if k.used != nil {
+					g.Connections -= k.used(key, e.since)
+				}
+				if g.Connections <= 0 {
+					delete(k.ledger, key)
+					k.consumed++
+					continue
+				}
+			}
 			back = append(back, g)
 		}
 	}
@@ -331,9 +338,10 @@ func (k *Keeper) forgetDeleted(now time.Time) error {
 		if !live[key] && e.until.After(now) {
 			delete(k.ledger, key)
 			switch {
-			case key.Once:
+			case key.Connections > 0:
 				k.consumed++
-				k.log.Info("grant used: its one connection is in", "allow", key.Addr, "port", key.Port, "client", e.name)
+				k.log.Info("grant used: its connections are in", "allow", key.Addr, "port", key.Port, "client", e.name,
+					"connections", max(e.connections, 1))
 			case key.Idle > 0:
 				k.idleEnded++
 				k.log.Info("grant ended idle", "allow", key.Addr, "port", key.Port, "client", e.name, "idle", key.Idle)

@@ -387,7 +387,7 @@ type grantElem struct {
 func (n *NFTables) elemsOf(gs []Grant) ([]grantElem, error) {
 	out := make([]grantElem, 0, len(gs))
 	for _, g := range gs {
-		if (g.Once || g.Idle > 0) && !g.To.IsValid() && !g.All {
+		if (g.Connections > 0 || g.Idle > 0) && !g.To.IsValid() && !g.All {
 			es, err := n.lifetimeElems(g)
 			if err != nil {
 				return nil, err

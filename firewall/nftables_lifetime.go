@@ -20,6 +20,7 @@ import (
 // grants4/grants6, installed only when Rules asks for them ("4" shown):
 //
 //	set once4  { type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; }
+//	set once4-2 … once4-N { same }               # a grant that lets in N connections has an element in each
 //	set cap4   { same; flags timeout; }          # idle grants' absolute end
 //	set idle4-120 { same; flags dynamic,timeout; }  # one per idle duration in use
 //	chain input {
@@ -27,13 +28,15 @@ import (
 //	  ct state established,related accept
 //	  … @grants4 accept
 //	  ct state new ip saddr . meta l4proto . th dport @once4 delete @once4 { ip saddr . meta l4proto . th dport } accept
+//	  ct state new … @once4-2 delete @once4-2 { … } accept             # and so on to once4-N
 //	  ip saddr . meta l4proto . th dport @idle4-120 ip saddr . meta l4proto . th dport @cap4 accept
 //	  … drops
 //	}
 //
-// A one-shot grant is consumed in the kernel by the first new connection
-// it lets in (the same rule deletes the element and accepts); the
-// connection goes on through conntrack. An idle grant's element is
+// A counted grant is consumed in the kernel one connection at a time:
+// each new connection it lets in deletes the element of the first slot
+// that still holds it, in the rule that accepts (grant = "once" has one
+// slot); the connections go on through conntrack. An idle grant's element is
 // refreshed by every packet of its connections and times out idle after
 // the last; its cap element ends it regardless.
 
@@ -41,7 +44,7 @@ import (
 const lifetimeIDs = 100
 
 // lifetimeSets returns the sets r's lifetimes need, per family.
-func (n *NFTables) lifetimeSets(r Rules) (once, caps [2]*nftables.Set, idle map[time.Duration][2]*nftables.Set) {
+func (n *NFTables) lifetimeSets(r Rules) (once [][2]*nftables.Set, caps [2]*nftables.Set, idle map[time.Duration][2]*nftables.Set) {
 	idle = map[time.Duration][2]*nftables.Set{}
 	id := uint32(lifetimeIDs)
 	mk := func(name string, key nftables.SetDatatype, dynamic bool) *nftables.Set {
@@ -49,10 +52,18 @@ func (n *NFTables) lifetimeSets(r Rules) (once, caps [2]*nftables.Set, idle map[
 		return &nftables.Set{Table: n.table, Name: name, ID: id, Concatenation: true, KeyType: key, HasTimeout: true, Dynamic: dynamic}
 	}
 	keys := [2]nftables.SetDatatype{n.sets.grants4.KeyType, n.sets.grants6.KeyType}
-	for i, fam := range []string{"4", "6"} {
-		if r.Once {
-			once[i] = mk("once"+fam, keys[i], true)
+	for slot := range r.Connections {
+		var pair [2]*nftables.Set
+		for i, fam := range []string{"4", "6"} {
+			name := "once" + fam
+			if slot > 0 {
+				name = fmt.Sprintf("once%s-%d", fam, slot+1)
+			}
+			pair[i] = mk(name, keys[i], true)
 		}
+		once = append(once, pair)
+	}
+	for i, fam := range []string{"4", "6"} {
 		if len(r.Idle) > 0 {
 			caps[i] = mk("cap"+fam, keys[i], false)
 		}
@@ -71,10 +82,10 @@ func (n *NFTables) lifetimeSets(r Rules) (once, caps [2]*nftables.Set, idle map[
 func (n *NFTables) lifetimeSetList(r Rules) []*nftables.Set {
 	once, caps, idle := n.lifetimeSets(r)
 	var out []*nftables.Set
+	for _, pair := range once {
+		out = append(out, pair[0], pair[1])
+	}
 	for i := range 2 {
-		if once[i] != nil {
-			out = append(out, once[i])
-		}
 		if caps[i] != nil {
 			out = append(out, caps[i])
 		}
@@ -141,15 +152,14 @@ func (n *NFTables) lifetimeRules(r Rules) [][]expr.Any {
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	ctNew := ctState(expr.CtStateBitNEW)
 	var rules [][]expr.Any
-	for i, s := range once {
-		if s == nil {
-			continue
+	for _, pair := range once {
+		for i, s := range pair {
+			rules = append(rules, cat(ctNew, grantKey(i), []expr.Any{
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID},
+				&expr.Dynset{SrcRegKey: reg1, SetName: s.Name, SetID: s.ID, Operation: nftDynsetOpDelete},
+				accept,
+			}))
 		}
-		rules = append(rules, cat(ctNew, grantKey(i), []expr.Any{
-			&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID},
-			&expr.Dynset{SrcRegKey: reg1, SetName: s.Name, SetID: s.ID, Operation: nftDynsetOpDelete},
-			accept,
-		}))
 	}
 	for _, d := range r.Idle {
 		for i, s := range idle[d] {
@@ -177,11 +187,15 @@ func (n *NFTables) lifetimeElems(g Grant) ([]grantElem, error) {
 	}
 	once, caps, idle := n.lifetimeSets(n.rules0)
 	switch {
-	case g.Once:
-		if once[i] == nil {
-			return nil, badRequest{fmt.Errorf("nftables: grant %v: no grant = \"once\" in the rules set up", g)}
+	case g.Connections > 0:
+		if g.Connections > len(once) {
+			return nil, badRequest{fmt.Errorf("nftables: grant %v: %d connections, the rules set up count %d", g, g.Connections, len(once))}
 		}
-		return []grantElem{{setElem{once[i], key, nil}, g.Timeout, g.Name}}, nil
+		var out []grantElem
+		for _, pair := range once[:g.Connections] {
+			out = append(out, grantElem{setElem{pair[i], key, nil}, g.Timeout, g.Name})
+		}
+		return out, nil
 	case g.Idle > 0:
 		pair, ok := idle[g.Idle]
 		if !ok {
@@ -219,15 +233,31 @@ func (n *NFTables) listLifetimes(have map[string]bool) ([]Grant, error) {
 			return Grant{Addr: a, Timeout: e.Expires, Name: e.Comment,
 				Port: port.Spec{Proto: port.Protocol(e.Key[alen]), Num: binary.BigEndian.Uint16(e.Key[alen+4:])}}, true
 		}
-		elems, err := get(once[i])
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range elems {
-			if g, ok := grantOf(e); ok {
-				g.Once = true
-				out = append(out, g)
+		// A counted grant: one per key, with the slots it still holds.
+		counted := map[string]Grant{}
+		var order []string
+		for _, pair := range once {
+			elems, err := get(pair[i])
+			if err != nil {
+				return nil, err
 			}
+			for _, e := range elems {
+				g, ok := grantOf(e)
+				if !ok {
+					continue
+				}
+				if c, seen := counted[string(e.Key)]; seen {
+					g.Timeout = max(g.Timeout, c.Timeout)
+					g.Connections = c.Connections
+				} else {
+					order = append(order, string(e.Key))
+				}
+				g.Connections++
+				counted[string(e.Key)] = g
+			}
+		}
+		for _, k := range order {
+			out = append(out, counted[k])
 		}
 		capped, err := get(caps[i])
 		if err != nil {

@@ -31,22 +31,26 @@ const (
 // Lifetime says how a grant ends besides its time running out. The zero
 // value is the plain grant: open until its duration is over.
 type Lifetime struct {
-	// Once: the first new connection (TCP SYN, first UDP packet) that
-	// matches the grant consumes it in the kernel; that connection goes
-	// on, a second one needs a new knock. Behind a NAT, one device gets
-	// in, not every device behind the same address.
-	Once bool `json:"once,omitempty"`
+	// Connections, when set, is how many new connections (TCP SYNs, first
+	// UDP packets) the grant lets in: each consumes one in the kernel and
+	// goes on; once they are used, another needs a new knock. 1 is grant
+	// = "once": behind a NAT, one device gets in, not every device behind
+	// the same address.
+	Connections int `json:"connections,omitempty"`
 	// Idle, when set, keeps the grant while its connections carry
 	// traffic and ends it this long after the last packet; the grant's
 	// duration stays the absolute cap.
 	Idle time.Duration `json:"idle,omitempty"`
 }
 
-// Mode names the lifetime for logs and status: "", "once" or "idle 2m0s".
+// Mode names the lifetime for logs and status: "", "once", "3 connections"
+// or "idle 2m0s".
 func (l Lifetime) Mode() string {
 	switch {
-	case l.Once:
+	case l.Connections == 1:
 		return "once"
+	case l.Connections > 1:
+		return fmt.Sprintf("%d connections", l.Connections)
 	case l.Idle > 0:
 		return "idle " + l.Idle.String()
 	}

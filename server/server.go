@@ -135,7 +135,7 @@ func New(cfg *config.Config, fw *firewall.Keeper, log *slog.Logger) (*Server, er
 		})
 	s.metrics.counter("postern_firewall_restores_total", "Times postern's firewall rules were found missing or altered and restored.",
 		func() float64 { return float64(fw.Restores()) })
-	s.metrics.counter("postern_grants_consumed_total", "One-shot grants (grant = \"once\") their connection used.",
+	s.metrics.counter("postern_grants_consumed_total", "Counted grants (grant = \"once\", {connections = N}) whose connections were all used.",
 		func() float64 { n, _, _ := fw.Lifecycle(); return float64(n) })
 	s.metrics.counter("postern_grants_idle_ended_total", "Idle grants that ended idle, before their cap.",
 		func() float64 { _, n, _ := fw.Lifecycle(); return float64(n) })
@@ -203,7 +203,7 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 func Rules(cfg *config.Config) (firewall.Rules, []capture.Match) {
 	rules := firewall.Rules{Protected: cfg.Protected(), Forwarded: cfg.Forwarded(), Published: cfg.Gateway.Published,
 		Gateway: cfg.UsesGateway()}
-	rules.Once, rules.Idle = cfg.Lifetimes()
+	rules.Connections, rules.Idle = cfg.Lifetimes()
 	var matches []capture.Match
 	for _, spec := range language.Enabled(cfg) {
 		r := spec.Routes(cfg)

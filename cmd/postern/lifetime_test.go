@@ -25,7 +25,7 @@ func TestOnceGrantBehindNAT(t *testing.T) {
 	if err := echoes(first); err != nil {
 		t.Fatalf("the connection that used the grant: %v", err)
 	}
-	r.out.WaitAfter(t, mark, 2*time.Second, "grant used: its one connection is in")
+	r.out.WaitAfter(t, mark, 2*time.Second, "grant used: its connections are in", "connections=1")
 	if n := r.gauge("postern_grants_consumed_total"); n != 1 {
 		t.Errorf("postern_grants_consumed_total = %v, want 1", n)
 	}
@@ -51,6 +51,34 @@ func TestFlushRestoresOnlyUnusedOnceGrants(t *testing.T) {
 	r.waitOpen(r.p.Client4b, srv, time.Second, "B's unused grant, restored").Close()
 	if set := r.p.Server.Exec(t, "nft", "list", "set", "inet", "postern", "once4"); strings.Contains(set, r.p.Client4.String()) {
 		t.Fatalf("A's used grant is back:\n%s", set)
+	}
+}
+
+// grant = {connections = 2}: each connection takes one; a flush after the
+// first gives back only the one left (conntrack counts the used one);
+// status shows what is left; the third connection is refused.
+func TestCountedGrantThroughFlush(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{extra: "grant = { connections = 2 }\n"})
+	r.start()
+	srv := r.p.Server4
+	mark := r.out.Mark()
+	r.knock(srv, "--for", "60s")
+	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted", "mode=\"2 connections\"")
+	first := r.waitOpen(r.p.Client4, srv, time.Second, "the first of two connections")
+	defer first.Close()
+	mark = r.out.Mark()
+	r.p.Server.Exec(t, "nft", "flush", "ruleset")
+	r.restoredWithin(mark, time.Second, "flush")
+	if st := r.p.Server.Exec(t, posternBin, "status"); !strings.Contains(st, "once") {
+		t.Errorf("after one connection and a flush, status does not show one left:\n%s", st)
+	}
+	second := r.waitOpen(r.p.Client4, srv, time.Second, "the second of two connections, after the flush")
+	defer second.Close()
+	r.out.WaitAfter(t, mark, 2*time.Second, "grant used: its connections are in", "connections=2")
+	r.requireClosed(r.p.Client4, srv, "a third connection on a grant for two")
+	if err := echoes(first); err != nil {
+		t.Fatalf("the first connection after the flush: %v", err)
 	}
 }
 

@@ -566,7 +566,7 @@ func (v *validator) fwknop(cfg *Config, raw *rawFwknop) {
 		}
 	}
 	f.MaxPacketAge = v.duration("fwknop.max_packet_age", raw.MaxPacketAge, DefaultMaxPacketAge)
-	f.Lifetime = v.lifetime(cfg, func(k string) string { return "fwknop." + k }, raw.Grant, raw.Idle)
+	f.Lifetime = v.lifetime(func(k string) string { return "fwknop." + k }, raw.Grant, raw.Idle)
 	f.NAT = fko.NATOptions{Forwarding: raw.Forwarding, LocalNAT: raw.LocalNAT, SNAT: raw.SNAT}
 	if raw.SNATTranslateIP != "" {
 		if a, err := netip.ParseAddr(raw.SNATTranslateIP); err != nil || !a.IsGlobalUnicast() {
@@ -738,7 +738,7 @@ func (v *validator) clients(cfg *Config, raw []rawClient) {
 		}
 		c.MaxDuration = v.duration(at("max_duration"), rc.MaxDuration, DefaultMaxDuration)
 		c.DefaultDuration = v.duration(at("default_duration"), rc.DefaultDuration, min(DefaultDuration, c.MaxDuration))
-		c.Lifetime = v.lifetime(cfg, at, rc.Grant, rc.Idle)
+		c.Lifetime = v.lifetime(at, rc.Grant, rc.Idle)
 		if c.DefaultDuration > c.MaxDuration {
 			v.fail(at("default_duration"), "%v is longer than max_duration %v", c.DefaultDuration, c.MaxDuration)
 		}
@@ -749,7 +749,7 @@ func (v *validator) clients(cfg *Config, raw []rawClient) {
 // lifetime reads grant = "once" and idle = "2m" (at names their keys). Both
 // need the kernel to change a grant from the packet path, which the
 // nftables backend does.
-func (v *validator) lifetime(cfg *Config, at func(string) string, grant any, idle string) policy.Lifetime {
+func (v *validator) lifetime(at func(string) string, grant any, idle string) policy.Lifetime {
 	var l policy.Lifetime
 	const want = "want \"once\" (the first connection consumes the grant), {connections = N} (N of them, 1 to %d) or leave it out"
 	switch g := grant.(type) {
@@ -778,16 +778,8 @@ func (v *validator) lifetime(cfg *Config, at func(string) string, grant any, idl
 			v.fail(at("idle"), "%v: at least 1s", l.Idle)
 		}
 	}
-	switch {
-	case l.Connections > 0 && l.Idle > 0:
+	if l.Connections > 0 && l.Idle > 0 {
 		v.fail(at("idle"), "grant (counted connections) and idle exclude each other: a consumed grant has nothing left to keep")
-	case (l.Connections > 0 || l.Idle > 0) && cfg.Firewall.Backend != mode.NFTables:
-		key := "grant"
-		if l.Connections == 0 {
-			key = "idle"
-		}
-		v.fail(at(key), "needs firewall.backend = \"nftables\": %s changes the grant from the packet path (ipset cannot consume or refresh an element there)",
-			key)
 	}
 	return l
 }

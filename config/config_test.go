@@ -140,8 +140,6 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"bad backend", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[firewall]\nbackend = \"pf\"\n", "p.toml:4: firewall.backend"},
 		{"bad knock port opened", "interface = \"eth0\"\nprivate_key_file = \"/k\"\n[[client]]\nname = \"a\"\npublic_key = \"" + good + "\"\nallow = [\"udp/62201\"]\n", "spa.port: udp/62201 is both"},
 		{"bad grant mode", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"twice\"\n", "door[1].grant: \"twice\""},
-		{"bad once with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\n", "door[1].grant: needs firewall.backend = \"nftables\""},
-		{"bad idle with iptables", "interface = \"eth0\"\n[firewall]\nbackend = \"iptables\"\n[fwknop]\naccess_file = \"/nonexistent\"\nidle = \"2m\"\n", "fwknop.idle: needs firewall.backend"},
 		{"bad once and idle", "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\nopen = [\"tcp/22\"]\ngrant = \"once\"\nidle = \"1m\"\n", "door[1].idle: grant (counted connections) and idle exclude each other"},
 		{"bad metrics on every address", "interface = \"eth0\"\nmetrics_listen = \":9101\"\n", "p.toml:2: metrics_listen: \":9101\" is not a loopback address"},
 		{"bad metrics on a public address", "interface = \"eth0\"\nmetrics_listen = \"198.18.0.1:9101\"\n", "metrics_allow_public = true"},

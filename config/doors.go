@@ -60,7 +60,7 @@ func (v *validator) doors(cfg *Config, raws []rawDoor) {
 				}
 			}
 		}
-		d.Lifetime = v.lifetime(cfg, at, rd.Grant, rd.Idle)
+		d.Lifetime = v.lifetime(at, rd.Grant, rd.Idle)
 		d.SeqTimeout = v.duration(at("seq_timeout"), rd.SeqTimeout, DefaultDoorTimeout)
 		flags := DefaultDoorFlags
 		if rd.TCPFlags != nil {

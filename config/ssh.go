@@ -68,7 +68,7 @@ func (v *validator) ssh(cfg *Config, raw *rawSSH) {
 	maxD := v.duration("ssh.max_duration", raw.MaxDuration, DefaultMaxDuration)
 	defD := v.duration("ssh.default_duration", raw.DefaultDuration, min(DefaultDuration, maxD))
 	defAllow := v.portList("ssh.allow", raw.Allow)
-	lifetime := v.lifetime(cfg, func(k string) string { return "ssh." + k }, raw.Grant, raw.Idle)
+	lifetime := v.lifetime(func(k string) string { return "ssh." + k }, raw.Grant, raw.Idle)
 	if raw.AuthorizedKeys == "" && raw.TrustedUserCAKeys == "" {
 		v.fail("ssh", "give authorized_keys, trusted_user_ca_keys or both")
 	}

@@ -444,12 +444,33 @@ func TestNFTablesLifetimes(t *testing.T) {
 	t.Parallel()
 	netnstest.Require(t, "nft")
 	p := netnstest.NewPair(t)
-	p.Server.Echo(t, "[::]:22")
 	fw := nftIn(t, p.Server)
 	defer fw.Close()
+	testLifetimes(t, p, fw)
+}
+
+// The same with iptables and ipset: counters count the connections, the
+// SET target refreshes idle elements.
+func TestIPTablesLifetimes(t *testing.T) {
+	t.Parallel()
+	netnstest.Require(t, "iptables", "ip6tables", "ipset")
+	p := netnstest.NewPair(t)
+	fw := firewall.NewIPTables(func(name string, args ...string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", p.Server.Name, name}, args...)...)
+	})
+	defer fw.Cleanup()
+	testLifetimes(t, p, fw)
+}
+
+func testLifetimes(t *testing.T, p *netnstest.Pair, fw firewall.Backend) {
+	p.Server.Echo(t, "[::]:22")
 	idle := 2 * time.Second
-	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}, Connections: 2, Idle: []time.Duration{idle}}); err != nil {
+	rules := firewall.Rules{Protected: []port.Spec{ssh}, Connections: 2, Idle: []time.Duration{idle}}
+	if err := fw.Setup(rules); err != nil {
 		t.Fatal(err)
+	}
+	if d, err := fw.Audit(rules); err != nil || len(d.What) > 0 {
+		t.Fatalf("the audit of the rules just set up: %v %v", d.What, err)
 	}
 	once := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: time.Minute, Name: "spa:alice"}
 	once.Connections = 1

@@ -47,6 +47,7 @@ type IPTables struct {
 
 	mu       sync.Mutex
 	comments map[string]bool // whether each set keeps element comments (names)
+	rules    Rules           // what the last Setup installed: the lifetime sets grants go to
 }
 
 // NewIPTables returns the backend; a nil command runs programs directly.
@@ -81,10 +82,12 @@ const protectedComment = "postern-protected"
 // chainRules is the chain's content for one family, as iptables-restore
 // takes it.
 func chainRules(r Rules, set string) []string {
-	rules := []string{
+	refresh, returns := lifetimeRules(r, set)
+	rules := append(refresh,
 		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
-		"-m set --match-set " + set + " src,dst -j RETURN",
-	}
+		"-m set --match-set "+set+" src,dst -j RETURN",
+	)
+	rules = append(rules, returns...)
 	for _, p := range r.Protected {
 		rules = append(rules, fmt.Sprintf("-p %s --dport %d -m comment --comment %s -j DROP", p.Proto, p.Num, protectedComment))
 	}
@@ -106,12 +109,12 @@ func chainRules(r Rules, set string) []string {
 func (t *IPTables) Setup(r Rules) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r.Connections > 0 || len(r.Idle) > 0 {
-		// The configuration refuses these with iptables already.
-		return errors.New("iptables: counted grants (grant = \"once\", {connections = N}) and idle need the nftables backend")
-	}
+	t.rules = r
 	for _, f := range families {
-		if err := t.createSet(f.set, f.family); err != nil {
+		if err := t.createSet(f.set, []string{"create", f.set, "hash:ip,port", "family", f.family, "timeout", "0"}); err != nil {
+			return fmt.Errorf("iptables: %w", err)
+		}
+		if err := t.createLifetimeSets(r, f.set, f.family); err != nil {
 			return fmt.Errorf("iptables: %w", err)
 		}
 		var b strings.Builder
@@ -157,15 +160,16 @@ func (t *IPTables) Setup(r Rules) error {
 	return nil
 }
 
-// createSet creates a grant set with element comments (client names for
-// status); a set left by an older postern without them is kept as it is.
-func (t *IPTables) createSet(set, family string) error {
-	_, err := t.run("", "ipset", "create", set, "hash:ip,port", "family", family, "timeout", "0", "comment", "-exist")
+// createSet creates a grant set (create names it and its type) with
+// element comments (client names for status); a set left by an older
+// postern without them is kept as it is.
+func (t *IPTables) createSet(set string, create []string) error {
+	_, err := t.run("", "ipset", append(create, "comment", "-exist")...)
 	if err == nil {
 		t.comments[set] = true
 		return nil
 	}
-	if _, err2 := t.run("", "ipset", "create", set, "hash:ip,port", "family", family, "timeout", "0", "-exist"); err2 != nil {
+	if _, err2 := t.run("", "ipset", append(create, "-exist")...); err2 != nil {
 		return err
 	}
 	t.comments[set] = false
@@ -197,6 +201,12 @@ func (t *IPTables) Grant(gs []Grant) error {
 		if g.Forwarded() || g.Local {
 			if err := t.gatewayScript(&script, g, false); err != nil {
 				return fmt.Errorf("iptables: granting %v: %w", g, err)
+			}
+			continue
+		}
+		if ok, err := t.lifetimeScript(&script, g, false); ok {
+			if err != nil {
+				return fmt.Errorf("iptables: %w", err)
 			}
 			continue
 		}
@@ -237,6 +247,9 @@ func (t *IPTables) Revoke(gs []Grant) error {
 			t.gatewayScript(&script, g, true)
 			continue
 		}
+		if ok, _ := t.lifetimeScript(&script, g, true); ok {
+			continue
+		}
 		fmt.Fprintf(&script, "del %s %s\n", setFor(g.Addr), element(g))
 	}
 	if script.Len() == 0 {
@@ -269,6 +282,11 @@ func (t *IPTables) List() ([]Grant, error) {
 				out = append(out, g)
 			}
 		}
+		lt, err := t.listLifetimes(f.set)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, lt...)
 	}
 	gw, err := t.listGateway()
 	if err != nil {
@@ -322,6 +340,15 @@ func (t *IPTables) Cleanup() error {
 		if out, err := t.run("", "ipset", "destroy", f.set); err != nil && !strings.Contains(out, "does not exist") {
 			errs = append(errs, err)
 		}
+		if names, err := t.run("", "ipset", "list", "-n"); err == nil {
+			for _, n := range strings.Fields(names) {
+				if strings.HasPrefix(n, f.set+"-") { // its lifetime sets
+					if _, err := t.run("", "ipset", "destroy", n); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
 		errs = append(errs, t.cleanupGateway(f.tables)...)
 	}
 	if len(errs) == 0 {
@@ -371,6 +398,11 @@ func (t *IPTables) Audit(r Rules) (Damage, error) {
 		}
 		if !slices.Contains(sets, f.set) {
 			d.add("ipset "+f.set, true)
+		}
+		for name := range lifetimeSets(r, f.set) {
+			if !slices.Contains(sets, name) {
+				d.add("ipset "+name, true)
+			}
 		}
 		rules, chain, jump, err := t.saved(f.tables + "-save")
 		if err != nil {

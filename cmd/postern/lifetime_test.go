@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/internal/netnstest"
 )
 
 // grant = "once" behind a NAT: the knock grants the NAT's public address;
@@ -56,29 +58,42 @@ func TestFlushRestoresOnlyUnusedOnceGrants(t *testing.T) {
 
 // grant = {connections = 2}: each connection takes one; a flush after the
 // first gives back only the one left (conntrack counts the used one);
-// status shows what is left; the third connection is refused.
+// status shows what is left; the third connection is refused. With
+// iptables the same, after `iptables -F` (ipset keeps the counter).
 func TestCountedGrantThroughFlush(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, rigOptions{extra: "grant = { connections = 2 }\n"})
-	r.start()
-	srv := r.p.Server4
-	mark := r.out.Mark()
-	r.knock(srv, "--for", "60s")
-	r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted", "mode=\"2 connections\"")
-	first := r.waitOpen(r.p.Client4, srv, time.Second, "the first of two connections")
-	defer first.Close()
-	mark = r.out.Mark()
-	r.p.Server.Exec(t, "nft", "flush", "ruleset")
-	r.restoredWithin(mark, time.Second, "flush")
-	if st := r.p.Server.Exec(t, posternBin, "status"); !strings.Contains(st, "once") {
-		t.Errorf("after one connection and a flush, status does not show one left:\n%s", st)
-	}
-	second := r.waitOpen(r.p.Client4, srv, time.Second, "the second of two connections, after the flush")
-	defer second.Close()
-	r.out.WaitAfter(t, mark, 2*time.Second, "grant used: its connections are in", "connections=2")
-	r.requireClosed(r.p.Client4, srv, "a third connection on a grant for two")
-	if err := echoes(first); err != nil {
-		t.Fatalf("the first connection after the flush: %v", err)
+	for _, tc := range []struct{ backend, extra, flush string }{
+		{"nftables", "", "nft flush ruleset"},
+		{"iptables", "[firewall]\nbackend = \"iptables\"\n", "iptables -F"},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			t.Parallel()
+			if tc.backend == "iptables" {
+				netnstest.Require(t, "iptables", "ip6tables", "ipset")
+			}
+			r := newRig(t, rigOptions{extra: "grant = { connections = 2 }\n" + tc.extra})
+			r.start()
+			srv := r.p.Server4
+			mark := r.out.Mark()
+			r.knock(srv, "--for", "60s")
+			r.out.WaitAfter(t, mark, 2*time.Second, "msg=granted", "mode=\"2 connections\"")
+			first := r.waitOpen(r.p.Client4, srv, time.Second, "the first of two connections")
+			defer first.Close()
+			mark = r.out.Mark()
+			flush := strings.Fields(tc.flush)
+			r.p.Server.Exec(t, flush[0], flush[1:]...)
+			r.restoredWithin(mark, time.Second, tc.flush)
+			if st := r.p.Server.Exec(t, posternBin, "status"); !strings.Contains(st, "once") {
+				t.Errorf("after one connection and a flush, status does not show one left:\n%s", st)
+			}
+			second := r.waitOpen(r.p.Client4, srv, time.Second, "the second of two connections, after the flush")
+			defer second.Close()
+			r.out.WaitAfter(t, mark, 2*time.Second, "grant used: its connections are in", "connections=2")
+			r.requireClosed(r.p.Client4, srv, "a third connection on a grant for two")
+			if err := echoes(first); err != nil {
+				t.Fatalf("the first connection after the flush: %v", err)
+			}
+		})
 	}
 }
 

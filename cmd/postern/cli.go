@@ -68,12 +68,14 @@ func snapshotFlag(c *cobra.Command) {
 
 func genkeyCommand() *cobra.Command {
 	var srv, pq bool
+	var out string
 	c := &cobra.Command{
-		Use:   "genkey [--server [--pq]]",
-		Short: "print a new client (or server) private key",
+		Use:   "genkey [--server [--pq]] [-o FILE]",
+		Short: "print a new client (or server) private key, or write it to a new file (mode 0600)",
 		Args:  args(0, 0, "no arguments"),
-		RunE:  func(c *cobra.Command, _ []string) error { return genkey(srv, pq, c.OutOrStdout()) },
+		RunE:  func(c *cobra.Command, _ []string) error { return genkey(srv, pq, out, c.OutOrStdout()) },
 	}
+	c.Flags().StringVarP(&out, "output", "o", "", "write the key to `file`, created with mode 0600 (an existing file is never overwritten) and print its public key")
 	c.Flags().BoolVar(&srv, "server", false, "make a server key instead of a client key")
 	c.Flags().BoolVar(&pq, "pq", false, "with --server: a post-quantum hybrid (ML-KEM-768 + X25519) key; its knocks are 1412 bytes")
 	return c

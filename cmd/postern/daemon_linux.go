@@ -307,14 +307,14 @@ func status(asJSON bool, stdout io.Writer) error {
 		if fromDaemon {
 			b.fw.Close()
 			if err != nil {
-				return fmt.Errorf("%s: %w", b.name, err)
+				return err // it names its backend
 			}
 			continue
 		}
 		gs, lerr := b.fw.List()
 		b.fw.Close()
 		if err = cmp.Or(err, lerr); err != nil {
-			return fmt.Errorf("%s: %w", b.name, err)
+			return err // it names its backend
 		}
 		for _, g := range gs {
 			rep.Grants = append(rep.Grants, statusGrant{Address: g.Addr.String(), Port: g.Port.String(), Name: g.Name,
@@ -413,7 +413,7 @@ func revokeCmd(pos []string, stdout io.Writer) error {
 		gs, err := b.fw.List()
 		if err != nil {
 			b.fw.Close()
-			return fmt.Errorf("%s: %w", b.name, err)
+			return err // it names its backend
 		}
 		var mine []firewall.Grant
 		for _, g := range gs {
@@ -424,7 +424,7 @@ func revokeCmd(pos []string, stdout io.Writer) error {
 		if len(mine) > 0 {
 			if err := b.fw.Revoke(mine); err != nil {
 				b.fw.Close()
-				return fmt.Errorf("%s: %w", b.name, err)
+				return err // it names its backend
 			}
 			for _, g := range mine {
 				fmt.Fprintf(stdout, "revoked %s %s%s (%s, %s)\n", g.Addr, g.Port,

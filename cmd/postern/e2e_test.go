@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -485,6 +487,37 @@ close_on_exit = false
 		r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
 		r.requireClosed(cli, srv, "after the proxy session")
 	})
+	t.Run("proxy ended by ssh's SIGHUP", func(t *testing.T) {
+		// ssh kills its ProxyCommand with SIGHUP as it exits, before the
+		// server's end of the connection arrives.
+		mark := r.out.Mark()
+		cmd := r.p.Client.Command(t.Context(), posternBin, "proxy", "--config", profiles, srv.String(), "22")
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(in, "session\n")
+		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "session\n" {
+			t.Fatalf("the relay: %q %v", line, err)
+		}
+		cmd.Process.Signal(syscall.SIGHUP) // ip netns exec execs postern: this is its pid
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("the proxy ended by SIGHUP: %v, want exit status 0", err)
+		}
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
+		r.requireClosed(cli, srv, "after ssh hung up on the proxy")
+	})
+	t.Run("ssh with a command", func(t *testing.T) {
+		mark := r.out.Mark()
+		out, err := r.standInSSH(xdg, "office", "-o", "BatchMode=yes", "-v", "uptime", "-a")
+		// The command after the host, as ssh wants it.
+		if err != nil || !strings.Contains(string(out), "ssh -o BatchMode=yes -v -4 "+srv.String()+" uptime -a connected") ||
+			!strings.Contains(string(out), "runs: uptime -a") {
+			t.Fatalf("postern ssh office … uptime: %v\n%s", err, out)
+		}
+		r.out.WaitAfter(t, mark, 2*time.Second, "msg=closed language=spa", "client=alice")
+	})
 	t.Run("ssh", func(t *testing.T) {
 		mark := r.out.Mark()
 		out, err := r.standInSSH(xdg, "office", "-o", "BatchMode=yes")
@@ -533,12 +566,21 @@ func TestKnockPostQuantum(t *testing.T) {
 }
 
 // standInSSH runs postern ssh ARGS in the client namespace with profiles
-// under xdg and, in place of ssh, a script that connects to port 22 of its
-// last argument (the host) and says with which arguments it ran.
+// under xdg and, in place of ssh, a script that connects to port 22 of the
+// host (its first argument after the options) and says with which
+// arguments it ran and which command it would run there.
 func (r *rig) standInSSH(xdg string, args ...string) ([]byte, error) {
 	bin := filepath.Join(r.dir, "bin")
 	os.MkdirAll(bin, 0o755)
-	os.WriteFile(filepath.Join(bin, "ssh"), []byte("#!/bin/bash\nhost=\"${@: -1}\"\nexec 3<>\"/dev/tcp/$host/22\" && echo \"ssh $* connected\"\n"), 0o755)
+	os.WriteFile(filepath.Join(bin, "ssh"), []byte(`#!/bin/bash
+args=("$@"); i=0
+while [[ ${args[i]} == -* ]]; do
+	case ${args[i]} in -o|-p|-l|-i|-F|-J) i=$((i+2));; *) i=$((i+1));; esac
+done
+host=${args[i]}; command=("${args[@]:i+1}")
+exec 3<>"/dev/tcp/$host/22" && echo "ssh $* connected" || exit 255
+if (( ${#command[@]} )); then echo "runs: ${command[*]}"; fi
+`), 0o755)
 	cmd := r.p.Client.Command(context.Background(), posternBin, append([]string{"ssh"}, args...)...)
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "XDG_CONFIG_HOME="+xdg)
 	return cmd.CombinedOutput()
@@ -671,6 +713,12 @@ func TestKnockWait(t *testing.T) {
 	out, err = r.postern("knock", "--wait=3s", "--key", r.stranger, "--server-key", r.server.Public().String(), "--open", "tcp/22", r.p.Server6.String())
 	if err == nil || !strings.Contains(out, "the door did not open") || !strings.Contains(out, "after 3 knocks") {
 		t.Fatalf("knock --wait for a door that stays shut: %v\n%s", err, out)
+	}
+	// A port that answers with a reset tells nothing about the knock (and
+	// what comes next fails): an error, not success.
+	out, err = r.postern("knock", "--wait=3s", "--key", r.stranger, "--server-key", r.server.Public().String(), "--open", "tcp/23", srv.String())
+	if err == nil || !strings.Contains(out, "answered with a reset") {
+		t.Fatalf("knock --wait for a port that answers with a reset: %v\n%s", err, out)
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for strings.Count(r.out.String()[mark:], "msg=refused language=spa") < 3 {

@@ -14,13 +14,17 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,8 +49,25 @@ func main() {
 		os.Exit(2)
 	default:
 		fmt.Fprintln(os.Stderr, "postern:", err)
+		if hint := permissionHint(err, os.Geteuid()); hint != "" {
+			fmt.Fprintln(os.Stderr, "postern: hint:", hint)
+		}
 		os.Exit(1)
 	}
+}
+
+// permissionHint says what a permission error most likely means when not
+// running as root ("" otherwise).
+func permissionHint(err error, euid int) string {
+	if runtime.GOOS != "linux" || euid == 0 {
+		return ""
+	}
+	msg := err.Error()
+	if !errors.Is(err, fs.ErrPermission) && !strings.Contains(msg, "operation not permitted") && !strings.Contains(msg, "permission denied") {
+		return ""
+	}
+	return "this needs root, or the capabilities CAP_NET_ADMIN (the firewall) and CAP_NET_RAW (packet capture) — " +
+		"run it with sudo, or as the packaged postern.service does"
 }
 
 // run runs one command line; the command tree is in cli.go.
@@ -63,8 +84,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return err
 }
 
-func genkey(srv, pq bool, stdout io.Writer) error {
-	var text string
+// genkey prints a new private key or, with out, writes it to a new file
+// only its owner can read (created so from the start: no moment in which
+// it is readable) and prints the public key to hand out.
+func genkey(srv, pq bool, out string, stdout io.Writer) error {
+	var text, public string
 	if pq && !srv {
 		return errUsage{errors.New("--pq goes with --server")}
 	}
@@ -77,15 +101,35 @@ func genkey(srv, pq bool, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		text = k.Encode()
+		text, public = k.Encode(), k.Public().String()
 	} else {
 		k, err := spa.GenerateClientKey()
 		if err != nil {
 			return err
 		}
-		text = k.Encode()
+		text, public = k.Encode(), k.Public().String()
 	}
-	_, err := fmt.Fprintln(stdout, text)
+	if out == "" {
+		_, err := fmt.Fprintln(stdout, text)
+		return err
+	}
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists: not overwriting a key (remove it first if you mean to replace it)", out)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(f, text); err != nil {
+		f.Close()
+		os.Remove(out)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(out)
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, public)
 	return err
 }
 
@@ -507,13 +551,17 @@ func waitForDoor(ctx context.Context, o client.Options, sent []client.Sent, prob
 			}
 			to := netip.AddrPortFrom(host, probe.Num).String()
 			c, err := client.DialPatiently(ctx, to, wait/knocks)
-			if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
-				open = false // dropped: a refusal means the firewall let it through
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				// The SYN got through and nothing took it: whether the knock
+				// opened anything cannot be told, and what comes next fails.
+				return sent, fmt.Errorf("%s on %s answered with a reset: nothing listens there, or it is not a port postern "+
+					"closes (then this knock may well have been refused — the server's log says)", probe, to)
+			}
+			if err != nil {
+				open = false // dropped: the door is still shut
 				break
 			}
-			if c != nil {
-				c.Close()
-			}
+			c.Close()
 		}
 		if open {
 			return sent, nil
@@ -856,15 +904,64 @@ func proxyCmd(pos []string, profiles, name string, stdin io.Reader, stdout io.Wr
 	}); err != nil {
 		return err
 	}
+	// ssh ends its ProxyCommand with SIGHUP as it exits, usually before
+	// the server's end of the connection arrives, and a write to the
+	// stdout it closed would raise SIGPIPE: either way the session is
+	// over and the door is closed behind it.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGPIPE, os.Interrupt)
+	defer signal.Stop(sig)
+	var ended atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sig:
+			ended.Store(true)
+			conn.Close()
+		case <-done:
+		}
+	}()
 	err = client.Relay(conn, stdin, stdout)
+	close(done)
 	closeProfile(p, open, os.Stderr)
+	if ended.Load() {
+		return nil
+	}
 	return err
+}
+
+// sshValued are the ssh(1) options that take an argument (OpenSSH's
+// getopt string).
+const sshValued = "BbcDEeFIiJLlmOoPpQRSWw"
+
+// splitSSHArgs splits what follows the profile NAME as ssh orders it:
+// options (with their arguments) first, then the remote command, which
+// must come after the host ("postern ssh office uptime").
+func splitSSHArgs(args []string) (opts, command []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return args[:i], args[i+1:]
+		}
+		if len(a) < 2 || a[0] != '-' {
+			return args[:i], args[i:]
+		}
+		for j := 1; j < len(a); j++ {
+			if strings.IndexByte(sshValued, a[j]) >= 0 {
+				if j == len(a)-1 {
+					i++ // the value is the next argument
+				}
+				break
+			}
+		}
+	}
+	return args, nil
 }
 
 // sshCmd knocks a [[spa]] profile and replaces itself with ssh to the
 // profile's host, passing the given ssh options on.
 func sshCmd(args []string, stdout, stderr io.Writer) error {
-	const sshUsage = "Usage: postern ssh NAME [ssh options]\n  knock the [[spa]] profile NAME of the client config, then run ssh to its host\n"
+	const sshUsage = "Usage: postern ssh NAME [ssh options] [command]\n  knock the [[spa]] profile NAME of the client config, then run ssh to its host\n"
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 		fmt.Fprint(stdout, sshUsage)
 		return nil
@@ -893,13 +990,15 @@ func sshCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	argv := append([]string{"ssh"}, args[1:]...)
+	opts, command := splitSSHArgs(args[1:])
+	argv := append([]string{"ssh"}, opts...)
 	if len(sent) == 1 {
 		// Only one family was knocked: ssh must not try the other first
 		// and wait on its dropped SYN.
 		argv = append(argv, map[bool]string{true: "-4", false: "-6"}[sent[0].To.Addr().Is4()])
 	}
 	argv = append(argv, p.Host)
+	argv = append(argv, command...)
 	if !p.CloseOnExit {
 		return execProgram(ssh, argv)
 	}

@@ -83,6 +83,11 @@ func TestParseFwknopArgs(t *testing.T) {
 		r.Settings["FW_TIMEOUT"].Value != "60" || r.Stanza != "office" || r.RCFile != "" || !r.Test {
 		t.Fatalf("%+v", r)
 	}
+	for _, v := range []string{"-V", "--version"} {
+		if r, err := ParseFwknopArgs([]string{v}); err != nil || !r.Version {
+			t.Errorf("%s: %+v %v", v, r, err)
+		}
+	}
 	for _, bad := range [][]string{{"--gpg"}, {"--nonsense"}, {"-A"}, {"-sT"}, {"stray"}} {
 		if _, err := ParseFwknopArgs(bad); err == nil {
 			t.Errorf("%q accepted", bad)

@@ -36,6 +36,7 @@ type FwknopRequest struct {
 	KeyGenOut string // -K FILE
 	SaveFile  string // -B FILE
 	Help      bool
+	Version   bool // -V
 }
 
 // fwknop's options: short and long spellings, whether they take a value,
@@ -87,6 +88,7 @@ var fwknopOpts = []struct {
 	{"K", "key-gen-file", true, ""},
 	{"B", "save-packet", true, ""},
 	{"h", "help", false, ""},
+	{"V", "version", false, ""},
 }
 
 // ParseFwknopArgs reads fwknop's command line (getopt_long style: "-A x",
@@ -173,6 +175,8 @@ func ParseFwknopArgs(args []string) (*FwknopRequest, error) {
 				r.SaveFile = value
 			case o.long == "help":
 				r.Help = true
+			case o.long == "version":
+				r.Version = true
 			}
 			break
 		}

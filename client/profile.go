@@ -229,7 +229,7 @@ func readProfiles(path string) (*rawProfiles, error) {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
-		return nil, config.DecodeError(path, err)
+		return nil, config.DecodeErrorFor(path, err, raw)
 	}
 	return &raw, nil
 }

@@ -7,7 +7,6 @@ package config
 import (
 	"bytes"
 	"cmp"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -268,7 +267,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
-		return nil, DecodeError(path, err)
+		return nil, DecodeErrorFor(path, err, raw)
 	}
 	v := validator{file: path, lines: keyLines(data)}
 	cfg := v.validate(&raw)
@@ -277,26 +276,6 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	cfg.Path = path
 	return cfg, nil
-}
-
-// DecodeError turns a go-toml decoding error into file:line:key errors;
-// other TOML files of postern (client.toml) report through it too.
-func DecodeError(path string, err error) error {
-	var strict *toml.StrictMissingError
-	if errors.As(err, &strict) {
-		var es Errors
-		for _, e := range strict.Errors {
-			line, _ := e.Position()
-			es = append(es, &Error{File: path, Line: line, Key: strings.Join(e.Key(), "."), Msg: "unknown key"})
-		}
-		return es
-	}
-	var de *toml.DecodeError
-	if errors.As(err, &de) {
-		line, _ := de.Position()
-		return &Error{File: path, Line: line, Key: strings.Join(de.Key(), "."), Msg: strings.TrimPrefix(de.Error(), "toml: ")}
-	}
-	return &Error{File: path, Msg: err.Error()}
 }
 
 type validator struct {

@@ -391,3 +391,21 @@ func TestGrantConnections(t *testing.T) {
 		}
 	}
 }
+
+// TOML's own errors in the user's words: a top-level key under a table, a
+// near miss, a value of the wrong kind.
+func TestDecodeErrorsExplain(t *testing.T) {
+	door := "interface = \"eth0\"\n[[door]]\nname = \"d\"\nsequence = [\"tcp/7000\"]\n"
+	for doc, want := range map[string]string{
+		door + "open = [\"tcp/22\"]\nprivate_key_file = \"/k\"\n": "p.toml:6: door.private_key_file: unknown key; private_key_file is a top-level key: TOML puts every key after a [[door]] header into that table",
+		door + "open = [\"tcp/22\"]\nseq_timout = \"5s\"\n":       "p.toml:6: door.seq_timout: unknown key; did you mean seq_timeout?",
+		door + "open = [22]\n":                                    "p.toml:5: door.open: want a string in double quotes, not a TOML integer",
+		"interface = \"eth0\"\n[firewall]\nbackend = 1\n":         "p.toml:3: firewall.backend: want a string in double quotes, not a TOML integer",
+		"interface = \"eth0\"\nzzz = 1\n":                         "p.toml:2: zzz: unknown key",
+	} {
+		_, err := Parse("p.toml", []byte(doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q:\n got %v\nwant %q", doc, err, want)
+		}
+	}
+}

@@ -96,7 +96,19 @@ func NewLogger(cfg *config.Config, stderr io.Writer, level slog.Level) (*Logs, e
 	}
 	var main slog.Handler = slog.NewTextHandler(stderr, opts)
 	if cfg.LogFormat == "json" {
-		main = slog.NewJSONHandler(stderr, opts)
+		jsonOpts := *opts
+		jsonOpts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if opts.ReplaceAttr != nil {
+				a = opts.ReplaceAttr(groups, a)
+			}
+			if a.Value.Kind() == slog.KindDuration {
+				// "30s", as in the text lines and the configuration, not
+				// JSON's nanoseconds.
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
+		main = slog.NewJSONHandler(stderr, &jsonOpts)
 	}
 	if journal {
 		main = &priorityHandler{Handler: main, mu: new(sync.Mutex), w: stderr.(*priorityWriter)}

@@ -453,12 +453,14 @@ func (s *Server) logReady(msg string, rules firewall.Rules) {
 	if cfg.SPAEnabled() {
 		spaPort = cfg.SPA.Port
 	}
+	args := []any{"capture", cfg.Capture, "interface", cfg.Interface, "spa_port", spaPort}
 	if cfg.Fwknop != nil {
 		stanzas = len(cfg.Fwknop.Stanzas)
+		args = append(args, "fwknop_port", cfg.Fwknop.Port) // where fwknop clients knock, which spa_port is not
 	}
-	s.log.Info(msg, "capture", cfg.Capture, "interface", cfg.Interface, "spa_port", spaPort,
-		"protected", port.Join(rules.Protected), "clients", len(cfg.Clients), "doors", len(cfg.Doors),
+	args = append(args, "protected", port.Join(rules.Protected), "clients", len(cfg.Clients), "doors", len(cfg.Doors),
 		"covert", len(cfg.Covert), "fwknop_stanzas", stanzas, "backend", cfg.Firewall.Backend)
+	s.log.Info(msg, args...)
 }
 
 // handle routes one frame to its language's decoder. Capture calls it

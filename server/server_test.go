@@ -347,6 +347,12 @@ func TestLogFormats(t *testing.T) {
 		rec["reason"] != "bad mac1" || rec["level"] != "WARN" {
 		t.Fatalf("json line %q: %v", buf.String(), err)
 	}
+	// Durations as the text lines and the configuration write them.
+	buf.Reset()
+	logs.Info("granted", "duration", 30*time.Second)
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["duration"] != "30s" {
+		t.Fatalf("json duration %q: %v", buf.String(), err)
+	}
 
 	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
 	if err != nil {

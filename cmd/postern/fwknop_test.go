@@ -81,6 +81,8 @@ OPEN_PORTS          tcp/22
 FW_ACCESS_TIMEOUT   2
 `)
 	r.start()
+	// The ready line says where fwknop clients knock (spa_port is postern's own).
+	r.out.WaitAfter(t, 0, time.Second, "msg=ready", "fwknop_port=62201", "fwknop_stanzas=3")
 	srv, cli := r.p.Server4, r.p.Client4
 	base := []string{"-A", "tcp/22", "-a", cli.String(), "-D", srv.String()}
 	for _, tt := range []struct {

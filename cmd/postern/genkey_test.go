@@ -36,3 +36,30 @@ func TestGenkeyToFile(t *testing.T) {
 		}
 	}
 }
+
+// pubkey with nothing on standard input says so (it once said "not a
+// postern private key", which sent people looking at a key they had not
+// given it).
+func TestPubkeyEmptyInput(t *testing.T) {
+	var out bytes.Buffer
+	err := pubkey(strings.NewReader(""), &out)
+	if err == nil || !strings.Contains(err.Error(), "no key on standard input") {
+		t.Fatalf("pubkey < /dev/null: %v", err)
+	}
+}
+
+// check-config counts what it read: fwknop stanzas and covert doors too.
+func TestCheckConfigCounts(t *testing.T) {
+	dir := t.TempDir()
+	access := filepath.Join(dir, "access.conf")
+	os.WriteFile(access, []byte("SOURCE ANY\nKEY k\nOPEN_PORTS tcp/22\n\nSOURCE 10.0.0.0/8\nKEY j\nOPEN_PORTS tcp/443\n"), 0o600)
+	cfg := filepath.Join(dir, "p.toml")
+	os.WriteFile(cfg, []byte("interface = \"lo\"\n[fwknop]\naccess_file = \""+access+"\"\n"), 0o600)
+	var out, errs bytes.Buffer
+	if err := checkConfig(cfg, &out, &errs); err != nil {
+		t.Fatalf("%v\n%s", err, errs.String())
+	}
+	if !strings.Contains(out.String(), "0 clients, 0 doors, 0 covert doors, 2 fwknop stanzas, protected tcp/22,tcp/443") {
+		t.Errorf("check-config said %q", out.String())
+	}
+}

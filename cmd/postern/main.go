@@ -179,6 +179,9 @@ func pubkey(stdin io.Reader, stdout io.Writer) error {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
+	if strings.TrimSpace(line) == "" {
+		return errUsage{errors.New("no key on standard input: postern pubkey < KEYFILE")}
+	}
 	pub, err := spa.PublicKeyOf(line)
 	if err != nil {
 		return err
@@ -213,8 +216,12 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	fmt.Fprintf(stdout, "%s: OK: %d clients, %d doors, protected %s\n",
-		cfg.Path, len(cfg.Clients), len(cfg.Doors), port.Join(cfg.Protected()))
+	stanzas := 0
+	if cfg.Fwknop != nil {
+		stanzas = len(cfg.Fwknop.Stanzas)
+	}
+	fmt.Fprintf(stdout, "%s: OK: %d clients, %d doors, %d covert doors, %d fwknop stanzas, protected %s\n",
+		cfg.Path, len(cfg.Clients), len(cfg.Doors), len(cfg.Covert), stanzas, port.Join(cfg.Protected()))
 	if fw := cfg.Forwarded(); len(fw) > 0 || cfg.Gateway.Published || cfg.Fwknop != nil && cfg.Fwknop.NAT.Forwarding {
 		var dests []string
 		for _, d := range fw {
@@ -630,6 +637,7 @@ const fwknopUsage = `Usage: postern fwknop [options]   (fwknop's own options; ~/
   --time-offset-plus T, --time-offset-minus T
   -T, --test (build and check, send nothing)   -v, --verbose   -B, --save-packet FILE
   -k, --key-gen (print new keys)               -K, --key-gen-file FILE
+  -V, --version
 `
 
 func fwknopCmd(args []string, stdout, stderr io.Writer) error {
@@ -641,6 +649,10 @@ func fwknopCmd(args []string, stdout, stderr io.Writer) error {
 	switch {
 	case req.Help:
 		fmt.Fprint(stdout, fwknopUsage)
+		return nil
+	case req.Version:
+		// fwknop -V names its FKO protocol; this client speaks version 3.
+		fmt.Fprintf(stdout, "%s, fwknop-compatible client, FKO protocol version 3.0.0\n", versionString())
 		return nil
 	case req.KeyGen:
 		keys, err := client.FwknopKeyGen()

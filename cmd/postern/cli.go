@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
+	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -274,10 +275,9 @@ func versionCommand() *cobra.Command {
 // reference configuration.
 func manCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:    "man DIR",
-		Short:  "write the man pages into DIR",
-		Hidden: true,
-		Args:   args(1, 1, "the directory to write into"),
+		Use:   "man DIR",
+		Short: "write the man pages (postern(8), a page per command, postern.toml(5)) into DIR",
+		Args:  args(1, 1, "the directory to write into"),
 		RunE: func(c *cobra.Command, a []string) error {
 			dir := a[0]
 			if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -285,7 +285,19 @@ func manCommand() *cobra.Command {
 			}
 			root := c.Root()
 			root.DisableAutoGenTag = true
-			header := &doc.GenManHeader{Section: "8", Source: strings.TrimSuffix(versionString(), ""), Manual: "postern"}
+			// postern(8) is where a reader starts: the quick start and the
+			// files, which --help leaves out.
+			root.Long += "\n\n" + manFiles
+			root.Example = manExamples
+			// No Windows shell on a Linux server's man shelf.
+			if comp, _, err := root.Find([]string{"completion", "powershell"}); err == nil && comp.Name() == "powershell" {
+				comp.Hidden = true
+			}
+			header := &doc.GenManHeader{Section: "8", Source: "postern " + shortVersion(), Manual: "postern manual"}
+			if epoch, err := strconv.ParseInt(os.Getenv("SOURCE_DATE_EPOCH"), 10, 64); err == nil {
+				date := time.Unix(epoch, 0).UTC()
+				header.Date = &date // reproducible pages
+			}
 			if err := doc.GenManTree(root, header, dir); err != nil {
 				return err
 			}
@@ -300,3 +312,39 @@ func manCommand() *cobra.Command {
 		},
 	}
 }
+
+const manFiles = `FILES
+
+/etc/postern/postern.toml: the configuration (postern.toml(5)); check it with
+postern check-config, apply it with postern reload.
+
+/etc/postern/server.key: the server's private key (postern genkey --server -o FILE).
+
+/var/lib/postern: state_dir — replay state, pending stop commands, the closed
+state a broken configuration falls back on (closed-state.json).
+
+/run/postern: the daemon's pid file and control socket.
+
+~/.config/postern/client.toml and client.key: a client's profiles and key
+(postern ssh NAME, postern proxy HOST PORT).
+
+postern.service and postern-setup.service: the systemd units; the latter
+installs the closed state early at boot.`
+
+const manExamples = `On the server:
+
+  postern genkey --server -o /etc/postern/server.key
+  postern check-config && systemctl enable --now postern
+  postern status
+  postern revoke 198.51.100.7
+
+On a client:
+
+  postern genkey -o ~/.config/postern/client.key
+  postern knock --key ~/.config/postern/client.key --server-key SERVER_PUBLIC_KEY --open tcp/22 server.example.org
+  postern ssh office uptime
+
+In ~/.ssh/config:
+
+  Host office
+      ProxyCommand postern proxy %h %p`

@@ -210,10 +210,26 @@ func TestManPagesRender(t *testing.T) {
 		render(p)
 	}
 	main := render(filepath.Join(dir, "postern.8"))
+	// Words broken across lines (at a hyphen, or hyphenated by man) joined.
+	flat := strings.ReplaceAll(regexp.MustCompile(`(‐|-)\n\s+`).ReplaceAllString(main, "$1"), "‐", "")
 	for _, cmd := range []string{"knock", "server", "status", "revoke", "reload", "cleanup", "fwknop"} {
-		if !strings.Contains(main, "postern-"+cmd+"(8)") {
+		if !strings.Contains(flat, "postern-"+cmd+"(8)") {
 			t.Errorf("postern(8) does not point to postern-%s(8)", cmd)
 		}
+	}
+	// Where a reader starts: the files and a quick start; a footer that
+	// says version and date apart; no Windows shell's page.
+	for _, want := range []string{"FILES", "/etc/postern/postern.toml", "/var/lib/postern", "EXAMPLE",
+		"postern genkey --server -o", "ProxyCommand postern proxy %h %p"} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("postern(8) lacks %q", want)
+		}
+	}
+	if lines := strings.Split(strings.TrimSpace(main), "\n"); !regexp.MustCompile(`^postern \S+\s{3,}\w+ \d{4}\s+POSTERN\(8\)$`).MatchString(lines[len(lines)-1]) {
+		t.Errorf("postern(8) footer %q", lines[len(lines)-1])
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postern-completion-powershell.8")); err == nil {
+		t.Error("a powershell completion page on a Linux man shelf")
 	}
 	toml := render(filepath.Join(dir, "postern.toml.5"))
 	for _, key := range []string{"state_dir", "private_key_file", "max_skew", "on_exit", "log_format", "[FIREWALL]"} {

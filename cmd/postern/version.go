@@ -40,3 +40,13 @@ func versionString() string {
 	}
 	return fmt.Sprintf("postern %s (%s, %s)", cmp.Or(strings.TrimPrefix(v, "v"), "devel"), rev, runtime.Version())
 }
+
+// shortVersion is the version number alone ("devel" for a build without
+// one), for man page footers.
+func shortVersion() string {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	return cmp.Or(strings.TrimPrefix(v, "v"), "devel")
+}

@@ -30,6 +30,7 @@ const (
 	OpStatus = "status"
 	OpRevoke = "revoke"
 	OpReload = "reload"
+	OpStop   = "stop" // the daemon stops (postern cleanup --force, before it removes the rules)
 )
 
 // Request is what a command asks the daemon.
@@ -41,6 +42,8 @@ type Request struct {
 	// Config is the file the reloading command checked; the daemon
 	// refuses if it is not the daemon's own.
 	Config string `json:"config,omitempty"`
+	// By names the command that asks, for the daemon's log.
+	By string `json:"by,omitempty"`
 }
 
 // Grant is a live grant as the daemon reports it.

@@ -42,6 +42,12 @@ func (s *Server) answer(req control.Request) control.Response {
 			return base
 		}
 		base.Message = "reloaded " + cfg.Path
+	case control.OpStop:
+		// The operator's word, logged as theirs; the answer goes out
+		// before Run returns (Serve waits for it).
+		s.log.Info("stopping", "by", cmp.Or(req.By, "the control socket"))
+		s.stopRun()
+		base.Message = "stopping"
 	default:
 		base.Error = fmt.Sprintf("unknown control operation %q", req.Op)
 	}

@@ -42,7 +42,8 @@ type Server struct {
 	state   *state // state_dir's files and the command runner, across reloads
 	metrics *Metrics
 	logs    logLimiter
-	sink    policy.Sink // s.decided, made once: a method value per packet would allocate
+	sink    policy.Sink        // s.decided, made once: a method value per packet would allocate
+	stopRun context.CancelFunc // ends Run (control: stop), set before the control socket opens
 
 	// pipe is the configuration in force with its decoders and policy; a
 	// reload builds a new one and swaps it in whole.
@@ -239,6 +240,8 @@ const (
 // the GnuPG workers have finished), so no knock is granted after the
 // grants are removed on exit.
 func (s *Server) Run(ctx context.Context) error {
+	ctx, s.stopRun = context.WithCancel(ctx)
+	defer s.stopRun()
 	defer s.closeState()
 	o, err := s.open()
 	defer o.close()

@@ -408,3 +408,36 @@ func TestCloseIsForOnesOwnGrants(t *testing.T) {
 	r.out.WaitAfter(t, mark, 2*time.Second, "msg=refused", "client=bob", `reason="nothing of its own to close"`)
 	r.waitOpen(cli, srv, time.Second, "alice after bob's close").Close()
 }
+
+// cleanup --force with a daemon running: the daemon stops first (else it
+// would restore its rules at once) and logs who asked; then the rules go
+// and the port answers everyone. Without --force nothing changes.
+func TestCleanupForceStopsTheDaemon(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv := r.p.Server4
+	if out, err := r.p.Server.Command(t.Context(), posternBin, "cleanup").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "stop it first, or use --force") {
+		t.Fatalf("cleanup with a daemon running: %v\n%s", err, out)
+	}
+	r.requireClosed(r.p.Client4, srv, "after a refused cleanup")
+	out, err := r.p.Server.Command(t.Context(), posternBin, "cleanup", "--force").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "now open to everyone") {
+		t.Fatalf("cleanup --force: %v\n%s", err, out)
+	}
+	r.out.WaitFor(t, time.Second, "msg=stopping", `by="postern cleanup --force"`)
+	select {
+	case err := <-r.exited:
+		if err != nil {
+			t.Errorf("the daemon stopped by cleanup --force exited with %v, want 0 (no restart by systemd)", err)
+		}
+		r.daemon = nil
+	case <-time.After(5 * time.Second):
+		t.Fatal("the daemon still runs after cleanup --force")
+	}
+	if nft := r.p.Server.Exec(t, "nft", "list", "tables"); strings.Contains(nft, "postern") {
+		t.Fatalf("postern's table is still there:\n%s", nft)
+	}
+	r.waitOpen(r.p.Client4, srv, time.Second, "after cleanup --force, without a knock").Close()
+}

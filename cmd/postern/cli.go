@@ -254,7 +254,7 @@ func cleanupCommand() *cobra.Command {
 		Args:  args(0, 0, "no arguments"),
 		RunE:  func(c *cobra.Command, _ []string) error { return cleanup(force, c.OutOrStdout()) },
 	}
-	c.Flags().BoolVar(&force, "force", false, "remove postern's rules even while a daemon runs (opens its protected ports to everyone)")
+	c.Flags().BoolVar(&force, "force", false, "with a daemon running: stop it (its log says who asked), then remove its rules — opens its protected ports to everyone")
 	return c
 }
 

@@ -359,9 +359,16 @@ func cleanup(force bool, stdout io.Writer) error {
 			opens = append(opens, string(b.name)+": "+cmp.Or(port.Join(ps), "no protected port"))
 		}
 	}
-	if state := daemonState(); strings.HasPrefix(state, "running") && !force {
-		return fmt.Errorf("a postern daemon is %s in this network namespace; stop it first, or use --force "+
-			"(it would open to everyone: %s)", state, cmp.Or(strings.Join(opens, "; "), "nothing"))
+	if state := daemonState(); strings.HasPrefix(state, "running") {
+		if !force {
+			return fmt.Errorf("a postern daemon is %s in this network namespace; stop it first, or use --force "+
+				"(it would open to everyone: %s)", state, cmp.Or(strings.Join(opens, "; "), "nothing"))
+		}
+		// A running daemon would put its rules straight back: it stops
+		// first, saying in its log who asked.
+		if err := stopDaemon("postern cleanup --force"); err != nil {
+			return err
+		}
 	}
 	// Whatever backend ran, all of postern's rules go: table inet postern,
 	// chain POSTERN and the postern4/postern6 sets.
@@ -378,6 +385,22 @@ func cleanup(force bool, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "removed table inet %s, chain %s and sets %s/%s where present; now open to everyone: %s\n",
 		firewall.TableName, firewall.IPTablesChain, firewall.IPSet4, firewall.IPSet6, strings.Join(opens, "; "))
+	return nil
+}
+
+// stopDaemon has the daemon of this network namespace stop and waits
+// until it has.
+func stopDaemon(by string) error {
+	if _, err := control.Call(control.Request{Op: control.OpStop, By: by}); err != nil {
+		return fmt.Errorf("stopping the daemon: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.HasPrefix(daemonState(), "running") {
+		if time.Now().After(deadline) {
+			return errors.New("the daemon was asked to stop and is still running after 10s; nothing was removed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	return nil
 }
 

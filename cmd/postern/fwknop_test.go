@@ -314,4 +314,11 @@ func gpgTrust(t *testing.T, home, fpr string) {
 		"--passphrase", "", "--quick-lsign-key", fpr).CombinedOutput(); err != nil {
 		t.Fatalf("gpg --quick-lsign-key: %v\n%s", err, out)
 	}
+	// Bring the trust database up to date now: otherwise the first gpg
+	// that verifies does it, and two of them at once (postern's and
+	// fwknopd's, sharing this home) may find it locked and judge the key
+	// not valid yet.
+	if out, err := exec.Command("gpg", "--homedir", home, "--batch", "--check-trustdb").CombinedOutput(); err != nil {
+		t.Fatalf("gpg --check-trustdb: %v\n%s", err, out)
+	}
 }

@@ -47,7 +47,7 @@ func BenchmarkValidMAC1FloodNamespace(b *testing.B) {
 		for _, workers := range []int{1, 2} {
 			b.Run(fmt.Sprintf("preauth=%v/workers=%d", preauth, workers), func(b *testing.B) {
 				for b.Loop() {
-					f := mac1Flood(b, workers, preauth)
+					f := mac1Flood(b, workers, preauth, 2*time.Second)
 					b.ReportMetric(f.pps, "flood-pps")
 					b.ReportMetric(f.cpu, "daemon-cpu%") // 100 = one core
 					b.ReportMetric(f.verified, "verified/s")
@@ -61,12 +61,15 @@ func BenchmarkValidMAC1FloodNamespace(b *testing.B) {
 
 // With a pre-authentication key (postern token), a client's knocks get in
 // under an unpaced flood of packets made with the server's public key from
-// random spoofed sources: 4 of 4 open within 2 s each. (The same flood
-// without the key: BenchmarkValidMAC1FloodNamespace, preauth=false.)
+// random spoofed sources: 4 of 4 open within 3 s each, knocking again
+// every 600 ms (the benchmark counts those within 2 s; on a loaded 2-core
+// CI machine the kernel's capture queue drops a knock now and then, which
+// is what the re-knocks are for). (The same flood without the key:
+// BenchmarkValidMAC1FloodNamespace, preauth=false.)
 func TestPreauthenticatedKnocksUnderMAC1Flood(t *testing.T) {
-	f := mac1Flood(t, 0, true)
+	f := mac1Flood(t, 0, true, 3*time.Second)
 	if f.opened != 4 {
-		t.Fatalf("%d of 4 pre-authenticated knocks opened the door under a %.0f pkt/s flood", f.opened, f.pps)
+		t.Fatalf("%d of 4 pre-authenticated knocks opened the door within 3 s under a %.0f pkt/s flood", f.opened, f.pps)
 	}
 	if f.busy == 0 && f.verified == 0 {
 		t.Fatalf("the flood did not reach the verifier: %+v", f)
@@ -79,7 +82,7 @@ type floodResult struct {
 	opened                   int
 }
 
-func mac1Flood(b testing.TB, workers int, preauth bool) floodResult {
+func mac1Flood(b testing.TB, workers int, preauth bool, budget time.Duration) floodResult {
 	spaKeys := ""
 	if workers > 0 {
 		spaKeys = fmt.Sprintf("workers = %d", workers)
@@ -143,7 +146,7 @@ func mac1Flood(b testing.TB, workers int, preauth bool) floodResult {
 		// queue may have dropped the packet in the flood).
 		start, knocked := time.Now(), time.Now()
 		knock()
-		for time.Since(start) < 2*time.Second {
+		for time.Since(start) < budget {
 			c, err := r.p.Client.Dial("tcp", r.p.Client6, netip.AddrPortFrom(r.p.Server6, 22), 50*time.Millisecond)
 			if err == nil {
 				c.Close()
@@ -155,7 +158,7 @@ func mac1Flood(b testing.TB, workers int, preauth bool) floodResult {
 				knocked = time.Now()
 			}
 		}
-		time.Sleep(time.Until(start.Add(2 * time.Second)))
+		time.Sleep(time.Until(start.Add(budget)))
 	}
 	el := time.Since(t0).Seconds()
 	cpu1, sent1, busy1, verified1 := cpuTicks(b, pid), sent.Load(), r.metric("spa", "verifier busy"), r.metric("spa", "unknown client")

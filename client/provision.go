@@ -52,28 +52,31 @@ func ProvisionOf(p *SPAProfile, serverKey string) Provision {
 	return pv
 }
 
-// URI returns the provisioning URI.
+// URI returns the provisioning URI, its fields in a fixed order (v first).
 func (pv Provision) URI() string {
-	q := url.Values{}
-	q.Set("v", ProvisionVersion)
-	q.Set("host", pv.Host)
+	var b strings.Builder
+	b.WriteString(ProvisionScheme + "://knock?v=" + ProvisionVersion)
+	add := func(k, v string) {
+		if v == "" {
+			return
+		}
+		// '/' and ',' may stand in a query (RFC 3986): tcp/22,udp/53 stays
+		// readable; '+' of base64 must not (it would read as a space).
+		v = strings.NewReplacer("%2F", "/", "%2C", ",").Replace(url.QueryEscape(v))
+		b.WriteString("&" + k + "=" + v)
+	}
+	add("host", pv.Host)
 	if pv.Port != 0 {
-		q.Set("port", strconv.Itoa(int(pv.Port)))
+		add("port", strconv.Itoa(int(pv.Port)))
 	}
-	q.Set("server_key", pv.ServerKey)
-	if len(pv.Open) > 0 {
-		q.Set("open", port.Join(pv.Open))
-	}
-	if pv.Family != "" {
-		q.Set("family", pv.Family)
-	}
+	add("server_key", pv.ServerKey)
+	add("open", port.Join(pv.Open))
+	add("family", pv.Family)
 	if pv.Duration > 0 {
-		q.Set("duration", pv.Duration.String())
+		add("duration", pv.Duration.String())
 	}
-	if pv.TokenKey != "" {
-		q.Set("token_key", pv.TokenKey)
-	}
-	return (&url.URL{Scheme: ProvisionScheme, Host: "knock", RawQuery: q.Encode()}).String()
+	add("token_key", pv.TokenKey)
+	return b.String()
 }
 
 // ParseProvisionURI reads a provisioning URI; a field it does not know is

@@ -40,7 +40,7 @@ Every command takes -h or --help and then does nothing else.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return errUsage{err} })
 	root.AddCommand(genkeyCommand(), pubkeyCommand(), tokenCommand(), serverCommand(), checkConfigCommand(), setupCommand(),
 		reloadCommand(), knockCommand(), fwknopCommand(), proxyCommand(), sshCommand(), statusCommand(),
-		revokeCommand(), cleanupCommand(), versionCommand(), manCommand())
+		revokeCommand(), cleanupCommand(), versionCommand(), manCommand(), profileCommand())
 	return root
 }
 
@@ -196,6 +196,39 @@ func fwknopCommand() *cobra.Command {
 			return fwknopCmd(a, c.OutOrStdout(), c.ErrOrStderr())
 		},
 	}
+}
+
+func profileCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "profile export NAME | profile import URI",
+		Short: "share a client profile as a postern:// URI (or QR code), or add one from it",
+	}
+	var profiles, name, key string
+	var qr bool
+	export := &cobra.Command{
+		Use:   "export NAME",
+		Short: "print the [[spa]] profile NAME as a provisioning URI (last line; a QR code first on a terminal or with --qr); never the private key",
+		Args:  args(1, 1, "the profile NAME"),
+		RunE: func(c *cobra.Command, a []string) error {
+			return profileExport(profiles, a[0], qr, c.OutOrStdout())
+		},
+	}
+	export.Flags().BoolVar(&qr, "qr", false, "print the QR code even when standard output is not a terminal")
+	imp := &cobra.Command{
+		Use:   "import URI",
+		Short: "add the [[spa]] profile a provisioning URI describes to the client config",
+		Args:  args(1, 1, "the postern://knock?… URI"),
+		RunE: func(c *cobra.Command, a []string) error {
+			return profileImport(profiles, a[0], name, key, c.OutOrStdout())
+		},
+	}
+	imp.Flags().StringVar(&name, "name", "", "the profile's name (default: the host)")
+	imp.Flags().StringVar(&key, "key", "", "the private key `file` it knocks with (default client.key beside the client config)")
+	for _, sub := range []*cobra.Command{export, imp} {
+		sub.Flags().StringVar(&profiles, "config", "", "client config `file` (default ~/.config/postern/client.toml)")
+	}
+	c.AddCommand(export, imp)
+	return c
 }
 
 func proxyCommand() *cobra.Command {

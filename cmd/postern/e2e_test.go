@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -779,4 +780,61 @@ func TestProxyOverSlowPath(t *testing.T) {
 	if err != nil || string(out) != "over a slow path\n" {
 		t.Fatalf("proxy: %q %v", out, err)
 	}
+}
+
+// profile export → profile import on a fresh HOME: the imported profile
+// knocks the door open; the URI carries no private key, and the server
+// key travels as the key even when the profile named a file.
+func TestProfileExportImport(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigOptions{})
+	r.start()
+	srv := r.p.Server4
+	from := filepath.Join(r.dir, "from")
+	os.MkdirAll(from, 0o700)
+	serverKeyFile := filepath.Join(from, "server.pub")
+	os.WriteFile(serverKeyFile, []byte(r.server.Public().String()+"\n"), 0o644)
+	profiles := filepath.Join(from, "client.toml")
+	os.WriteFile(profiles, []byte(fmt.Sprintf(`[[spa]]
+name = "office"
+host = %q
+key_file = %q
+server_key = %q
+open = ["tcp/22"]
+family = "ipv4"
+duration = "20s"
+`, srv, r.alice, serverKeyFile)), 0o600)
+	out, err := r.postern("profile", "export", "--config", profiles, "office")
+	if err != nil {
+		t.Fatalf("profile export: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	uri := lines[len(lines)-1]
+	key, _ := os.ReadFile(r.alice)
+	u, err := url.Parse(uri)
+	if err != nil || !strings.HasPrefix(uri, "postern://knock?v=1&") || strings.Contains(uri, strings.TrimSpace(string(key))) ||
+		strings.Contains(uri, "key_file") || u.Query().Get("server_key") != r.server.Public().String() {
+		t.Fatalf("exported %q (%v)", uri, err)
+	}
+	if out, err := r.postern("profile", "export", "--qr", "--config", profiles, "office"); err != nil || strings.Count(out, "\n") < 20 {
+		t.Fatalf("profile export --qr: %v\n%s", err, out)
+	}
+
+	// A fresh home: its own key file (here alice's, copied), nothing else.
+	home := filepath.Join(r.dir, "fresh", "postern")
+	os.MkdirAll(home, 0o700)
+	os.WriteFile(filepath.Join(home, "client.key"), key, 0o600)
+	fresh := filepath.Join(home, "client.toml")
+	if out, err := r.postern("profile", "import", "--config", fresh, "--name", "work", uri); err != nil {
+		t.Fatalf("profile import: %v\n%s", err, out)
+	}
+	if out, err := r.postern("profile", "import", "--config", fresh, "--name", "work", uri); err == nil {
+		t.Fatalf("a second import under the same name: %s", out)
+	}
+	r.requireClosed(r.p.Client4, srv, "before the imported profile knocks")
+	if out, err := r.postern("knock", "--config", fresh, "--profile", "work"); err != nil {
+		t.Fatalf("knock --profile work: %v\n%s", err, out)
+	}
+	r.waitOpen(r.p.Client4, srv, time.Second, "after a knock with the imported profile").Close()
+	r.out.WaitFor(t, time.Second, "msg=granted", "duration=20s")
 }

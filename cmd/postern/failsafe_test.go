@@ -300,7 +300,7 @@ func TestHelpNeverActsAndCleanupRefuses(t *testing.T) {
 	}
 	before := ruleset()
 	for _, cmd := range []string{"genkey", "pubkey", "token", "server", "check-config", "setup", "reload", "revoke", "knock", "fwknop", "proxy",
-		"ssh", "status", "cleanup"} {
+		"ssh", "status", "cleanup", "man", "profile"} {
 		for _, h := range []string{"-h", "--help"} {
 			c := r.p.Server.Command(context.Background(), posternBin, cmd, h)
 			c.Stdin = strings.NewReader("")

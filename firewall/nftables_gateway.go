@@ -2,10 +2,8 @@ package firewall
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 
 	"github.com/google/nftables"
@@ -384,19 +382,7 @@ type setElem struct {
 func (n *NFTables) listGateway(have map[string]bool) ([]Grant, error) {
 	var out []Grant
 	for i, f := range ipFamilies {
-		get := func(s *nftables.Set) ([]nftables.SetElement, error) {
-			if !have[s.Name] {
-				return nil, nil
-			}
-			elems, err := n.conn.GetSetElements(s)
-			if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
-				return nil, nil
-			}
-			if err != nil {
-				return nil, fmt.Errorf("nftables: listing %s: %w", s.Name, err)
-			}
-			return elems, nil
-		}
+		get := func(s *nftables.Set) ([]nftables.SetElement, error) { return n.elementsOf(have, s) }
 		fwd, err := get(n.gw.fwd[i])
 		if err != nil {
 			return nil, err

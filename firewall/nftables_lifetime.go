@@ -210,19 +210,7 @@ func (n *NFTables) lifetimeElems(g Grant) ([]grantElem, error) {
 // listLifetimes reads the grants with a lifetime back from the kernel.
 func (n *NFTables) listLifetimes(have map[string]bool) ([]Grant, error) {
 	once, caps, idle := n.lifetimeSets(n.rules0)
-	get := func(s *nftables.Set) ([]nftables.SetElement, error) {
-		if s == nil || !have[s.Name] {
-			return nil, nil
-		}
-		elems, err := n.conn.GetSetElements(s)
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("nftables: listing %s: %w", s.Name, err)
-		}
-		return elems, nil
-	}
+	get := func(s *nftables.Set) ([]nftables.SetElement, error) { return n.elementsOf(have, s) }
 	var out []Grant
 	for i, alen := range []int{4, 16} {
 		grantOf := func(e nftables.SetElement) (Grant, bool) {
@@ -285,4 +273,20 @@ func (n *NFTables) listLifetimes(have map[string]bool) ([]Grant, error) {
 		}
 	}
 	return out, nil
+}
+
+// elementsOf lists set s, or nothing when it is not installed (not in
+// have, or gone meanwhile).
+func (n *NFTables) elementsOf(have map[string]bool, s *nftables.Set) ([]nftables.SetElement, error) {
+	if s == nil || !have[s.Name] {
+		return nil, nil
+	}
+	elems, err := n.conn.GetSetElements(s)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nftables: listing %s: %w", s.Name, err)
+	}
+	return elems, nil
 }

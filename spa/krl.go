@@ -110,34 +110,37 @@ func (k *krlReader) fail(format string, args ...any) {
 	}
 }
 
-func (k *krlReader) u8() byte {
-	if len(k.b) < 1 {
+// take returns the next n bytes, or nil (and the reader fails) if fewer
+// are left.
+func (k *krlReader) take(n int) []byte {
+	if len(k.b) < n {
 		k.fail("truncated")
-		return 0
+		return nil
 	}
-	v := k.b[0]
-	k.b = k.b[1:]
+	v := k.b[:n]
+	k.b = k.b[n:]
 	return v
+}
+
+func (k *krlReader) u8() byte {
+	if b := k.take(1); b != nil {
+		return b[0]
+	}
+	return 0
 }
 
 func (k *krlReader) u32() uint32 {
-	if len(k.b) < 4 {
-		k.fail("truncated")
-		return 0
+	if b := k.take(4); b != nil {
+		return binary.BigEndian.Uint32(b)
 	}
-	v := binary.BigEndian.Uint32(k.b)
-	k.b = k.b[4:]
-	return v
+	return 0
 }
 
 func (k *krlReader) u64() uint64 {
-	if len(k.b) < 8 {
-		k.fail("truncated")
-		return 0
+	if b := k.take(8); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
-	v := binary.BigEndian.Uint64(k.b)
-	k.b = k.b[8:]
-	return v
+	return 0
 }
 
 func (k *krlReader) str() []byte {

@@ -426,8 +426,8 @@ cmd_timeout = "3s"
 
 	t.Run("restart before the stop is due", func(t *testing.T) {
 		r.start()
+		knocked := time.Now() // before the hits: the daemon may see the sequence complete before hits returns
 		r.hits(cli, srv, tcpHit(7000), tcpHit(8000))
-		knocked := time.Now()
 		waitFile(t, log, "start "+cli.String(), 2*time.Second)
 		r.signal(syscall.SIGKILL)
 		r.start()

@@ -303,6 +303,18 @@ func gpgExchange(t *testing.T, from, to, fpr string) {
 	if out, err := imp.CombinedOutput(); err != nil {
 		t.Fatalf("gpg --import: %v\n%s", err, out)
 	}
+	gpgCheckTrustDB(t, to)
+}
+
+// gpgCheckTrustDB brings home's trust database up to date after a change
+// to its keys: otherwise the first gpg that verifies does it, and two at
+// once (postern's and fwknopd's, sharing the home) may find it locked and
+// judge a certified key not valid yet.
+func gpgCheckTrustDB(t *testing.T, home string) {
+	t.Helper()
+	if out, err := exec.Command("gpg", "--homedir", home, "--batch", "--check-trustdb").CombinedOutput(); err != nil {
+		t.Fatalf("gpg --check-trustdb: %v\n%s", err, out)
+	}
 }
 
 // gpgTrust certifies fpr in home's keyring with home's own key (a local
@@ -314,11 +326,5 @@ func gpgTrust(t *testing.T, home, fpr string) {
 		"--passphrase", "", "--quick-lsign-key", fpr).CombinedOutput(); err != nil {
 		t.Fatalf("gpg --quick-lsign-key: %v\n%s", err, out)
 	}
-	// Bring the trust database up to date now: otherwise the first gpg
-	// that verifies does it, and two of them at once (postern's and
-	// fwknopd's, sharing this home) may find it locked and judge the key
-	// not valid yet.
-	if out, err := exec.Command("gpg", "--homedir", home, "--batch", "--check-trustdb").CombinedOutput(); err != nil {
-		t.Fatalf("gpg --check-trustdb: %v\n%s", err, out)
-	}
+	gpgCheckTrustDB(t, home)
 }

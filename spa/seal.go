@@ -11,6 +11,24 @@ import (
 // Seal builds the packet for k, signed by c and encrypted to server. k.Client
 // is filled in from c.
 func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
+	return seal(c, server, k, hpkeEncap)
+}
+
+// sealer is the HPKE sender context a packet is sealed with.
+type sealer interface {
+	Seal(aad, plaintext []byte) ([]byte, error)
+}
+
+// encapFunc makes the encapsulation and its sender context: HPKE's own
+// (hpkeEncap), or in tests one with a chosen ephemeral key, so that test
+// vectors reproduce byte for byte.
+type encapFunc func(pk hpke.PublicKey) (enc []byte, s sealer, err error)
+
+func hpkeEncap(pk hpke.PublicKey) ([]byte, sealer, error) {
+	return hpke.NewSender(pk, suiteKDF, suiteAEAD, hpkeInfo)
+}
+
+func seal(c ClientPrivateKey, server ServerPublicKey, k Knock, encap encapFunc) ([]byte, error) {
 	if err := checkKnock(&k); err != nil {
 		return nil, err
 	}
@@ -19,7 +37,7 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 	if !ok {
 		return nil, errors.New("spa: server key of unknown suite")
 	}
-	return sealPacket(server, l, KindNative, plaintextSize, k.TokenKey, k.Time, func(headerAndEnc, pt []byte) error {
+	return sealPacket(encap, server, l, KindNative, plaintextSize, k.TokenKey, k.Time, func(headerAndEnc, pt []byte) error {
 		encodePlaintext(pt, &k)
 		copy(pt[ptSig:], ed25519.Sign(c.k, signedMessage(headerAndEnc, pt)))
 		return nil
@@ -29,7 +47,7 @@ func Seal(c ClientPrivateKey, server ServerPublicKey, k Knock) ([]byte, error) {
 // sealPacket makes a packet of layout l: header (with kind), HPKE
 // encapsulation to server, the plaintext that fill writes (it is given the
 // header and encapsulation its signature must cover) sealed, and mac1.
-func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, tokenKey []byte, at time.Time,
+func sealPacket(encap encapFunc, server ServerPublicKey, l layout, kind byte, ptSize int, tokenKey []byte, at time.Time,
 	fill func(headerAndEnc, pt []byte) error) ([]byte, error) {
 	if tokenKey != nil && len(tokenKey) != tokenKeySize {
 		return nil, errTokenKey
@@ -38,7 +56,7 @@ func sealPacket(server ServerPublicKey, l layout, kind byte, ptSize int, tokenKe
 	if err != nil {
 		return nil, err
 	}
-	enc, sender, err := hpke.NewSender(pk, suiteKDF, suiteAEAD, hpkeInfo)
+	enc, sender, err := encap(pk)
 	if err != nil {
 		return nil, err
 	}

@@ -93,7 +93,7 @@ func SealSSH(signer ssh.Signer, server ServerPublicKey, k Knock) ([]byte, error)
 	if server.suite != SuiteX25519 {
 		return nil, errors.New("knocks signed by SSH keys need a suite-1 server key (a post-quantum knock with an SSH identity would not fit one packet)")
 	}
-	return sealPacket(server, layoutSSH(), KindSSH, plaintextSSHSize, nil, k.Time, func(headerAndEnc, pt []byte) error {
+	return sealPacket(hpkeEncap, server, layoutSSH(), KindSSH, plaintextSSHSize, nil, k.Time, func(headerAndEnc, pt []byte) error {
 		encodePlaintext(pt, &k) // the body; the native client-key field stays zero
 		clear(pt[ptClient : ptClient+32])
 		blob := signer.PublicKey().Marshal()

@@ -1,6 +1,10 @@
 package spa
 
 import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -31,10 +35,18 @@ type vector struct {
 	// authorized_keys line the server trusts (name "vector").
 	SSHAuthorizedKey string `json:"ssh_authorized_key,omitempty"`
 	Packet           string `json:"packet_hex"`
-	Now              int64  `json:"now_unix_ns"`
-	Src              string `json:"src"`
-	Dst              string `json:"dst"`
-	Want             string `json:"want_reason"`
+	// EphemeralPrivate, for suite-1 native knocks: the HPKE ephemeral
+	// X25519 private key (base64) the packet was sealed with, so that a
+	// sender reproduces packet_hex byte for byte from the fields below
+	// (the padding is all zero; Ed25519 signatures are deterministic).
+	EphemeralPrivate string `json:"ephemeral_private,omitempty"`
+	// TokenKey: the pre-authentication key (postern token) the packet
+	// carries a token and mac2 for.
+	TokenKey string `json:"token_key,omitempty"`
+	Now      int64  `json:"now_unix_ns"`
+	Src      string `json:"src"`
+	Dst      string `json:"dst"`
+	Want     string `json:"want_reason"`
 	// Decoded fields, for accepted packets.
 	Time      int64    `json:"time_unix_ns,omitempty"`
 	UseSource bool     `json:"use_source,omitempty"`
@@ -43,6 +55,7 @@ type vector struct {
 	Ports     []string `json:"ports,omitempty"`
 	Duration  int      `json:"duration_s,omitempty"`
 	Action    string   `json:"action,omitempty"`
+	To        string   `json:"to,omitempty"` // a forwarded destination
 }
 
 func TestVectors(t *testing.T) {
@@ -88,6 +101,9 @@ func TestVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if v.EphemeralPrivate != "" {
+				reproduce(t, v, server, pkt)
+			}
 			var k Knock
 			r := ver.Verify(netip.MustParseAddr(v.Src), netip.MustParseAddr(v.Dst), pkt, time.Unix(0, v.Now), &k)
 			if r.String() != v.Want {
@@ -96,9 +112,12 @@ func TestVectors(t *testing.T) {
 			if r != Accepted {
 				return
 			}
-			var allow, dest string
+			var allow, dest, to string
 			if k.Allow.IsValid() {
 				allow = k.Allow.String()
+			}
+			if k.To.IsValid() {
+				to = k.To.String()
 			}
 			if k.Dest.IsValid() {
 				dest = k.Dest.String()
@@ -111,7 +130,7 @@ func TestVectors(t *testing.T) {
 			}
 			if k.Client != client || k.Time.UnixNano() != v.Time || k.UseSource != v.UseSource ||
 				allow != v.Allow || dest != v.Dest || port.Join(k.Ports) != port.Join(mustPorts(t, v.Ports)) ||
-				k.Duration != time.Duration(v.Duration)*time.Second || k.Action != v.Action {
+				k.Duration != time.Duration(v.Duration)*time.Second || k.Action != v.Action || to != v.To {
 				t.Fatalf("decoded %+v, vector says %+v", k, v)
 			}
 		})
@@ -141,22 +160,32 @@ func writeVectors(t *testing.T) {
 	}
 	var vs []vector
 	add := func(comment string, k Knock, want Reason, mutate func([]byte)) {
-		pkt, err := Seal(client, server.Public(), k)
+		eph, _ := ecdh.X25519().GenerateKey(rand.Reader)
+		pkt, err := seal(client, server.Public(), k, encapWith(eph))
 		if err != nil {
 			t.Fatal(err)
 		}
+		v := base
 		if mutate != nil {
 			mutate(pkt)
+		} else {
+			v.EphemeralPrivate = base64.StdEncoding.EncodeToString(eph.Bytes())
 		}
-		v := base
+		if k.TokenKey != nil {
+			v.TokenKey = base64.StdEncoding.EncodeToString(k.TokenKey)
+		}
 		v.Comment, v.Packet, v.Want = comment, hex.EncodeToString(pkt), want.String()
-		if want == Accepted {
+		if mutate == nil { // every field, so that the packet can be made again
+			v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
 			v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
 			if k.Allow.IsValid() {
 				v.Allow = k.Allow.String()
 			}
 			if k.Dest.IsValid() {
 				v.Dest = k.Dest.String()
+			}
+			if k.To.IsValid() {
+				v.To = k.To.String()
 			}
 			for _, p := range k.Ports {
 				v.Ports = append(v.Ports, p.String())
@@ -171,6 +200,15 @@ func writeVectors(t *testing.T) {
 			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, nil)
 	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: tcp22, Duration: 300 * time.Second}, Accepted, nil)
 	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, StaleTimestamp, nil)
+	add("future: 2 minutes ahead", Knock{Time: now.Add(2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, FutureTimestamp, nil)
+	add("bound to another server address", Knock{Time: now.Add(3 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
+		Dest: netip.MustParseAddr("198.18.0.9"), Ports: tcp22}, WrongDestination, nil)
+	add("pre-authenticated (token and mac2): tcp/22 for 198.18.0.2, 30 s", Knock{Time: now.Add(4 * time.Second),
+		Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second, TokenKey: TokenKey(server, client.Public())}, Accepted, nil)
+	add("forwarded destination: tcp/22 of 10.0.0.5 behind the server, for 198.18.0.2", Knock{Time: now.Add(5 * time.Second),
+		Allow: netip.MustParseAddr("198.18.0.2"), To: netip.MustParseAddr("10.0.0.5"), Ports: tcp22, Duration: 60 * time.Second}, Accepted, nil)
+	add("close request: tcp/22 for 198.18.0.2", Knock{Time: now.Add(6 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
+		Ports: tcp22, Action: "close"}, Accepted, nil)
 	// Suite 2: same client, a post-quantum hybrid server key.
 	xw, _ := GenerateXWingServerKey()
 	xpkt, err := Seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second})
@@ -201,5 +239,46 @@ func writeVectors(t *testing.T) {
 	}
 	if err := os.WriteFile(vectorFile, append(b, '\n'), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// reproduce seals the vector's knock again with its ephemeral key and
+// requires the same bytes: the vector pins every byte, not only the
+// outcome.
+func reproduce(t *testing.T, v vector, server ServerPrivateKey, pkt []byte) {
+	t.Helper()
+	client, err := ParseClientPrivateKey(v.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(v.EphemeralPrivate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eph, err := ecdh.X25519().NewPrivateKey(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := Knock{Time: time.Unix(0, v.Time), UseSource: v.UseSource, Ports: mustPorts(t, v.Ports),
+		Duration: time.Duration(v.Duration) * time.Second, Action: v.Action}
+	for _, a := range []struct {
+		s   string
+		dst *netip.Addr
+	}{{v.Allow, &k.Allow}, {v.Dest, &k.Dest}, {v.To, &k.To}} {
+		if a.s != "" {
+			*a.dst = netip.MustParseAddr(a.s)
+		}
+	}
+	if v.TokenKey != "" {
+		if k.TokenKey, err = base64.StdEncoding.DecodeString(v.TokenKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again, err := seal(client, server.Public(), k, encapWith(eph))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again, pkt) {
+		t.Fatalf("sealed again with ephemeral_private, the packet differs:\n got %x\nwant %x", again, pkt)
 	}
 }

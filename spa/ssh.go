@@ -87,13 +87,17 @@ func SSHPrincipalIdentity(name string) string { return sshPrincipal(name) }
 // key (a file, or a key held by ssh-agent or a hardware token), or a
 // certificate signer (ssh.NewCertSigner). RSA keys sign with SHA-256.
 func SealSSH(signer ssh.Signer, server ServerPublicKey, k Knock) ([]byte, error) {
+	return sealSSH(signer, server, k, hpkeEncap)
+}
+
+func sealSSH(signer ssh.Signer, server ServerPublicKey, k Knock, encap encapFunc) ([]byte, error) {
 	if err := checkKnock(&k); err != nil {
 		return nil, err
 	}
 	if server.suite != SuiteX25519 {
 		return nil, errors.New("knocks signed by SSH keys need a suite-1 server key (a post-quantum knock with an SSH identity would not fit one packet)")
 	}
-	return sealPacket(hpkeEncap, server, layoutSSH(), KindSSH, plaintextSSHSize, nil, k.Time, func(headerAndEnc, pt []byte) error {
+	return sealPacket(encap, server, layoutSSH(), KindSSH, plaintextSSHSize, nil, k.Time, func(headerAndEnc, pt []byte) error {
 		encodePlaintext(pt, &k) // the body; the native client-key field stays zero
 		clear(pt[ptClient : ptClient+32])
 		blob := signer.PublicKey().Marshal()

@@ -3,6 +3,7 @@ package spa
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -34,7 +35,11 @@ type vector struct {
 	// SSHAuthorizedKey, for a knock signed by an OpenSSH key: the
 	// authorized_keys line the server trusts (name "vector").
 	SSHAuthorizedKey string `json:"ssh_authorized_key,omitempty"`
-	Packet           string `json:"packet_hex"`
+	// SSHEd25519Seed: that key's private half (the 32-byte Ed25519 seed,
+	// base64), so that the SSH vector reproduces too (ssh-ed25519
+	// signatures are deterministic).
+	SSHEd25519Seed string `json:"ssh_ed25519_seed,omitempty"`
+	Packet         string `json:"packet_hex"`
 	// EphemeralPrivate, for suite-1 native knocks: the HPKE ephemeral
 	// X25519 private key (base64) the packet was sealed with, so that a
 	// sender reproduces packet_hex byte for byte from the fields below
@@ -222,13 +227,20 @@ func writeVectors(t *testing.T) {
 	vs = append(vs, xv)
 	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
 	// Signed by an OpenSSH ed25519 key (§9).
-	signer := sshSigner(t, false)
-	spkt, err := SealSSH(signer, server.Public(), Knock{Time: now.Add(2 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
-		Ports: tcp22, Duration: 30 * time.Second})
+	_, sshKey, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := ssh.NewSignerFromKey(sshKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seph, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	spkt, err := sealSSH(signer, server.Public(), Knock{Time: now.Add(2 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
+		Ports: tcp22, Duration: 30 * time.Second}, encapWith(seph))
 	if err != nil {
 		t.Fatal(err)
 	}
 	sv := base
+	sv.EphemeralPrivate = base64.StdEncoding.EncodeToString(seph.Bytes())
+	sv.SSHEd25519Seed = base64.StdEncoding.EncodeToString(sshKey.Seed())
 	sv.Comment, sv.Packet, sv.Want = "signed by an OpenSSH ed25519 key: tcp/22 for 198.18.0.2, 30 s", hex.EncodeToString(spkt), Accepted.String()
 	sv.SSHAuthorizedKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
 	sv.Time, sv.Allow, sv.Ports, sv.Duration = now.Add(2*time.Second).UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
@@ -274,8 +286,21 @@ func reproduce(t *testing.T, v vector, server ServerPrivateKey, pkt []byte) {
 			t.Fatal(err)
 		}
 	}
-	again, err := seal(client, server.Public(), k, encapWith(eph))
-	if err != nil {
+	var again []byte
+	if v.SSHEd25519Seed != "" {
+		seed, err := base64.StdEncoding.DecodeString(v.SSHEd25519Seed)
+		if err != nil || len(seed) != ed25519.SeedSize {
+			t.Fatalf("ssh_ed25519_seed: %v", err)
+		}
+		signer, err := ssh.NewSignerFromKey(ed25519.NewKeyFromSeed(seed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err = sealSSH(signer, server.Public(), k, encapWith(eph))
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else if again, err = seal(client, server.Public(), k, encapWith(eph)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(again, pkt) {

@@ -45,6 +45,9 @@ type vector struct {
 	// sender reproduces packet_hex byte for byte from the fields below
 	// (the padding is all zero; Ed25519 signatures are deterministic).
 	EphemeralPrivate string `json:"ephemeral_private,omitempty"`
+	// MLKEMRandomness, for suite 2: the 32 bytes of ML-KEM-768
+	// encapsulation randomness (FIPS 203 Encaps_internal's m, base64).
+	MLKEMRandomness string `json:"mlkem_randomness,omitempty"`
 	// TokenKey: the pre-authentication key (postern token) the packet
 	// carries a token and mac2 for.
 	TokenKey string `json:"token_key,omitempty"`
@@ -216,11 +219,17 @@ func writeVectors(t *testing.T) {
 		Ports: tcp22, Action: "close"}, Accepted, nil)
 	// Suite 2: same client, a post-quantum hybrid server key.
 	xw, _ := GenerateXWingServerKey()
-	xpkt, err := Seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second})
+	xeph, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	m := make([]byte, 32)
+	rand.Read(m)
+	xpkt, err := seal(client, xw.Public(), Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second},
+		encapXWingWith(xeph, m))
 	if err != nil {
 		t.Fatal(err)
 	}
 	xv := base
+	xv.EphemeralPrivate = base64.StdEncoding.EncodeToString(xeph.Bytes())
+	xv.MLKEMRandomness = base64.StdEncoding.EncodeToString(m)
 	xv.Comment, xv.ServerKey, xv.ServerPublic, xv.Packet, xv.Want = "suite 2 (X-Wing): tcp/22 for 198.18.0.2, 30 s",
 		xw.Encode(), xw.Public().String(), hex.EncodeToString(xpkt), Accepted.String()
 	xv.Time, xv.Allow, xv.Ports, xv.Duration = now.UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
@@ -300,8 +309,18 @@ func reproduce(t *testing.T, v vector, server ServerPrivateKey, pkt []byte) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	} else if again, err = seal(client, server.Public(), k, encapWith(eph)); err != nil {
-		t.Fatal(err)
+	} else {
+		encap := encapWith(eph)
+		if v.MLKEMRandomness != "" {
+			m, err := base64.StdEncoding.DecodeString(v.MLKEMRandomness)
+			if err != nil {
+				t.Fatal(err)
+			}
+			encap = encapXWingWith(eph, m)
+		}
+		if again, err = seal(client, server.Public(), k, encap); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if !bytes.Equal(again, pkt) {
 		t.Fatalf("sealed again with ephemeral_private, the packet differs:\n got %x\nwant %x", again, pkt)

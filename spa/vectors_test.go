@@ -48,6 +48,9 @@ type vector struct {
 	// MLKEMRandomness, for suite 2: the 32 bytes of ML-KEM-768
 	// encapsulation randomness (FIPS 203 Encaps_internal's m, base64).
 	MLKEMRandomness string `json:"mlkem_randomness,omitempty"`
+	// FlipByte: after sealing, the lowest bit of this byte was flipped (a
+	// negative vector made from a good packet).
+	FlipByte *int `json:"flip_byte,omitempty"`
 	// TokenKey: the pre-authentication key (postern token) the packet
 	// carries a token and mac2 for.
 	TokenKey string `json:"token_key,omitempty"`
@@ -167,56 +170,55 @@ func writeVectors(t *testing.T) {
 		Now: now.UnixNano(), Src: "198.18.0.2", Dst: "198.18.0.1",
 	}
 	var vs []vector
-	add := func(comment string, k Knock, want Reason, mutate func([]byte)) {
+	// add seals k; flip >= 0 then flips the lowest bit of that byte.
+	add := func(comment string, k Knock, want Reason, flip int) {
 		eph, _ := ecdh.X25519().GenerateKey(rand.Reader)
 		pkt, err := seal(client, server.Public(), k, encapWith(eph))
 		if err != nil {
 			t.Fatal(err)
 		}
 		v := base
-		if mutate != nil {
-			mutate(pkt)
-		} else {
-			v.EphemeralPrivate = base64.StdEncoding.EncodeToString(eph.Bytes())
+		v.EphemeralPrivate = base64.StdEncoding.EncodeToString(eph.Bytes())
+		if flip >= 0 {
+			pkt[flip] ^= 1
+			v.FlipByte = &flip
 		}
 		if k.TokenKey != nil {
 			v.TokenKey = base64.StdEncoding.EncodeToString(k.TokenKey)
 		}
 		v.Comment, v.Packet, v.Want = comment, hex.EncodeToString(pkt), want.String()
-		if mutate == nil { // every field, so that the packet can be made again
-			v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
-			v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
-			if k.Allow.IsValid() {
-				v.Allow = k.Allow.String()
-			}
-			if k.Dest.IsValid() {
-				v.Dest = k.Dest.String()
-			}
-			if k.To.IsValid() {
-				v.To = k.To.String()
-			}
-			for _, p := range k.Ports {
-				v.Ports = append(v.Ports, p.String())
-			}
+		// Every field, so that the packet can be made again.
+		v.Time, v.UseSource, v.Duration, v.Action = k.Time.UnixNano(), k.UseSource, int(k.Duration/time.Second), k.Action
+		if k.Allow.IsValid() {
+			v.Allow = k.Allow.String()
+		}
+		if k.Dest.IsValid() {
+			v.Dest = k.Dest.String()
+		}
+		if k.To.IsValid() {
+			v.To = k.To.String()
+		}
+		for _, p := range k.Ports {
+			v.Ports = append(v.Ports, p.String())
 		}
 		vs = append(vs, v)
 	}
 	tcp22 := []port.Spec{{Proto: port.TCP, Num: 22}}
-	add("tcp/22 for 198.18.0.2, 30 s", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second}, Accepted, nil)
+	add("tcp/22 for 198.18.0.2, 30 s", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second}, Accepted, -1)
 	add("use source, bound to 198.18.0.1, two ports, action, server default duration",
 		Knock{Time: now.Add(-time.Second), UseSource: true, Dest: netip.MustParseAddr("198.18.0.1"),
-			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, nil)
-	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: tcp22, Duration: 300 * time.Second}, Accepted, nil)
-	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, StaleTimestamp, nil)
-	add("future: 2 minutes ahead", Knock{Time: now.Add(2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, FutureTimestamp, nil)
+			Ports: []port.Spec{{Proto: port.TCP, Num: 443}, {Proto: port.UDP, Num: 51820}}, Action: "wake-nas"}, Accepted, -1)
+	add("IPv6 allow", Knock{Time: now.Add(time.Second), Allow: netip.MustParseAddr("2001:db8::2"), Ports: tcp22, Duration: 300 * time.Second}, Accepted, -1)
+	add("stale: 2 minutes old", Knock{Time: now.Add(-2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, StaleTimestamp, -1)
+	add("future: 2 minutes ahead", Knock{Time: now.Add(2 * time.Minute), Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, FutureTimestamp, -1)
 	add("bound to another server address", Knock{Time: now.Add(3 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
-		Dest: netip.MustParseAddr("198.18.0.9"), Ports: tcp22}, WrongDestination, nil)
+		Dest: netip.MustParseAddr("198.18.0.9"), Ports: tcp22}, WrongDestination, -1)
 	add("pre-authenticated (token and mac2): tcp/22 for 198.18.0.2, 30 s", Knock{Time: now.Add(4 * time.Second),
-		Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second, TokenKey: TokenKey(server, client.Public())}, Accepted, nil)
+		Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22, Duration: 30 * time.Second, TokenKey: TokenKey(server, client.Public())}, Accepted, -1)
 	add("forwarded destination: tcp/22 of 10.0.0.5 behind the server, for 198.18.0.2", Knock{Time: now.Add(5 * time.Second),
-		Allow: netip.MustParseAddr("198.18.0.2"), To: netip.MustParseAddr("10.0.0.5"), Ports: tcp22, Duration: 60 * time.Second}, Accepted, nil)
+		Allow: netip.MustParseAddr("198.18.0.2"), To: netip.MustParseAddr("10.0.0.5"), Ports: tcp22, Duration: 60 * time.Second}, Accepted, -1)
 	add("close request: tcp/22 for 198.18.0.2", Knock{Time: now.Add(6 * time.Second), Allow: netip.MustParseAddr("198.18.0.2"),
-		Ports: tcp22, Action: "close"}, Accepted, nil)
+		Ports: tcp22, Action: "close"}, Accepted, -1)
 	// Suite 2: same client, a post-quantum hybrid server key.
 	xw, _ := GenerateXWingServerKey()
 	xeph, _ := ecdh.X25519().GenerateKey(rand.Reader)
@@ -234,7 +236,7 @@ func writeVectors(t *testing.T) {
 		xw.Encode(), xw.Public().String(), hex.EncodeToString(xpkt), Accepted.String()
 	xv.Time, xv.Allow, xv.Ports, xv.Duration = now.UnixNano(), "198.18.0.2", []string{"tcp/22"}, 30
 	vs = append(vs, xv)
-	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, BadMAC1, func(p []byte) { p[PacketSize-1] ^= 1 })
+	add("mac1 flipped", Knock{Time: now, Allow: netip.MustParseAddr("198.18.0.2"), Ports: tcp22}, BadMAC1, PacketSize-1)
 	// Signed by an OpenSSH ed25519 key (§9).
 	_, sshKey, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(sshKey)
@@ -321,6 +323,9 @@ func reproduce(t *testing.T, v vector, server ServerPrivateKey, pkt []byte) {
 		if again, err = seal(client, server.Public(), k, encap); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if v.FlipByte != nil {
+		again[*v.FlipByte] ^= 1
 	}
 	if !bytes.Equal(again, pkt) {
 		t.Fatalf("sealed again with ephemeral_private, the packet differs:\n got %x\nwant %x", again, pkt)

@@ -460,6 +460,28 @@ func TestIPTablesLifetimes(t *testing.T) {
 	})
 	defer fw.Cleanup()
 	testLifetimes(t, p, fw)
+
+	// A reload that counts fewer connections, or drops an idle duration,
+	// must not make a live grant of the old rules unrevokable.
+	two := firewall.Grant{Addr: p.Client4, Port: ssh, Timeout: time.Minute, Name: "spa:alice"}
+	two.Connections = 2
+	idle := firewall.Grant{Addr: p.Client4b, Port: ssh, Timeout: time.Minute, Name: "spa:bob"}
+	idle.Idle = 2 * time.Second
+	if err := fw.Grant([]firewall.Grant{two, idle}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Setup(firewall.Rules{Protected: []port.Spec{ssh}, Connections: 1, Idle: []time.Duration{3 * time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Revoke([]firewall.Grant{two, idle}); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []string{"postern4-count", "postern4-idle-2", "postern4-cap"} {
+		if out := p.Server.Exec(t, "ipset", "list", set); strings.Contains(out, p.Client4.String()+",") ||
+			strings.Contains(out, p.Client4b.String()+",") {
+			t.Errorf("revoked grants still in %s:\n%s", set, out)
+		}
+	}
 }
 
 func testLifetimes(t *testing.T, p *netnstest.Pair, fw firewall.Backend) {

@@ -247,7 +247,7 @@ func (t *IPTables) Revoke(gs []Grant) error {
 			t.gatewayScript(&script, g, true)
 			continue
 		}
-		if ok, _ := t.lifetimeScript(&script, g, true); ok {
+		if ok, _ := t.lifetimeScript(&script, g, true); ok { // a revoke never errs
 			continue
 		}
 		fmt.Fprintf(&script, "del %s %s\n", setFor(g.Addr), element(g))

@@ -103,12 +103,14 @@ func (t *IPTables) lifetimeScript(b *strings.Builder, g Grant, revoke bool) (ok 
 	var elems []elem
 	switch {
 	case g.Connections > 0:
-		if g.Connections > t.rules.Connections {
+		// Only a new grant must fit the rules set up: a revoke deletes
+		// whatever is there (a reload may have lowered the count since).
+		if !revoke && g.Connections > t.rules.Connections {
 			return true, fmt.Errorf("grant %v: %d connections, the rules set up count %d", g, g.Connections, t.rules.Connections)
 		}
 		elems = []elem{{countSet(set), g.Timeout, fmt.Sprintf(" packets %d", countCeiling-g.Connections)}}
 	case g.Idle > 0:
-		if !containsDuration(t.rules.Idle, g.Idle) {
+		if !revoke && !containsDuration(t.rules.Idle, g.Idle) {
 			return true, fmt.Errorf("grant %v: idle %v is not in the rules set up", g, g.Idle)
 		}
 		elems = []elem{{idleSet(set, g.Idle), min(g.Idle, g.Timeout), ""}, {capSet(set), g.Timeout, ""}}

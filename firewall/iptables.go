@@ -133,6 +133,9 @@ func (t *IPTables) Setup(r Rules) error {
 				return fmt.Errorf("iptables: %w", err)
 			}
 		}
+		if err := t.destroyUnusedLifetimeSets(r, f.set); err != nil {
+			return fmt.Errorf("iptables: %w", err)
+		}
 	}
 	if !r.UsesGateway() {
 		var errs []error

@@ -91,6 +91,26 @@ func (t *IPTables) createLifetimeSets(r Rules, set, family string) error {
 	return nil
 }
 
+// destroyUnusedLifetimeSets destroys family set's lifetime sets that r no
+// longer uses (the chain just refilled no longer names them), with their
+// elements: a later Setup that used them again would otherwise bring back
+// grants revoked or pruned in between.
+func (t *IPTables) destroyUnusedLifetimeSets(r Rules, set string) error {
+	names, err := t.run("", "ipset", "list", "-n")
+	if err != nil {
+		return err
+	}
+	keep := lifetimeSets(r, set)
+	for _, n := range strings.Fields(names) {
+		if _, used := keep[n]; strings.HasPrefix(n, set+"-") && !used {
+			if out, err := t.run("", "ipset", "destroy", n); err != nil && !strings.Contains(out, "does not exist") {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // lifetimeScript writes the ipset restore lines that grant (or, with
 // revoke, take back) g's lifetime elements; ok is false for a plain grant.
 func (t *IPTables) lifetimeScript(b *strings.Builder, g Grant, revoke bool) (ok bool, err error) {

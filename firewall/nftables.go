@@ -173,6 +173,9 @@ func (n *NFTables) setup(r Rules) error {
 			return fmt.Errorf("nftables: setting up table inet %s (%s part): %w", TableName, []string{"input", "gateway"}[i], err)
 		}
 	}
+	if err := n.removeUnusedLifetimeSets(r); err != nil {
+		return err
+	}
 	if !r.UsesGateway() {
 		return n.removeGateway()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -289,4 +290,42 @@ func (n *NFTables) elementsOf(have map[string]bool, s *nftables.Set) ([]nftables
 		return nil, fmt.Errorf("nftables: listing %s: %w", s.Name, err)
 	}
 	return elems, nil
+}
+
+// removeUnusedLifetimeSets deletes the lifetime sets an earlier Setup made
+// that r no longer uses (a slot above the new count, an idle duration gone),
+// with their elements: no rule reads them now, but a later Setup that used
+// them again would bring back grants revoked or pruned in between.
+func (n *NFTables) removeUnusedLifetimeSets(r Rules) error {
+	sets, err := n.conn.GetSets(n.table)
+	if err != nil {
+		return fmt.Errorf("nftables: listing sets: %w", err)
+	}
+	keep := map[string]bool{}
+	for _, s := range n.lifetimeSetList(r) {
+		keep[s.Name] = true
+	}
+	found := false
+	for _, s := range sets {
+		if isLifetimeSet(s.Name) && !keep[s.Name] {
+			n.conn.DelSet(s)
+			found = true
+		}
+	}
+	if !found {
+		return nil
+	}
+	if err := n.conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: removing unused lifetime sets: %w", err)
+	}
+	return nil
+}
+
+func isLifetimeSet(name string) bool {
+	for _, prefix := range []string{"once4", "once6", "cap4", "cap6", "idle4-", "idle6-"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }

@@ -38,21 +38,21 @@ type rawProfiles struct {
 type rawSPAProfile struct {
 	Name      string   `toml:"name"`
 	Host      string   `toml:"host"`
-	KeyFile   string   `toml:"key_file"`
-	SSHKey    string   `toml:"ssh_key"`   // an OpenSSH private key file instead of key_file
-	SSHAgent  string   `toml:"ssh_agent"` // a key in ssh-agent (fingerprint or comment; "*": its only key)
+	KeyFile   string   `toml:"key_file,omitempty"`
+	SSHKey    string   `toml:"ssh_key,omitempty"`   // an OpenSSH private key file instead of key_file
+	SSHAgent  string   `toml:"ssh_agent,omitempty"` // a key in ssh-agent (fingerprint or comment; "*": its only key)
 	ServerKey string   `toml:"server_key"`
-	Port      int      `toml:"port"`
-	Open      []string `toml:"open"`
-	Duration  string   `toml:"duration"`
-	Allow     string   `toml:"allow"`
-	Wait      string   `toml:"wait"`
-	STUN      []string `toml:"stun_servers"`
-	Family    string   `toml:"family"` // "ipv4", "ipv6"; default: every family the host has
-	TokenKey  string   `toml:"token_key"`
+	Port      int      `toml:"port,omitempty"`
+	Open      []string `toml:"open,omitempty"`
+	Duration  string   `toml:"duration,omitempty"`
+	Allow     string   `toml:"allow,omitempty"`
+	Wait      string   `toml:"wait,omitempty"`
+	STUN      []string `toml:"stun_servers,omitempty"`
+	Family    string   `toml:"family,omitempty"` // "ipv4", "ipv6"; default: every family the host has
+	TokenKey  string   `toml:"token_key,omitempty"`
 	// CloseOnExit: postern ssh and postern proxy close the door when the
 	// session ends (default true).
-	CloseOnExit *bool `toml:"close_on_exit"`
+	CloseOnExit *bool `toml:"close_on_exit,omitempty"`
 }
 
 // SPAProfile is a server to knock with postern SPA, by name or host

@@ -54,6 +54,9 @@ func TestProvisionURI(t *testing.T) {
 		p.Duration != pv.Duration || len(p.Open) != 2 || p.TokenKey != pv.TokenKey || p.STUN[0] != "stun.example.org:3478" {
 		t.Fatalf("imported profile %+v %v", p, err)
 	}
+	if data, _ := os.ReadFile(path); strings.Contains(string(data), "ssh_key") || strings.Contains(string(data), "= ''") {
+		t.Errorf("the profile written carries empty keys:\n%s", data)
+	}
 	if err := AddSPAProfile(path, "office", "/k/other.key", back); err == nil || !strings.Contains(err.Error(), "not replacing") {
 		t.Errorf("a second import under the same name: %v", err)
 	}
